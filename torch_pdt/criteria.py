@@ -1,0 +1,103 @@
+r"""Element-wise masking criteria: which predicted weights PDT accepts.
+
+Every criterion sees, for a chunk of ``c`` scalar parameters,
+
+* ``increments``: ``(tau, c)`` predicted steps :math:`\hat w_{i+k} - \hat w_{i+k-1}`,
+  ``k = 1..tau``, with :math:`\hat w_i := w_i` (so they sum to the total displacement);
+* ``delta``: ``(c,)`` the optimizer's own last displacement :math:`\Delta` (one epoch);
+
+and returns a :class:`Verdict`. With :math:`D = \sum_k` ``increments[k]`` the predicted
+displacement, the paper's criteria (Sec. 3.2) are
+
+.. math::
+    \text{Eq. 6:}\ |\Delta_j| < |D_j| \le \tau|\Delta_j|, \qquad
+    \text{Eq. 7:}\ \operatorname{sign}(\hat w_{i+k,j} - \hat w_{i+k-1,j})
+    = \operatorname{sign}(\Delta_j)\ \ \forall k = 1..\tau .
+
+``sign(0) = 0``, so an element whose optimizer step is exactly zero never passes Eq. 6 and
+passes Eq. 7 only if every predicted step is exactly zero too.
+
+The authors' code (``"reference"``) checks only the final displacement and has inclusive
+bounds with a ``tau + 1`` upper bound: :math:`\operatorname{sign}(D_j) = \operatorname{sign}(\Delta_j)`,
+:math:`|\Delta_j| \le |D_j| \le (\tau + 1)|\Delta_j|`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["CRITERIA", "Verdict", "evaluate"]
+
+
+@dataclass
+class Verdict:
+    """Accepted elements and, for each check the criterion applies, the elements it rejects."""
+
+    accept: Tensor
+    consistency: Tensor | None = None
+    lower_bound: Tensor | None = None
+    upper_bound: Tensor | None = None
+
+
+def _consistency(increments: Tensor, delta: Tensor) -> Tensor:
+    """Elements with a predicted step against the optimizer's direction (Eq. 7 fails)."""
+    return (torch.sign(increments) != torch.sign(delta)).any(dim=0)
+
+
+def _bounds(increments: Tensor, delta: Tensor, tau: int) -> tuple[Tensor, Tensor]:
+    """Elements failing the strict lower and the upper bound of Eq. 6."""
+    jump = increments.sum(dim=0).abs()
+    step = delta.abs()
+    return ~(jump > step), ~(jump <= tau * step)
+
+
+def _pdt(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+    consistency = _consistency(increments, delta)
+    lower, upper = _bounds(increments, delta, tau)
+    return Verdict(~(consistency | lower | upper), consistency, lower, upper)
+
+
+def _accel_only(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+    lower, upper = _bounds(increments, delta, tau)
+    return Verdict(~(lower | upper), None, lower, upper)
+
+
+def _consistency_only(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+    consistency = _consistency(increments, delta)
+    return Verdict(~consistency, consistency)
+
+
+def _reference(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+    jump = increments.sum(dim=0)
+    size, step = jump.abs(), delta.abs()
+    consistency = torch.sign(jump) != torch.sign(delta)
+    lower, upper = ~(size >= step), ~(size <= (tau + 1) * step)
+    return Verdict(~(consistency | lower | upper), consistency, lower, upper)
+
+
+def _none(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+    return Verdict(torch.ones_like(delta, dtype=torch.bool))
+
+
+CRITERIA: dict[str, Callable[[Tensor, Tensor, int], Verdict]] = {
+    "pdt": _pdt,
+    "reference": _reference,
+    "accel_only": _accel_only,
+    "consistency_only": _consistency_only,
+    "none": _none,
+}
+"""Deterministic criteria by name. ``"random"`` is handled by :class:`torch_pdt.PDT` itself."""
+
+
+def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+    """Apply the criterion ``name`` to one chunk."""
+    if increments.dim() != 2 or increments.shape[1:] != delta.shape:
+        raise ValueError(
+            f"increments must be (tau, c) and delta (c,), got {tuple(increments.shape)} "
+            f"and {tuple(delta.shape)}"
+        )
+    return CRITERIA[name](increments, delta, tau)
