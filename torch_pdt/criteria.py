@@ -95,6 +95,8 @@ CRITERIA: dict[str, Callable[[Tensor, Tensor, int], Verdict]] = {
 
 def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int) -> Verdict:
     """Apply the criterion ``name`` to one chunk."""
+    if name not in CRITERIA:
+        raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
     if increments.dim() != 2 or increments.shape[1:] != delta.shape:
         raise ValueError(
             f"increments must be (tau, c) and delta (c,), got {tuple(increments.shape)} "

@@ -26,18 +26,23 @@ The increment form is what the authors' code computes; it drops the part of
 all of DMD follows from inner products of the snapshots. Snapshots of a training run are
 nearly parallel, and the plain Gram matrix :math:`S^\top S` squares their condition number,
 so we take the inner products of a better-conditioned basis of the same span: the newest
-snapshot and its backward differences,
+snapshot and every snapshot's difference to it,
 
 .. math::
-    B = [\,s_{m-1},\ \nabla s_{m-1},\ \nabla^2 s_{m-1},\ \dots,\ \nabla^{m-1} s_{m-1}\,] = S T,
+    B = [\,s_{m-1},\ s_0 - s_{m-1},\ \dots,\ s_{m-2} - s_{m-1}\,] = S T,
     \qquad K = B^\top B,
 
-with :math:`T` an integer matrix of signed binomial coefficients. After scaling :math:`K` to
-unit diagonal, its eigendecomposition gives :math:`B = Q R` with :math:`Q` orthonormal
-(never formed) and a small :math:`R`, hence :math:`S = Q R_S` with :math:`R_S = R\,T^{-1}`.
-DMD of :math:`R_S` in float64 is DMD of :math:`S` (Q drops out of every formula), and
-every forecast is returned as an ``m``-vector of coefficients :math:`c_k` with
+with :math:`T` a matrix of 0 and :math:`\pm 1`. Two passes of Cholesky-QR on it
+(:func:`orthogonal_factor`: eigendecompositions of two ``m x m`` Gram matrices) give
+:math:`B = Q R` with :math:`Q` orthonormal (never formed) and a small :math:`R` as accurate
+as a Householder QR, hence :math:`S = Q R_S` with :math:`R_S = R\,T^{-1}`. DMD of
+:math:`R_S` in float64 is DMD of :math:`S` (Q drops out of every formula), and every
+forecast is returned as an ``m``-vector of coefficients :math:`c_k` with
 :math:`\hat s_{m-1+k} = S c_k`: applying it costs one pass over the snapshots.
+
+Resolution: a direction of the basis whose share of its scaled Gram matrix is below
+``100 * m * eps`` (an amplitude below about 1e-7 of the basis vectors) cannot be told from
+rounding and is dropped; so is a difference no larger than the rounding of its snapshots.
 
 Example::
 
@@ -56,17 +61,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import comb
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["DMD", "DMDError", "difference_basis", "difference_gram", "fit", "fit_gram"]
+__all__ = ["DMD", "DMDError", "difference_basis", "fit", "fit_factor", "orthogonal_factor", "snapshot_gram_of"]
 
 Forecast = Literal["paper", "increment"]
 FORECASTS = ("paper", "increment")
 
 _EPS = torch.finfo(torch.float64).eps
+_GRAM_RTOL = 100 * _EPS  # times m: eigenvalues of a scaled m x m Gram matrix below this are rounding
 
 
 class DMDError(ValueError):
@@ -74,46 +80,120 @@ class DMDError(ValueError):
 
 
 def difference_basis(m: int) -> Tensor:
-    r"""The ``m x m`` float64 matrix :math:`T` with :math:`S T = [s_{m-1}, \nabla s_{m-1}, \dots]`.
-
-    Column ``k`` holds :math:`(-1)^j \binom{k}{j}` in row ``m-1-j``.
-    """
+    r"""The ``m x m`` float64 matrix :math:`T` with :math:`S T = [s_{m-1}, s_0 - s_{m-1}, \dots, s_{m-2} - s_{m-1}]`."""
     T = torch.zeros(m, m, dtype=torch.float64)
-    for k in range(m):
-        for j in range(k + 1):
-            T[m - 1 - j, k] = (-1) ** j * comb(k, j)
+    T[m - 1, :] = -1.0
+    T[m - 1, 0] = 1.0
+    T[torch.arange(m - 1), torch.arange(1, m)] = 1.0
     return T
 
 
-def difference_gram(snapshots: Tensor, chunk_size: int = 1 << 20) -> Tensor:
-    """Float64 Gram matrix of the backward-difference basis of ``snapshots`` (shape ``N x m``).
+GramOf = Callable[[Tensor], Tensor]
+"""``gram_of(W)`` returns the float64 Gram matrix :math:`(BW)^\top (BW)` of the data's basis ``B``."""
 
-    Works in chunks of ``chunk_size`` rows so that no N-sized float64 copy is made.
+
+def snapshot_gram_of(snapshots: Tensor, chunk_size: int = 1 << 20) -> GramOf:
+    """``gram_of`` for an ``N x m`` snapshot matrix, evaluated in chunks of ``chunk_size`` rows.
+
+    Each chunk is converted to float64 before differencing, so no N-sized float64 copy is made
+    and the differences of float32 snapshots are exact.
     """
     n, m = snapshots.shape
     T = difference_basis(m).to(snapshots.device)
-    K = torch.zeros(m, m, dtype=torch.float64, device=snapshots.device)
-    for start in range(0, n, chunk_size):
-        B = snapshots[start : start + chunk_size].to(torch.float64) @ T
-        K += B.T @ B
-    return K
+
+    def gram_of(W: Tensor) -> Tensor:
+        TW = T @ W.to(snapshots.device)
+        K = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=snapshots.device)
+        for start in range(0, n, chunk_size):
+            BW = snapshots[start : start + chunk_size].to(torch.float64) @ TW
+            K += BW.T @ BW
+        return K.cpu()
+
+    return gram_of
+
+
+def _factor_from_gram(K: Tensor, floor: float | None = None, drop: float | None = None) -> tuple[Tensor, Tensor]:
+    """``(R, W)`` with ``B W R = B`` (up to dropped directions) and ``B W`` orthonormal, from ``K = B^T B``.
+
+    Eigendecomposition of ``K``, scaled to unit diagonal when ``floor`` is given. Eigenvalues
+    below ``floor`` times the largest are raised to it (``W R`` stays the identity); those below
+    ``drop`` times the largest are removed.
+    """
+    d = K.diagonal().clamp(min=0).sqrt() if floor is not None else torch.ones(K.shape[0], dtype=K.dtype)
+    inv_d = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0)
+    mu, E = torch.linalg.eigh(inv_d[:, None] * K * inv_d[None, :])
+    if drop is not None:
+        keep = mu > mu.max() * drop
+        mu, E = mu[keep], E[:, keep]
+    if floor is not None:
+        mu = mu.clamp(min=mu.max() * floor)
+    return mu.sqrt()[:, None] * E.T * d[None, :], inv_d[:, None] * E / mu.sqrt()[None, :]
+
+
+def orthogonal_factor(gram_of: GramOf, m: int) -> tuple[Tensor, Tensor]:
+    r"""Factor the difference basis :math:`B = ST = QR` by Cholesky-QR twice (two data passes).
+
+    One Gram pass gives :math:`B \approx Q_1 R_1`; a second pass over :math:`Q_1 = B W_1`
+    re-orthogonalises it, which makes :math:`R = R_2 R_1` as accurate as a Householder QR of
+    :math:`B` as long as the kept directions are above float64 resolution.
+
+    Returns:
+        ``R`` (``q x m``) and ``W`` (``m x q``) with :math:`Q = S T W` orthonormal; ``q`` is the
+        numerical rank (singular values of ``R`` above ``10 m eps`` of the largest).
+
+    Raises:
+        DMDError: the snapshots are not finite or all zero.
+    """
+    K1 = gram_of(torch.eye(m, dtype=torch.float64))
+    if not torch.isfinite(K1).all():
+        raise DMDError("non-finite snapshot values")
+    if not K1.diagonal().max() > 0:
+        raise DMDError("rank 0: every snapshot is zero")
+    # A difference no larger than the rounding of the snapshots it comes from is zero.
+    noise = (4 * m * _EPS) ** 2 * K1.diagonal().max()
+    K1 = torch.where(K1.diagonal()[:, None].minimum(K1.diagonal()[None, :]) > noise, (K1 + K1.T) / 2, 0)
+    # The first factor keeps every direction, so that B W1 R1 = B holds exactly; its small
+    # directions are inaccurate, and the second pass, now well conditioned, sorts them out.
+    R1, W1 = _factor_from_gram(K1, floor=m * _EPS)
+    K2 = gram_of(W1)
+    if not torch.isfinite(K2).all():
+        raise DMDError("non-finite snapshot values")
+    R2, W2 = _factor_from_gram((K2 + K2.T) / 2, drop=_GRAM_RTOL * m)
+    # R is now as accurate as a QR factor; directions at rounding level carry no data but,
+    # through huge entries of W, would amplify rounding in every later product with S.
+    U, sv, Vh = torch.linalg.svd(R2 @ R1, full_matrices=False)
+    k = int((sv > sv[0] * 10 * m * _EPS).sum())
+    return sv[:k, None] * Vh[:k], W1 @ W2 @ U[:, :k]
 
 
 @dataclass(frozen=True)
 class DMD:
     r"""A fitted DMD operator, stored only through ``m x r`` and ``r``-sized arrays.
 
+    Forecasts use the reduced operator directly: with :math:`\Phi = M\Psi` and
+    :math:`\tilde A = \Psi\Lambda\Psi^{-1}`, :math:`\Phi\Lambda^k\Phi^{+} s = M \tilde A^k M^{+} s`.
+    That is the same number wherever the eigendecomposition exists, and stays accurate when
+    :math:`\tilde A` is close to defective (a weight moving at constant acceleration gives a
+    triple eigenvalue 1), where :math:`\Psi` is too ill-conditioned to invert.
+
     Attributes:
         eigenvalues: :math:`\Lambda`, complex128 of shape ``(r,)``.
         amplitudes: :math:`b = \Phi^{+} s_{m-1}`, complex128 of shape ``(r,)``.
-        mode_coefficients: complex128 ``(m, r)`` matrix :math:`M` with :math:`\Phi = S M`.
+        mode_coefficients: complex128 ``(m, r)`` matrix with :math:`\Phi = S \cdot` this.
         singular_values: the retained singular values of :math:`X`, float64 ``(r,)``.
+        operator: :math:`\tilde A`, float64 ``(r, r)``.
+        lift: float64 ``(m, r)``, the map :math:`M` from reduced coordinates to states,
+            as coefficients of the snapshots.
+        reduced_state: :math:`M^{+} s_{m-1}`, float64 ``(r,)``.
     """
 
     eigenvalues: Tensor
     amplitudes: Tensor
     mode_coefficients: Tensor
     singular_values: Tensor
+    operator: Tensor
+    lift: Tensor
+    reduced_state: Tensor
 
     @property
     def rank(self) -> int:
@@ -121,24 +201,28 @@ class DMD:
 
     @property
     def num_snapshots(self) -> int:
-        return int(self.mode_coefficients.shape[0])
+        return int(self.lift.shape[0])
 
     def coefficients(self, steps: Iterable[int], form: Forecast = "paper") -> Tensor:
         r"""Real float64 matrix ``C`` of shape ``(m, len(steps))`` with forecast ``= S @ C``.
 
         Column ``j`` gives the state ``steps[j]`` steps after the newest snapshot, in the
-        chosen ``form`` (see the module docstring). ``steps`` may include 0.
+        chosen ``form`` (see the module docstring). ``steps`` must be non-negative integers.
         """
         if form not in FORECASTS:
             raise ValueError(f"form must be one of {FORECASTS}, got {form!r}")
-        k = torch.as_tensor(list(steps), dtype=torch.float64)
-        powers = self.eigenvalues[:, None] ** k[None, :]  # (r, len(steps))
+        steps = list(steps)
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in steps):
+            raise ValueError(f"steps must be non-negative ints, got {steps}")
+        z = [self.reduced_state]
+        for _ in range(max(steps, default=0)):
+            z.append(self.operator @ z[-1])
+        Z = torch.stack([z[k] for k in steps], dim=1) if steps else self.reduced_state.new_zeros(self.rank, 0)
         if form == "increment":
-            powers = powers - 1
-        C = (self.mode_coefficients @ (powers * self.amplitudes[:, None])).real
-        if form == "increment":
+            C = self.lift @ (Z - self.reduced_state[:, None])
             C[-1] += 1.0
-        return C
+            return C
+        return self.lift @ Z
 
     def modes(self, snapshots: Tensor) -> Tensor:
         r"""The DMD modes :math:`\Phi = S M`, complex ``N x r`` (for analysis; PDT never forms them)."""
@@ -179,17 +263,18 @@ def _check_form(exact: bool, rank: int | float | None, rtol: float | None) -> No
     _truncation_rank(torch.ones(1, dtype=torch.float64), rank, rtol)
 
 
-def fit_gram(
-    gram: Tensor,
+def fit_factor(
+    R: Tensor,
+    W: Tensor,
     *,
     exact: bool = False,
     rank: int | float | None = None,
     rtol: float | None = None,
 ) -> DMD:
-    r"""Fit DMD from the Gram matrix of the backward-difference basis (see :func:`difference_gram`).
+    r"""Fit DMD from the factor of the difference basis (see :func:`orthogonal_factor`).
 
     Args:
-        gram: ``m x m`` matrix :math:`K = B^\top B`, ``m >= 2`` (any device; used in float64 on CPU).
+        R, W: ``q x m`` and ``m x q`` float64, with :math:`ST = QR` and :math:`Q = STW` orthonormal.
         exact: exact modes :math:`Y V \Sigma^{-1} \Psi` instead of projected modes :math:`U\Psi`.
         rank: truncation of the SVD of :math:`X`: ``None`` keeps every numerically non-zero
             singular value, an ``int`` keeps that many, a ``float`` in (0, 1] keeps the fewest
@@ -197,48 +282,38 @@ def fit_gram(
         rtol: additionally drop singular values below ``rtol * sigma_max``.
 
     Raises:
-        DMDError: the Gram matrix is not finite or the snapshots have rank 0.
+        DMDError: :math:`X` has rank 0.
     """
     _check_form(exact, rank, rtol)
-    K = gram.detach().to(device="cpu", dtype=torch.float64)
-    m = K.shape[0]
-    if K.shape != (m, m) or m < 2:
-        raise ValueError(f"gram must be a square matrix of size >= 2, got {tuple(gram.shape)}")
-    if not torch.isfinite(K).all():
-        raise DMDError("non-finite snapshot values")
-    K = (K + K.T) / 2
-
-    # B = Q R with Q orthonormal: eigendecomposition of K scaled to unit diagonal.
-    d = K.diagonal().clamp(min=0).sqrt()
-    live = d > d.max() * _EPS
-    if not live.any():
-        raise DMDError("rank 0: every snapshot is zero")
-    inv_d = torch.where(live, 1 / torch.where(live, d, 1), 0)
-    mu, E = torch.linalg.eigh(inv_d[:, None] * K * inv_d[None, :])
-    keep = mu > mu.max() * m * _EPS
-    mu, E = mu[keep], E[:, keep]
-    R = mu.sqrt()[:, None] * E.T * d[None, :]  # (q, m): B = Q R
+    m = R.shape[1]
     RS = R @ torch.linalg.inv(difference_basis(m))  # S = Q RS
     RX, RY, r_last = RS[:, :-1], RS[:, 1:], RS[:, -1]
 
     U, s, Vh = torch.linalg.svd(RX, full_matrices=False)
-    nonzero = int((s > s[0] * max(RX.shape) * _EPS).sum()) if s[0] > 0 else 0
+    nonzero = int((s > s[0] * 10 * m * _EPS).sum()) if s.numel() and s[0] > 0 else 0
     if nonzero == 0:
         raise DMDError("rank 0: X has no non-zero singular value")
     r = _truncation_rank(s[:nonzero], rank, rtol)
-    if r == 0:
-        raise DMDError("rank 0 after truncation")
     U, s, V = U[:, :r], s[:r], Vh[:r].T
 
     YVinv = RY @ V / s  # (q, r)
     A_tilde = U.T @ YVinv
     eigenvalues, Psi = torch.linalg.eig(A_tilde)
-    modes_q = (YVinv if exact else U).to(torch.complex128) @ Psi  # modes in Q coordinates
+    M = YVinv if exact else U  # Phi = M Psi, in Q coordinates
+    reduced_state = torch.linalg.lstsq(M, r_last[:, None]).solution[:, 0]
+    modes_q = M.to(torch.complex128) @ Psi
     amplitudes = torch.linalg.lstsq(modes_q, r_last.to(torch.complex128)[:, None]).solution[:, 0]
-    # Q = B W = S T W, so Phi = Q modes_q = S (T W modes_q).
-    W = inv_d[:, None] * E / mu.sqrt()[None, :]
-    mode_coefficients = (difference_basis(m) @ W).to(torch.complex128) @ modes_q
-    return DMD(eigenvalues, amplitudes, mode_coefficients, s)
+    # Q = S T W: coordinates in Q become coefficients of the snapshots through T W.
+    TW = difference_basis(m) @ W
+    return DMD(
+        eigenvalues=eigenvalues,
+        amplitudes=amplitudes,
+        mode_coefficients=TW.to(torch.complex128) @ modes_q,
+        singular_values=s,
+        operator=A_tilde,
+        lift=TW @ M,
+        reduced_state=reduced_state,
+    )
 
 
 def fit(
@@ -249,8 +324,10 @@ def fit(
     rtol: float | None = None,
     chunk_size: int = 1 << 20,
 ) -> DMD:
-    """Fit DMD to the columns of ``snapshots`` (``N x m``, oldest first); see :func:`fit_gram`."""
+    """Fit DMD to the columns of ``snapshots`` (``N x m``, oldest first); see :func:`fit_factor`."""
     if snapshots.dim() != 2 or snapshots.shape[1] < 2:
         raise ValueError(f"snapshots must be N x m with m >= 2, got {tuple(snapshots.shape)}")
-    return fit_gram(difference_gram(snapshots, chunk_size), exact=exact, rank=rank, rtol=rtol)
+    _check_form(exact, rank, rtol)
+    R, W = orthogonal_factor(snapshot_gram_of(snapshots, chunk_size), snapshots.shape[1])
+    return fit_factor(R, W, exact=exact, rank=rank, rtol=rtol)
 

@@ -60,7 +60,7 @@ class PDT:
             (:math:`w + \operatorname{Re}\{\Phi(\Lambda^\tau - I)\Phi^+ w\}`); default
             ``"increment"`` for ``criterion="reference"``, else ``"paper"``.
         modes: ``"projected"`` (:math:`U\Psi`, the paper) or ``"exact"`` DMD modes.
-        rank, rtol: SVD truncation, see :func:`torch_pdt.dmd.fit_gram`.
+        rank, rtol: SVD truncation, see :func:`torch_pdt.dmd.fit_factor`.
         history_after_jump: what the newest snapshot holds after an assembled prediction:
             ``"optimizer"`` keeps :math:`w^{opt}_i`, so the history is the optimizer's record
             (default; the toy problem's ablations behave as in the paper only this way),
@@ -135,7 +135,7 @@ class PDT:
         ):
             raise ValueError(f"random_ratio must be 'measured' or a float in [0, 1], got {random_ratio!r}")
         try:
-            dmd.fit_gram(torch.eye(2), rank=rank, rtol=rtol)
+            dmd.fit(torch.eye(2, dtype=torch.float64), rank=rank, rtol=rtol)
         except ValueError as e:
             raise ValueError(f"invalid truncation: {e}") from None
         if not hasattr(optimizer, "param_groups"):
@@ -242,9 +242,8 @@ class PDT:
     def _predict(self) -> dict[str, Any]:
         cfg = self.config
         try:
-            fit = dmd.fit_gram(
-                self._history.gram(self.chunk_size), exact=cfg["modes"] == "exact", rank=cfg["rank"], rtol=cfg["rtol"]
-            )
+            R, W = dmd.orthogonal_factor(self._history.gram_of(self.chunk_size), len(self._history))
+            fit = dmd.fit_factor(R, W, exact=cfg["modes"] == "exact", rank=cfg["rank"], rtol=cfg["rtol"])
         except dmd.DMDError as e:
             return {"reason": f"decomposition failed: {e}"}
         tau = cfg["horizon"]
