@@ -4,10 +4,10 @@ Every criterion sees, for a chunk of ``c`` scalar parameters,
 
 * ``increments``: ``(tau, c)`` predicted steps :math:`\hat w_{i+k} - \hat w_{i+k-1}`,
   ``k = 1..tau``, with :math:`\hat w_i := w_i` (so they sum to the total displacement);
+* ``displacement``: ``(c,)`` their sum, the predicted displacement :math:`D`;
 * ``delta``: ``(c,)`` the optimizer's own last displacement :math:`\Delta` (one epoch);
 
-and returns a :class:`Verdict`. With :math:`D = \sum_k` ``increments[k]`` the predicted
-displacement, the paper's criteria (Sec. 3.2) are
+and returns a :class:`Verdict`. The paper's criteria (Sec. 3.2) are
 
 .. math::
     \text{Eq. 6:}\ |\Delta_j| < |D_j| \le \tau|\Delta_j|, \qquad
@@ -48,42 +48,41 @@ def _consistency(increments: Tensor, delta: Tensor) -> Tensor:
     return (torch.sign(increments) != torch.sign(delta)).any(dim=0)
 
 
-def _bounds(increments: Tensor, delta: Tensor, tau: int) -> tuple[Tensor, Tensor]:
+def _bounds(displacement: Tensor, delta: Tensor, tau: int) -> tuple[Tensor, Tensor]:
     """Elements failing the strict lower and the upper bound of Eq. 6."""
-    jump = increments.sum(dim=0).abs()
+    jump = displacement.abs()
     step = delta.abs()
     return ~(jump > step), ~(jump <= tau * step)
 
 
-def _pdt(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+def _pdt(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
     consistency = _consistency(increments, delta)
-    lower, upper = _bounds(increments, delta, tau)
+    lower, upper = _bounds(displacement, delta, tau)
     return Verdict(~(consistency | lower | upper), consistency, lower, upper)
 
 
-def _accel_only(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
-    lower, upper = _bounds(increments, delta, tau)
+def _accel_only(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
+    lower, upper = _bounds(displacement, delta, tau)
     return Verdict(~(lower | upper), None, lower, upper)
 
 
-def _consistency_only(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+def _consistency_only(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
     consistency = _consistency(increments, delta)
     return Verdict(~consistency, consistency)
 
 
-def _reference(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
-    jump = increments.sum(dim=0)
-    size, step = jump.abs(), delta.abs()
-    consistency = torch.sign(jump) != torch.sign(delta)
+def _reference(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
+    size, step = displacement.abs(), delta.abs()
+    consistency = torch.sign(displacement) != torch.sign(delta)
     lower, upper = ~(size >= step), ~(size <= (tau + 1) * step)
     return Verdict(~(consistency | lower | upper), consistency, lower, upper)
 
 
-def _none(increments: Tensor, delta: Tensor, tau: int) -> Verdict:
+def _none(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
     return Verdict(torch.ones_like(delta, dtype=torch.bool))
 
 
-CRITERIA: dict[str, Callable[[Tensor, Tensor, int], Verdict]] = {
+CRITERIA: dict[str, Callable[[Tensor, Tensor, Tensor, int], Verdict]] = {
     "pdt": _pdt,
     "reference": _reference,
     "accel_only": _accel_only,
@@ -93,8 +92,11 @@ CRITERIA: dict[str, Callable[[Tensor, Tensor, int], Verdict]] = {
 """Deterministic criteria by name. ``"random"`` is handled by :class:`torch_pdt.PDT` itself."""
 
 
-def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int) -> Verdict:
-    """Apply the criterion ``name`` to one chunk."""
+def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int, displacement: Tensor | None = None) -> Verdict:
+    """Apply the criterion ``name`` to one chunk.
+
+    ``displacement`` is ``increments.sum(0)``; pass it when it is already at hand.
+    """
     if name not in CRITERIA:
         raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
     if increments.dim() != 2 or increments.shape[1:] != delta.shape:
@@ -102,4 +104,6 @@ def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int) -> Verdict:
             f"increments must be (tau, c) and delta (c,), got {tuple(increments.shape)} "
             f"and {tuple(delta.shape)}"
         )
-    return CRITERIA[name](increments, delta, tau)
+    if displacement is None:
+        displacement = increments.sum(dim=0)
+    return CRITERIA[name](increments, displacement, delta, tau)

@@ -252,8 +252,9 @@ class PDT:
         coef[-1] -= 1.0
         if not torch.isfinite(coef).all():
             return {"reason": "decomposition failed: non-finite forecast", "eigenvalues": fit.eigenvalues.tolist()}
-        # Row k of `steps` maps snapshots to the predicted step k (increments sum to the displacement).
+        # Rows 0..tau-1 map snapshots to the predicted steps k = 1..tau; the last row to their sum.
         steps = torch.diff(coef.T, dim=0, prepend=torch.zeros(1, coef.shape[0], dtype=coef.dtype))
+        steps = torch.cat([steps, coef[:, -1:].T])
 
         criterion = cfg["criterion"]
         ratio = cfg["random_ratio"]
@@ -289,23 +290,24 @@ class PDT:
                 if p.device not in steps_on:
                     steps_on[p.device] = steps.to(p.device)
                 S64 = S.to(torch.float64)
-                increments = steps_on[p.device] @ S64
+                predicted = steps_on[p.device] @ S64
+                increments, displacement = predicted[:-1], predicted[-1]
                 origin = S64[-1]
                 delta = flat.to(torch.float64) - origin if self._start_of_epoch else origin - S64[-2]
                 if criterion == "random":
                     keep = torch.rand(flat.shape, generator=self._generator(p.device), device=p.device) < ratio
                     verdict = Verdict(keep)
                 else:
-                    verdict = evaluate(criterion, increments, delta, tau)
-                new = (origin + increments.sum(dim=0)).to(p.dtype)
+                    verdict = evaluate(criterion, increments, delta, tau, displacement)
+                new = (origin + displacement).to(p.dtype)
                 finite = torch.isfinite(new)
                 accept = verdict.accept & finite
-                accepted[i] += accept.sum()
+                accepted[i] += torch.count_nonzero(accept)
                 for c in checks[:3]:
                     failed = getattr(verdict, c)
                     if failed is not None:
-                        rejected[c] += failed.sum().to(rejected[c].device)
-                rejected["nonfinite"] += (~finite).sum().to(rejected["nonfinite"].device)
+                        rejected[c] += torch.count_nonzero(failed).to(rejected[c].device)
+                rejected["nonfinite"] += torch.count_nonzero(~finite).to(rejected["nonfinite"].device)
                 if write:
                     flat.copy_(torch.where(accept, new, flat))
         counts = [int(a) for a in torch.stack([a.cpu() for a in accepted]).tolist()]
