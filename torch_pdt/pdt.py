@@ -13,7 +13,7 @@ from .snapshots import SnapshotHistory
 
 __all__ = ["PDT"]
 
-_SKIP_CRITERIA = ("random",)
+_RANDOM = "random"
 _HISTORY_AFTER_JUMP = ("optimizer", "assembled")
 _MODES = ("projected", "exact")
 
@@ -122,7 +122,7 @@ class PDT:
         _check_int("interval", interval, 0)
         _check_int("chunk_size", chunk_size, 1)
         _check_int("seed", seed, 0)
-        _check_choice("criterion", criterion, tuple(CRITERIA) + _SKIP_CRITERIA)
+        _check_choice("criterion", criterion, (*CRITERIA, _RANDOM))
         if forecast is None:
             forecast = "increment" if criterion == "reference" else "paper"
         _check_choice("forecast", forecast, dmd.FORECASTS)
@@ -215,7 +215,8 @@ class PDT:
         ``predicted``, ``reason`` (why no prediction ran, else ``None``), ``accepted_ratio``,
         ``accepted`` and ``numel``, ``rejected`` (counts per check: ``consistency``,
         ``lower_bound``, ``upper_bound``, ``nonfinite``), ``accepted_ratio_per_param`` (by
-        name), ``eigenvalues`` (complex), ``rank``.
+        name), ``eigenvalues`` (complex), ``rank``; with ``criterion="random"`` also the
+        ``random_ratio`` used.
         """
         if not self._start_of_epoch:
             self._history.push(self._flat_params())
@@ -258,10 +259,12 @@ class PDT:
 
         criterion = cfg["criterion"]
         ratio = cfg["random_ratio"]
-        if criterion == "random" and ratio == "measured":
+        if criterion == _RANDOM and ratio == "measured":
             measured = self._pass(steps, "pdt", write=False)
             ratio = measured["accepted"] / self.numel
         result = self._pass(steps, criterion, write=True, ratio=ratio)
+        if criterion == _RANDOM:
+            result["random_ratio"] = ratio
         result.update(
             predicted=True,
             accepted_ratio=result["accepted"] / self.numel,
@@ -294,7 +297,7 @@ class PDT:
                 increments, displacement = predicted[:-1], predicted[-1]
                 origin = S64[-1]
                 delta = flat.to(torch.float64) - origin if self._start_of_epoch else origin - S64[-2]
-                if criterion == "random":
+                if criterion == _RANDOM:
                     keep = torch.rand(flat.shape, generator=self._generator(p.device), device=p.device) < ratio
                     verdict = Verdict(keep)
                 else:
