@@ -341,3 +341,62 @@ def test_stats_report_rejections_and_per_parameter_ratios():
     assert stats["accepted"] + max(r["consistency"], r["lower_bound"], r["upper_bound"]) <= stats["numel"]
     assert stats["numel"] - stats["accepted"] <= r["consistency"] + r["lower_bound"] + r["upper_bound"]
     assert len(stats["eigenvalues"]) == stats["rank"] <= 3
+
+
+@pytest.mark.parametrize("history_after_jump", ["optimizer", "assembled"])
+def test_history_after_an_accepted_prediction(history_after_jump):
+    """The newest snapshot keeps the optimizer's weights, or takes the assembled ones."""
+    model = make_model()
+    data = make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, criterion="none",
+              history_after_jump=history_after_jump)
+    for _ in range(3):
+        train_epoch(model, opt, data)
+        optimizer_weights = weights(model).clone()
+        stats = pdt.step()
+    assert stats["predicted"] and stats["accepted"] == stats["numel"]
+    assert not torch.equal(weights(model), optimizer_weights)
+    newest = pdt.state_dict()["history"]["snapshots"][0][-1]
+    expected = optimizer_weights if history_after_jump == "optimizer" else weights(model)
+    assert torch.equal(newest, expected)
+
+
+def test_buffers_are_never_touched():
+    """BatchNorm running statistics are buffers, not optimizer parameters: PDT leaves them alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, criterion="none")
+    data = make_data()
+    for _ in range(3):
+        train_epoch(model, opt, data)
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        stats = pdt.step()
+    assert stats["predicted"] and stats["accepted"] > 0
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    assert pdt.numel == sum(p.numel() for p in model.parameters())
+
+
+def test_parameters_of_several_dtypes_share_one_fit():
+    """float32, float64 and bfloat16 parameters live in separate buffers but one DMD."""
+    g = torch.Generator().manual_seed(0)
+    params = [nn.Parameter(torch.randn(n, generator=g).to(dt)) for n, dt in
+              [(7, torch.float32), (5, torch.float64), (6, torch.bfloat16)]]
+    velocity = [torch.randn(p.shape, generator=g).to(p.dtype) for p in params]
+    pdt = PDT(torch.optim.SGD(params, lr=0.0), history=3, horizon=2, start_epoch=2, interval=0,
+              criterion="none", chunk_size=4)
+    trajectory = []
+    for t in range(3):
+        with torch.no_grad():
+            for p, v in zip(params, velocity):
+                p.add_(v * 0.5 ** t)
+        trajectory.append(torch.cat([p.detach().double() for p in params]))
+        stats = pdt.step()
+    assert stats["predicted"] and len(pdt._history._storage) == 3
+    S = torch.stack(trajectory, 1)
+    expected = dmd.fit(S).forecast(S, [2])[:, 0]
+    got = torch.cat([p.detach().double() for p in params])
+    # Each element is written in its parameter's dtype (bf16 keeps about 3 digits).
+    torch.testing.assert_close(got[:12], expected[:12], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[12:], expected[12:], rtol=1e-2, atol=1e-2)

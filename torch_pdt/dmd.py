@@ -60,7 +60,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import comb
 from typing import Callable, Iterable, Literal
 
 import torch
@@ -72,7 +71,7 @@ Forecast = Literal["paper", "increment"]
 FORECASTS = ("paper", "increment")
 
 _EPS = torch.finfo(torch.float64).eps
-_GRAM_RTOL = 100 * _EPS  # times m: eigenvalues of a scaled m x m Gram matrix below this are rounding
+_GRAM_RTOL = 100 * _EPS  # times m: a share of an m x m Gram matrix's spectrum below this is rounding
 
 
 class DMDError(ValueError):
@@ -112,22 +111,22 @@ def snapshot_gram_of(snapshots: Tensor, chunk_size: int = 1 << 20) -> GramOf:
     return gram_of
 
 
-def _factor_from_gram(K: Tensor, floor: float | None = None, drop: float | None = None) -> tuple[Tensor, Tensor]:
-    """``(R, W)`` with ``B W R = B`` (up to dropped directions) and ``B W`` orthonormal, from ``K = B^T B``.
+def _eigen_factor(
+    K: Tensor, scale: Tensor, *, floor: float = 0.0, drop: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(R, W)`` with ``B = Q R`` and ``Q = B W`` orthonormal, from ``K = B^T B``.
 
-    Eigendecomposition of ``K``, scaled to unit diagonal when ``floor`` is given. Eigenvalues
-    below ``floor`` times the largest are raised to it (``W R`` stays the identity); those below
-    ``drop`` times the largest are removed.
+    Uses the eigendecomposition of ``K`` with rows and columns divided by ``scale`` (zero for
+    a zero column). Eigenvalues below ``drop`` times the largest are removed; those below
+    ``floor`` times the largest are raised to it, which keeps ``W R`` the identity.
     """
-    d = K.diagonal().clamp(min=0).sqrt() if floor is not None else torch.ones(K.shape[0], dtype=K.dtype)
-    inv_d = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0)
-    mu, E = torch.linalg.eigh(inv_d[:, None] * K * inv_d[None, :])
+    inv = torch.where(scale > 0, 1 / torch.where(scale > 0, scale, 1), 0)
+    mu, E = torch.linalg.eigh(inv[:, None] * K * inv[None, :])
     if drop is not None:
         keep = mu > mu.max() * drop
         mu, E = mu[keep], E[:, keep]
-    if floor is not None:
-        mu = mu.clamp(min=mu.max() * floor)
-    return mu.sqrt()[:, None] * E.T * d[None, :], inv_d[:, None] * E / mu.sqrt()[None, :]
+    mu = mu.clamp(min=mu.max() * floor)
+    return mu.sqrt()[:, None] * E.T * scale[None, :], inv[:, None] * E / mu.sqrt()[None, :]
 
 
 def orthogonal_factor(gram_of: GramOf, m: int) -> tuple[Tensor, Tensor]:
@@ -154,11 +153,11 @@ def orthogonal_factor(gram_of: GramOf, m: int) -> tuple[Tensor, Tensor]:
     K1 = torch.where(K1.diagonal()[:, None].minimum(K1.diagonal()[None, :]) > noise, (K1 + K1.T) / 2, 0)
     # The first factor keeps every direction, so that B W1 R1 = B holds exactly; its small
     # directions are inaccurate, and the second pass, now well conditioned, sorts them out.
-    R1, W1 = _factor_from_gram(K1, floor=m * _EPS)
+    R1, W1 = _eigen_factor(K1, K1.diagonal().sqrt(), floor=m * _EPS)
     K2 = gram_of(W1)
     if not torch.isfinite(K2).all():
         raise DMDError("non-finite snapshot values")
-    R2, W2 = _factor_from_gram((K2 + K2.T) / 2, drop=_GRAM_RTOL * m)
+    R2, W2 = _eigen_factor((K2 + K2.T) / 2, torch.ones(K2.shape[0], dtype=K2.dtype), drop=_GRAM_RTOL * m)
     # R is now as accurate as a QR factor; directions at rounding level carry no data but,
     # through huge entries of W, would amplify rounding in every later product with S.
     U, sv, Vh = torch.linalg.svd(R2 @ R1, full_matrices=False)
