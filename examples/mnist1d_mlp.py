@@ -44,7 +44,13 @@ def train(data, seed: int, epochs: int, pdt_kwargs: dict | None) -> tuple[list[f
     x, y, x_test, y_test = data
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Linear(40, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+        nn.Linear(40, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, 10),
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=1e-3)

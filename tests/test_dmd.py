@@ -529,7 +529,7 @@ def test_difference_basis_definition():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gram_chunking(mlp_trajectory, dtype):
     """``chunk_size`` only changes the summation order (500 rows = 71 chunks of 7 + 3)."""
-    S = torch.from_numpy(mlp_trajectory[:500, :WINDOW + 2]).to(dtype)
+    S = torch.from_numpy(mlp_trajectory[:500, : WINDOW + 2]).to(dtype)
     W = torch.from_numpy(np.random.default_rng(4).standard_normal((S.shape[1], 3)))
     full = dmd.snapshot_gram_of(S)(W)
     chunked = dmd.snapshot_gram_of(S, chunk_size=7)(W)
@@ -648,7 +648,7 @@ def test_fast_oscillating_system_matches_numpy():
     (Backward differences of such a trajectory grow like 1.8^k; a basis built from them lost
     up to 9 digits here.)
     """
-    S, future, lam = linear_trajectory(10, 7, 12, radius=(0.6, 1.02), angle=(0.2, 2.5), real=(-0.8, 1.0))
+    S, future, _ = linear_trajectory(10, 7, 12, radius=(0.6, 1.02), angle=(0.2, 2.5), real=(-0.8, 1.0))
     lam_np, Phi, b, _ = numpy_dmd(S, exact=False)
     ref = numpy_forecast(lam_np, Phi, b, S[:, -1], TAUS, "paper")
     assert rel_err(ref, future) < 1e-11

@@ -129,8 +129,12 @@ def test_prediction_epochs_follow_algorithm_1(start_epoch, interval):
     assert [s["predicted"] for s in stats] == expected
     assert all(s["accepted_ratio"] == 0.0 for s in stats if not s["predicted"])
     skipped = [s["reason"] for s in stats if not s["predicted"]]
-    assert set(skipped) <= {"warm-up", "interval", f"insufficient history (1 of {h} snapshots)",
-                            f"insufficient history (2 of {h} snapshots)"}
+    assert set(skipped) <= {
+        "warm-up",
+        "interval",
+        f"insufficient history (1 of {h} snapshots)",
+        f"insufficient history (2 of {h} snapshots)",
+    }
 
 
 def test_reference_mode_snapshots_start_of_epoch_weights():
@@ -163,7 +167,7 @@ def test_without_predictions_training_is_bit_identical(opt_name):
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_resume_from_state_dict_is_bit_identical(criterion, opt_name):
     kwargs = dict(history=4, horizon=3, start_epoch=4, interval=0, criterion=criterion)
-    full, *_ , full_stats = run(10, opt_name, kwargs)
+    full, *_, full_stats = run(10, opt_name, kwargs)
     assert sum(s["predicted"] for s in full_stats) >= 4
 
     model, opt, pdt, _ = run(6, opt_name, kwargs)
@@ -212,8 +216,17 @@ def test_assembled_weights_equal_the_dmd_forecast_where_accepted(forecast, modes
     model = make_model()
     data = make_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    pdt = PDT(opt, history=h, horizon=tau, start_epoch=h - 1, interval=0, criterion="none",
-              forecast=forecast, modes=modes, chunk_size=chunk_size)
+    pdt = PDT(
+        opt,
+        history=h,
+        horizon=tau,
+        start_epoch=h - 1,
+        interval=0,
+        criterion="none",
+        forecast=forecast,
+        modes=modes,
+        chunk_size=chunk_size,
+    )
     trajectory = []
     for _ in range(h):
         train_epoch(model, opt, data)
@@ -349,8 +362,9 @@ def test_history_after_an_accepted_prediction(history_after_jump):
     model = make_model()
     data = make_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, criterion="none",
-              history_after_jump=history_after_jump)
+    pdt = PDT(
+        opt, history=3, horizon=2, start_epoch=2, interval=0, criterion="none", history_after_jump=history_after_jump
+    )
     for _ in range(3):
         train_epoch(model, opt, data)
         optimizer_weights = weights(model).clone()
@@ -381,16 +395,19 @@ def test_buffers_are_never_touched():
 def test_parameters_of_several_dtypes_share_one_fit():
     """float32, float64 and bfloat16 parameters live in separate buffers but one DMD."""
     g = torch.Generator().manual_seed(0)
-    params = [nn.Parameter(torch.randn(n, generator=g).to(dt)) for n, dt in
-              [(7, torch.float32), (5, torch.float64), (6, torch.bfloat16)]]
+    params = [
+        nn.Parameter(torch.randn(n, generator=g).to(dt))
+        for n, dt in [(7, torch.float32), (5, torch.float64), (6, torch.bfloat16)]
+    ]
     velocity = [torch.randn(p.shape, generator=g).to(p.dtype) for p in params]
-    pdt = PDT(torch.optim.SGD(params, lr=0.0), history=3, horizon=2, start_epoch=2, interval=0,
-              criterion="none", chunk_size=4)
+    pdt = PDT(
+        torch.optim.SGD(params, lr=0.0), history=3, horizon=2, start_epoch=2, interval=0, criterion="none", chunk_size=4
+    )
     trajectory = []
     for t in range(3):
         with torch.no_grad():
             for p, v in zip(params, velocity):
-                p.add_(v * 0.5 ** t)
+                p.add_(v * 0.5**t)
         trajectory.append(torch.cat([p.detach().double() for p in params]))
         stats = pdt.step()
     assert stats["predicted"] and len(pdt._history._storage) == 3

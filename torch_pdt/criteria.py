@@ -24,8 +24,8 @@ bounds with a ``tau + 1`` upper bound: :math:`\operatorname{sign}(D_j) = \operat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -101,8 +101,7 @@ def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int, displacemen
         raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
     if increments.dim() != 2 or increments.shape[1:] != delta.shape:
         raise ValueError(
-            f"increments must be (tau, c) and delta (c,), got {tuple(increments.shape)} "
-            f"and {tuple(delta.shape)}"
+            f"increments must be (tau, c) and delta (c,), got {tuple(increments.shape)} and {tuple(delta.shape)}"
         )
     if displacement is None:
         displacement = increments.sum(dim=0)

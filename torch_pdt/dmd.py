@@ -59,13 +59,23 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["DMD", "DMDError", "difference_basis", "fit", "fit_factor", "orthogonal_factor", "snapshot_gram_of"]
+__all__ = [
+    "DMD",
+    "DMDError",
+    "difference_basis",
+    "fit",
+    "fit_factor",
+    "orthogonal_factor",
+    "snapshot_gram_of",
+    "validate_options",
+]
 
 Forecast = Literal["paper", "increment"]
 FORECASTS = ("paper", "increment")
@@ -111,9 +121,7 @@ def snapshot_gram_of(snapshots: Tensor, chunk_size: int = 1 << 20) -> GramOf:
     return gram_of
 
 
-def _eigen_factor(
-    K: Tensor, scale: Tensor, *, floor: float = 0.0, drop: float | None = None
-) -> tuple[Tensor, Tensor]:
+def _eigen_factor(K: Tensor, scale: Tensor, *, floor: float = 0.0, drop: float | None = None) -> tuple[Tensor, Tensor]:
     """``(R, W)`` with ``B = Q R`` and ``Q = B W`` orthonormal, from ``K = B^T B``.
 
     Uses the eigendecomposition of ``K`` with rows and columns divided by ``scale`` (zero for
@@ -256,7 +264,8 @@ def _truncation_rank(s: Tensor, rank: int | float | None, rtol: float | None) ->
     return r
 
 
-def _check_form(exact: bool, rank: int | float | None, rtol: float | None) -> None:
+def validate_options(exact: bool, rank: int | float | None, rtol: float | None) -> None:
+    """Raise ``ValueError`` unless ``exact``, ``rank`` and ``rtol`` are valid for :func:`fit_factor`."""
     if not isinstance(exact, bool):
         raise ValueError(f"exact must be a bool, got {exact!r}")
     _truncation_rank(torch.ones(1, dtype=torch.float64), rank, rtol)
@@ -283,7 +292,7 @@ def fit_factor(
     Raises:
         DMDError: :math:`X` has rank 0.
     """
-    _check_form(exact, rank, rtol)
+    validate_options(exact, rank, rtol)
     m = R.shape[1]
     RS = R @ torch.linalg.inv(difference_basis(m))  # S = Q RS
     RX, RY, r_last = RS[:, :-1], RS[:, 1:], RS[:, -1]
@@ -326,7 +335,6 @@ def fit(
     """Fit DMD to the columns of ``snapshots`` (``N x m``, oldest first); see :func:`fit_factor`."""
     if snapshots.dim() != 2 or snapshots.shape[1] < 2:
         raise ValueError(f"snapshots must be N x m with m >= 2, got {tuple(snapshots.shape)}")
-    _check_form(exact, rank, rtol)
+    validate_options(exact, rank, rtol)
     R, W = orthogonal_factor(snapshot_gram_of(snapshots, chunk_size), snapshots.shape[1])
     return fit_factor(R, W, exact=exact, rank=rank, rtol=rtol)
-

@@ -134,10 +134,7 @@ class PDT:
             or not 0.0 <= random_ratio <= 1.0
         ):
             raise ValueError(f"random_ratio must be 'measured' or a float in [0, 1], got {random_ratio!r}")
-        try:
-            dmd.fit(torch.eye(2, dtype=torch.float64), rank=rank, rtol=rtol)
-        except ValueError as e:
-            raise ValueError(f"invalid truncation: {e}") from None
+        dmd.validate_options(modes == "exact", rank, rtol)
         if not hasattr(optimizer, "param_groups"):
             raise ValueError(f"optimizer must expose param_groups, got {type(optimizer).__name__}")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -122,8 +123,10 @@ class SnapshotHistory:
             )
         saved = state["snapshots"]
         count = saved[0].shape[0] if saved else 0
-        if len(saved) != len(self._storage) or count > self.capacity or any(
-            t.shape != (count, s.shape[1]) or t.dtype != s.dtype for t, s in zip(saved, self._storage)
+        if (
+            len(saved) != len(self._storage)
+            or count > self.capacity
+            or any(t.shape != (count, s.shape[1]) or t.dtype != s.dtype for t, s in zip(saved, self._storage))
         ):
             raise ValueError("saved snapshots do not match this history's layout (device/dtype groups)")
         for t, s in zip(saved, self._storage):

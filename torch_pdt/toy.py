@@ -18,7 +18,7 @@ import torch
 
 from .pdt import PDT
 
-__all__ = ["METHODS", "ToyResult", "format_table", "loss", "run", "compare"]
+__all__ = ["METHODS", "ToyResult", "compare", "format_table", "loss", "run"]
 
 START = (2.0, 2.0, 1.0, 0.5, -0.5, 1.5)
 LR = 0.01
@@ -117,11 +117,12 @@ def format_table(results: list[ToyResult]) -> str:
     A run is unstable when its loss ends non-finite or above where it started.
     """
     base = next((r.steps_to_threshold for r in results if r.method == "gd"), None)
-    lines = [
+    header = (
         f"{'method':<18}{'steps to f<-0.1':>16}{'saved':>8}{'final f':>11}{'stable':>8}"
         f"{'predictions':>13}{'accepted':>10}"
-    ]
-    lines.append("-" * len(lines[0]))
+    )
+    lines = [header]
+    lines.append("-" * len(header))
     for r in results:
         steps = "never" if r.steps_to_threshold is None else str(r.steps_to_threshold)
         gain = (
