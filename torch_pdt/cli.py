@@ -30,12 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("toy", help="the paper's toy problem: every method side by side")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(toy.METHODS)}")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--history", type=int, default=5)
-    p.add_argument("--horizon", type=int, default=5)
-    p.add_argument("--start-epoch", type=int, default=5)
-    p.add_argument("--interval", type=int, default=1)
-    p.add_argument("--history-after-jump", choices=["optimizer", "assembled"], default="optimizer")
+    p.add_argument("--steps", type=int, default=100, help="gradient-descent steps per run (default 100)")
+    p.add_argument("--history", type=int, default=5, help="h, snapshots fitted (default 5)")
+    p.add_argument("--horizon", type=int, default=5, help="tau, steps predicted ahead (default 5)")
+    p.add_argument("--start-epoch", type=int, default=5, help="T0, first step to predict after (default 5)")
+    p.add_argument("--interval", type=int, default=1, help="Ti, plain steps between predictions (default 1)")
+    p.add_argument(
+        "--history-after-jump",
+        choices=["optimizer", "assembled"],
+        default="optimizer",
+        help="what the history keeps after a prediction (default optimizer)",
+    )
     p.set_defaults(func=_toy)
     return parser
 
