@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from torch_pdt import PDT, dmd
@@ -417,3 +419,42 @@ def test_parameters_of_several_dtypes_share_one_fit():
     # Each element is written in its parameter's dtype (bf16 keeps about 3 digits).
     torch.testing.assert_close(got[:12], expected[:12], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got[12:], expected[12:], rtol=1e-2, atol=1e-2)
+
+
+KINDS = ["random", "constant", "rank_one", "growing", "oscillating", "near_parallel"]
+
+
+def synthetic_trajectory(kind: str, scale: float, steps: int, n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w0, v = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    t = torch.arange(steps, dtype=torch.float64)[:, None]
+    shapes = {
+        "random": torch.randn(steps, n, generator=g, dtype=torch.float64),
+        "constant": w0.expand(steps, n),
+        "rank_one": (0.7**t) * w0,
+        "growing": (3.0**t) * w0 + v,
+        "oscillating": torch.cos(2.5 * t) * w0 + torch.sin(2.5 * t) * v,
+        "near_parallel": w0 + 1e-4 * t * v + 1e-7 * t**2 * torch.randn(n, generator=g, dtype=torch.float64),
+    }
+    return list(scale * shapes[kind])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    scale=st.sampled_from([1e-30, 1e-6, 1.0, 1e6, 1e30]),
+    criterion=st.sampled_from(["pdt", "reference", "none"]),
+    horizon=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_never_writes_a_non_finite_value(kind, scale, criterion, horizon, seed):
+    """Whatever the snapshots, a step either predicts or says why, and the weights stay finite."""
+    p = nn.Parameter(torch.zeros(6))
+    pdt = PDT(torch.optim.SGD([p], lr=0.0), history=4, horizon=horizon, start_epoch=3, interval=0, criterion=criterion)
+    for w in synthetic_trajectory(kind, scale, 7, 6, seed):
+        with torch.no_grad():
+            p.copy_(w)
+        finite_before = bool(torch.isfinite(p).all())
+        stats = pdt.step()
+        assert stats["predicted"] or stats["reason"]
+        assert bool(torch.isfinite(p).all()) == finite_before
