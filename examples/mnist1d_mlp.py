@@ -89,7 +89,7 @@ def main() -> None:
         target = min(runs["baseline"][0])
         for name, (losses, accuracy) in runs.items():
             reached = next((i + 1 for i, loss in enumerate(losses) if loss <= target), None)
-            print(f"{seed:>4}  {name:<15}{reached or 'never':>20}{losses[-1]:>12.4f}{accuracy:>10.4f}")
+            print(f"{seed:>4}  {name:<15}{reached or 'never':>20}{losses[-1]:>12.4f}{accuracy:>10.4f}", flush=True)
 
 
 if __name__ == "__main__":
