@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import io
 
 import pytest
 import torch
@@ -173,7 +173,10 @@ def test_resume_from_state_dict_is_bit_identical(criterion, opt_name):
     assert sum(s["predicted"] for s in full_stats) >= 4
 
     model, opt, pdt, _ = run(6, opt_name, kwargs)
-    checkpoint = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "pdt": pdt.state_dict()})
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "pdt": pdt.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)  # PDT state is plain tensors and containers
     # A fresh process: new objects, loaded from the checkpoint.
     model2 = make_model(seed=123)
     opt2 = (
