@@ -435,10 +435,11 @@ def test_rtol_truncation(mlp_trajectory):
 def test_invalid_options_raise(kwargs):
     """Invalid truncation options are rejected with ValueError (before any computation)."""
     S = torch.from_numpy(linear_trajectory(0, 6, 7)[0])
+    m = S.shape[1]
     with pytest.raises(ValueError):
         dmd.fit(S, **kwargs)
     with pytest.raises(ValueError):
-        dmd.fit_factor(*dmd.orthogonal_factor(dmd.snapshot_gram_of(S), S.shape[1]), **kwargs)
+        dmd.fit_factor(*dmd.orthogonal_factor(dmd.snapshot_gram_of(dmd.matrix_chunks(S), m), m), **kwargs)
 
 
 def test_invalid_shapes_and_form_raise():
@@ -531,8 +532,9 @@ def test_gram_chunking(mlp_trajectory, dtype):
     """``chunk_size`` only changes the summation order (500 rows = 71 chunks of 7 + 3)."""
     S = torch.from_numpy(mlp_trajectory[:500, : WINDOW + 2]).to(dtype)
     W = torch.from_numpy(np.random.default_rng(4).standard_normal((S.shape[1], 3)))
-    full = dmd.snapshot_gram_of(S)(W)
-    chunked = dmd.snapshot_gram_of(S, chunk_size=7)(W)
+    m = S.shape[1]
+    full = dmd.snapshot_gram_of(dmd.matrix_chunks(S), m)(W)
+    chunked = dmd.snapshot_gram_of(dmd.matrix_chunks(S, chunk_size=7), m)(W)
     assert full.dtype == chunked.dtype == torch.float64
     assert rel_err(chunked.numpy(), full.numpy()) < 1e-12
     BW = S.double().numpy() @ dmd.difference_basis(S.shape[1]).numpy() @ W.numpy()
@@ -542,7 +544,7 @@ def test_gram_chunking(mlp_trajectory, dtype):
 def test_orthogonal_factor_is_a_qr_of_the_difference_basis(mlp_trajectory):
     """``S T = Q R`` with ``Q = S T W`` orthonormal, to float64 accuracy, on nearly parallel snapshots."""
     S = torch.from_numpy(mlp_trajectory[:, :WINDOW])
-    R, W = dmd.orthogonal_factor(dmd.snapshot_gram_of(S), WINDOW)
+    R, W = dmd.orthogonal_factor(dmd.snapshot_gram_of(dmd.matrix_chunks(S), WINDOW), WINDOW)
     B = (S @ dmd.difference_basis(WINDOW)).numpy()
     Q = B @ W.numpy()
     assert np.abs(Q.T @ Q - np.eye(Q.shape[1])).max() < 1e-10

@@ -72,6 +72,7 @@ __all__ = [
     "difference_basis",
     "fit",
     "fit_factor",
+    "matrix_chunks",
     "orthogonal_factor",
     "snapshot_gram_of",
     "validate_options",
@@ -101,24 +102,35 @@ GramOf = Callable[[Tensor], Tensor]
 """``gram_of(W)`` returns the float64 Gram matrix :math:`(BW)^\top (BW)` of the data's basis ``B``."""
 
 
-def snapshot_gram_of(snapshots: Tensor, chunk_size: int = 1 << 20) -> GramOf:
-    """``gram_of`` for an ``N x m`` snapshot matrix, evaluated in chunks of ``chunk_size`` rows.
+def snapshot_gram_of(chunks: Callable[[], Iterable[Tensor]], m: int) -> GramOf:
+    """``gram_of`` over snapshots given as chunks of shape ``(m, c)`` (one row per snapshot).
 
-    Each chunk is converted to float64 before differencing, so no N-sized float64 copy is made
-    and the differences of float32 snapshots are exact.
+    ``chunks()`` is called once per Gram pass. Each chunk is converted to float64 before
+    differencing, so no N-sized float64 copy is made and differences of float32 snapshots are
+    exact. Sums stay on the chunks' devices until the end (no host sync per chunk).
     """
-    n, m = snapshots.shape
-    T = difference_basis(m).to(snapshots.device)
+    T = difference_basis(m)
 
     def gram_of(W: Tensor) -> Tensor:
-        TW = T @ W.to(snapshots.device)
-        K = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=snapshots.device)
-        for start in range(0, n, chunk_size):
-            BW = snapshots[start : start + chunk_size].to(torch.float64) @ TW
-            K += BW.T @ BW
-        return K.cpu()
+        TWt = (T @ W).T
+        on: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        for S in chunks():
+            if S.device not in on:
+                on[S.device] = (
+                    TWt.to(S.device),
+                    torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=S.device),
+                )
+            TWt_d, K = on[S.device]
+            BW = TWt_d @ S.to(torch.float64)
+            K += BW @ BW.T
+        return sum((K.cpu() for _, K in on.values()), torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64))
 
     return gram_of
+
+
+def matrix_chunks(snapshots: Tensor, chunk_size: int = 1 << 20) -> Callable[[], Iterable[Tensor]]:
+    """Chunks ``(m, c)`` of an ``N x m`` snapshot matrix, for :func:`snapshot_gram_of`."""
+    return lambda: (snapshots[start : start + chunk_size].T for start in range(0, snapshots.shape[0], chunk_size))
 
 
 def _eigen_factor(K: Tensor, scale: Tensor, *, floor: float = 0.0, drop: float | None = None) -> tuple[Tensor, Tensor]:
@@ -336,5 +348,6 @@ def fit(
     if snapshots.dim() != 2 or snapshots.shape[1] < 2:
         raise ValueError(f"snapshots must be N x m with m >= 2, got {tuple(snapshots.shape)}")
     validate_options(exact, rank, rtol)
-    R, W = orthogonal_factor(snapshot_gram_of(snapshots, chunk_size), snapshots.shape[1])
+    m = snapshots.shape[1]
+    R, W = orthogonal_factor(snapshot_gram_of(matrix_chunks(snapshots, chunk_size), m), m)
     return fit_factor(R, W, exact=exact, rank=rank, rtol=rtol)

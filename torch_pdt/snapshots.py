@@ -91,22 +91,17 @@ class SnapshotHistory:
                 stop = min(start + chunk_size, slot.numel)
                 yield i, start, storage[index[storage.device], slot.offset + start : slot.offset + stop]
 
+    def row_chunks(self, chunk_size: int) -> Iterator[Tensor]:
+        """All snapshots, oldest first, as ``(count, c)`` chunks of the flat storage."""
+        rows = self._order()
+        for storage in self._storage:
+            index = torch.tensor(rows, device=storage.device)
+            for start in range(0, storage.shape[1], chunk_size):
+                yield storage[index, start : start + chunk_size]
+
     def gram_of(self, chunk_size: int) -> dmd.GramOf:
         """``gram_of(W)`` of the current snapshots for :func:`torch_pdt.dmd.orthogonal_factor`."""
-        rows = self._order()
-        T = dmd.difference_basis(self.count)
-
-        def gram_of(W: Tensor) -> Tensor:
-            K = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64)
-            for storage in self._storage:
-                index = torch.tensor(rows, device=storage.device)
-                TW = (T @ W).T.to(storage.device)
-                for start in range(0, storage.shape[1], chunk_size):
-                    BW = TW @ storage[index, start : start + chunk_size].to(torch.float64)
-                    K += (BW @ BW.T).cpu()
-            return K
-
-        return gram_of
+        return dmd.snapshot_gram_of(lambda: self.row_chunks(chunk_size), self.count)
 
     def state_dict(self) -> dict[str, Any]:
         rows = self._order()
