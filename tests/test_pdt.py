@@ -214,7 +214,7 @@ def test_load_state_dict_rejects_other_config_or_shapes_without_changes():
 
 @pytest.mark.parametrize("forecast", ["paper", "increment"])
 @pytest.mark.parametrize("modes", ["projected", "exact"])
-@pytest.mark.parametrize("chunk_size", [1 << 20, 7])
+@pytest.mark.parametrize("chunk_size", [dmd.CHUNK_SIZE, 7])
 def test_assembled_weights_equal_the_dmd_forecast_where_accepted(forecast, modes, chunk_size):
     """The fused pass agrees with the standalone DMD module applied to the whole vector."""
     h, tau = 4, 3

@@ -81,6 +81,10 @@ __all__ = [
 Forecast = Literal["paper", "increment"]
 FORECASTS = ("paper", "increment")
 
+CHUNK_SIZE = 1 << 16
+"""Default elements per chunk: small enough for cache-resident float64 temporaries (measured
+fastest on CPU among 2^12..2^20) and a few MB of working memory."""
+
 _EPS = torch.finfo(torch.float64).eps
 _GRAM_RTOL = 100 * _EPS  # times m: a share of an m x m Gram matrix's spectrum below this is rounding
 
@@ -128,7 +132,7 @@ def snapshot_gram_of(chunks: Callable[[], Iterable[Tensor]], m: int) -> GramOf:
     return gram_of
 
 
-def matrix_chunks(snapshots: Tensor, chunk_size: int = 1 << 20) -> Callable[[], Iterable[Tensor]]:
+def matrix_chunks(snapshots: Tensor, chunk_size: int = CHUNK_SIZE) -> Callable[[], Iterable[Tensor]]:
     """Chunks ``(m, c)`` of an ``N x m`` snapshot matrix, for :func:`snapshot_gram_of`."""
     return lambda: (snapshots[start : start + chunk_size].T for start in range(0, snapshots.shape[0], chunk_size))
 
@@ -342,7 +346,7 @@ def fit(
     exact: bool = False,
     rank: int | float | None = None,
     rtol: float | None = None,
-    chunk_size: int = 1 << 20,
+    chunk_size: int = CHUNK_SIZE,
 ) -> DMD:
     """Fit DMD to the columns of ``snapshots`` (``N x m``, oldest first); see :func:`fit_factor`."""
     if snapshots.dim() != 2 or snapshots.shape[1] < 2:

@@ -113,7 +113,7 @@ class PDT:
         history_after_jump: str = "optimizer",
         random_ratio: float | str = "measured",
         seed: int = 0,
-        chunk_size: int = 1 << 20,
+        chunk_size: int = dmd.CHUNK_SIZE,
         model: nn.Module | None = None,
     ) -> None:
         _check_int("history", history, 2)
