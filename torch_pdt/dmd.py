@@ -222,10 +222,6 @@ class DMD:
     def rank(self) -> int:
         return int(self.eigenvalues.numel())
 
-    @property
-    def num_snapshots(self) -> int:
-        return int(self.lift.shape[0])
-
     def coefficients(self, steps: Iterable[int], form: Forecast = "paper") -> Tensor:
         r"""Real float64 matrix ``C`` of shape ``(m, len(steps))`` with forecast ``= S @ C``.
 

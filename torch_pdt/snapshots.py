@@ -74,10 +74,6 @@ class SnapshotHistory:
     def replace_newest(self, tensors: Sequence[Tensor]) -> None:
         self._write((self._next - 1) % self.capacity, tensors)
 
-    def clear(self) -> None:
-        self.count = 0
-        self._next = 0
-
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, Tensor]]:
         """Yield ``(tensor index, start, snapshots)`` with ``snapshots`` of shape ``(count, c)``.
 
