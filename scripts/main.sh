@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
 # The main job: PDT against plain gradient descent and the paper's ablations on the toy problem.
 source "$(dirname "$0")/env.sh"
-pdt toy "$@"
+pdt-bench toy "$@"

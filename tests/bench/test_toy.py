@@ -1,10 +1,10 @@
-"""The paper's toy problem (Sec. 3, App. A.1) through the real plug-in, and the `pdt toy` command."""
+"""The paper's toy problem (Sec. 3, App. A.1) through the real plug-in, and the `pdt-bench toy` command."""
 
 import math
 
 import pytest
 
-from torch_pdt import cli, toy
+from pdt_bench import cli, toy
 
 
 @pytest.fixture(scope="module")

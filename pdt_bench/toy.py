@@ -10,13 +10,14 @@ about 25 when x, y, z take a 3x learning rate, and 27 with PDT (h = 5, tau = 5, 
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .pdt import PDT
+from torch_pdt import PDT
 
 __all__ = ["METHODS", "ToyResult", "compare", "format_table", "loss", "run"]
 
@@ -135,3 +136,38 @@ def format_table(results: list[ToyResult]) -> str:
         ratio = f"{r.mean_accepted_ratio:.2f}" if r.predictions else ""
         lines.append(f"{r.method:<18}{steps:>16}{gain:>8}{final:>11}{stable:>8}{r.predictions:>13}{ratio:>10}")
     return "\n".join(lines)
+
+
+def _toy(args: argparse.Namespace) -> int:
+    overrides = dict(
+        history=args.history,
+        horizon=args.horizon,
+        start_epoch=args.start_epoch,
+        interval=args.interval,
+        history_after_jump=args.history_after_jump,
+    )
+    results = compare(args.methods.split(",") if args.methods else None, steps=args.steps, **overrides)
+    print(
+        f"Toy problem (paper Sec. 3): GD lr {LR}, threshold f < {THRESHOLD}, {args.steps} steps; "
+        f"PDT h={args.history} tau={args.horizon} T0={args.start_epoch} Ti={args.interval}"
+    )
+    print(format_table(results))
+    return 0
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """The ``pdt-bench toy`` sub-command."""
+    p = sub.add_parser("toy", help="the paper's toy problem: every method side by side")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--steps", type=int, default=100, help="gradient-descent steps per run (default 100)")
+    p.add_argument("--history", type=int, default=5, help="h, snapshots fitted (default 5)")
+    p.add_argument("--horizon", type=int, default=5, help="tau, steps predicted ahead (default 5)")
+    p.add_argument("--start-epoch", type=int, default=5, help="T0, first step to predict after (default 5)")
+    p.add_argument("--interval", type=int, default=1, help="Ti, plain steps between predictions (default 1)")
+    p.add_argument(
+        "--history-after-jump",
+        choices=["optimizer", "assembled"],
+        default="optimizer",
+        help="what the history keeps after a prediction (default optimizer)",
+    )
+    p.set_defaults(func=_toy)

@@ -1,0 +1,75 @@
+"""What one run writes: its configuration and one row per epoch, as JSON.
+
+A run file ``DIR/runs/<method>-seed<seed>.json`` holds a :class:`Run`. Times are seconds.
+``train_time`` is the run's clock: training plus all PDT work, stopped while evaluating; it is
+cumulative, so the row of epoch ``e`` says how long training took to get there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypedDict
+
+__all__ = ["Epoch", "Run", "load_run", "load_runs", "save_json"]
+
+
+class Epoch(TypedDict):
+    epoch: int
+    """1-based: the row after ``epoch`` epochs of training (and that epoch's PDT step)."""
+    train_time: float
+    """Cumulative clock at the end of this epoch (training + PDT, no evaluation)."""
+    pdt_time: float
+    """Time of this epoch's PDT step (0 without PDT); included in ``train_time``."""
+    eval_time: float
+    """Time spent evaluating after this epoch (not in ``train_time``)."""
+    train_loss: float
+    """Full-pass loss on the training set (or its fixed evaluation subset) after the PDT step."""
+    batch_loss: float
+    """Mean of the batch losses during the epoch: the authors' definition of training loss."""
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    pdt: dict[str, Any] | None
+    """What ``PDT.step()`` returned (without eigenvalues' complex numbers: ``[re, im]`` pairs)."""
+
+
+class Run(TypedDict):
+    task: str
+    method: str
+    seed: int
+    config: dict[str, Any]
+    """Every setting of the run (task, optimizer, lr, batch size, schedule, PDT options...)."""
+    epochs: list[Epoch]
+    param_types: dict[str, str]
+    """Parameter name -> kind of layer that owns it (``Linear``, ``Conv2d``, ``LSTM``...)."""
+    overhead: dict[str, Any]
+    """FLOPs and memory: ``model_flops_per_epoch``, ``pdt_flops_per_prediction``, ``peak_memory_bytes``..."""
+    diverged: bool
+    """The training loss became non-finite; later epochs are not run."""
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a reader (or a crash) never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_run(path: Path) -> Run:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_runs(directory: Path) -> list[Run]:
+    """Every run under ``directory/runs``, in a stable order."""
+    return [load_run(p) for p in sorted((Path(directory) / "runs").glob("*.json"))]
