@@ -205,8 +205,11 @@ class PDT:
     def _due(self) -> bool:
         return self.epoch >= self.config["start_epoch"] and self.plain_epochs >= self.config["interval"]
 
-    def step(self) -> dict[str, Any]:
+    def step(self, *, predict: bool = True) -> dict[str, Any]:
         """Call once at the end of every epoch, after the optimizer's (and scheduler's) steps.
+
+        With ``predict=False`` the snapshot is still taken but no prediction runs (the epoch
+        counts as a plain one): a caller's own rule can switch PDT off and on.
 
         Returns the statistics of this epoch (also kept in :attr:`last_stats`): ``epoch``,
         ``predicted``, ``reason`` (why no prediction ran, else ``None``), ``accepted_ratio``,
@@ -218,7 +221,9 @@ class PDT:
         if not self._start_of_epoch:
             self._history.push(self._flat_params())
         stats: dict[str, Any] = {"epoch": self.epoch, "predicted": False, "reason": None, "accepted_ratio": 0.0}
-        if not self._due():
+        if not predict:
+            stats["reason"] = "disabled by the caller"
+        elif not self._due():
             stats["reason"] = "warm-up" if self.epoch < self.config["start_epoch"] else "interval"
         elif len(self._history) < self.config["history"]:
             stats["reason"] = f"insufficient history ({len(self._history)} of {self.config['history']} snapshots)"

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["TASKS", "DataMissing", "Task", "TaskOptions", "build", "data_root"]
+__all__ = ["TASKS", "DataMissing", "Task", "TaskOptions", "build", "cache_root", "data_root"]
 
 
 class DataMissing(FileNotFoundError):

@@ -7,17 +7,23 @@ package's own split. Two models: the paper-style MLP 40-512-512-512-10 and a sma
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from . import Task, TaskOptions
+from . import Task, TaskOptions, cache_root
 
 NUM_SAMPLES = 12_000
 
 
 @functools.cache
-def _data(num_samples: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _data(num_samples: int, cache: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The dataset, generated once per machine and then read from ``cache`` (generation takes seconds)."""
+    path = cache / f"mnist1d-{num_samples}.pt"
+    if path.exists():
+        return torch.load(path)
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -25,12 +31,17 @@ def _data(num_samples: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = get_dataset_args()
     args.num_samples = num_samples
     d = make_dataset(args)
-    return (
+    data = (
         torch.tensor(d["x"], dtype=torch.float32),
         torch.tensor(d["y"], dtype=torch.int64),
         torch.tensor(d["x_test"], dtype=torch.float32),
         torch.tensor(d["y_test"], dtype=torch.int64),
     )
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)  # concurrent runs never read a half-written file
+    return data
 
 
 def mlp(width: int = 512) -> nn.Module:
@@ -65,7 +76,7 @@ class CNN1d(nn.Module):
 
 
 def _build(options: TaskOptions, name: str, model, width: int, description: str) -> Task:
-    x, y, x_val, y_val = _data(600 if options.tiny else NUM_SAMPLES)
+    x, y, x_val, y_val = _data(600 if options.tiny else NUM_SAMPLES, cache_root(options))
     if options.train_subset is not None:
         x, y = x[: options.train_subset], y[: options.train_subset]
     width = 16 if options.tiny else (options.width or width)

@@ -1,0 +1,154 @@
+"""Methods a benchmark compares, and the optimizers and schedules they train with.
+
+A method name is one of :data:`METHODS`, optionally followed by a learning-rate change:
+``baseline@lrx2`` (or ``@lr×2``) scales the run's learning rate, ``pdt@lr=0.1`` sets it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["METHODS", "OPTIMIZERS", "SCHEDULES", "Method", "make_optimizer", "make_schedule", "parse_method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a run differs from the plain baseline."""
+
+    name: str
+    pdt: dict[str, Any] | None = None
+    """Keyword arguments of :class:`torch_pdt.PDT` beyond h, tau, T0, Ti (None: no PDT)."""
+    lookahead: bool = False
+    """Wrap the optimizer in ``pytorch_optimizer.Lookahead(k=5, alpha=0.5)``."""
+    switch_by_val_loss: bool = False
+    """Predict only while the validation loss falls (the paper's Fig. 6 scheme)."""
+    lr_scale: float = 1.0
+    lr: float | None = None
+    """Fixed learning rate (overrides the run's and ``lr_scale``)."""
+    description: str = field(default="", compare=False)
+
+    def learning_rate(self, lr: float) -> float:
+        return self.lr if self.lr is not None else lr * self.lr_scale
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("baseline", description="the optimizer alone"),
+        Method("pdt", {"criterion": "pdt"}, description="PDT, the paper's criteria (Eq. 6 and 7)"),
+        Method("pdt-reference", {"criterion": "reference"}, description="PDT as the authors' code computes it"),
+        Method("nonselective", {"criterion": "none"}, description="every prediction accepted (Tano et al. 2020)"),
+        Method(
+            "random-mask",
+            {"criterion": "random", "random_ratio": "measured"},
+            description="a random mask at the ratio PDT's criteria accept at the same step",
+        ),
+        Method("accel-only", {"criterion": "accel_only"}, description="acceleration bounds only (Eq. 6)"),
+        Method("consistency-only", {"criterion": "consistency_only"}, description="sign consistency only (Eq. 7)"),
+        Method(
+            "switch-by-val-loss",
+            {"criterion": "none"},
+            switch_by_val_loss=True,
+            description="non-selective prediction while the validation loss falls (paper Fig. 6)",
+        ),
+        Method("lookahead", lookahead=True, description="Lookahead (k=5, alpha=0.5) around the optimizer"),
+    ]
+}
+
+_LR_SUFFIX = re.compile(r"^lr(?:(?P<op>[x×*])(?P<scale>[0-9.]+)|=(?P<value>[0-9.eE+-]+))$")
+
+
+def parse_method(name: str) -> Method:
+    """``"pdt"``, ``"baseline@lrx2"``, ``"pdt@lr=0.1"`` -> :class:`Method`; ``ValueError`` otherwise."""
+    base, _, suffix = name.partition("@")
+    if base not in METHODS:
+        raise ValueError(f"unknown method {base!r}; choose from {', '.join(METHODS)} (optionally @lrx2 or @lr=0.1)")
+    method = replace(METHODS[base], name=name)
+    if not suffix:
+        return method
+    match = _LR_SUFFIX.match(suffix)
+    if match is None:
+        raise ValueError(f"bad learning-rate suffix in {name!r}: use @lrx<scale> or @lr=<value>")
+    try:
+        if match["value"] is not None:
+            return replace(method, lr=float(match["value"]))
+        return replace(method, lr_scale=float(match["scale"]))
+    except ValueError:
+        raise ValueError(f"bad number in {name!r}") from None
+
+
+def _sgd(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
+def _sgd_momentum(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def _adam(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _adamw(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _rmsprop(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+
+
+def _lamb(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    from pytorch_optimizer import Lamb
+
+    return Lamb(params, lr=lr, weight_decay=weight_decay)
+
+
+def _shampoo(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    from pytorch_optimizer import Shampoo
+
+    return Shampoo(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {
+    "sgd": _sgd,
+    "sgd-momentum": _sgd_momentum,
+    "adam": _adam,
+    "adamw": _adamw,
+    "rmsprop": _rmsprop,
+    "lamb": _lamb,
+    "shampoo": _shampoo,
+}
+"""Optimizer name -> factory ``(params, lr, weight_decay)``; momentum 0.9 where it applies."""
+
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(
+    name: str, model: nn.Module, lr: float, weight_decay: float = 0.0, lookahead: bool = False
+) -> torch.optim.Optimizer:
+    """The named optimizer over ``model``'s parameters (named, so PDT's statistics use layer names)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    opt = OPTIMIZERS[name](model.parameters(), lr, weight_decay)
+    if lookahead:
+        from pytorch_optimizer import Lookahead
+
+        opt = Lookahead(opt, k=5, alpha=0.5)
+    return opt
+
+
+def make_schedule(
+    name: str, optimizer: torch.optim.Optimizer, epochs: int, eta_min: float
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-epoch learning-rate schedule: ``constant`` (None) or ``cosine`` annealing to ``eta_min``."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    if name == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)

@@ -1,0 +1,267 @@
+"""One benchmark run: train a task with one method and one seed, epoch by epoch.
+
+The clock counts the training epochs and every PDT step and stops while evaluating. After each
+epoch (and its PDT step) the run measures, off the clock, the full-pass training loss on a
+fixed subset of the training set, and the validation loss and accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from torch_pdt import PDT
+
+from . import tasks
+from .methods import Method, make_optimizer, make_schedule, parse_method
+from .records import Epoch, Run
+
+__all__ = ["RunConfig", "pdt_flops_per_prediction", "run"]
+
+TRAIN_EVAL_SAMPLES = 10_000
+"""Training-loss evaluation uses at most this many training samples (a fixed subset)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; ``None`` takes the task's default."""
+
+    task: str
+    method: str
+    seed: int = 0
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
+    eta_min: float | None = None
+    weight_decay: float | None = None
+    non_iid: bool = False
+    """Every batch from one class, in random batch order (paper App. A.8)."""
+    history: int = 5
+    horizon: int = 5
+    start_epoch: int = 5
+    interval: int = 1
+    pdt_options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of :class:`torch_pdt.PDT` (``--pdt KEY=VALUE``)."""
+    device: str = "cpu"
+    threads: int | None = None
+    mask_epoch: int | None = None
+    """Record which elements PDT accepted at this epoch (for the mask heatmap)."""
+    task_options: tasks.TaskOptions = field(default_factory=tasks.TaskOptions)
+
+    def resolved(self, task: tasks.Task) -> RunConfig:
+        """A copy with every ``None`` replaced by the task's default."""
+        d = dict(epochs=60, lr=0.05, batch_size=128, optimizer="sgd", schedule="cosine", eta_min=0.0, weight_decay=0.0)
+        d |= task.defaults
+        values = {k: getattr(self, k) if getattr(self, k) is not None else d[k] for k in d}
+        return RunConfig(**(asdict(self) | values | {"task_options": self.task_options}))
+
+
+def _batches(y: Tensor, batch_size: int, non_iid: bool, num_classes: int, generator: torch.Generator) -> list[Tensor]:
+    if not non_iid:
+        return list(torch.randperm(len(y), generator=generator).split(batch_size))
+    batches: list[Tensor] = []
+    for c in range(num_classes):
+        idx = (y == c).nonzero().squeeze(1)
+        batches += list(idx[torch.randperm(len(idx), generator=generator)].split(batch_size))
+    order = torch.randperm(len(batches), generator=generator)
+    return [batches[i] for i in order]
+
+
+def _inputs(task: tasks.Task, x: Tensor, train: bool, device: torch.device) -> Tensor:
+    x = x.to(device)
+    return task.prepare(x, train) if task.prepare is not None else x
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, task: tasks.Task, x: Tensor, y: Tensor, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over ``(x, y)``, in eval mode, without augmentation."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for idx in torch.arange(len(y)).split(1024):
+        out = model(_inputs(task, x[idx], False, device))
+        target = y[idx].to(device)
+        loss += nn.functional.cross_entropy(out, target, reduction="sum").item()
+        correct += (out.argmax(1) == target).sum().item()
+    model.train()
+    return loss / len(y), correct / len(y)
+
+
+def _train_flops(model: nn.Module, task: tasks.Task, batch_size: int, device: torch.device) -> int:
+    """FLOPs of one training step (forward and backward) on one batch."""
+    x = _inputs(task, task.x_train[:batch_size], True, device)
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x), task.y_train[:batch_size].to(device)).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def pdt_flops_per_prediction(numel: int, history: int, horizon: int) -> int:
+    r"""Floating-point operations of one PDT prediction on ``numel`` parameters, counted analytically.
+
+    Gram passes :math:`2 N h^2` (two of them, :math:`h(h+1)/2` distinct products each, counted as
+    :math:`h^2`); forecasting every step :math:`k \le \tau` and the displacement:
+    :math:`2 N h (\tau + 1)`; the criteria and the assembly: about :math:`6 N \tau`. The ``h x h``
+    algebra is negligible.
+    """
+    return 2 * 2 * numel * history**2 + 2 * numel * history * (horizon + 1) + 6 * numel * horizon
+
+
+def _param_types(model: nn.Module) -> dict[str, str]:
+    types = {}
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            types[f"{module_name}.{name}" if module_name else name] = type(module).__name__
+    return types
+
+
+def _matrix_views(pdt: PDT) -> dict[str, Tensor]:
+    return {n: p.detach().reshape(p.shape[0], -1) for n, p in zip(pdt.names, pdt.params) if p.dim() >= 2}
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _jsonable_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    out = dict(stats)
+    if "eigenvalues" in out:
+        out["eigenvalues"] = [[z.real, z.imag] for z in out["eigenvalues"]]
+    return out
+
+
+def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) -> Run:
+    """Train ``config.task`` with ``config.method``; return the :class:`~pdt_bench.records.Run`.
+
+    With ``out_dir``, also save the accepted-element masks at ``config.mask_epoch`` to
+    ``out_dir/masks/<method>-seed<seed>.pt``.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    task = tasks.build(config.task, config.task_options)
+    cfg = config.resolved(task)
+    method: Method = parse_method(cfg.method)
+    device = torch.device(cfg.device)
+    lr = method.learning_rate(cfg.lr)
+
+    torch.manual_seed(cfg.seed)
+    model = task.model().to(device)
+    model_flops = _train_flops(model, task, cfg.batch_size, device)
+    torch.manual_seed(cfg.seed)
+    model = task.model().to(device)
+    opt = make_optimizer(cfg.optimizer, model, lr, cfg.weight_decay, lookahead=method.lookahead)
+    schedule = make_schedule(cfg.schedule, opt, cfg.epochs, cfg.eta_min)
+    pdt = None
+    if method.pdt is not None:
+        kwargs = dict(history=cfg.history, horizon=cfg.horizon, start_epoch=cfg.start_epoch, interval=cfg.interval)
+        pdt = PDT(opt, **(kwargs | method.pdt | cfg.pdt_options | {"seed": cfg.seed}), model=model)
+    order = torch.Generator().manual_seed(cfg.seed)
+    n_eval = min(len(task.y_train), TRAIN_EVAL_SAMPLES)
+    x_eval, y_eval = task.x_train[:n_eval], task.y_train[:n_eval]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    rows: list[Epoch] = []
+    clock = 0.0
+    diverged = False
+    epochs = range(1, cfg.epochs + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc=f"{cfg.method} seed {cfg.seed}", leave=False, file=sys.stderr)
+    for epoch in epochs:
+        _sync(device)
+        start = time.perf_counter()
+        batch_losses = []
+        for idx in _batches(task.y_train, cfg.batch_size, cfg.non_iid, task.num_classes, order):
+            x = _inputs(task, task.x_train[idx], True, device)
+            loss = nn.functional.cross_entropy(model(x), task.y_train[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            batch_losses.append(loss.detach())
+        if schedule is not None:
+            schedule.step()
+        _sync(device)
+        clock += time.perf_counter() - start
+
+        stats = None
+        pdt_time = 0.0
+        if pdt is not None:
+            before = {n: t.clone() for n, t in _matrix_views(pdt).items()} if epoch == cfg.mask_epoch else None
+            predict = not method.switch_by_val_loss or (len(rows) >= 2 and rows[-1]["val_loss"] < rows[-2]["val_loss"])
+            _sync(device)
+            start = time.perf_counter()
+            stats = pdt.step(predict=predict)
+            _sync(device)
+            pdt_time = time.perf_counter() - start
+            clock += pdt_time
+            if before is not None and out_dir is not None:
+                masks = {n: (t != before[n]).cpu() for n, t in _matrix_views(pdt).items()}
+                (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+                torch.save({"epoch": epoch, "masks": masks}, out_dir / "masks" / f"{cfg.method}-seed{cfg.seed}.pt")
+
+        start = time.perf_counter()
+        train_loss, train_acc = _evaluate(model, task, x_eval, y_eval, device)
+        val_loss, val_acc = _evaluate(model, task, task.x_val, task.y_val, device)
+        rows.append(
+            Epoch(
+                epoch=epoch,
+                train_time=clock,
+                pdt_time=pdt_time,
+                eval_time=time.perf_counter() - start,
+                train_loss=train_loss,
+                batch_loss=torch.stack(batch_losses).mean().item(),
+                train_acc=train_acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                lr=opt.param_groups[0]["lr"],
+                pdt=_jsonable_stats(stats) if stats is not None else None,
+            )
+        )
+        if not math.isfinite(train_loss):
+            diverged = True
+            break
+
+    numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps_per_epoch = math.ceil(len(task.y_train) / cfg.batch_size)
+    overhead = {
+        "numel": numel,
+        "model_flops_per_step": model_flops,
+        "model_flops_per_epoch": model_flops * steps_per_epoch,
+        "pdt_flops_per_prediction": pdt_flops_per_prediction(numel, cfg.history, cfg.horizon) if pdt else 0,
+        "predictions": sum(1 for r in rows if r["pdt"] and r["pdt"]["predicted"]),
+        "pdt_time": sum(r["pdt_time"] for r in rows),
+        "snapshot_bytes": pdt.snapshot_bytes if pdt else 0,
+        "peak_memory_bytes": _peak_memory(device),
+        "peak_memory_kind": "cuda allocator" if device.type == "cuda" else "process RSS",
+    }
+    run_config = asdict(cfg) | {"task_options": {k: str(v) for k, v in asdict(cfg.task_options).items()}, "lr": lr}
+    return Run(
+        task=cfg.task,
+        method=cfg.method,
+        seed=cfg.seed,
+        config=run_config | {"task_description": task.description},
+        epochs=rows,
+        param_types=_param_types(model),
+        overhead=overhead,
+        diverged=diverged,
+    )
