@@ -1,0 +1,317 @@
+"""The plots of a study, as PNG files: training curves, PDT's acceptance, rejection reasons, masks.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly rather than ``pyplot``: no
+global state, no GUI backend, nothing left open (PNG output goes through Agg).
+
+Curves are mean ± std over the successful runs of a method (diverged runs are left out, as in
+the paper, and counted in the legend). Losses are averaged in log space, so a loss band is the
+geometric mean multiplied and divided by the geometric standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .metrics import by_method
+from .records import Run
+
+__all__ = ["plot_sweep", "write_plots"]
+
+REASONS = ("consistency", "lower_bound", "upper_bound", "nonfinite")
+"""The checks counted in ``epochs[i].pdt["rejected"]``."""
+
+_TIME_POINTS = 200
+_MASK_ROWS, _MASK_COLS = 32, 512
+"""A mask is block-averaged to at most this many pixels per layer band: big layers stay legible."""
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _colors(methods: list[str]) -> dict[str, str]:
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
+def _band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str, label: str, log: bool = False) -> None:
+    """Mean line and ± std band of ``values`` (runs x points) against ``x``."""
+    data = np.log10(values) if log else values
+    mean, std = data.mean(axis=0), data.std(axis=0)
+    lo, mid, hi = (10 ** (mean - std), 10**mean, 10 ** (mean + std)) if log else (mean - std, mean, mean + std)
+    ax.plot(x, mid, color=color, label=label)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+
+
+def _by_epoch(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch numbers and values (runs x epochs) over the epochs every run has."""
+    n = min(len(r["epochs"]) for r in runs)
+    x = np.array([e["epoch"] for e in runs[0]["epochs"][:n]])
+    return x, np.array([[e[key] for e in r["epochs"][:n]] for r in runs])
+
+
+def _by_time(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values interpolated on a common time grid, over the span every run covers (runs differ in speed)."""
+    start = max(r["epochs"][0]["train_time"] for r in runs)
+    stop = min(r["epochs"][-1]["train_time"] for r in runs)
+    grid = np.linspace(start, stop, _TIME_POINTS)
+    curves = [np.interp(grid, [e["train_time"] for e in r["epochs"]], [e[key] for e in r["epochs"]]) for r in runs]
+    return grid, np.array(curves)
+
+
+def _successful(runs: list[Run]) -> dict[str, tuple[list[Run], int]]:
+    """Method -> (its runs that did not diverge, how many diverged); methods with no success are left out."""
+    out = {}
+    for method, group in by_method(runs).items():
+        ok = [r for r in group if not r["diverged"]]
+        if ok:
+            out[method] = (ok, len(group) - len(ok))
+    return out
+
+
+def _curve_plot(path: Path, runs: list[Run], key: str, ylabel: str, log: bool) -> Path:
+    """``key`` against training time (left) and against epoch (right), one colour per method."""
+    groups = _successful(runs)
+    colors = _colors(list(by_method(runs)))
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_time, ax_epoch = fig.subplots(1, 2, sharey=True)
+    for method, (ok, diverged) in groups.items():
+        label = method + (f" ({diverged} diverged, not shown)" if diverged else "")
+        _band(ax_time, *_by_time(ok, key), colors[method], label, log)
+        _band(ax_epoch, *_by_epoch(ok, key), colors[method], label, log)
+    ax_time.set_xlabel("training time (s, no evaluation)")
+    ax_epoch.set_xlabel("epoch")
+    ax_time.set_ylabel(ylabel)
+    for ax in (ax_time, ax_epoch):
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    ax_epoch.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _predicting(run: Run) -> list[tuple[int, dict[str, Any]]]:
+    """(epoch, PDT statistics) of the epochs where PDT predicted."""
+    return [(e["epoch"], e["pdt"]) for e in run["epochs"] if e["pdt"] and e["pdt"]["predicted"]]
+
+
+def _param_names(runs: list[Run]) -> list[str]:
+    """The parameters PDT handles, in model order (``param_types`` also lists any it does not)."""
+    first = next(stats for run in runs for _, stats in _predicting(run))
+    return list(first["accepted_ratio_per_param"])
+
+
+def _pdt_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """Successful runs of the methods that made at least one prediction."""
+    return {m: ok for m, (ok, _) in _successful(runs).items() if any(_predicting(r) for r in ok)}
+
+
+def _per_epoch(runs: list[Run], value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs with a prediction in any run, and mean and std over the runs that predicted there.
+
+    ``value(stats)`` reads one number from an epoch's PDT statistics. Runs need not predict at
+    the same epochs (``switch-by-val-loss`` decides per run).
+    """
+    per: dict[int, list[float]] = {}
+    for run in runs:
+        for epoch, stats in _predicting(run):
+            per.setdefault(epoch, []).append(value(stats))
+    epochs = sorted(per)
+    return (
+        np.array(epochs),
+        np.array([np.mean(per[e]) for e in epochs]),
+        np.array([np.std(per[e]) for e in epochs]),
+    )
+
+
+def _epoch_band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: str, label: str) -> None:
+    ax.plot(x, mean, marker=".", color=color, label=label)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def _accepted_plot(path: Path, groups: dict[str, list[Run]], colors: dict[str, str]) -> Path:
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for method, ok in groups.items():
+        _epoch_band(ax, *_per_epoch(ok, lambda s: s["accepted_ratio"]), colors[method], method)
+    ax.set_xlabel("epoch (predicting epochs only)")
+    ax.set_ylabel("accepted ratio (fraction of elements)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _grid(groups: dict[str, Any], height: float, width: float = 8) -> tuple[Figure, list[Axes]]:
+    """One row of axes per method."""
+    fig = Figure(figsize=(width, height * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _per_layer_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
+    """Paper Fig. 11(a): accepted ratio of every parameter (rows) at every predicting epoch (columns)."""
+    names = _param_names(next(iter(groups.values())))
+    fig, axes = _grid(groups, height=1.0 + 0.18 * len(names))
+    for ax, (method, ok) in zip(axes, groups.items()):
+        columns = [_per_epoch(ok, lambda s, n=n: s["accepted_ratio_per_param"][n]) for n in names]
+        image = ax.imshow(
+            np.array([mean for _, mean, _ in columns]), aspect="auto", vmin=0, vmax=1, interpolation="nearest"
+        )
+        # One column per predicting epoch: with an interval between predictions they are not consecutive.
+        epochs = columns[0][0]
+        ticks = range(0, len(epochs), max(1, len(epochs) // 15))
+        ax.set_xticks(ticks, [str(epochs[i]) for i in ticks])
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set_title(f"{method}: accepted ratio per parameter (mean over seeds)", fontsize=9)
+        ax.set_xlabel("epoch")
+        fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def _per_type_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
+    """Paper Fig. 11(b): accepted ratio per layer type, beside the overall ratio.
+
+    A type's ratio is the unweighted mean over its parameters (the run records hold ratios per
+    parameter, not sizes); the overall ratio is over all elements.
+    """
+    fig, axes = _grid(groups, height=3.5)
+    for ax, (method, ok) in zip(axes, groups.items()):
+        types: dict[str, list[str]] = {}
+        for name in _param_names(ok):
+            types.setdefault(ok[0]["param_types"][name], []).append(name)
+        for i, (kind, names) in enumerate(types.items()):
+
+            def mean_of_type(s: dict[str, Any], names: list[str] = names) -> float:
+                return float(np.mean([s["accepted_ratio_per_param"][n] for n in names]))
+
+            _epoch_band(ax, *_per_epoch(ok, mean_of_type), f"C{i % 10}", kind)
+        x, mean, _ = _per_epoch(ok, lambda s: s["accepted_ratio"])
+        ax.plot(x, mean, "k--", label="all elements")
+        ax.set_title(f"{method}: accepted ratio per layer type", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _rejection_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
+    """Paper Fig. 16: the fraction of elements each check rejects, per epoch, and the accepted fraction.
+
+    Drawn as separate lines rather than stacked: one element can fail several checks, so the
+    fractions overlap and their sum can exceed 1 (as in the paper's figure).
+    """
+    fig, axes = _grid(groups, height=3.5)
+    for ax, (method, ok) in zip(axes, groups.items()):
+        for i, reason in enumerate(REASONS):
+            x, mean, std = _per_epoch(ok, lambda s, r=reason: s["rejected"][r] / s["numel"])
+            if mean.any():
+                _epoch_band(ax, x, mean, std, f"C{i}", f"rejected: {reason}")
+        _epoch_band(ax, *_per_epoch(ok, lambda s: s["accepted_ratio"]), "k", "accepted")
+        ax.set_title(f"{method}: why predictions were rejected (fraction of elements)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _mask_files(out_dir: Path, runs: list[Run], epoch: int | None) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Method -> (seed, saved masks) of its lowest seed with a mask file (of ``epoch``, if given)."""
+    found = {}
+    for method, group in by_method(runs).items():
+        for run in group:
+            path = out_dir / "masks" / f"{method}-seed{run['seed']}.pt"
+            if not path.exists():
+                continue
+            saved = torch.load(path, weights_only=True)
+            if epoch is None or saved["epoch"] == epoch:
+                found[method] = (run["seed"], saved)
+                break
+    return found
+
+
+def _mask_plot(path: Path, method: str, seed: int, saved: dict[str, Any]) -> Path:
+    """Paper Fig. 12: one horizontal band per layer, blue where SGD's update stands, red where the prediction does.
+
+    Large layers are block-averaged, so mixed blocks show as shades between the two.
+    """
+    masks = saved["masks"]
+    fig = Figure(figsize=(10, 0.6 + 0.5 * len(masks)), layout="constrained")
+    axes = fig.subplots(len(masks), 1, squeeze=False)[:, 0]
+    for ax, (name, mask) in zip(axes, masks.items()):
+        size = (min(mask.shape[0], _MASK_ROWS), min(mask.shape[1], _MASK_COLS))
+        blocks = torch.nn.functional.adaptive_avg_pool2d(mask.float()[None], size)[0]
+        ax.imshow(blocks.numpy(), aspect="auto", cmap="coolwarm", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    axes[0].set_title(f"{method}, seed {seed}: predicted (red) and SGD (blue) weights at epoch {saved['epoch']}")
+    return _save(fig, path)
+
+
+def write_plots(out_dir: Path, runs: list[Run], mask_epoch: int | None = None) -> list[Path]:
+    """Write the study's PNGs under ``out_dir/plots``; return their paths.
+
+    Training loss (log scale) and validation accuracy against time and epoch; for methods that
+    predicted: accepted ratio per epoch, per parameter and per layer type, and rejection reasons;
+    a mask heatmap per method from ``out_dir/masks/<method>-seed<seed>.pt`` where the runner
+    saved one (the lowest seed; only masks of ``mask_epoch`` when given).
+    """
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    paths = [
+        _curve_plot(plots / "train_loss.png", runs, "train_loss", "training loss (full pass)", log=True),
+        _curve_plot(plots / "val_acc.png", runs, "val_acc", "validation accuracy", log=False),
+    ]
+    groups = _pdt_groups(runs)
+    if groups:
+        paths += [
+            _accepted_plot(plots / "accepted_ratio.png", groups, _colors(list(by_method(runs)))),
+            _per_layer_plot(plots / "accepted_ratio_per_layer.png", groups),
+            _per_type_plot(plots / "accepted_ratio_per_layer_type.png", groups),
+            _rejection_plot(plots / "rejection_reasons.png", groups),
+        ]
+    for method, (seed, saved) in _mask_files(out_dir, runs, mask_epoch).items():
+        paths.append(_mask_plot(plots / f"mask-{method}.png", method, seed, saved))
+    return paths
+
+
+def plot_sweep(out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, value: str) -> Path:
+    """Heatmap of ``value`` over the grid of ``x`` and ``y`` (paper App. A.9), each cell annotated.
+
+    Cells without a row, or whose value is ``None`` or not finite (a target never reached, a
+    diverged run), stay blank and read "n/r".
+    """
+    xs = sorted({r[x] for r in grid_rows})
+    ys = sorted({r[y] for r in grid_rows})
+    table = np.full((len(ys), len(xs)), np.nan)
+    for r in grid_rows:
+        v = r[value]
+        if v is not None and math.isfinite(v):
+            table[ys.index(r[y]), xs.index(r[x])] = v
+    fig = Figure(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(table, cmap="viridis", aspect="auto", origin="lower")
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            v = table[i, j]
+            # Light text on the dark (low) end of viridis, dark text elsewhere.
+            color = "white" if not np.isnan(v) and image.norm(v) < 0.5 else "black"
+            ax.text(j, i, "n/r" if np.isnan(v) else f"{v:.3g}", ha="center", va="center", color=color)
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(value)
+    fig.colorbar(image, ax=ax)
+    return _save(fig, Path(out_path))

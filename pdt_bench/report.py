@@ -1,0 +1,278 @@
+"""The results of a study as a fixed-width table, a summary JSON and a Markdown report.
+
+Everything here reads the dictionary of :func:`pdt_bench.metrics.summarize`; nothing is measured.
+Every figure is mean ± std over the successful runs of a method. Next to each TTB stands how
+many runs reached the target ("3/5"); "n/r" means none did; "-" that the figure does not apply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .metrics import by_method
+from .records import Run, save_json
+
+__all__ = ["format_table", "verdict", "write_report", "write_summary"]
+
+_PERCENT = "percent"
+"""A fraction shown in percent with one decimal (reductions, ratios of elements or time)."""
+_EPOCHS = "epochs"
+"""A number of epochs: one decimal (a mean over seeds)."""
+_POINTS = "points"
+"""An accuracy shown in percent with two decimals, so that 0.1-point differences show."""
+
+
+def _num(x: float) -> str:
+    """Three significant digits, without an exponent for the thousands of seconds a long run takes."""
+    return f"{x:.0f}" if 1000 <= abs(x) < 1e6 else f"{x:.3g}"
+
+
+def _value(x: float, kind: str | None = None) -> str:
+    if kind == _PERCENT:
+        return f"{100 * x:.1f}"
+    if kind == _POINTS:
+        return f"{100 * x:.2f}"
+    if kind == _EPOCHS:
+        return f"{x:.1f}"
+    return _num(x)
+
+
+def _mean_std(mean: float, std: float) -> str:
+    """Three significant digits for the mean, and the std to the same decimal place."""
+    magnitude = math.floor(math.log10(abs(mean))) if mean else 0
+    if -3 <= magnitude < 6:
+        decimals = max(0, 2 - magnitude)
+        return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{mean:.2e} ± {std:.1e}"
+
+
+def _stat(stat: dict[str, Any], kind: str | None = None) -> str:
+    """``mean ± std``; ``n/r`` when no compared run has a value, ``-`` when there was nothing to compare."""
+    if stat["n"] == 0:
+        return "n/r" if stat["of"] else "-"
+    if kind is None:
+        return _mean_std(stat["mean"], stat["std"])
+    return f"{_value(stat['mean'], kind)} ± {_value(stat['std'], kind)}"
+
+
+def _median(stat: dict[str, Any], kind: str | None = None) -> str:
+    if stat["of"] == 0:
+        return "-"
+    return "n/r" if stat["median"] is None else _value(stat["median"], kind)
+
+
+def _reached(stat: dict[str, Any]) -> str:
+    return f"{stat['n']}/{stat['of']}"
+
+
+def _loss_columns(m: dict[str, Any], loss: str) -> list[tuple[str, str]]:
+    """(header, cell) pairs of the TTB-Loss figures; ``loss`` is a metrics.TARGETS name."""
+    return [
+        ("TTB-Loss s", _stat(m[f"ttb_{loss}_s"])),
+        ("epochs", _stat(m[f"ttb_{loss}_epochs"], _EPOCHS)),
+        ("reached", _reached(m[f"ttb_{loss}_s"])),
+        ("reduction %", _stat(m[f"reduction_{loss}"], _PERCENT)),
+        ("median %", _median(m[f"reduction_{loss}"], _PERCENT)),
+        ("final loss ratio", _stat(m["final_loss_ratio"])),
+    ]
+
+
+def _other_columns(m: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("TTB-Acc s", _stat(m["ttb_acc_s"])),
+        ("epochs", _stat(m["ttb_acc_epochs"], _EPOCHS)),
+        ("reached", _reached(m["ttb_acc_s"])),
+        ("reduction %", _stat(m["reduction_acc"], _PERCENT)),
+        ("median %", _median(m["reduction_acc"], _PERCENT)),
+        ("final acc %", _stat(m["final_val_acc"], _POINTS)),
+        ("best acc %", _stat(m["best_val_acc"], _POINTS)),
+        ("best loss", _stat(m["best_train_loss"])),
+        ("accepted %", _stat(m["accepted_ratio"], _PERCENT)),
+        ("PDT time %", _stat(m["pdt_time_share"], _PERCENT)),
+        ("diverged", f"{m['diverged']}/{m['runs']}"),
+    ]
+
+
+def _rows(summary: dict[str, Any], loss: str = "loss", full: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells, one row per method; ``full=False`` keeps only the TTB-Loss figures."""
+    rows = [
+        [("method", name), *_loss_columns(m, loss), *(_other_columns(m) if full else [])]
+        for name, m in summary["methods"].items()
+    ]
+    return [h for h, _ in rows[0]], [[c for _, c in row] for row in rows]
+
+
+def format_table(summary: dict[str, Any], loss: str = "loss") -> str:
+    """The study as a fixed-width table, one line per method (method left-aligned, numbers right)."""
+    headers, rows = _rows(summary, loss)
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    rule = "-" * len(line(headers))
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write ``out_dir/summary.json`` atomically; return its path."""
+    path = Path(out_dir) / "summary.json"
+    save_json(path, summary)
+    return path
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, align, *rows])
+
+
+def _percent_word(fraction: float, better: str, worse: str) -> str:
+    return f"{100 * abs(fraction):.1f} % {better if fraction > 0 else worse}"
+
+
+def _ttb_words(m: dict[str, Any], name: str, what: str, reference: str) -> str:
+    ttb, reduction = m[f"ttb_{name}_s"], m[f"reduction_{name}"]
+    if ttb["n"] == 0:
+        return f"never reached the {reference}'s {what} (0/{ttb['of']} runs)"
+    words = f"reached the {reference}'s {what} on {ttb['n']}/{ttb['of']} runs"
+    if reduction["median"] is None:
+        return words + ", too few for a median"
+    return words + f", median {_percent_word(reduction['median'], 'sooner', 'later')}"
+
+
+def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_name: str) -> str:
+    """One plain-words line: where method ``name`` did and did not help relative to the reference.
+
+    Everything is read off the numbers: a time helped when its median reduction is positive
+    (a median over runs that missed the target counts them as infinitely late), the final
+    train loss when its mean ratio to the reference's is below 1, the final accuracy when its
+    mean is above the reference's; a diverged run counts against stability.
+    """
+    if m["compared"] == 0:
+        return f"**{name}**: not compared (no successful {reference_name} run of the same seed)."
+    loss_gain = m["reduction_loss"]["median"]
+    acc_gain = m["reduction_acc"]["median"]
+    ratio = m["final_loss_ratio"]["mean"]
+    acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
+    aspects = {
+        "time to the best train loss": loss_gain is not None and loss_gain > 0,
+        "time to the best accuracy": acc_gain is not None and acc_gain > 0,
+        "final train loss": ratio < 1,
+        "final accuracy": acc_delta > 0,
+    }
+    if m["diverged"]:
+        aspects["stability"] = False
+    helped = [a for a, ok in aspects.items() if ok]
+    not_helped = [a for a, ok in aspects.items() if not ok]
+    facts = [
+        _ttb_words(m, "loss", "best train loss", reference_name),
+        _ttb_words(m, "acc", "best validation accuracy", reference_name),
+        f"final train loss {ratio:.2f}× the {reference_name}'s",
+        f"final accuracy {100 * acc_delta:+.2f} points",
+    ]
+    if m["diverged"]:
+        facts.append(f"diverged on {m['diverged']}/{m['runs']} runs")
+    return (
+        f"**{name}** helped with: {', '.join(helped) or 'nothing'}; "
+        f"did not help with: {', '.join(not_helped) or 'nothing'}. "
+        f"It {'; '.join(facts)}."
+    )
+
+
+def _cell(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text.replace("|", "\\|")
+
+
+def _settings(runs: list[Run]) -> str:
+    """Settings shared by every run as a table, then what each method sets differently."""
+    configs = [r["config"] for r in runs]
+    keys = sorted({k for c in configs for k in c} - {"seed", "method"})
+    shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
+    lines = [_markdown_table(["setting", "value"], [[k, _cell(configs[0].get(k))] for k in shared])]
+    own = [k for k in keys if k not in shared]
+    for method, group in by_method(runs).items():
+        if own:
+            values = ", ".join(f"{k} = {_cell(group[0]['config'].get(k))}" for k in own)
+            lines.append(f"- {method}: {values}")
+    return "\n\n".join(lines)
+
+
+def write_report(out_dir: Path, runs: list[Run], summary: dict[str, Any], command: str, plots: list[Path]) -> Path:
+    """Write ``out_dir/report.md``: settings, command, tables, final-loss ratios, verdicts and plots."""
+    out_dir = Path(out_dir)
+    ref_name = summary["reference"]
+    methods = summary["methods"]
+    reference = methods[ref_name]
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    verdicts = [f"- {verdict(n, m, reference, ref_name)}" for n, m in methods.items() if n != ref_name]
+    ratios = [f"- {n}: {_stat(m['final_loss_ratio'])}" for n, m in methods.items() if n != ref_name]
+    timing = _markdown_table(
+        ["method", "train time s", "eval time s", "PDT time %"],
+        [
+            [n, _stat(m["train_time_s"]), _stat(m["eval_time_s"]), _stat(m["pdt_time_share"], _PERCENT)]
+            for n, m in methods.items()
+        ],
+    )
+    images = [f"![{p.stem}]({Path(os.path.relpath(p, out_dir)).as_posix()})" for p in plots]
+    text = f"""# {summary["task"]}: {", ".join(methods)}
+
+Seeds {seeds}; reference method `{ref_name}`. Mean ± std over the successful runs of each method.
+
+## Command
+
+```
+{command}
+```
+
+## Settings
+
+{_settings(runs)}
+
+## Results
+
+TTB-Loss: training time until the full-pass training loss (measured after each epoch's PDT step)
+first reaches the best training loss of the `{ref_name}` run of the same seed; TTB-Acc: the same
+for its best validation accuracy. Reduction = 1 − TTB / TTB of the `{ref_name}` (per seed;
+the median counts runs that never reached the target as infinitely late). The clock counts
+training and all PDT work and stops during evaluation. "reached" says how many runs got there;
+"n/r": none did.
+
+{_markdown_table(*_rows(summary))}
+
+### Final-loss ratio
+
+Final train loss of a method over the final train loss of the `{ref_name}` on the same seed.
+Under cosine annealing the `{ref_name}` reaches its best loss at its last epoch, so TTB magnifies
+small end-of-run gaps; read each TTB figure together with this ratio.
+
+{chr(10).join(ratios)}
+
+### TTB-Loss with the authors' loss definition
+
+The mean of the batch losses during an epoch instead of a full pass after it.
+
+{_markdown_table(*_rows(summary, "batch_loss", full=False))}
+
+## Where it helped
+
+{chr(10).join(verdicts)}
+
+## Time
+
+{timing}
+
+## Plots
+
+{chr(10).join(images)}
+"""
+    path = out_dir / "report.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

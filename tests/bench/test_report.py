@@ -1,0 +1,178 @@
+"""The table, summary JSON, report and every plot, produced from synthetic runs."""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from pdt_bench import metrics, plots, report
+
+PARAMS = {"conv.weight": "Conv2d", "conv.bias": "Conv2d", "fc.weight": "Linear", "fc.bias": "Linear"}
+EPOCHS = 12
+START = 5
+
+
+def synthetic_run(method, seed, rate=0.3, seconds_per_epoch=1.0, pdt=False, diverge_at=None):
+    """A run whose loss decays as ``exp(-rate * epoch)`` (seed-dependent wiggle), PDT statistics if ``pdt``."""
+    epochs = []
+    for e in range(1, EPOCHS + 1):
+        loss = math.exp(-rate * e) * (1 + 0.02 * seed)
+        if diverge_at is not None and e == diverge_at:
+            loss = math.nan
+        stats = None
+        if pdt:
+            predicted = e >= START
+            ratio = 0.5 - 0.02 * e if predicted else 0.0
+            stats = {"epoch": e - 1, "predicted": predicted, "accepted_ratio": ratio}
+            if predicted:
+                numel = 1000
+                stats |= {
+                    "accepted": int(ratio * numel),
+                    "numel": numel,
+                    "rejected": {
+                        "consistency": 400,
+                        "lower_bound": 50 * (EPOCHS - e),
+                        "upper_bound": 20 * e,
+                        "nonfinite": 0,
+                    },
+                    "accepted_ratio_per_param": {n: ratio * (0.5 + i / 4) for i, n in enumerate(PARAMS)},
+                }
+        epochs.append(
+            {
+                "epoch": e,
+                "train_time": e * seconds_per_epoch,
+                "pdt_time": 0.05 if pdt else 0.0,
+                "eval_time": 0.2,
+                "train_loss": loss,
+                "batch_loss": 1.1 * loss,
+                "train_acc": 1 - loss / 2,
+                "val_loss": loss,
+                "val_acc": 1 - loss / 2 - 0.01 * seed,
+                "lr": 0.05,
+                "pdt": stats,
+            }
+        )
+        if diverge_at is not None and e == diverge_at:
+            break
+    return {
+        "task": "synthetic",
+        "method": method,
+        "seed": seed,
+        "config": {"task": "synthetic", "method": method, "seed": seed, "lr": 0.05, "epochs": EPOCHS},
+        "epochs": epochs,
+        "param_types": dict(PARAMS),
+        "overhead": {},
+        "diverged": diverge_at is not None,
+    }
+
+
+def synthetic_study():
+    """baseline; pdt (faster per epoch, slower clock); slow (never reaches the baseline's best); a diverged run."""
+    runs = []
+    for seed in range(3):
+        runs.append(synthetic_run("baseline", seed))
+        runs.append(synthetic_run("pdt", seed, rate=0.45, seconds_per_epoch=1.05, pdt=True))
+        runs.append(synthetic_run("slow", seed, rate=0.2))
+        runs.append(synthetic_run("nonselective", seed, rate=0.5, pdt=True, diverge_at=7 if seed == 0 else None))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    runs = synthetic_study()
+    masks = {"conv.weight": torch.rand(8, 27) < 0.3, "fc.weight": torch.rand(10, 600) < 0.5}
+    (out / "masks").mkdir()
+    torch.save({"epoch": 6, "masks": masks}, out / "masks" / "pdt-seed1.pt")
+    torch.save({"epoch": 9, "masks": masks}, out / "masks" / "nonselective-seed1.pt")
+    summary = metrics.summarize(runs)
+    paths = plots.write_plots(out, runs, mask_epoch=6)
+    return out, runs, summary, paths
+
+
+def test_table_has_fixed_columns_and_counts(study):
+    _, _, summary, _ = study
+    table = report.format_table(summary)
+    print(table)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 4
+    assert len({len(line) for line in lines}) == 1
+    # Columns are separated by two or more spaces (cells hold single ones: "8.40 ± 0.00").
+    spans = [[m.span() for m in re.finditer(r"\S+(?: \S+)*", line)] for line in [lines[0], *lines[2:]]]
+    assert len({len(s) for s in spans}) == 1
+    assert len({s[0][0] for s in spans}) == 1  # method: left-aligned
+    for column in range(1, len(spans[0])):  # numbers: right-aligned
+        assert len({s[column][1] for s in spans}) == 1
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert "n/r" in rows["slow"] and " 0/3 " in rows["slow"]
+    assert " 3/3 " in rows["pdt"] and "1/3" in rows["nonselective"]  # diverged 1 of 3
+    assert "±" in rows["pdt"]
+
+
+def test_summary_json(study, tmp_path):
+    _, _, summary, _ = study
+    path = report.write_summary(tmp_path, summary)
+    loaded = json.loads(path.read_text())
+    assert loaded["reference"] == "baseline" and loaded["seeds"] == [0, 1, 2]
+    assert loaded["methods"]["pdt"]["reduction_loss"]["n"] == 3
+    assert loaded["methods"]["slow"]["never_reached_loss"] == 3
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_every_plot_is_written(study):
+    out, _, _, paths = study
+    names = sorted(p.name for p in paths)
+    assert names == sorted(
+        [
+            "train_loss.png",
+            "val_acc.png",
+            "accepted_ratio.png",
+            "accepted_ratio_per_layer.png",
+            "accepted_ratio_per_layer_type.png",
+            "rejection_reasons.png",
+            "mask-pdt.png",  # nonselective's mask is of epoch 9, not the requested 6
+        ]
+    )
+    for p in paths:
+        assert p.parent == out / "plots" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_without_pdt_or_masks(tmp_path):
+    runs = [synthetic_run("baseline", s) for s in range(2)]
+    paths = plots.write_plots(tmp_path, runs)
+    assert [p.name for p in paths] == ["train_loss.png", "val_acc.png"]
+
+
+def test_sweep_heatmap(tmp_path):
+    rows = [
+        {"lr": lr, "batch_size": b, "reduction": None if (lr, b) == (0.1, 256) else lr * b / 100}
+        for lr in (0.01, 0.05, 0.1)
+        for b in (64, 256)
+    ]
+    path = plots.plot_sweep(tmp_path / "sweep.png", rows, x="lr", y="batch_size", value="reduction")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report(study):
+    out, runs, summary, paths = study
+    command = "pdt-bench compare --task synthetic --methods baseline,pdt,slow,nonselective --seeds 0,1,2"
+    text = report.write_report(out, runs, summary, command, paths).read_text()
+    assert command in text
+    assert "| lr | 0.05 |" in text and "| epochs | 12 |" in text
+    assert "![train_loss](plots/train_loss.png)" in text and "![mask-pdt](plots/mask-pdt.png)" in text
+    assert "### Final-loss ratio" in text and "authors' loss definition" in text
+    verdicts = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
+    assert set(verdicts) == {"pdt", "slow", "nonselective"}
+    # pdt reaches the loss target on every seed, sooner on the clock, and ends lower.
+    assert (
+        "helped with: time to the best train loss, time to the best accuracy, final train loss, final accuracy;"
+        in (verdicts["pdt"])
+    )
+    assert "on 3/3 runs, median" in verdicts["pdt"] and "sooner" in verdicts["pdt"]
+    assert (
+        "helped with: nothing" in verdicts["slow"]
+        and "never reached the baseline's best train loss" in (verdicts["slow"])
+    )
+    assert "stability" in verdicts["nonselective"] and "diverged on 1/3 runs" in verdicts["nonselective"]
