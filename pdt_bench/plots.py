@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .metrics import by_method
 from .records import Run
@@ -89,6 +90,7 @@ def _curve_plot(path: Path, runs: list[Run], key: str, ylabel: str, log: bool) -
         _band(ax_epoch, *_by_epoch(ok, key), colors[method], label, log)
     ax_time.set_xlabel("training time (s, no evaluation)")
     ax_epoch.set_xlabel("epoch")
+    ax_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_time.set_ylabel(ylabel)
     for ax in (ax_time, ax_epoch):
         if log:
@@ -133,6 +135,7 @@ def _per_epoch(runs: list[Run], value: Any) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _epoch_band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: str, label: str) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot(x, mean, marker=".", color=color, label=label)
     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
@@ -202,6 +205,14 @@ def _per_type_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _rejection_plots(path: Path, groups: dict[str, list[Run]]) -> list[Path]:
+    """The rejection-reason plot of the methods whose criterion rejects anything (not ``random-mask``)."""
+    checked = {
+        m: ok for m, ok in groups.items() if any(sum(s["rejected"].values()) for r in ok for _, s in _predicting(r))
+    }
+    return [_rejection_plot(path, checked)] if checked else []
 
 
 def _rejection_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
@@ -279,7 +290,7 @@ def write_plots(out_dir: Path, runs: list[Run], mask_epoch: int | None = None) -
             _accepted_plot(plots / "accepted_ratio.png", groups, _colors(list(by_method(runs)))),
             _per_layer_plot(plots / "accepted_ratio_per_layer.png", groups),
             _per_type_plot(plots / "accepted_ratio_per_layer_type.png", groups),
-            _rejection_plot(plots / "rejection_reasons.png", groups),
+            *_rejection_plots(plots / "rejection_reasons.png", groups),
         ]
     for method, (seed, saved) in _mask_files(out_dir, runs, mask_epoch).items():
         paths.append(_mask_plot(plots / f"mask-{method}.png", method, seed, saved))

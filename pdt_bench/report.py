@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .metrics import by_method
+from .metrics import best, by_method, time_to_target
 from .records import Run, save_json
 
-__all__ = ["format_table", "verdict", "write_report", "write_summary"]
+__all__ = ["SAME", "format_table", "verdict", "write_report", "write_summary"]
 
 _PERCENT = "percent"
 """A fraction shown in percent with one decimal (reductions, ratios of elements or time)."""
@@ -26,19 +26,12 @@ _POINTS = "points"
 """An accuracy shown in percent with two decimals, so that 0.1-point differences show."""
 
 
-def _num(x: float) -> str:
-    """Three significant digits, without an exponent for the thousands of seconds a long run takes."""
-    return f"{x:.0f}" if 1000 <= abs(x) < 1e6 else f"{x:.3g}"
-
-
-def _value(x: float, kind: str | None = None) -> str:
+def _value(x: float, kind: str) -> str:
     if kind == _PERCENT:
         return f"{100 * x:.1f}"
     if kind == _POINTS:
         return f"{100 * x:.2f}"
-    if kind == _EPOCHS:
-        return f"{x:.1f}"
-    return _num(x)
+    return f"{x:.1f}"  # _EPOCHS
 
 
 def _mean_std(mean: float, std: float) -> str:
@@ -51,7 +44,8 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 def _stat(stat: dict[str, Any], kind: str | None = None) -> str:
-    """``mean ± std``; ``n/r`` when no compared run has a value, ``-`` when there was nothing to compare."""
+    """``mean ± std`` (see :func:`_mean_std` without a ``kind``); ``n/r`` when no compared run has a value,
+    ``-`` when there was nothing to compare."""
     if stat["n"] == 0:
         return "n/r" if stat["of"] else "-"
     if kind is None:
@@ -59,7 +53,7 @@ def _stat(stat: dict[str, Any], kind: str | None = None) -> str:
     return f"{_value(stat['mean'], kind)} ± {_value(stat['std'], kind)}"
 
 
-def _median(stat: dict[str, Any], kind: str | None = None) -> str:
+def _median(stat: dict[str, Any], kind: str) -> str:
     if stat["of"] == 0:
         return "-"
     return "n/r" if stat["median"] is None else _value(stat["median"], kind)
@@ -130,8 +124,11 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, align, *rows])
 
 
-def _percent_word(fraction: float, better: str, worse: str) -> str:
-    return f"{100 * abs(fraction):.1f} % {better if fraction > 0 else worse}"
+def _sooner_or_later(fraction: float) -> str:
+    """A reduction in words; below the 0.1 % shown, it is no difference."""
+    if abs(fraction) < 0.0005:
+        return "at the same time"
+    return f"{100 * abs(fraction):.1f} % {'sooner' if fraction > 0 else 'later'}"
 
 
 def _ttb_words(m: dict[str, Any], name: str, what: str, reference: str) -> str:
@@ -141,45 +138,58 @@ def _ttb_words(m: dict[str, Any], name: str, what: str, reference: str) -> str:
     words = f"reached the {reference}'s {what} on {ttb['n']}/{ttb['of']} runs"
     if reduction["median"] is None:
         return words + ", too few for a median"
-    return words + f", median {_percent_word(reduction['median'], 'sooner', 'later')}"
+    return words + f", median {_sooner_or_later(reduction['median'])}"
+
+
+SAME = {"time": 0.01, "loss": 0.01, "accuracy": 0.001}
+"""Changes within these margins read as "about the same": 1 % of the time to a target, 1 % of
+the final train loss, 0.1 accuracy point."""
+
+
+def _side(gain: float | None, margin: float) -> str:
+    if gain is not None and gain > margin:
+        return "helped"
+    if gain is not None and gain >= -margin:
+        return "same"
+    return "worse"
 
 
 def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_name: str) -> str:
     """One plain-words line: where method ``name`` did and did not help relative to the reference.
 
-    Everything is read off the numbers: a time helped when its median reduction is positive
-    (a median over runs that missed the target counts them as infinitely late), the final
-    train loss when its mean ratio to the reference's is below 1, the final accuracy when its
-    mean is above the reference's; a diverged run counts against stability.
+    Everything is read off the numbers: the times by their median reduction (a median over
+    runs that missed the target counts them as infinitely late; no median counts as worse),
+    the final train loss by its mean ratio to the reference's, the final accuracy by the
+    difference of means. Changes within :data:`SAME` are "about the same"; a diverged run
+    counts against stability.
     """
     if m["compared"] == 0:
         return f"**{name}**: not compared (no successful {reference_name} run of the same seed)."
-    loss_gain = m["reduction_loss"]["median"]
-    acc_gain = m["reduction_acc"]["median"]
     ratio = m["final_loss_ratio"]["mean"]
     acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
-    aspects = {
-        "time to the best train loss": loss_gain is not None and loss_gain > 0,
-        "time to the best accuracy": acc_gain is not None and acc_gain > 0,
-        "final train loss": ratio < 1,
-        "final accuracy": acc_delta > 0,
+    sides = {
+        "time to the best train loss": _side(m["reduction_loss"]["median"], SAME["time"]),
+        "time to the best accuracy": _side(m["reduction_acc"]["median"], SAME["time"]),
+        "final train loss": _side(1 - ratio, SAME["loss"]),
+        "final accuracy": _side(acc_delta, SAME["accuracy"]),
     }
     if m["diverged"]:
-        aspects["stability"] = False
-    helped = [a for a, ok in aspects.items() if ok]
-    not_helped = [a for a, ok in aspects.items() if not ok]
+        sides["stability"] = "worse"
+
+    def listed(side: str) -> str:
+        return ", ".join(a for a, s in sides.items() if s == side) or "nothing"
+
     facts = [
         _ttb_words(m, "loss", "best train loss", reference_name),
         _ttb_words(m, "acc", "best validation accuracy", reference_name),
-        f"final train loss {ratio:.2f}× the {reference_name}'s",
+        f"final train loss {ratio:.3g}× the {reference_name}'s",
         f"final accuracy {100 * acc_delta:+.2f} points",
     ]
     if m["diverged"]:
         facts.append(f"diverged on {m['diverged']}/{m['runs']} runs")
     return (
-        f"**{name}** helped with: {', '.join(helped) or 'nothing'}; "
-        f"did not help with: {', '.join(not_helped) or 'nothing'}. "
-        f"It {'; '.join(facts)}."
+        f"**{name}** helped with: {listed('helped')}; about the same: {listed('same')}; "
+        f"did not help with: {listed('worse')}. It {'; '.join(facts)}."
     )
 
 
@@ -195,11 +205,18 @@ def _settings(runs: list[Run]) -> str:
     shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
     lines = [_markdown_table(["setting", "value"], [[k, _cell(configs[0].get(k))] for k in shared])]
     own = [k for k in keys if k not in shared]
-    for method, group in by_method(runs).items():
-        if own:
+    if own:
+        for method, group in by_method(runs).items():
             values = ", ".join(f"{k} = {_cell(group[0]['config'].get(k))}" for k in own)
             lines.append(f"- {method}: {values}")
     return "\n\n".join(lines)
+
+
+def _best_at_end(runs: list[Run], reference: str) -> str:
+    """How many successful reference runs had their best training loss at their last epoch, as "k/n"."""
+    ok = [r["epochs"] for r in runs if r["method"] == reference and not r["diverged"]]
+    at_end = [e for e in ok if time_to_target(e, "train_loss", best(e, "train_loss"))[1] == e[-1]["epoch"]]
+    return f"{len(at_end)}/{len(ok)}"
 
 
 def write_report(out_dir: Path, runs: list[Run], summary: dict[str, Any], command: str, plots: list[Path]) -> Path:
@@ -247,8 +264,9 @@ training and all PDT work and stops during evaluation. "reached" says how many r
 ### Final-loss ratio
 
 Final train loss of a method over the final train loss of the `{ref_name}` on the same seed.
-Under cosine annealing the `{ref_name}` reaches its best loss at its last epoch, so TTB magnifies
-small end-of-run gaps; read each TTB figure together with this ratio.
+The `{ref_name}` reached its best loss at its last epoch on {_best_at_end(runs, ref_name)} seeds
+(as under cosine annealing): there TTB magnifies small end-of-run gaps, so read each TTB figure
+together with this ratio.
 
 {chr(10).join(ratios)}
 

@@ -162,6 +162,7 @@ def test_report(study):
     assert command in text
     assert "| lr | 0.05 |" in text and "| epochs | 12 |" in text
     assert "![train_loss](plots/train_loss.png)" in text and "![mask-pdt](plots/mask-pdt.png)" in text
+    assert "its best loss at its last epoch on 3/3 seeds" in text
     assert "### Final-loss ratio" in text and "authors' loss definition" in text
     verdicts = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
     assert set(verdicts) == {"pdt", "slow", "nonselective"}
@@ -176,3 +177,11 @@ def test_report(study):
         and "never reached the baseline's best train loss" in (verdicts["slow"])
     )
     assert "stability" in verdicts["nonselective"] and "diverged on 1/3 runs" in verdicts["nonselective"]
+
+
+def test_verdict_reads_small_differences_as_about_the_same():
+    runs = [synthetic_run(m, s) for m in ("baseline", "twin") for s in range(2)]
+    methods = metrics.summarize(runs)["methods"]
+    line = report.verdict("twin", methods["twin"], methods["baseline"], "baseline")
+    assert "helped with: nothing; about the same: time to the best train loss, time to the best accuracy," in line
+    assert "did not help with: nothing." in line and "median at the same time" in line
