@@ -83,9 +83,11 @@ def cache_root(options: TaskOptions) -> Path:
 
 
 def _registry() -> dict[str, Callable[[TaskOptions], Task]]:
-    from . import mnist1d
+    from . import agnews, cifar10, mnist1d
 
     tasks: dict[str, Callable[[TaskOptions], Task]] = dict(mnist1d.TASKS)
+    tasks.update(cifar10.TASKS)
+    tasks.update(agnews.TASKS)
     return tasks
 
 
