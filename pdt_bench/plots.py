@@ -11,6 +11,7 @@ geometric mean multiplied and divided by the geometric standard deviation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,15 @@ def _colors(methods: list[str]) -> dict[str, str]:
     return {m: f"C{i % 10}" for i, m in enumerate(methods)}
 
 
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std over the first axis (the runs), as in the summary; std 0 for one run."""
+    std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
+    return values.mean(axis=0), std
+
+
 def _band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str, label: str, log: bool = False) -> None:
     """Mean line and ± std band of ``values`` (runs x points) against ``x``."""
-    data = np.log10(values) if log else values
-    mean, std = data.mean(axis=0), data.std(axis=0)
+    mean, std = _mean_std(np.log10(values) if log else values)
     lo, mid, hi = (10 ** (mean - std), 10**mean, 10 ** (mean + std)) if log else (mean - std, mean, mean + std)
     ax.plot(x, mid, color=color, label=label)
     ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
@@ -116,7 +122,7 @@ def _pdt_groups(runs: list[Run]) -> dict[str, list[Run]]:
     return {m: ok for m, (ok, _) in _successful(runs).items() if any(_predicting(r) for r in ok)}
 
 
-def _per_epoch(runs: list[Run], value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _per_epoch(runs: list[Run], value: Callable[[dict[str, Any]], float]) -> tuple[np.ndarray, ...]:
     """Epochs with a prediction in any run, and mean and std over the runs that predicted there.
 
     ``value(stats)`` reads one number from an epoch's PDT statistics. Runs need not predict at
@@ -127,11 +133,8 @@ def _per_epoch(runs: list[Run], value: Any) -> tuple[np.ndarray, np.ndarray, np.
         for epoch, stats in _predicting(run):
             per.setdefault(epoch, []).append(value(stats))
     epochs = sorted(per)
-    return (
-        np.array(epochs),
-        np.array([np.mean(per[e]) for e in epochs]),
-        np.array([np.std(per[e]) for e in epochs]),
-    )
+    stats = [_mean_std(np.array(per[e])) for e in epochs]
+    return np.array(epochs), np.array([m for m, _ in stats]), np.array([s for _, s in stats])
 
 
 def _epoch_band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: str, label: str) -> None:
@@ -190,7 +193,7 @@ def _per_type_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
     for ax, (method, ok) in zip(axes, groups.items()):
         types: dict[str, list[str]] = {}
         for name in _param_names(ok):
-            types.setdefault(ok[0]["param_types"][name], []).append(name)
+            types.setdefault(ok[0]["param_types"].get(name, "unlabelled"), []).append(name)
         for i, (kind, names) in enumerate(types.items()):
 
             def mean_of_type(s: dict[str, Any], names: list[str] = names) -> float:
@@ -266,7 +269,10 @@ def _mask_plot(path: Path, method: str, seed: int, saved: dict[str, Any]) -> Pat
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-    axes[0].set_title(f"{method}, seed {seed}: predicted (red) and SGD (blue) weights at epoch {saved['epoch']}")
+    share = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    axes[0].set_title(
+        f"{method}, seed {seed}, epoch {saved['epoch']}: predicted (red, {100 * share:.1f} %) and SGD (blue) weights"
+    )
     return _save(fig, path)
 
 
