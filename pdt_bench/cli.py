@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
-from . import toy
+from . import compare, sweep, toy
+from .tasks import DataMissing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,16 +15,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pdt-bench", description="Benchmarks of Predictive Differential Training against baselines and peers."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for study in (toy,):
+    for study in (compare, sweep, toy):
         study.add_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = "pdt-bench " + shlex.join(argv)  # recorded in reports
     try:
         return args.func(args)
-    except ValueError as e:
+    except (ValueError, DataMissing) as e:
         print(f"pdt-bench: error: {e}", file=sys.stderr)
         return 2
 

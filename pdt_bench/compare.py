@@ -1,0 +1,240 @@
+"""``pdt-bench compare``: every (method, seed) on one task, then the table, report and plots.
+
+Each run is written to ``OUT/runs/<method>-seed<seed>.json`` as soon as it finishes; a run
+whose file exists with the same configuration is not run again, so an interrupted study
+continues where it stopped. With ``--jobs N`` (N >= 1) every run gets a fresh process (clean
+peak-memory figures), N at a time; ``--jobs 0`` runs them in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from . import metrics, plots, report, tasks
+from .methods import OPTIMIZERS, SCHEDULES, parse_method
+from .records import Run, load_run, save_json
+from .train import RunConfig, run
+
+__all__ = ["add_command", "add_run_arguments", "execute", "run_configs"]
+
+
+def _pdt_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``compare`` and ``sweep``: the task, training and PDT settings."""
+    p.add_argument("--task", default="mnist1d-mlp", help=f"one of {', '.join(tasks.TASKS)} (default mnist1d-mlp)")
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)")
+    g = p.add_argument_group("training (default: the task's own)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS))
+    g.add_argument("--schedule", choices=list(SCHEDULES))
+    g.add_argument("--eta-min", type=float, help="final learning rate of the cosine schedule")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--non-iid", action="store_true", help="every batch from one class (paper App. A.8)")
+    g = p.add_argument_group("PDT")
+    g.add_argument("--history", type=int, default=5, help="h (default 5)")
+    g.add_argument("--horizon", type=int, default=5, help="tau (default 5)")
+    g.add_argument("--start-epoch", type=int, default=5, help="T0 (default 5)")
+    g.add_argument("--interval", type=int, default=1, help="Ti (default 1)")
+    g.add_argument(
+        "--pdt", type=_pdt_option, action="append", default=[], metavar="KEY=VALUE", help="any other PDT option"
+    )
+    g = p.add_argument_group("data and machine")
+    g.add_argument("--data-dir", type=Path, help="datasets (default $PDT_DATA, else ../shared/data)")
+    g.add_argument("--cache-dir", type=Path, help="decoded-data cache (default $PDT_CACHE, else ~/.cache/torch-pdt)")
+    g.add_argument("--train-subset", type=int, help="use only this many training samples")
+    g.add_argument("--img-size", type=int, help="image side for image tasks")
+    g.add_argument("--width", type=int, help="model width (hidden size / channels)")
+    g.add_argument("--tiny", action="store_true", help="tiny data and model (smoke tests)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    g.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process; 0: in this one")
+    g.add_argument("--rerun", action="store_true", help="run again even when a result file exists")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: Any) -> list[RunConfig]:
+    """One :class:`RunConfig` per (method, seed), from parsed command-line options."""
+    options = tasks.TaskOptions(
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        train_subset=args.train_subset,
+        img_size=args.img_size,
+        width=args.width,
+        tiny=args.tiny,
+    )
+    for name in methods:
+        parse_method(name)  # fail before any run starts
+    base = RunConfig(
+        task=args.task,
+        method="",
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        eta_min=args.eta_min,
+        weight_decay=args.weight_decay,
+        non_iid=args.non_iid,
+        history=args.history,
+        horizon=args.horizon,
+        start_epoch=args.start_epoch,
+        interval=args.interval,
+        pdt_options=dict(args.pdt),
+        device=args.device,
+        threads=args.threads,
+        mask_epoch=getattr(args, "mask_epoch", None) or args.start_epoch + 1,
+        task_options=options,
+    )
+    base = replace(base, **overrides)
+    return [replace(base, method=m, seed=s) for m in methods for s in args.seeds]
+
+
+_PDT_KEYS = ("history", "horizon", "start_epoch", "interval", "pdt_options")
+
+
+def _identity(config: RunConfig) -> dict[str, Any]:
+    """What makes two runs the same run (JSON-comparable): PDT settings do not change a run without PDT."""
+    d = asdict(config)
+    d["task_options"] = {k: str(v) for k, v in d["task_options"].items()}
+    drop = ("threads", "mask_epoch") + (_PDT_KEYS if parse_method(config.method).pdt is None else ())
+    return {k: v for k, v in d.items() if k not in drop}
+
+
+def _run_to_file(config: RunConfig, path: Path, progress: bool) -> Path:
+    record = run(config, out_dir=path.parent.parent, progress=progress)
+    record["config"]["identity"] = _identity(config)
+    save_json(path, record)
+    return path
+
+
+def _same_run(path: Path, config: RunConfig) -> bool:
+    return path.exists() and load_run(path)["config"].get("identity") == _identity(config)
+
+
+def execute(
+    configs: Sequence[RunConfig],
+    out_dir: Path,
+    jobs: int = 1,
+    rerun: bool = False,
+    quiet: bool = False,
+    reuse: Sequence[Path] = (),
+) -> list[Run]:
+    """Run every config not yet on disk under ``out_dir/runs``; return all their records.
+
+    A run already done under one of the ``reuse`` directories' ``runs/`` is copied, not rerun.
+    """
+    paths = [out_dir / "runs" / f"{c.method}-seed{c.seed}.json" for c in configs]
+    todo = []
+    for config, path in zip(configs, paths):
+        if rerun:
+            todo.append((config, path))
+            continue
+        if _same_run(path, config):
+            continue
+        source = next((d / "runs" / path.name for d in reuse if _same_run(d / "runs" / path.name, config)), None)
+        if source is not None:
+            save_json(path, load_run(source))
+        else:
+            todo.append((config, path))
+    if todo:
+        bar = None if quiet else _progress(len(todo))
+        for done in _launch(todo, jobs, progress=not quiet and jobs == 0):
+            if bar is not None:
+                bar.set_postfix_str(done.stem)
+                bar.update()
+        if bar is not None:
+            bar.close()
+    return [load_run(p) for p in paths]
+
+
+def _progress(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="runs", unit="run", file=sys.stderr)
+
+
+def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: bool) -> Iterator[Path]:
+    if jobs == 0:
+        for config, path in todo:
+            yield _run_to_file(config, path, progress)
+        return
+    # A fresh process per run: peak memory is the run's own, and nothing leaks between runs.
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = [pool.submit(_run_to_file, config, path, False) for config, path in todo]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _tensorboard(out_dir: Path, runs: list[Run]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    for r in runs:
+        with SummaryWriter(out_dir / "tensorboard" / f"{r['method']}-seed{r['seed']}") as w:
+            for e in r["epochs"]:
+                for key in ("train_loss", "batch_loss", "val_loss", "val_acc", "lr", "pdt_time"):
+                    w.add_scalar(key, e[key], e["epoch"])
+                if e["pdt"] and e["pdt"]["predicted"]:
+                    w.add_scalar("accepted_ratio", e["pdt"]["accepted_ratio"], e["epoch"])
+
+
+def _compare(args: argparse.Namespace) -> int:
+    methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
+    if args.reference not in methods:
+        methods.insert(0, args.reference)
+    if args.lr_sweep:
+        methods += [f"{args.reference}@lr={lr:g}" for lr in args.lr_sweep]
+    out = args.out or Path("results") / args.task
+    configs = run_configs(args, methods)
+    runs = execute(configs, out, jobs=args.jobs, rerun=args.rerun, quiet=args.quiet)
+    summary = metrics.summarize(runs, reference=args.reference)
+    table = report.format_table(summary)
+    command = args.command_line
+    report.write_summary(out, summary)
+    figures = plots.write_plots(out, runs, mask_epoch=configs[0].mask_epoch)
+    path = report.write_report(out, runs, summary, command, figures)
+    if args.tensorboard:
+        _tensorboard(out, runs)
+    print(table)
+    print(f"report: {path}")
+    return 0
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """The ``pdt-bench compare`` sub-command."""
+    p = sub.add_parser("compare", help="methods x seeds on one task: table, report.md, plots")
+    p.add_argument("--methods", default="baseline,pdt", help="comma-separated method names (default baseline,pdt)")
+    p.add_argument("--reference", default="baseline", help="the method TTB targets come from (default baseline)")
+    p.add_argument(
+        "--lr-sweep", type=lambda s: [float(v) for v in s.split(",")], help="also run the reference at these lrs"
+    )
+    p.add_argument("--out", type=Path, help="output directory (default results/<task>)")
+    p.add_argument("--mask-epoch", type=int, help="epoch whose PDT mask is saved for the heatmap (default T0+1)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs under OUT/tensorboard")
+    add_run_arguments(p)
+    p.set_defaults(func=_compare)

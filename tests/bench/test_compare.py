@@ -1,0 +1,66 @@
+"""The compare and sweep commands end to end on tiny data: files, reuse of finished runs, errors."""
+
+import json
+
+import pytest
+
+from pdt_bench import cli
+
+QUICK = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "3", "--history", "2", "--start-epoch", "1", "--interval", "0"]
+QUICK += ["--jobs", "0", "--quiet"]
+
+
+def test_compare_writes_runs_summary_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", *QUICK, "--methods", "pdt,nonselective", "--seeds", "0,1", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "baseline" in table and "nonselective" in table and "report:" in table
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == [f"{m}-seed{s}.json" for m in ("baseline", "nonselective", "pdt") for s in (0, 1)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"baseline", "pdt", "nonselective"}
+    report = (out / "report.md").read_text()
+    assert "pdt-bench compare" in report and "plots/train_loss.png" in report
+    assert (out / "plots" / "train_loss.png").stat().st_size > 0
+    assert (out / "masks" / "pdt-seed0.pt").exists()
+
+
+def test_finished_runs_are_not_run_again_unless_their_settings_change(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", *QUICK, "--methods", "pdt", "--seeds", "0", "--out", str(out)]
+    assert cli.main(args) == 0
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    assert cli.main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == stamp
+    # A PDT setting reruns PDT, not the baseline.
+    assert cli.main([*args, "--horizon", "2"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    assert after["baseline-seed0.json"] == stamp["baseline-seed0.json"]
+    assert after["pdt-seed0.json"] != stamp["pdt-seed0.json"]
+
+
+def test_sweep_reuses_the_baseline_across_pdt_settings(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", *QUICK, "--grid", "horizon=2,3", "--grid", "interval=0,1", "--seeds", "0", "--out", str(out)]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count("pdt") >= 4
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert sorted((r["horizon"], r["interval"]) for r in rows) == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    baselines = [json.loads(p.read_text()) for p in out.glob("*/runs/baseline-seed0.json")]
+    assert len(baselines) == 4 and all(b == baselines[0] for b in baselines)
+    assert (out / "sweep-pdt.png").exists() and "sweep-pdt.png" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compare", "--methods", "pdt,magic"], "unknown method"),
+        (["compare", "--task", "imagenet"], "unknown task"),
+        (["compare", "--task", "cifar10-fcn", "--data-dir", "/nonexistent/place"], "/nonexistent/place"),
+        (["sweep", "--task", "mnist1d-mlp"], "--grid"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_message(args, message, tmp_path, capsys):
+    assert cli.main([*args, "--out", str(tmp_path / "x"), "--jobs", "0", "--quiet"]) == 2
+    assert message in capsys.readouterr().err
