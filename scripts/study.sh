@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The reproduction study behind docs/results.md: every task, 5 seeds, PDT against the baseline
+# and its peers, plus the baseline at other learning rates. Finished runs are kept in $OUT and
+# not rerun, so the script can be stopped and started again. About 3 hours on 2 CPU cores.
+#   bash scripts/study.sh            # results under results/study
+#   OUT=/elsewhere bash scripts/study.sh
+source "$(dirname "$0")/env.sh"
+out="${OUT:-results/study}"
+seeds="${SEEDS:-0,1,2,3,4}"
+methods=baseline,pdt,pdt-reference,nonselective,random-mask,lookahead
+compare() { pdt-bench compare --seeds "$seeds" --jobs "${JOBS:-2}" --quiet --methods "$methods" "$@"; }
+
+# The baseline's best learning rate in a compare directory: lowest mean best training loss.
+best_lr() {
+  python - "$1" <<'PY'
+import json, sys
+s = json.load(open(f"{sys.argv[1]}/summary.json"))["methods"]
+lrs = {name: float(name.split("=")[1]) for name in s if name.startswith("baseline@lr=")}
+best = min(["baseline", *lrs], key=lambda n: s[n]["best_train_loss"]["mean"])
+print(lrs.get(best, ""))
+PY
+}
+
+compare --task mnist1d-mlp --lr-sweep 0.1,0.2 --out "$out/mnist1d-mlp-sgd"
+lr="$(best_lr "$out/mnist1d-mlp-sgd")"
+if [ -n "$lr" ]; then
+  methods=baseline,pdt compare --task mnist1d-mlp --lr "$lr" --out "$out/mnist1d-mlp-sgd-best-lr"
+fi
+compare --task mnist1d-mlp --optimizer adam --lr 0.001 --eta-min 1e-5 --lr-sweep 0.002,0.004 --out "$out/mnist1d-mlp-adam"
+compare --task mnist1d-cnn --lr-sweep 0.1,0.2 --out "$out/mnist1d-cnn-sgd"
+compare --task agnews-lstm --lr-sweep 0.2,0.4 --out "$out/agnews-lstm-sgd"
+compare --task cifar10-fcn --lr-sweep 0.1,0.2 --out "$out/cifar10-fcn-sgd"
+pdt-bench toy > "$out/toy.txt"
