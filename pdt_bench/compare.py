@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -126,9 +127,21 @@ def _identity(config: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in drop}
 
 
+def _code_version() -> str | None:
+    """The git commit of the harness, when it runs from a checkout (results say what code made them)."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def _run_to_file(config: RunConfig, path: Path, progress: bool) -> Path:
     record = run(config, out_dir=path.parent.parent, progress=progress)
     record["config"]["identity"] = _identity(config)
+    record["config"]["code_version"] = _code_version()
     save_json(path, record)
     return path
 
