@@ -201,7 +201,8 @@ def _cell(value: Any) -> str:
 def _settings(runs: list[Run]) -> str:
     """Settings shared by every run as a table, then what each method sets differently."""
     configs = [r["config"] for r in runs]
-    keys = sorted({k for c in configs for k in c} - {"seed", "method"})
+    # identity repeats the settings for run reuse; the code version is listed on its own below.
+    keys = sorted({k for c in configs for k in c} - {"seed", "method", "identity", "code_version"})
     shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
     lines = [_markdown_table(["setting", "value"], [[k, _cell(configs[0].get(k))] for k in shared])]
     own = [k for k in keys if k not in shared]
@@ -209,6 +210,8 @@ def _settings(runs: list[Run]) -> str:
         for method, group in by_method(runs).items():
             values = ", ".join(f"{k} = {_cell(group[0]['config'].get(k))}" for k in own)
             lines.append(f"- {method}: {values}")
+    versions = sorted({str(c.get("code_version")) for c in configs})
+    lines.append(f"Code version (git describe) of the runs: {', '.join(versions)}.")
     return "\n\n".join(lines)
 
 
@@ -217,6 +220,52 @@ def _best_at_end(runs: list[Run], reference: str) -> str:
     ok = [r["epochs"] for r in runs if r["method"] == reference and not r["diverged"]]
     at_end = [e for e in ok if time_to_target(e, "train_loss", best(e, "train_loss"))[1] == e[-1]["epoch"]]
     return f"{len(at_end)}/{len(ok)}"
+
+
+def _flops_to_target(run: Run, target: float | None) -> float | None:
+    """Model FLOPs of the epochs up to the loss target plus PDT's FLOPs of the predictions among them."""
+    reached = time_to_target(run["epochs"], "train_loss", target) if target is not None else None
+    if reached is None:
+        return None
+    o = run["overhead"]
+    epochs = run["epochs"][: reached[1]]
+    predictions = sum(1 for e in epochs if e["pdt"] and e["pdt"]["predicted"])
+    return o["model_flops_per_epoch"] * reached[1] + o["pdt_flops_per_prediction"] * predictions
+
+
+def _overheads(runs: list[Run], reference: str) -> str:
+    """FLOPs and memory per method (paper App. A.3, A.10), means over seeds."""
+    targets = {r["seed"]: best(r["epochs"], "train_loss") for r in runs if r["method"] == reference}
+    rows = []
+    for method, group in by_method(runs).items():
+        o = [r["overhead"] for r in group]
+        to_target = [_flops_to_target(r, targets.get(r["seed"])) for r in group]
+        reached = [f for f in to_target if f is not None]
+        share = [x["pdt_flops_per_prediction"] / x["model_flops_per_epoch"] for x in o]
+        rows.append(
+            [
+                method,
+                f"{sum(x['model_flops_per_epoch'] for x in o) / len(o):.3g}",
+                f"{sum(x['pdt_flops_per_prediction'] for x in o) / len(o):.3g}",
+                f"{100 * sum(share) / len(share):.2f}",
+                f"{sum(reached) / len(reached):.3g} ({len(reached)}/{len(group)})" if reached else "n/r",
+                f"{sum(x['peak_memory_bytes'] for x in o) / len(o) / 2**20:.0f}",
+                f"{sum(x['snapshot_bytes'] for x in o) / len(o) / 2**20:.1f}",
+            ]
+        )
+    kind = runs[0]["overhead"]["peak_memory_kind"]
+    return f"Peak memory is the {kind} of the run's own process.\n\n" + _markdown_table(
+        [
+            "method",
+            "model FLOPs/epoch",
+            "PDT FLOPs/prediction",
+            "PDT/epoch %",
+            f"FLOPs to {reference}'s best loss",
+            "peak memory MiB",
+            "snapshots MiB",
+        ],
+        rows,
+    )
 
 
 def write_report(out_dir: Path, runs: list[Run], summary: dict[str, Any], command: str, plots: list[Path]) -> Path:
@@ -283,6 +332,10 @@ The mean of the batch losses during an epoch instead of a full pass after it.
 ## Time
 
 {timing}
+
+## Overheads: FLOPs and memory
+
+{_overheads(runs, ref_name)}
 
 ## Plots
 
