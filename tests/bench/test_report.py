@@ -63,7 +63,13 @@ def synthetic_run(method, seed, rate=0.3, seconds_per_epoch=1.0, pdt=False, dive
         "config": {"task": "synthetic", "method": method, "seed": seed, "lr": 0.05, "epochs": EPOCHS},
         "epochs": epochs,
         "param_types": dict(PARAMS),
-        "overhead": {},
+        "overhead": {
+            "model_flops_per_epoch": 1e9,
+            "pdt_flops_per_prediction": 1e7 if pdt else 0,
+            "peak_memory_bytes": 2**30,
+            "peak_memory_kind": "process RSS",
+            "snapshot_bytes": 5 * 4000 if pdt else 0,
+        },
         "diverged": diverge_at is not None,
     }
 
@@ -185,3 +191,14 @@ def test_verdict_reads_small_differences_as_about_the_same():
     line = report.verdict("twin", methods["twin"], methods["baseline"], "baseline")
     assert "helped with: nothing; about the same: time to the best train loss, time to the best accuracy," in line
     assert "did not help with: nothing." in line and "median at the same time" in line
+
+
+def test_flops_to_the_reference_best_count_model_and_pdt_work(study):
+    out, runs, summary, paths = study
+    text = report.write_report(out, runs, summary, "pdt-bench compare", paths).read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    # The baseline reaches its own best at its last epoch: 12 epochs of 1e9 FLOPs.
+    assert "| 1.2e+10 (3/3) |" in rows["baseline"]
+    # pdt's loss exp(-0.45 e)(1 + 0.02 s) first reaches exp(-0.3 * 12)(1 + 0.02 s) at epoch 8,
+    # after predictions at epochs 5 to 8 (START = 5): 8e9 + 4e7 FLOPs.
+    assert "| 8.04e+09 (3/3) |" in rows["pdt"]
