@@ -96,15 +96,18 @@ def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
     }
     for name, key in TARGETS.items():
         row[f"ttb_{name}_s"] = row[f"ttb_{name}_epochs"] = row[f"reduction_{name}"] = None
+        row[f"reduction_{name}_epochs"] = None
         target = best(reference["epochs"], key) if reference is not None else None
         if target is None:
             continue
         hit = time_to_target(epochs, key, target)
         if hit is None:
             continue
-        reference_time, _ = time_to_target(reference["epochs"], key, target)
+        reference_time, reference_epochs = time_to_target(reference["epochs"], key, target)
         row[f"ttb_{name}_s"], row[f"ttb_{name}_epochs"] = hit
         row[f"reduction_{name}"] = 1.0 - hit[0] / reference_time
+        # In epochs: immune to a machine whose speed changes during a study (shared CPUs).
+        row[f"reduction_{name}_epochs"] = 1.0 - hit[1] / reference_epochs
     if reference is not None:
         row["final_loss_ratio"] = last["train_loss"] / reference["epochs"][-1]["train_loss"]
     return row
@@ -143,7 +146,8 @@ def _method_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for name in TARGETS:
         summary[f"ttb_{name}_s"] = describe([r[f"ttb_{name}_s"] for r in compared])
         summary[f"ttb_{name}_epochs"] = describe([r[f"ttb_{name}_epochs"] for r in compared])
-        summary[f"reduction_{name}"] = describe([r[f"reduction_{name}"] for r in compared], missing=-math.inf)
+        for reduction in (f"reduction_{name}", f"reduction_{name}_epochs"):
+            summary[reduction] = describe([r[reduction] for r in compared], missing=-math.inf)
         summary[f"never_reached_{name}"] = sum(r[f"ttb_{name}_s"] is None for r in compared)
     summary["final_loss_ratio"] = describe([r["final_loss_ratio"] for r in compared])
     for key in ("final_val_acc", "best_val_acc", "final_train_loss", "best_train_loss", "pdt_time_share"):
@@ -162,7 +166,8 @@ def summarize(runs: list[Run], reference: str = "baseline") -> dict[str, Any]:
     Returns ``{"task", "reference", "seeds", "methods": {method: {...}}}``; each method's entry
     holds ``runs``, ``diverged``, ``compared`` (successful runs whose seed has a successful
     reference run), for each TTB name in :data:`TARGETS` (``loss``, ``batch_loss``, ``acc``)
-    ``ttb_<name>_s``, ``ttb_<name>_epochs``, ``reduction_<name>`` (statistics from
+    ``ttb_<name>_s``, ``ttb_<name>_epochs``, ``reduction_<name>`` and ``reduction_<name>_epochs``
+    (in time and in epochs; statistics from
     :func:`describe`) and ``never_reached_<name>`` (a count), then statistics of
     ``final_loss_ratio``, ``final_val_acc``, ``best_val_acc``, ``final_train_loss``,
     ``best_train_loss``, ``pdt_time_share``, ``train_time_s``, ``eval_time_s``,

@@ -91,6 +91,8 @@ def test_faster_method():
     # Loss 0.24 <= 0.25 at epoch 3 = 7.5 s against the baseline's 10 s.
     assert (row["ttb_loss_s"], row["ttb_loss_epochs"]) == (7.5, 3)
     assert row["reduction_loss"] == pytest.approx(1 - 7.5 / 10)
+    # In epochs the gain is larger: PDT's epochs are slower (2.5 s against 2 s), 3 of 5 epochs.
+    assert row["reduction_loss_epochs"] == pytest.approx(1 - 3 / 5)
     # Accuracy 0.8 at epoch 2 = 5 s against the baseline's 6 s.
     assert (row["ttb_acc_s"], row["ttb_acc_epochs"]) == (5.0, 2)
     assert row["reduction_acc"] == pytest.approx(1 - 5 / 6)
@@ -105,6 +107,7 @@ def test_slower_method_has_a_negative_reduction():
     row = run_row(SLOW0, BASE0)
     assert (row["ttb_loss_s"], row["ttb_loss_epochs"]) == (15.0, 5)
     assert row["reduction_loss"] == pytest.approx(1 - 15 / 10)
+    assert row["reduction_loss_epochs"] == 0.0  # the same 5 epochs, each slower
     assert row["reduction_acc"] == pytest.approx(1 - 12 / 6)
 
 
