@@ -71,6 +71,7 @@ def _loss_columns(m: dict[str, Any], loss: str) -> list[tuple[str, str]]:
         ("reached", _reached(m[f"ttb_{loss}_s"])),
         ("reduction %", _stat(m[f"reduction_{loss}"], _PERCENT)),
         ("median %", _median(m[f"reduction_{loss}"], _PERCENT)),
+        ("median % (epochs)", _median(m[f"reduction_{loss}_epochs"], _PERCENT)),
         ("final loss ratio", _stat(m["final_loss_ratio"])),
     ]
 
@@ -82,6 +83,7 @@ def _other_columns(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("reached", _reached(m["ttb_acc_s"])),
         ("reduction %", _stat(m["reduction_acc"], _PERCENT)),
         ("median %", _median(m["reduction_acc"], _PERCENT)),
+        ("median % (epochs)", _median(m["reduction_acc_epochs"], _PERCENT)),
         ("final acc %", _stat(m["final_val_acc"], _POINTS)),
         ("best acc %", _stat(m["best_val_acc"], _POINTS)),
         ("best loss", _stat(m["best_train_loss"])),
