@@ -205,7 +205,10 @@ def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: bool) -> It
 
 
 def _tensorboard(out_dir: Path, runs: list[Run]) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
 
     for r in runs:
         with SummaryWriter(out_dir / "tensorboard" / f"{r['method']}-seed{r['seed']}") as w:

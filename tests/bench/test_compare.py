@@ -64,3 +64,11 @@ def test_sweep_reuses_the_baseline_across_pdt_settings(tmp_path, capsys):
 def test_bad_input_fails_with_a_clear_message(args, message, tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "x"), "--jobs", "0", "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_tensorboard_logs_every_run(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is optional")
+    out = tmp_path / "tb"
+    assert cli.main(["compare", *QUICK, "--seeds", "0", "--tensorboard", "--out", str(out)]) == 0
+    logs = {p.parent.name for p in (out / "tensorboard").glob("*/events.out.tfevents.*")}
+    assert logs == {"baseline-seed0", "pdt-seed0"}
