@@ -10,7 +10,8 @@ Differences from the paper (App. A.13), to fit a CPU: the paper trained on the 1
 split; here 6,000 rows of the test split. ``agnews-lstm`` is a 2-layer LSTM with 64 hidden units
 (``--width``), 64-dimensional embeddings and texts cut to 48 words (about 85 % of them fit);
 ``agnews-lstm-paper`` is the paper's model: 5,000 x 128 embedding, 4 x 512 LSTM (8,260,612
-parameters) on up to 128 words.
+parameters) on up to 128 words, with the paper's SGD settings. ``agnews-lstm`` trains with SGD
+at lr 2.0, batch 64 instead of lr 0.1, batch 128: with 6,000 texts the latter barely moves.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 import html
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,7 +97,22 @@ class LSTMClassifier(nn.Module):
         return self.fc(h[-1])
 
 
-def _build(options: TaskOptions, name: str, embed_dim: int, hidden: int, layers: int, max_len: int) -> Task:
+# The paper's settings (App. A.13): SGD, lr 0.1, batch 128, 30 epochs, cosine annealing.
+PAPER_DEFAULTS: dict[str, Any] = dict(
+    epochs=30, lr=0.1, batch_size=128, optimizer="sgd", schedule="cosine", eta_min=1e-3, weight_decay=0.0
+)
+
+
+def _build(
+    options: TaskOptions,
+    name: str,
+    *,
+    embed_dim: int,
+    hidden: int,
+    layers: int,
+    max_len: int,
+    defaults: dict[str, Any],
+) -> Task:
     texts, labels = read_csv(data_root(options) / FILE)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
     n_val = round(len(texts) * VAL_FRACTION)
@@ -116,10 +133,7 @@ def _build(options: TaskOptions, name: str, embed_dim: int, hidden: int, layers:
         x_val=encode([texts[i] for i in val], vocab, max_len),
         y_val=labels[val],
         num_classes=4,
-        # Paper (App. A.13): SGD, lr 0.1, batch 128, 30 epochs, cosine annealing.
-        defaults=dict(
-            epochs=30, lr=0.1, batch_size=128, optimizer="sgd", schedule="cosine", eta_min=1e-3, weight_decay=0.0
-        ),
+        defaults=defaults,
         description=(
             f"AG News (official test split, seeded split), {len(train)} train / {len(val)} validation texts, "
             f"{vocab_size} words, {max_len} tokens; LSTM {layers}x{hidden}, embedding {embed_dim} "
@@ -129,11 +143,16 @@ def _build(options: TaskOptions, name: str, embed_dim: int, hidden: int, layers:
 
 
 def build_lstm(options: TaskOptions) -> Task:
-    return _build(options, "agnews-lstm", embed_dim=64, hidden=64, layers=2, max_len=48)
+    # On 6,000 texts the paper's lr 0.1 left this model at chance for 6 epochs (loss 1.382);
+    # lr 2.0 with batch 64 reaches 66 % validation accuracy by epoch 6 and stays stable.
+    defaults = dict(PAPER_DEFAULTS, lr=2.0, batch_size=64)
+    return _build(options, "agnews-lstm", embed_dim=64, hidden=64, layers=2, max_len=48, defaults=defaults)
 
 
 def build_lstm_paper(options: TaskOptions) -> Task:
-    return _build(options, "agnews-lstm-paper", embed_dim=128, hidden=512, layers=4, max_len=128)
+    return _build(
+        options, "agnews-lstm-paper", embed_dim=128, hidden=512, layers=4, max_len=128, defaults=PAPER_DEFAULTS
+    )
 
 
 TASKS = {"agnews-lstm": build_lstm, "agnews-lstm-paper": build_lstm_paper}

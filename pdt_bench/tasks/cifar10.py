@@ -240,6 +240,9 @@ class AlexNet(nn.Module):
     channels 64-192-384-256-256, classifier 4096-4096). ``width`` scales every channel count and the
     classifier (64 * width units). Below 64 px the 11x11 stride-4 stem would shrink the image to nothing
     before the last max-pool, so it becomes 5x5 stride 2; the adaptive pooling then brings any size to 6x6.
+    Convolutions are initialised as torchvision does for VGG and ResNet (Kaiming normal, fan-out), not
+    with torch's default: with the default, plain SGD at lr 0.05 left the narrow CPU model at chance for
+    more than 7 epochs on 10,000 images; with this it leaves chance within 2.
     """
 
     def __init__(self, width: int = 64, num_classes: int = 10, img_size: int = 224) -> None:
@@ -272,6 +275,11 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
+
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
