@@ -177,8 +177,11 @@ def test_cifar_subsets_and_width_follow_the_options(cifar_root, tmp_path):
     assert torch.equal(task.x_train, full.x_train[:12]), "subsets are prefixes of one fixed shuffle"
 
 
-@pytest.mark.parametrize("name", CIFAR_TASKS)
-@pytest.mark.parametrize("img_size", [None, 64])
+@pytest.mark.parametrize(
+    "name, img_size",
+    # 64 px: AlexNet switches to its 11x11 stride-4 stem and the ViT to 16-px patches.
+    [(name, None) for name in CIFAR_TASKS] + [("cifar10-alexnet", 64), ("cifar10-vit", 64)],
+)
 def test_cifar_task_trains_one_step_in_tiny_mode(name, img_size, cifar_root, tmp_path):
     task = tasks.build(name, opts(cifar_root, tmp_path, tiny=True, img_size=img_size))
     assert set(task.defaults) >= {"epochs", "lr", "batch_size", "optimizer", "schedule", "eta_min", "weight_decay"}
