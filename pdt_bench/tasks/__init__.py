@@ -64,6 +64,13 @@ class Task:
     """Training defaults: epochs, lr, batch_size, optimizer, schedule, eta_min, weight_decay."""
     description: str = ""
     """One line for the report: data sizes, model, and what differs from the paper."""
+    loss: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
+    """``loss(model, prepare(x, train), y)``: the training objective of one batch (None: cross-entropy of
+    ``model(x)`` against ``y``). Self-supervised tasks ignore ``y``."""
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    """``evaluate(model) -> {"accuracy": ..., "loss": ...}`` on the validation data, replacing the
+    harness's classification metrics (None: accuracy and cross-entropy on ``x_val``/``y_val``). It sets
+    eval mode itself, restores the model's mode and leaves the global RNG untouched."""
 
 
 def data_root(options: TaskOptions) -> Path:
@@ -83,11 +90,12 @@ def cache_root(options: TaskOptions) -> Path:
 
 
 def _registry() -> dict[str, Callable[[TaskOptions], Task]]:
-    from . import agnews, cifar10, mnist1d
+    from . import agnews, cifar10, mnist1d, simsiam
 
     tasks: dict[str, Callable[[TaskOptions], Task]] = dict(mnist1d.TASKS)
     tasks.update(cifar10.TASKS)
     tasks.update(agnews.TASKS)
+    tasks.update(simsiam.TASKS)
     return tasks
 
 

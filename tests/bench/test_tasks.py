@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pdt_bench import tasks
-from pdt_bench.tasks import DataMissing, TaskOptions, agnews, cifar10
+from pdt_bench.tasks import DataMissing, TaskOptions, agnews, cifar10, simsiam
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 CIFAR_TASKS = sorted(cifar10.TASKS)
@@ -268,3 +268,30 @@ def test_cifar_from_the_shared_archive():
     task = tasks.build("cifar10-fcn", TaskOptions(data_dir=SHARED))
     assert (len(task.x_train), len(task.x_val)) == (cifar10.TRAIN_SUBSET, cifar10.VAL_SUBSET)
     assert task.y_val.bincount().min() > 150
+
+
+# --------------------------------------------------------------------------------------------
+# SimSiam
+
+
+def test_simsiam_trains_one_step_and_evaluates_by_knn(cifar_root, tmp_path):
+    task = tasks.build("simsiam", opts(cifar_root, tmp_path, tiny=True))
+    torch.manual_seed(0)
+    model = task.model()
+    views = task.prepare(task.x_train[:8], True)
+    assert views.shape == (8, 2, 3, 32, 32) and not torch.equal(views[:, 0], views[:, 1])
+    loss = task.loss(model, views, task.y_train[:8])
+    assert loss.shape == () and -1 <= loss.item() <= 1
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    state = torch.get_rng_state()
+    metrics = task.evaluate(model)
+    assert torch.equal(state, torch.get_rng_state()) and model.training
+    assert set(metrics) == {"accuracy", "loss"} and 0 <= metrics["accuracy"] <= 1
+    assert metrics == task.evaluate(model), "evaluation is deterministic"
+
+
+def test_knn_votes_by_similarity():
+    bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
+    queries = torch.tensor([[1.0, 0.05], [0.0, 1.0]])
+    assert simsiam.knn_accuracy(bank, torch.tensor([0, 0, 1]), queries, torch.tensor([0, 1]), 2) == 1.0
