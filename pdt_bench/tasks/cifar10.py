@@ -11,7 +11,7 @@ Two layouts are accepted under the data root (``--data-dir`` / ``$PDT_DATA``):
 Differences from the paper, all to fit a CPU (paper-sized runs: ``--img-size 128`` for AlexNet,
 ``--width 64`` and ``--train-subset 50000``):
 
-* 32-px images, a fixed 10,000-image training subset (5,000 for ResNet-18), narrow models and
+* 32-px images, a fixed 10,240-image training subset (5,120 for ResNet-18), narrow models and
   30 epochs (the paper: 60) by default; the validation set is a fixed 2,000-image subset of the
   test split unless the whole training split is used, in which case it is the whole test split.
 * Training batches are augmented (random crop with 4-px zero padding, horizontal flip) and
@@ -44,7 +44,9 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
-TRAIN_SUBSET = 10_000
+TRAIN_SUBSET = 10_240
+"""40 x 256: no partial last batch at the default batch sizes (with BN, one step on a batch of 16 at lr 0.05
+took the FCN from 43 % to 20 % training accuracy)."""
 VAL_SUBSET = 2_000
 TINY_TRAIN, TINY_VAL = 256, 128
 SPLIT_SEED = 0
@@ -104,18 +106,19 @@ def _decode(data: bytes, where: str) -> Tensor:
 def _stack(items: Iterator[tuple[str, str, str, bytes]], source: Path) -> Arrays:
     """(split, class, file name, encoded image) -> arrays, sorted by (class, name) for a fixed order."""
     found: dict[str, list[tuple[int, str, Tensor]]] = {"train": [], "test": []}
-    for split, cls, name, data in items:
-        where = f"{source}: {split}/{cls}/{name}"
+    for subset, cls, name, data in items:
+        where = f"{source}: {subset}/{cls}/{name}"
         if cls not in CLASSES:
             raise ValueError(f"{where}: unknown CIFAR-10 class folder {cls!r}")
-        found[split].append((CLASSES.index(cls), name, _decode(data, where)))
-    out = []
-    for split in ("train", "test"):
-        if not found[split]:
-            raise ValueError(f"{source}: no images under {split}/<class>/")
-        rows = sorted(found[split], key=lambda r: (r[0], r[1]))
-        out += [torch.stack([r[2] for r in rows]), torch.tensor([r[0] for r in rows], dtype=torch.int64)]
-    return tuple(out)  # type: ignore[return-value]
+        found[subset].append((CLASSES.index(cls), name, _decode(data, where)))
+
+    def arrays(subset: str) -> tuple[Tensor, Tensor]:
+        if not found[subset]:
+            raise ValueError(f"{source}: no images under {subset}/<class>/")
+        rows = sorted(found[subset], key=lambda r: (r[0], r[1]))
+        return torch.stack([r[2] for r in rows]), torch.tensor([r[0] for r in rows], dtype=torch.int64)
+
+    return (*arrays("train"), *arrays("test"))
 
 
 def _image_entry(parts: tuple[str, ...]) -> tuple[str, str, str] | None:

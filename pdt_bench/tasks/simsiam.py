@@ -9,7 +9,7 @@ and InstDisc monitors) over the backbone features of the (un-augmented) training
 
 Differences from the paper (Table 3: ResNet-18 backbone, 200 epochs, SGD-momentum lr 0.03,
 batch 256, cosine), to fit a CPU: a ResNet-18 of width 8 (``--width``; 64 is the usual one), a
-5,000-image training subset, 128-dimensional projector and 32-dimensional predictor bottleneck
+5,120-image training subset, 128-dimensional projector and 32-dimensional predictor bottleneck
 (the paper: 2048 and 512), 30 epochs, and augmentations computed on whole batches: random
 resized crop (scale 0.2-1), flip, brightness/contrast/saturation jitter (0.4, p = 0.8; no hue
 jitter) and grayscale (p = 0.2).
