@@ -68,14 +68,19 @@ class RunConfig:
 
 
 def _batches(y: Tensor, batch_size: int, non_iid: bool, num_classes: int, generator: torch.Generator) -> list[Tensor]:
+    """Index batches of one epoch. Partial batches are dropped: one small batch through a BatchNorm
+    layer can undo much of an epoch (seen on the CIFAR FCN), which no method should be credited for.
+    """
     if not non_iid:
-        return list(torch.randperm(len(y), generator=generator).split(batch_size))
-    batches: list[Tensor] = []
-    for c in range(num_classes):
-        idx = (y == c).nonzero().squeeze(1)
-        batches += list(idx[torch.randperm(len(idx), generator=generator)].split(batch_size))
-    order = torch.randperm(len(batches), generator=generator)
-    return [batches[i] for i in order]
+        batches = list(torch.randperm(len(y), generator=generator).split(batch_size))
+    else:
+        batches = []
+        for c in range(num_classes):
+            idx = (y == c).nonzero().squeeze(1)
+            batches += list(idx[torch.randperm(len(idx), generator=generator)].split(batch_size))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    full = [b for b in batches if len(b) == batch_size]
+    return full or batches  # a dataset smaller than one batch still trains
 
 
 def _inputs(task: tasks.Task, x: Tensor, train: bool, device: torch.device) -> Tensor:
@@ -83,25 +88,50 @@ def _inputs(task: tasks.Task, x: Tensor, train: bool, device: torch.device) -> T
     return task.prepare(x, train) if task.prepare is not None else x
 
 
+def _loss(task: tasks.Task, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The task's training objective on one prepared batch (cross-entropy unless the task has its own)."""
+    if task.loss is not None:
+        return task.loss(model, x, y)
+    return nn.functional.cross_entropy(model(x), y)
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, task: tasks.Task, x: Tensor, y: Tensor, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``(x, y)``, in eval mode, without augmentation."""
+    """Mean loss and accuracy over ``(x, y)`` in eval mode.
+
+    Classification: cross-entropy and accuracy without augmentation. A task with its own loss
+    (self-supervised) is scored by that loss on augmented views drawn with a fixed seed, so every
+    evaluation sees the same views; it has no accuracy here (NaN).
+    """
     model.eval()
     loss, correct = 0.0, 0
-    for idx in torch.arange(len(y)).split(1024):
-        out = model(_inputs(task, x[idx], False, device))
-        target = y[idx].to(device)
-        loss += nn.functional.cross_entropy(out, target, reduction="sum").item()
-        correct += (out.argmax(1) == target).sum().item()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for idx in torch.arange(len(y)).split(1024):
+            target = y[idx].to(device)
+            if task.loss is not None:
+                loss += task.loss(model, _inputs(task, x[idx], True, device), target).item() * len(idx)
+                continue
+            out = model(_inputs(task, x[idx], False, device))
+            loss += nn.functional.cross_entropy(out, target, reduction="sum").item()
+            correct += (out.argmax(1) == target).sum().item()
     model.train()
-    return loss / len(y), correct / len(y)
+    return loss / len(y), (math.nan if task.loss is not None else correct / len(y))
+
+
+def _validate(model: nn.Module, task: tasks.Task, device: torch.device) -> tuple[float, float]:
+    """Validation loss and accuracy: the task's own evaluation (e.g. a kNN probe) when it has one."""
+    if task.evaluate is not None:
+        result = task.evaluate(model)
+        return result["loss"], result["accuracy"]
+    return _evaluate(model, task, task.x_val, task.y_val, device)
 
 
 def _train_flops(model: nn.Module, task: tasks.Task, batch_size: int, device: torch.device) -> int:
     """FLOPs of one training step (forward and backward) on one batch."""
     x = _inputs(task, task.x_train[:batch_size], True, device)
     with FlopCounterMode(display=False) as counter:
-        nn.functional.cross_entropy(model(x), task.y_train[:batch_size].to(device)).backward()
+        _loss(task, model, x, task.y_train[:batch_size].to(device)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -193,7 +223,7 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
         batch_losses = []
         for idx in _batches(task.y_train, cfg.batch_size, cfg.non_iid, task.num_classes, order):
             x = _inputs(task, task.x_train[idx], True, device)
-            loss = nn.functional.cross_entropy(model(x), task.y_train[idx].to(device))
+            loss = _loss(task, model, x, task.y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -221,7 +251,7 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
 
         start = time.perf_counter()
         train_loss, train_acc = _evaluate(model, task, x_eval, y_eval, device)
-        val_loss, val_acc = _evaluate(model, task, task.x_val, task.y_val, device)
+        val_loss, val_acc = _validate(model, task, device)
         rows.append(
             Epoch(
                 epoch=epoch,
@@ -242,7 +272,7 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
             break
 
     numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps_per_epoch = math.ceil(len(task.y_train) / cfg.batch_size)
+    steps_per_epoch = max(1, len(task.y_train) // cfg.batch_size)  # partial batches are dropped
     overhead = {
         "numel": numel,
         "model_flops_per_step": model_flops,

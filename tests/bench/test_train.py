@@ -75,13 +75,16 @@ def test_learning_rate_suffixes():
             methods.parse_method(bad)
 
 
-def test_non_iid_batches_hold_one_class_each_and_cover_the_data_once():
-    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])
+def test_non_iid_batches_hold_one_class_each_and_partial_batches_are_dropped():
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])  # class sizes 4, 3, 2
     batches = _batches(y, 2, True, 3, torch.Generator().manual_seed(0))
-    assert all(len(set(y[b].tolist())) == 1 for b in batches)
-    assert sorted(torch.cat(batches).tolist()) == list(range(len(y)))
+    assert all(len(set(y[b].tolist())) == 1 and len(b) == 2 for b in batches)
+    # Class 0 gives two full batches, classes 1 and 2 one each; the odd element of class 1 is dropped.
+    assert sorted(y[b[0]].item() for b in batches) == [0, 0, 1, 2]
+    assert len(set(torch.cat(batches).tolist())) == 8
     iid = _batches(y, 2, False, 3, torch.Generator().manual_seed(0))
-    assert sorted(torch.cat(iid).tolist()) == list(range(len(y)))
+    assert [len(b) for b in iid] == [2, 2, 2, 2] and len(set(torch.cat(iid).tolist())) == 8
+    assert [len(b) for b in _batches(y, 16, False, 3, torch.Generator())] == [9]  # smaller than one batch
 
 
 def test_switch_by_val_loss_predicts_only_after_a_fall():
