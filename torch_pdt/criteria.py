@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CRITERIA", "Verdict", "evaluate"]
+__all__ = ["CRITERIA", "NEEDS_STEPS", "Verdict", "evaluate"]
 
 
 @dataclass
@@ -43,9 +43,14 @@ class Verdict:
     upper_bound: Tensor | None = None
 
 
-def _consistency(increments: Tensor, delta: Tensor) -> Tensor:
-    """Elements with a predicted step against the optimizer's direction (Eq. 7 fails)."""
-    return (torch.sign(increments) != torch.sign(delta)).any(dim=0)
+def _consistency(low: Tensor, high: Tensor, delta: Tensor) -> Tensor:
+    """Elements with a predicted step against the optimizer's direction (Eq. 7 fails).
+
+    Every step has the sign of ``delta`` exactly when the smallest and the largest do, so two
+    comparisons replace ``tau`` (NaN steps give NaN extremes, which fail).
+    """
+    direction = torch.sign(delta)
+    return (torch.sign(low) != direction) | (torch.sign(high) != direction)
 
 
 def _bounds(displacement: Tensor, delta: Tensor, tau: int) -> tuple[Tensor, Tensor]:
@@ -55,41 +60,47 @@ def _bounds(displacement: Tensor, delta: Tensor, tau: int) -> tuple[Tensor, Tens
     return ~(jump > step), ~(jump <= tau * step)
 
 
-def _pdt(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
-    consistency = _consistency(increments, delta)
+def _pdt(low: Tensor, high: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
+    consistency = _consistency(low, high, delta)
     lower, upper = _bounds(displacement, delta, tau)
     return Verdict(~(consistency | lower | upper), consistency, lower, upper)
 
 
-def _accel_only(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
+def _accel_only(low: Tensor, high: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
     lower, upper = _bounds(displacement, delta, tau)
     return Verdict(~(lower | upper), None, lower, upper)
 
 
-def _consistency_only(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
-    consistency = _consistency(increments, delta)
+def _consistency_only(low: Tensor, high: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
+    consistency = _consistency(low, high, delta)
     return Verdict(~consistency, consistency)
 
 
-def _reference(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
+def _reference(low: Tensor, high: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
     size, step = displacement.abs(), delta.abs()
     consistency = torch.sign(displacement) != torch.sign(delta)
     lower, upper = ~(size >= step), ~(size <= (tau + 1) * step)
     return Verdict(~(consistency | lower | upper), consistency, lower, upper)
 
 
-def _none(increments: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
+def _none(low: Tensor, high: Tensor, displacement: Tensor, delta: Tensor, tau: int) -> Verdict:
     return Verdict(torch.ones_like(delta, dtype=torch.bool))
 
 
-CRITERIA: dict[str, Callable[[Tensor, Tensor, Tensor, int], Verdict]] = {
+NEEDS_STEPS = {"pdt", "consistency_only"}
+"""Criteria that look at every intermediate step (through its extremes), not just the displacement."""
+
+CRITERIA: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor, int], Verdict]] = {
     "pdt": _pdt,
     "reference": _reference,
     "accel_only": _accel_only,
     "consistency_only": _consistency_only,
     "none": _none,
 }
-"""Deterministic criteria by name. ``"random"`` is handled by :class:`torch_pdt.PDT` itself."""
+"""Deterministic criteria by name, called as ``criterion(low, high, displacement, delta, tau)``
+with ``low`` and ``high`` the smallest and largest predicted step of each element (unused,
+and may be ``None``, for criteria outside :data:`NEEDS_STEPS`). ``"random"`` is handled by
+:class:`torch_pdt.PDT` itself."""
 
 
 def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int, displacement: Tensor | None = None) -> Verdict:
@@ -105,4 +116,5 @@ def evaluate(name: str, increments: Tensor, delta: Tensor, tau: int, displacemen
         )
     if displacement is None:
         displacement = increments.sum(dim=0)
-    return CRITERIA[name](increments, displacement, delta, tau)
+    low, high = torch.aminmax(increments, dim=0)
+    return CRITERIA[name](low, high, displacement, delta, tau)

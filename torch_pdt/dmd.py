@@ -40,6 +40,33 @@ as a Householder QR, hence :math:`S = Q R_S` with :math:`R_S = R\,T^{-1}`. DMD o
 forecast is returned as an ``m``-vector of coefficients :math:`c_k` with
 :math:`\hat s_{m-1+k} = S c_k`: applying it costs one pass over the snapshots.
 
+**One Gram pass or two.** A second pass costs a full read of the snapshots, so
+:func:`orthogonal_factor` takes it only when the first cannot be trusted to the precision of
+the data. After one pass the columns of :math:`Q_1` lose orthogonality by about
+:math:`\varepsilon\kappa^2` (:math:`\varepsilon` the float64 unit roundoff, :math:`\kappa` the
+condition number of the column-scaled basis), i.e. :math:`R_1` is the exact factor of the
+data perturbed by less than that relative amount. When this is below the rounding the
+snapshots already carry (``resolution``: 0 for exact data, the unit roundoff of the
+storage dtype for PDT's float32 or bfloat16 snapshots), the second pass could only refine
+digits the data does not have, and is skipped. :func:`fit` treats its input as exact and
+always takes both passes; for float32 snapshots one pass suffices up to
+:math:`\kappa \approx 2\cdot 10^4`.
+
+**Incremental Gram (PDT).** The Gram matrix of the anchored basis changes completely when a
+new newest snapshot arrives. That of the *consecutive* basis
+
+.. math::
+    C = [\,s_{m-1},\ s_1 - s_0,\ \dots,\ s_{m-1} - s_{m-2}\,] = S\,T_c
+
+(:func:`consecutive_basis`) does not: a new snapshot adds one difference and a new first
+column, so only their ``2m - 1`` inner products with the stored columns are new, one pass
+that reads each snapshot once (:class:`torch_pdt.snapshots.SnapshotHistory`). The
+differences are formed exactly (float64 differences of float32 values) and accumulated in
+float64; :func:`orthogonal_factor` and :func:`fit_factor` accept any such basis. Its
+conditioning is that of the anchored basis or better: the anchored differences are partial
+sums of the consecutive ones, which smooths out exactly the changes of direction that
+carry the small singular values.
+
 Resolution: a direction of the basis whose share of its scaled Gram matrix is below
 ``100 * m * eps`` (an amplitude below about 1e-7 of the basis vectors) cannot be told from
 rounding and is dropped; so is a difference no larger than the rounding of its snapshots.
@@ -69,12 +96,14 @@ from torch import Tensor
 __all__ = [
     "DMD",
     "DMDError",
+    "consecutive_basis",
     "difference_basis",
     "fit",
     "fit_factor",
     "matrix_chunks",
     "orthogonal_factor",
     "snapshot_gram_of",
+    "unit_roundoff",
     "validate_options",
 ]
 
@@ -102,18 +131,33 @@ def difference_basis(m: int) -> Tensor:
     return T
 
 
+def consecutive_basis(m: int) -> Tensor:
+    r"""The ``m x m`` float64 :math:`T_c` with :math:`S T_c = [s_{m-1}, s_1 - s_0, \dots, s_{m-1} - s_{m-2}]`."""
+    T = torch.zeros(m, m, dtype=torch.float64)
+    T[m - 1, 0] = 1.0
+    j = torch.arange(1, m)
+    T[j, j] = 1.0
+    T[j - 1, j] = -1.0
+    return T
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Relative rounding error of values stored in ``dtype`` (0 for an integer dtype: exact)."""
+    return torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 0.0
+
+
 GramOf = Callable[[Tensor], Tensor]
 """``gram_of(W)`` returns the float64 Gram matrix :math:`(BW)^\top (BW)` of the data's basis ``B``."""
 
 
-def snapshot_gram_of(chunks: Callable[[], Iterable[Tensor]], m: int) -> GramOf:
+def snapshot_gram_of(chunks: Callable[[], Iterable[Tensor]], m: int, basis: Tensor | None = None) -> GramOf:
     """``gram_of`` over snapshots given as chunks of shape ``(m, c)`` (one row per snapshot).
 
-    ``chunks()`` is called once per Gram pass. Each chunk is converted to float64 before
+    The basis is ``S @ basis`` (default :func:`difference_basis`). ``chunks()`` is called once per Gram pass. Each chunk is converted to float64 before
     differencing, so no N-sized float64 copy is made and differences of float32 snapshots are
     exact. Sums stay on the chunks' devices until the end (no host sync per chunk).
     """
-    T = difference_basis(m)
+    T = difference_basis(m) if basis is None else basis
 
     def gram_of(W: Tensor) -> Tensor:
         TWt = (T @ W).T
@@ -153,12 +197,22 @@ def _eigen_factor(K: Tensor, scale: Tensor, *, floor: float = 0.0, drop: float |
     return mu.sqrt()[:, None] * E.T * scale[None, :], inv[:, None] * E / mu.sqrt()[None, :]
 
 
-def orthogonal_factor(gram_of: GramOf, m: int) -> tuple[Tensor, Tensor]:
-    r"""Factor the difference basis :math:`B = ST = QR` by Cholesky-QR twice (two data passes).
+def orthogonal_factor(
+    gram_of: GramOf, m: int, *, gram: Tensor | None = None, resolution: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    r"""Factor the data's basis :math:`B = ST = QR` by Cholesky-QR, twice where needed.
 
     One Gram pass gives :math:`B \approx Q_1 R_1`; a second pass over :math:`Q_1 = B W_1`
     re-orthogonalises it, which makes :math:`R = R_2 R_1` as accurate as a Householder QR of
-    :math:`B` as long as the kept directions are above float64 resolution.
+    :math:`B` as long as the kept directions are above float64 resolution. The second pass
+    is skipped when the first one's loss of orthogonality, :math:`\varepsilon\kappa^2`, is
+    at most ``resolution`` (see the module docstring).
+
+    Args:
+        gram_of: ``gram_of(W)`` is the float64 Gram matrix of :math:`BW`.
+        m: number of snapshots.
+        gram: :math:`B^\top B` when already known (PDT keeps it up to date); else ``gram_of(I)``.
+        resolution: relative rounding of the snapshot values (0: exact data, two passes).
 
     Returns:
         ``R`` (``q x m``) and ``W`` (``m x q``) with :math:`Q = S T W` orthonormal; ``q`` is the
@@ -167,7 +221,7 @@ def orthogonal_factor(gram_of: GramOf, m: int) -> tuple[Tensor, Tensor]:
     Raises:
         DMDError: the snapshots are not finite or all zero.
     """
-    K1 = gram_of(torch.eye(m, dtype=torch.float64))
+    K1 = gram_of(torch.eye(m, dtype=torch.float64)) if gram is None else gram
     if not torch.isfinite(K1).all():
         raise DMDError("non-finite snapshot values")
     if not K1.diagonal().max() > 0:
@@ -177,16 +231,35 @@ def orthogonal_factor(gram_of: GramOf, m: int) -> tuple[Tensor, Tensor]:
     K1 = torch.where(K1.diagonal()[:, None].minimum(K1.diagonal()[None, :]) > noise, (K1 + K1.T) / 2, 0)
     # The first factor keeps every direction, so that B W1 R1 = B holds exactly; its small
     # directions are inaccurate, and the second pass, now well conditioned, sorts them out.
-    R1, W1 = _eigen_factor(K1, K1.diagonal().sqrt(), floor=m * _EPS)
+    scale = K1.diagonal().sqrt()
+    R1, W1 = _eigen_factor(K1, scale, floor=m * _EPS)
+    if _orthogonality_loss(K1, scale) <= resolution:
+        return _trim(R1, W1, m)
     K2 = gram_of(W1)
     if not torch.isfinite(K2).all():
         raise DMDError("non-finite snapshot values")
     R2, W2 = _eigen_factor((K2 + K2.T) / 2, torch.ones(K2.shape[0], dtype=K2.dtype), drop=_GRAM_RTOL * m)
-    # R is now as accurate as a QR factor; directions at rounding level carry no data but,
-    # through huge entries of W, would amplify rounding in every later product with S.
-    U, sv, Vh = torch.linalg.svd(R2 @ R1, full_matrices=False)
+    return _trim(R2 @ R1, W1 @ W2, m)
+
+
+def _orthogonality_loss(K: Tensor, scale: Tensor) -> float:
+    r"""About :math:`\varepsilon\kappa^2`: how far one Cholesky-QR pass is from orthogonal.
+
+    :math:`\kappa` is the condition number of the basis with its non-zero columns scaled to
+    unit norm; inf when they are (numerically) dependent.
+    """
+    nz = scale > 0
+    mu = torch.linalg.eigvalsh(K[nz][:, nz] / (scale[nz, None] * scale[None, nz]))
+    return float(_EPS * mu[-1] / mu[0]) if mu[0] > 0 else float("inf")
+
+
+def _trim(R: Tensor, W: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Drop directions of ``B = Q R`` at rounding level (R's singular values below ``10 m eps``)."""
+    # They carry no data but, through huge entries of W, would amplify rounding in every
+    # later product with S.
+    U, sv, Vh = torch.linalg.svd(R, full_matrices=False)
     k = int((sv > sv[0] * 10 * m * _EPS).sum())
-    return sv[:k, None] * Vh[:k], W1 @ W2 @ U[:, :k]
+    return sv[:k, None] * Vh[:k], W @ U[:, :k]
 
 
 @dataclass(frozen=True)
@@ -287,14 +360,16 @@ def fit_factor(
     R: Tensor,
     W: Tensor,
     *,
+    basis: Tensor | None = None,
     exact: bool = False,
     rank: int | float | None = None,
     rtol: float | None = None,
 ) -> DMD:
-    r"""Fit DMD from the factor of the difference basis (see :func:`orthogonal_factor`).
+    r"""Fit DMD from the factor of a basis of the snapshots (see :func:`orthogonal_factor`).
 
     Args:
         R, W: ``q x m`` and ``m x q`` float64, with :math:`ST = QR` and :math:`Q = STW` orthonormal.
+        basis: :math:`T`, default :func:`difference_basis`.
         exact: exact modes :math:`Y V \Sigma^{-1} \Psi` instead of projected modes :math:`U\Psi`.
         rank: truncation of the SVD of :math:`X`: ``None`` keeps every numerically non-zero
             singular value, an ``int`` keeps that many, a ``float`` in (0, 1] keeps the fewest
@@ -306,7 +381,8 @@ def fit_factor(
     """
     validate_options(exact, rank, rtol)
     m = R.shape[1]
-    RS = R @ torch.linalg.inv(difference_basis(m))  # S = Q RS
+    T = difference_basis(m) if basis is None else basis
+    RS = R @ torch.linalg.inv(T)  # S = Q RS
     RX, RY, r_last = RS[:, :-1], RS[:, 1:], RS[:, -1]
 
     U, s, Vh = torch.linalg.svd(RX, full_matrices=False)
@@ -324,7 +400,7 @@ def fit_factor(
     modes_q = M.to(torch.complex128) @ Psi
     amplitudes = torch.linalg.lstsq(modes_q, r_last.to(torch.complex128)[:, None]).solution[:, 0]
     # Q = S T W: coordinates in Q become coefficients of the snapshots through T W.
-    TW = difference_basis(m) @ W
+    TW = T @ W
     return DMD(
         eigenvalues=eigenvalues,
         amplitudes=amplitudes,

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from . import dmd
-from .criteria import CRITERIA, Verdict, evaluate
-from .snapshots import SnapshotHistory
+from .criteria import CRITERIA, NEEDS_STEPS, Verdict
+from .snapshots import STORAGE, SnapshotHistory
 
 __all__ = ["PDT"]
 
@@ -68,7 +68,12 @@ class PDT:
         random_ratio: for ``criterion="random"``, the fraction accepted, or ``"measured"`` for
             the fraction ``criterion="pdt"`` accepts at the same step.
         seed: seed of the random criterion's own generator (global RNGs are never touched).
-        chunk_size: elements per chunk of the prediction pass (bounds the working memory).
+        chunk_size: elements per chunk of the snapshot and prediction passes (bounds the
+            working memory).
+        storage: where snapshots live: ``"same"`` (the parameters' device and dtype),
+            ``"cpu"`` (pinned CPU memory, asynchronous copies; for CPU parameters the same as
+            ``"same"``) or ``"bf16"`` (bfloat16: half the memory of float32, but it cannot
+            resolve steps below 2^-8 of a weight; see the README).
         model: optional module, used only to name parameters in the statistics.
 
     ``criterion="reference"`` reproduces the authors' public code: snapshots are the weights at
@@ -114,6 +119,7 @@ class PDT:
         random_ratio: float | str = "measured",
         seed: int = 0,
         chunk_size: int = dmd.CHUNK_SIZE,
+        storage: str = "same",
         model: nn.Module | None = None,
     ) -> None:
         _check_int("history", history, 2)
@@ -128,6 +134,7 @@ class PDT:
         _check_choice("forecast", forecast, dmd.FORECASTS)
         _check_choice("modes", modes, _MODES)
         _check_choice("history_after_jump", history_after_jump, _HISTORY_AFTER_JUMP)
+        _check_choice("storage", storage, STORAGE)
         if random_ratio != "measured" and (
             isinstance(random_ratio, bool)
             or not isinstance(random_ratio, (int, float))
@@ -152,13 +159,14 @@ class PDT:
             history_after_jump=history_after_jump,
             random_ratio=random_ratio,
             seed=seed,
+            storage=storage,
         )
         self.chunk_size = chunk_size
         self.names, self.params = self._collect(optimizer, model)
         if not self.params:
             raise ValueError("optimizer has no trainable parameters for PDT (all frozen or opted out)")
         self.numel = sum(p.numel() for p in self.params)
-        self._history = SnapshotHistory(self.params, history)
+        self._history = SnapshotHistory(self.params, history, storage, chunk_size)
         self._start_of_epoch = criterion == "reference"
         self._generators: dict[torch.device, torch.Generator] = {}
         self.epoch = 0
@@ -244,11 +252,26 @@ class PDT:
 
     def _predict(self) -> dict[str, Any]:
         cfg = self.config
+        m = len(self._history)
+        passes = [1]  # the first Gram pass is the history's incremental Gram
+        second_pass = self._history.gram_of(self.chunk_size)
+
+        def gram_of(W: Tensor) -> Tensor:
+            passes[0] += 1
+            return second_pass(W)
+
         try:
-            R, W = dmd.orthogonal_factor(self._history.gram_of(self.chunk_size), len(self._history))
-            fit = dmd.fit_factor(R, W, exact=cfg["modes"] == "exact", rank=cfg["rank"], rtol=cfg["rtol"])
+            R, W = dmd.orthogonal_factor(gram_of, m, gram=self._history.gram(), resolution=self._history.resolution)
+            fit = dmd.fit_factor(
+                R,
+                W,
+                basis=dmd.consecutive_basis(m),
+                exact=cfg["modes"] == "exact",
+                rank=cfg["rank"],
+                rtol=cfg["rtol"],
+            )
         except dmd.DMDError as e:
-            return {"reason": f"decomposition failed: {e}"}
+            return {"reason": f"decomposition failed: {e}", "gram_passes": passes[0]}
         tau = cfg["horizon"]
         # Predicted displacement from the newest snapshot after k steps is S @ coef[:, k-1].
         coef = fit.coefficients(range(1, tau + 1), cfg["forecast"])
@@ -272,6 +295,7 @@ class PDT:
             accepted_ratio=result["accepted"] / self.numel,
             eigenvalues=fit.eigenvalues.tolist(),
             rank=fit.rank,
+            gram_passes=passes[0],
         )
         return result
 
@@ -281,46 +305,111 @@ class PDT:
         return self._generators[device]
 
     def _pass(self, steps: Tensor, criterion: str, write: bool, ratio: float = 0.0) -> dict[str, Any]:
-        """One chunked pass over the snapshots: predict, mask, and (if ``write``) assemble."""
+        r"""One chunked pass over the snapshots: predict, mask, and (if ``write``) assemble.
+
+        ``steps`` (``(tau + 1) x h``, snapshots oldest first) maps the snapshots to the ``tau``
+        predicted steps and, in its last row, to the displacement. Per chunk the work is a
+        handful of whole-chunk operations in the parameters' precision (float32 for float32,
+        bfloat16 and float16 parameters, float64 for float64 ones):
+
+        * :math:`X_j = s_j - s_{last}` for every row but the newest, which holds
+          :math:`s_{last}` itself. For float32 snapshots these differences are exact
+          (Sterbenz) wherever two snapshots are within a factor 2 of each other, and every
+          predicted quantity is a small combination of them, so its rounding is a few units
+          of the float32 rounding of the *displacement*, far below that of the weight. The
+          snapshots themselves are never combined in float32: their rounding would be that
+          of the weight times the size of the coefficients.
+        * one matrix product gives every step and the displacement;
+        * the consistency test of Eq. 7 needs only the smallest and largest step;
+        * the paper's :math:`\Delta = s_{last} - s_{prev} = -X_{prev}` is free: the mask is
+          invariant under flipping the sign of steps, displacement and :math:`\Delta`
+          together, so the product is taken with ``-steps`` and compared with
+          :math:`X_{prev}` as it is.
+
+        Statistics accumulate on device; the only host transfer is at the end.
+        """
         tau = self.config["horizon"]
+        history = self._history
+        rows = history.rows()
+        last, prev = rows[-1], rows[-2]
+        mirrored = not self._start_of_epoch
+        # Coefficients in storage order; the newest row of X holds s_last, so its column takes
+        # the sum of all coefficients: S c = sum_{j != last} c_j X_j + (sum_j c_j) s_last.
+        coef = torch.zeros(steps.shape[0], history.capacity, dtype=torch.float64)
+        coef[:, rows] = -steps if mirrored else steps
+        coef[:, last] = coef.sum(1)
+        # The newest snapshot is w_opt exactly unless the storage rounds it.
+        origin_is_param = not history.exact and mirrored
         accepted = [torch.zeros((), dtype=torch.int64, device=p.device) for p in self.params]
-        checks = ("consistency", "lower_bound", "upper_bound", "nonfinite")
-        rejected = {c: torch.zeros((), dtype=torch.int64, device=self.params[0].device) for c in checks}
-        steps_on: dict[torch.device, Tensor] = {}
+        checks = ("consistency", "lower_bound", "upper_bound")
+        counts: dict[torch.device, Tensor] = {}
+        work: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        size = min(self.chunk_size, max(p.numel() for p in self.params))
         with torch.no_grad():
             flats = self._flat_params()
-            for i, start, S in self._history.chunks(self.chunk_size):
+            for i, start, V in history.views(self.chunk_size):
                 p = self.params[i]
-                flat = flats[i][start : start + S.shape[1]]
-                if p.device not in steps_on:
-                    steps_on[p.device] = steps.to(p.device)
-                S64 = S.to(torch.float64)
-                predicted = steps_on[p.device] @ S64
-                increments, displacement = predicted[:-1], predicted[-1]
-                origin = S64[-1]
-                delta = flat.to(torch.float64) - origin if self._start_of_epoch else origin - S64[-2]
+                flat = flats[i][start : start + V.shape[1]]
+                device, dtype = p.device, torch.float64 if p.dtype == torch.float64 else torch.float32
+                if (device, dtype) not in work:
+                    work[device, dtype] = (
+                        coef.to(device=device, dtype=dtype),
+                        torch.empty(history.capacity, size, dtype=dtype, device=device),
+                        torch.empty(tau + 1, size, dtype=dtype, device=device),
+                        torch.empty(size, dtype=dtype, device=device),
+                    )
+                if device not in counts:
+                    counts[device] = torch.zeros(len(checks) + 1, dtype=torch.int64, device=device)
+                C, Xbuf, Mbuf, Abuf = work[device, dtype]
+                c = V.shape[1]
+                X, M, anchor = Xbuf[:, :c], Mbuf[:, :c], Abuf[:c]
+                V = V.to(device, non_blocking=True)
+                anchor.copy_(V[last])
+                if V.dtype == dtype:
+                    torch.sub(V, anchor, out=X)
+                else:
+                    X.copy_(V)
+                    X.sub_(anchor)
+                X[last].copy_(anchor)
+                torch.mm(C, X, out=M)
+                displacement = M[tau]
+                if self._start_of_epoch:
+                    delta = torch.sub(flat, anchor) if flat.dtype == dtype else flat.to(dtype) - anchor
+                else:
+                    delta = X[prev]  # -(s_last - s_prev), matching the mirrored coefficients
                 if criterion == _RANDOM:
-                    keep = torch.rand(flat.shape, generator=self._generator(p.device), device=p.device) < ratio
+                    keep = torch.rand(flat.shape, generator=self._generator(device), device=device) < ratio
                     verdict = Verdict(keep)
                 else:
-                    verdict = evaluate(criterion, increments, delta, tau, displacement)
-                new = (origin + displacement).to(p.dtype)
+                    low, high = torch.aminmax(M[:tau], dim=0) if criterion in NEEDS_STEPS else (None, None)
+                    verdict = CRITERIA[criterion](low, high, displacement, delta, tau)
+                origin = (
+                    flat if origin_is_param and flat.dtype == dtype else flat.to(dtype) if origin_is_param else anchor
+                )
+                new = torch.sub(origin, displacement, out=displacement) if mirrored else displacement.add_(origin)
                 finite = torch.isfinite(new)
-                accept = verdict.accept & finite
+                accept = verdict.accept.logical_and_(finite)
                 accepted[i] += torch.count_nonzero(accept)
-                for c in checks[:3]:
-                    failed = getattr(verdict, c)
+                tally = counts[device]
+                for k, check in enumerate(checks):
+                    failed = getattr(verdict, check)
                     if failed is not None:
-                        rejected[c] += torch.count_nonzero(failed).to(rejected[c].device)
-                rejected["nonfinite"] += torch.count_nonzero(~finite).to(rejected["nonfinite"].device)
+                        tally[k] += torch.count_nonzero(failed)
+                tally[-1] += torch.count_nonzero(finite)
                 if write:
-                    flat.copy_(torch.where(accept, new, flat))
-        counts = [int(a) for a in torch.stack([a.cpu() for a in accepted]).tolist()]
+                    if flat.dtype == dtype:
+                        torch.where(accept, new, flat, out=flat)
+                    else:
+                        flat.copy_(torch.where(accept, new.to(flat.dtype), flat))
+        per_param = [int(a) for a in torch.stack([a.cpu() for a in accepted]).tolist()]
+        totals = sum((t.cpu() for t in counts.values()), torch.zeros(len(checks) + 1, dtype=torch.int64)).tolist()
+        rejected = dict(zip(checks, totals))
+        rejected["nonfinite"] = self.numel - totals[-1]
         return {
-            "accepted": sum(counts),
+            "accepted": sum(per_param),
             "numel": self.numel,
-            "rejected": {c: int(v) for c, v in rejected.items()},
-            "accepted_ratio_per_param": {n: a / p.numel() for n, a, p in zip(self.names, counts, self.params)},
+            "rejected": rejected,
+            "accepted_ratio_per_param": {n: a / p.numel() for n, a, p in zip(self.names, per_param, self.params)},
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,4 +1,17 @@
-"""A ring buffer of parameter snapshots in flat per-(device, dtype) storage."""
+r"""A ring buffer of parameter snapshots in flat storage, with its Gram matrix kept up to date.
+
+Storage is preallocated once: one ``(capacity, n)`` tensor per parameter (device, dtype),
+the parameters laid out one after another along ``n``, a snapshot one row. Rows are reused
+in a ring, so taking a snapshot allocates nothing.
+
+Alongside, the history keeps the float64 Gram matrix of the consecutive basis
+:math:`C = [s_{newest}, s_1 - s_0, \dots]` (:func:`torch_pdt.dmd.consecutive_basis`), indexed by
+storage row: entry ``(j, k)`` is :math:`\langle d_j, d_k\rangle` with :math:`d_j` the snapshot in
+row ``j`` minus the one in the row before it (cyclically), and index ``capacity`` stands for
+the newest snapshot itself. A new snapshot changes only its own difference and the newest
+snapshot, so :meth:`push` copies the parameters in and computes those ``2 capacity`` inner
+products in the same pass over the rows: :math:`O(N h)` work per epoch, not :math:`O(N h^2)`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +24,10 @@ from torch import Tensor
 
 from . import dmd
 
-__all__ = ["SnapshotHistory"]
+__all__ = ["STORAGE", "SnapshotHistory"]
+
+STORAGE = ("same", "cpu", "bf16")
+"""Where snapshots live: beside the parameters, in (pinned) CPU memory, or in bfloat16."""
 
 
 @dataclass(frozen=True)
@@ -26,13 +42,26 @@ class _Slot:
 class SnapshotHistory:
     """The last ``capacity`` values of a fixed list of tensors, oldest first.
 
-    Storage is preallocated once: one ``(capacity, n)`` tensor per (device, dtype), with the
-    tensors laid out one after another along ``n``. A snapshot is stored in the tensors' own
-    dtype, so it is an exact copy; all arithmetic on snapshots happens in float64 chunks.
+    Args:
+        tensors: the tensors to snapshot (their shapes, dtypes and devices fix the layout).
+        capacity: number of snapshots kept.
+        storage: ``"same"`` keeps each snapshot in its tensor's device and dtype (an exact
+            copy); ``"cpu"`` in CPU memory, pinned and filled by asynchronous copies when the
+            tensors are on an accelerator (the same as ``"same"`` for CPU tensors);
+            ``"bf16"`` in bfloat16 on the tensors' device (half the memory of float32, but
+            differences below 2^-8 of a weight are lost: see the README).
+        chunk_size: elements per chunk of the copy-in pass (bounds its working memory).
+
+    Arithmetic on snapshots happens in float64 chunks on the tensors' own devices.
     """
 
-    def __init__(self, tensors: Sequence[Tensor], capacity: int) -> None:
+    def __init__(
+        self, tensors: Sequence[Tensor], capacity: int, storage: str = "same", chunk_size: int = dmd.CHUNK_SIZE
+    ) -> None:
+        if storage not in STORAGE:
+            raise ValueError(f"storage must be one of {STORAGE}, got {storage!r}")
         self.capacity = capacity
+        self.chunk_size = chunk_size
         keys: list[tuple[torch.device, torch.dtype]] = []
         sizes: list[int] = []
         self._slots: list[_Slot] = []
@@ -44,9 +73,22 @@ class SnapshotHistory:
             b = keys.index(key)
             self._slots.append(_Slot(b, sizes[b], t.numel()))
             sizes[b] += t.numel()
-        self._storage = [torch.empty(capacity, n, device=d, dtype=dt) for (d, dt), n in zip(keys, sizes)]
+        self._keys = keys
+        # Zero-filled, so that rows not yet written hold finite values (their inner products
+        # are computed alongside and never used).
+        self._storage = [
+            torch.zeros(
+                capacity,
+                n,
+                dtype=torch.bfloat16 if storage == "bf16" else dt,
+                device="cpu" if storage == "cpu" else d,
+                pin_memory=storage == "cpu" and d.type != "cpu" and torch.cuda.is_available(),
+            )
+            for (d, dt), n in zip(keys, sizes)
+        ]
         self.count = 0
         self._next = 0
+        self._gram = torch.zeros(capacity + 1, capacity + 1, dtype=torch.float64)
 
     def __len__(self) -> int:
         return self.count
@@ -55,55 +97,116 @@ class SnapshotHistory:
     def nbytes(self) -> int:
         return sum(s.numel() * s.element_size() for s in self._storage)
 
-    def _order(self) -> list[int]:
+    @property
+    def resolution(self) -> float:
+        """Relative rounding of the stored values: the unit roundoff of the most precise storage dtype."""
+        return min(dmd.unit_roundoff(s.dtype) for s in self._storage)
+
+    @property
+    def exact(self) -> bool:
+        """Whether every snapshot is an exact copy (no storage dtype other than its tensor's)."""
+        return all(s.dtype == dt for s, (_, dt) in zip(self._storage, self._keys))
+
+    def rows(self) -> list[int]:
         """Storage rows from oldest to newest."""
         first = (self._next - self.count) % self.capacity
         return [(first + i) % self.capacity for i in range(self.count)]
 
-    def _write(self, row: int, tensors: Sequence[Tensor]) -> None:
-        with torch.no_grad():
-            for slot, t in zip(self._slots, tensors, strict=True):
-                self._storage[slot.bucket][row, slot.offset : slot.offset + slot.numel].copy_(t.reshape(-1))
+    def views(self, chunk_size: int) -> Iterator[tuple[int, int, Tensor]]:
+        """Yield ``(tensor index, start, rows)``: ``rows`` is a ``(capacity, c)`` view of the storage.
 
-    def push(self, tensors: Sequence[Tensor]) -> None:
-        """Append a snapshot, dropping the oldest one when full."""
-        self._write(self._next, tensors)
-        self._next = (self._next + 1) % self.capacity
-        self.count = min(self.count + 1, self.capacity)
-
-    def replace_newest(self, tensors: Sequence[Tensor]) -> None:
-        self._write((self._next - 1) % self.capacity, tensors)
-
-    def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, Tensor]]:
-        """Yield ``(tensor index, start, snapshots)`` with ``snapshots`` of shape ``(count, c)``.
-
-        Chunks never straddle two tensors, and hold at most ``chunk_size`` elements per row.
+        Rows are in storage order (see :meth:`rows`); chunks never straddle two tensors and
+        hold at most ``chunk_size`` elements.
         """
-        rows = self._order()
-        index = {s.device: torch.tensor(rows, device=s.device) for s in self._storage}
         for i, slot in enumerate(self._slots):
             storage = self._storage[slot.bucket]
             for start in range(0, slot.numel, chunk_size):
                 stop = min(start + chunk_size, slot.numel)
-                yield i, start, storage[index[storage.device], slot.offset + start : slot.offset + stop]
+                yield i, start, storage[:, slot.offset + start : slot.offset + stop]
+
+    def _enter(self, row: int, tensors: Sequence[Tensor]) -> None:
+        """Write ``tensors`` into ``row`` (the newest) and update the Gram entries it changes.
+
+        One pass per chunk: convert the ``capacity`` rows to float64 once (the new one from
+        the source, rounded to the storage dtype first), form every cyclic row difference
+        (exact for float32 values), take the inner products of all of them and of the new
+        snapshot with the new difference and with the new snapshot, and copy the chunk in.
+        Sums stay on the tensors' devices until the end (no host sync per chunk); the final
+        transfer of the sums also waits for asynchronous copies into pinned storage.
+        """
+        h = self.capacity
+        work: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+        with torch.no_grad():
+            for slot, t in zip(self._slots, tensors, strict=True):
+                storage = self._storage[slot.bucket]
+                device = t.device
+                flat = t.reshape(-1)
+                if device not in work:
+                    size = min(self.chunk_size, max(s.numel for s in self._slots))
+                    work[device] = (
+                        torch.zeros(h + 1, 2, dtype=torch.float64, device=device),
+                        torch.empty(h, size, dtype=torch.float64, device=device),
+                        torch.empty(h + 1, size, dtype=torch.float64, device=device),
+                    )
+                sums, Ybuf, Zbuf = work[device]
+                for start in range(0, slot.numel, self.chunk_size):
+                    stop = min(start + self.chunk_size, slot.numel)
+                    rows = storage[:, slot.offset + start : slot.offset + stop]
+                    source = flat[start:stop]
+                    Y, Z = Ybuf[:, : stop - start], Zbuf[:, : stop - start]
+                    Y.copy_(rows.to(device, non_blocking=True))
+                    Y[row].copy_(source if storage.dtype == source.dtype else source.to(storage.dtype))
+                    rows[row].copy_(source, non_blocking=True)
+                    torch.sub(Y[1:], Y[:-1], out=Z[1:h])
+                    torch.sub(Y[0], Y[h - 1], out=Z[0])
+                    Z[h].copy_(Y[row])
+                    sums.addmm_(Z, Z[[row, h]].T)
+        dots = sum((w[0].cpu() for w in work.values()), torch.zeros(h + 1, 2, dtype=torch.float64))
+        self._gram[row, :] = self._gram[:, row] = dots[:, 0]
+        self._gram[h, :] = self._gram[:, h] = dots[:, 1]
+
+    def push(self, tensors: Sequence[Tensor]) -> None:
+        """Append a snapshot, dropping the oldest one when full."""
+        row = self._next
+        self._next = (self._next + 1) % self.capacity
+        self.count = min(self.count + 1, self.capacity)
+        self._enter(row, tensors)
+
+    def replace_newest(self, tensors: Sequence[Tensor]) -> None:
+        self._enter((self._next - 1) % self.capacity, tensors)
+
+    def gram(self) -> Tensor:
+        r"""Float64 :math:`C^\top C` of the consecutive basis of the current snapshots (``count x count``)."""
+        index = [self.capacity, *self.rows()[1:]]
+        return self._gram[index][:, index].clone()
 
     def row_chunks(self, chunk_size: int) -> Iterator[Tensor]:
         """All snapshots, oldest first, as ``(count, c)`` chunks of the flat storage."""
-        rows = self._order()
+        rows = self.rows()
         for storage in self._storage:
             index = torch.tensor(rows, device=storage.device)
             for start in range(0, storage.shape[1], chunk_size):
                 yield storage[index, start : start + chunk_size]
 
     def gram_of(self, chunk_size: int) -> dmd.GramOf:
-        """``gram_of(W)`` of the current snapshots for :func:`torch_pdt.dmd.orthogonal_factor`."""
-        return dmd.snapshot_gram_of(lambda: self.row_chunks(chunk_size), self.count)
+        """``gram_of(W)`` of the consecutive basis by a pass over the snapshots, for
+        :func:`torch_pdt.dmd.orthogonal_factor`'s second pass."""
+        return dmd.snapshot_gram_of(
+            lambda: self.row_chunks(chunk_size), self.count, basis=dmd.consecutive_basis(self.count)
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        rows = self._order()
+        rows = self.rows()
+        index = [self.capacity, *rows]
         return {
             "numels": [s.numel for s in self._slots],
             "snapshots": [s[rows].clone() for s in self._storage],
+            # The ring position too: the prediction pass sums over rows in storage order, so
+            # the same layout gives bit-identical results after a resume.
+            "next": self._next,
+            # Saved rather than recomputed on load: another summation order would change the
+            # last bits, and resuming must be exact.
+            "gram": self._gram[index][:, index].clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -118,9 +221,14 @@ class SnapshotHistory:
             len(saved) != len(self._storage)
             or count > self.capacity
             or any(t.shape != (count, s.shape[1]) or t.dtype != s.dtype for t, s in zip(saved, self._storage))
+            or state["gram"].shape != (count + 1, count + 1)
         ):
             raise ValueError("saved snapshots do not match this history's layout (device/dtype groups)")
-        for t, s in zip(saved, self._storage):
-            s[:count].copy_(t)
         self.count = count
-        self._next = count % self.capacity
+        self._next = int(state["next"]) % self.capacity
+        rows = self.rows()
+        for t, s in zip(saved, self._storage):
+            s[rows] = t.to(s.device)
+        index = [self.capacity, *rows]
+        self._gram.zero_()
+        self._gram[torch.tensor(index)[:, None], torch.tensor(index)[None, :]] = state["gram"].to(torch.float64)
