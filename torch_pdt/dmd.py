@@ -153,9 +153,10 @@ GramOf = Callable[[Tensor], Tensor]
 def snapshot_gram_of(chunks: Callable[[], Iterable[Tensor]], m: int, basis: Tensor | None = None) -> GramOf:
     """``gram_of`` over snapshots given as chunks of shape ``(m, c)`` (one row per snapshot).
 
-    The basis is ``S @ basis`` (default :func:`difference_basis`). ``chunks()`` is called once per Gram pass. Each chunk is converted to float64 before
-    differencing, so no N-sized float64 copy is made and differences of float32 snapshots are
-    exact. Sums stay on the chunks' devices until the end (no host sync per chunk).
+    The basis is ``S @ basis`` (default :func:`difference_basis`). ``chunks()`` is called once
+    per Gram pass. Each chunk is converted to float64 before differencing, so no N-sized
+    float64 copy is made and differences of float32 snapshots are exact. Sums stay on the
+    chunks' devices until the end (no host sync per chunk).
     """
     T = difference_basis(m) if basis is None else basis
 

@@ -146,7 +146,7 @@ class SnapshotHistory:
                     work[device] = (
                         torch.zeros(h + 1, 2, dtype=torch.float64, device=device),
                         torch.empty(h, size, dtype=torch.float64, device=device),
-                        torch.empty(h + 1, size, dtype=torch.float64, device=device),
+                        torch.empty(h + 2, size, dtype=torch.float64, device=device),
                     )
                 sums, Ybuf, Zbuf = work[device]
                 for start in range(0, slot.numel, self.chunk_size):
@@ -159,11 +159,13 @@ class SnapshotHistory:
                     rows[row].copy_(source, non_blocking=True)
                     torch.sub(Y[1:], Y[:-1], out=Z[1:h])
                     torch.sub(Y[0], Y[h - 1], out=Z[0])
+                    # The new snapshot and (again) its difference, side by side for one product.
                     Z[h].copy_(Y[row])
-                    sums.addmm_(Z, Z[[row, h]].T)
+                    Z[h + 1].copy_(Z[row])
+                    sums.addmm_(Z[: h + 1], Z[h:].T)
         dots = sum((w[0].cpu() for w in work.values()), torch.zeros(h + 1, 2, dtype=torch.float64))
-        self._gram[row, :] = self._gram[:, row] = dots[:, 0]
-        self._gram[h, :] = self._gram[:, h] = dots[:, 1]
+        self._gram[h, :] = self._gram[:, h] = dots[:, 0]
+        self._gram[row, :] = self._gram[:, row] = dots[:, 1]
 
     def push(self, tensors: Sequence[Tensor]) -> None:
         """Append a snapshot, dropping the oldest one when full."""
