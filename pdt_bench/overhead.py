@@ -62,7 +62,7 @@ class Trajectory:
         self.g = torch.Generator(device=device).manual_seed(seed)
         self.weights = 0.05 * torch.randn(n, generator=self.g, device=device)
         self.velocity = 1e-3 * torch.randn(n, generator=self.g, device=device)
-        self.noise = torch.empty(n, device=device)
+        self.noise = torch.zeros(n, device=device)
 
     def advance(self, param: torch.Tensor) -> None:
         """One epoch: drift, decay the drift, add noise; the optimizer's result goes into ``param``."""
@@ -84,7 +84,20 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS count (Linux: ``clear_refs`` 5), so peaks are per phase."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # elsewhere the peak is since process start: deltas are then lower bounds
+        pass
+
+
 def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -100,10 +113,9 @@ def _timed(fn: Callable, log: list[float], device: torch.device) -> Callable:
     return wrapper
 
 
-def copy_seconds(n: int, device: torch.device, repeat: int) -> list[float]:
-    """Times of ``dst.copy_(src)`` for ``n`` float32 values (after one warm-up copy)."""
-    src = torch.ones(n, device=device)
-    dst = torch.empty_like(src)
+def copy_seconds(src: torch.Tensor, dst: torch.Tensor, repeat: int) -> list[float]:
+    """Times of ``dst.copy_(src)`` (after one warm-up copy)."""
+    device = src.device
     dst.copy_(src)
     times = []
     for _ in range(repeat):
@@ -130,13 +142,15 @@ def measure(
     Returns times in seconds (lists, one entry per repetition) and memory in bytes.
     """
     dev = torch.device(device)
-    gc.collect()
-    copies = copy_seconds(n, dev, repeat)
     trajectory = Trajectory(n, dev)
-    param = nn.Parameter(torch.empty(n, device=dev))
+    param = nn.Parameter(torch.zeros(n, device=dev))
+    # Measured on buffers that exist anyway, so that no transient allocation raises the
+    # process's peak memory before PDT's is measured.
+    copies = copy_seconds(trajectory.weights, param.data, repeat)
     opt = torch.optim.SGD([param], lr=0.0)
     gc.collect()
-    rss_before, peak_before = _rss(), _peak_rss()
+    _reset_peak_rss()
+    rss_before = _rss()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         allocated_before = torch.cuda.memory_allocated(dev)
@@ -175,7 +189,7 @@ def measure(
         result["memory"] = torch.cuda.max_memory_allocated(dev) - allocated_before
         result["memory_kind"] = "CUDA allocator peak delta"
     else:
-        result["memory"] = max(_rss(), _peak_rss()) - max(rss_before, peak_before)
+        result["memory"] = _peak_rss() - rss_before
         result["memory_held"] = _rss() - rss_before
         result["memory_kind"] = "peak RSS delta"
     if with_naive:
@@ -184,7 +198,8 @@ def measure(
         gc.collect()
         weights = snapshots[-1].clone()
         naive_times = []
-        rss_naive, peak_naive = _rss(), _peak_rss()
+        _reset_peak_rss()
+        rss_naive = _rss()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             allocated_before = torch.cuda.memory_allocated(dev)
@@ -199,7 +214,7 @@ def measure(
         if dev.type == "cuda":
             result["naive_memory"] = torch.cuda.max_memory_allocated(dev) - allocated_before
         else:
-            result["naive_memory"] = max(_rss(), _peak_rss()) - max(rss_naive, peak_naive)
+            result["naive_memory"] = _peak_rss() - rss_naive
     return result
 
 
