@@ -35,7 +35,7 @@ from torch_pdt import PDT
 
 from . import naive
 
-__all__ = ["PAPER_TABLE_8", "add_command", "copy_seconds", "measure", "parse_count"]
+__all__ = ["PAPER_TABLE_8", "add_command", "copy_seconds", "format_report", "format_sweep", "measure", "parse_count"]
 
 PAPER_TABLE_8 = (
     "Paper, Table 8 (AlexNet, 57M parameters, CIFAR-10, h = 5, RTX A6000): memory overhead 8422 MB "

@@ -1,13 +1,15 @@
 r"""Element-wise masking criteria: which predicted weights PDT accepts.
 
-Every criterion sees, for a chunk of ``c`` scalar parameters,
+:func:`evaluate` judges, for a chunk of ``c`` scalar parameters,
 
 * ``increments``: ``(tau, c)`` predicted steps :math:`\hat w_{i+k} - \hat w_{i+k-1}`,
   ``k = 1..tau``, with :math:`\hat w_i := w_i` (so they sum to the total displacement);
 * ``displacement``: ``(c,)`` their sum, the predicted displacement :math:`D`;
 * ``delta``: ``(c,)`` the optimizer's own last displacement :math:`\Delta` (one epoch);
 
-and returns a :class:`Verdict`. The paper's criteria (Sec. 3.2) are
+and returns a :class:`Verdict`. The criteria themselves (:data:`CRITERIA`) need of the steps
+only their smallest and largest value per element, which is what PDT's fused prediction pass
+gives them. The paper's criteria (Sec. 3.2) are
 
 .. math::
     \text{Eq. 6:}\ |\Delta_j| < |D_j| \le \tau|\Delta_j|, \qquad
