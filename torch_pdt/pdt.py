@@ -12,6 +12,11 @@ from . import dmd
 from .criteria import CHECKS, CRITERIA, NEEDS_STEPS, extremes
 from .snapshots import STORAGE, SnapshotHistory
 
+if torch.distributed.is_available():
+    from torch.distributed.tensor import DTensor
+else:  # a build without torch.distributed has no DTensor parameters to look for
+    DTensor = ()
+
 __all__ = ["PDT"]
 
 _RANDOM = "random"
@@ -27,6 +32,15 @@ def _check_int(name: str, value: Any, low: int) -> None:
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def local_shard(p: Tensor) -> Tensor:
+    """The part of ``p`` this process holds and updates: a DTensor's (FSDP2) local shard, else ``p``.
+
+    Under ``torch.no_grad`` the local shard aliases the parameter's storage, so writing it
+    updates the parameter in place.
+    """
+    return p.to_local() if isinstance(p, DTensor) else p
 
 
 class PDT:
@@ -75,6 +89,11 @@ class PDT:
             ``"cpu"`` (pinned CPU memory, asynchronous copies; for CPU parameters the same as
             ``"same"``) or ``"bf16"`` (bfloat16: half the memory of float32, but it cannot
             resolve steps below 2^-8 of a weight; see the README).
+        every_n_steps: step mode, for training that lasts one epoch or less: ``None`` (default)
+            means :meth:`step` is called by you, once per epoch; ``K`` makes PDT call it itself
+            after every ``K`` optimizer steps (an ``Optimizer.register_step_post_hook``; steps a
+            ``GradScaler`` skips do not count). A PDT "epoch" is then ``K`` steps: ``horizon``,
+            ``start_epoch`` and ``interval`` count periods of ``K`` steps.
         model: optional module, used only to name parameters in the statistics.
 
     ``criterion="reference"`` reproduces the authors' public code: snapshots are the weights at
@@ -121,6 +140,7 @@ class PDT:
         seed: int = 0,
         chunk_size: int = dmd.CHUNK_SIZE,
         storage: str = "same",
+        every_n_steps: int | None = None,
         model: nn.Module | None = None,
     ) -> None:
         _check_int("history", history, 2)
@@ -129,6 +149,8 @@ class PDT:
         _check_int("interval", interval, 0)
         _check_int("chunk_size", chunk_size, 1)
         _check_int("seed", seed, 0)
+        if every_n_steps is not None:
+            _check_int("every_n_steps", every_n_steps, 1)
         _check_choice("criterion", criterion, (*CRITERIA, _RANDOM))
         if forecast is None:
             forecast = "increment" if criterion == "reference" else "paper"
@@ -161,21 +183,27 @@ class PDT:
             random_ratio=random_ratio,
             seed=seed,
             storage=storage,
+            every_n_steps=every_n_steps,
         )
         self.chunk_size = chunk_size
         self.names, self.params = self._collect(optimizer, model)
         if not self.params:
             raise ValueError("optimizer has no trainable parameters for PDT (all frozen or opted out)")
         self.numel = sum(p.numel() for p in self.params)
-        self._history = SnapshotHistory(self.params, history, storage, chunk_size)
+        # Snapshots hold what this process updates: the local shards of sharded parameters.
+        self._history = SnapshotHistory(
+            self._flat_params(), history, storage, chunk_size
+        )  # fails early on a bad layout
         self._start_of_epoch = criterion == "reference"
         self._generators: dict[torch.device, torch.Generator] = {}
         self.epoch = 0
         self.plain_epochs = 0
         self.last_stats: dict[str, Any] = {}
-        self._flat_params()  # fail early on a layout PDT cannot update in place
+        self.optimizer_steps = 0
+        if every_n_steps is not None:
+            optimizer.register_step_post_hook(self._after_optimizer_step)
         if self._start_of_epoch:
-            self._history.push(self._flat_params())
+            self._snapshot()
 
     @staticmethod
     def _collect(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> tuple[list[str], list[Tensor]]:
@@ -196,9 +224,9 @@ class PDT:
         return names, params
 
     def _flat_params(self) -> list[Tensor]:
-        """1-D views of the parameters in memory order (channels-last weights included)."""
+        """1-D views of the (local shards of the) parameters in memory order (channels-last included)."""
         flats = []
-        for name, p in zip(self.names, self.params):
+        for name, p in zip(self.names, map(local_shard, self.params)):
             order = sorted(range(p.dim()), key=lambda d: (-p.stride(d), -p.shape[d]))
             dense = p.detach().permute(order)
             if not dense.is_contiguous():
@@ -210,6 +238,16 @@ class PDT:
     def snapshot_bytes(self) -> int:
         """Memory held by the snapshot history."""
         return self._history.nbytes
+
+    def _snapshot(self) -> None:
+        """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
+        self._history.push(self._flat_params())
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """The optimizer's step post-hook in step mode: :meth:`step` after every K-th optimizer step."""
+        self.optimizer_steps += 1
+        if self.optimizer_steps % self.config["every_n_steps"] == 0:
+            self.step()
 
     def _due(self) -> bool:
         return self.epoch >= self.config["start_epoch"] and self.plain_epochs >= self.config["interval"]
@@ -228,7 +266,7 @@ class PDT:
         ``random_ratio`` used.
         """
         if not self._start_of_epoch:
-            self._history.push(self._flat_params())
+            self._snapshot()
         stats: dict[str, Any] = {"epoch": self.epoch, "predicted": False, "reason": None, "accepted_ratio": 0.0}
         if not predict:
             stats["reason"] = "disabled by the caller"
@@ -244,7 +282,7 @@ class PDT:
         else:
             self.plain_epochs += 1
         if self._start_of_epoch:
-            self._history.push(self._flat_params())
+            self._snapshot()
         elif stats["predicted"] and stats["accepted"] and self.config["history_after_jump"] == "assembled":
             self._history.replace_newest(self._flat_params())
         self.epoch += 1
@@ -259,10 +297,12 @@ class PDT:
 
         def gram_of(W: Tensor) -> Tensor:
             passes[0] += 1
-            return second_pass(W)
+            return self._reduce_gram(second_pass(W))
 
         try:
-            R, W = dmd.orthogonal_factor(gram_of, m, gram=self._history.gram(), resolution=self._history.resolution)
+            R, W = dmd.orthogonal_factor(
+                gram_of, m, gram=self._reduce_gram(self._history.gram()), resolution=self._history.resolution
+            )
             fit = dmd.fit_factor(
                 R,
                 W,
@@ -299,6 +339,14 @@ class PDT:
             gram_passes=passes[0],
         )
         return result
+
+    def _reduce_gram(self, gram: Tensor) -> Tensor:
+        """The Gram matrix of the whole model from this process's; a sharded subclass sums the ranks'."""
+        return gram
+
+    def _reduce_counts(self, counts: Tensor) -> Tensor:
+        """Statistics (int64 counts) of the whole model from this process's; a sharded subclass sums them."""
+        return counts
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -404,9 +452,10 @@ class PDT:
                         torch.where(accept, new, flat, out=flat)
                     else:
                         flat.copy_(torch.where(accept, new.to(flat.dtype), flat))
-        per_param = [int(a) for a in torch.stack([a.cpu() for a in accepted]).tolist()]
         # Counts so far are of elements passing; every check saw every element.
-        totals = sum((t.cpu() for t in counts.values()), torch.zeros(len(CHECKS) + 1, dtype=torch.int64)).tolist()
+        passing = sum((t.cpu() for t in counts.values()), torch.zeros(len(CHECKS) + 1, dtype=torch.int64))
+        both = self._reduce_counts(torch.cat([torch.stack([a.cpu() for a in accepted]), passing])).tolist()
+        per_param, totals = both[: len(accepted)], both[len(accepted) :]
         rejected = {c: self.numel - n if c in applied else 0 for c, n in zip(CHECKS, totals)}
         rejected["nonfinite"] = self.numel - totals[-1]
         return {
@@ -422,6 +471,7 @@ class PDT:
             "config": dict(self.config),
             "epoch": self.epoch,
             "plain_epochs": self.plain_epochs,
+            "optimizer_steps": self.optimizer_steps,
             "history": self._history.state_dict(),
             "generators": {str(d): g.get_state() for d, g in self._generators.items()},
         }
@@ -438,6 +488,7 @@ class PDT:
         self._history.load_state_dict(state_dict["history"])
         self.epoch = int(state_dict["epoch"])
         self.plain_epochs = int(state_dict["plain_epochs"])
+        self.optimizer_steps = int(state_dict["optimizer_steps"])
         self._generators = {}
         for device, rng_state in state_dict["generators"].items():
             self._generator(torch.device(device)).set_state(rng_state)

@@ -1,0 +1,148 @@
+"""One rank of the distributed tests (run by tests/test_distributed.py, two processes, gloo on CPU).
+
+``python tests/distributed_worker.py OUT_DIR`` with ``RANK`` and ``WORLD_SIZE`` set. Each rank
+runs DDP, FSDP2 and a lost snapshot, saves what it saw to ``OUT_DIR/rank{r}.pt`` (rank 0 also
+the single-process references), and last runs an exception in rank 1's prediction pass, which
+must make both processes fail (one launch for all: starting two processes costs seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from torch_pdt import PDT
+from torch_pdt.distributed import DistributedPDT
+from torch_pdt.pdt import local_shard
+
+EPOCHS = 8
+PDT_ARGS = dict(history=3, horizon=2, start_epoch=2, interval=0)
+GLOBAL_BATCH = 16
+
+
+def data(n_in: int, n_out: int, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, n_in, generator=g), torch.randn(n, n_out, generator=g)
+
+
+def mlp(n_in: int, hidden: int, n_out: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x, y, rank: int, world: int) -> None:
+    """One epoch over global batches of 16; this rank takes its contiguous part of each."""
+    part = GLOBAL_BATCH // world
+    for i in range(0, len(x), GLOBAL_BATCH):
+        lo = i + rank * part
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x[lo : lo + part]), y[lo : lo + part]).backward()
+        opt.step()
+
+
+def flat(model: nn.Module) -> list[torch.Tensor]:
+    return [local_shard(p.detach()).reshape(-1).clone() for p in model.parameters()]
+
+
+def run(model, make_pdt, x, y, rank, world, every_epoch=None):
+    """Train with PDT; per epoch: this rank's parameters before and after ``step`` and its stats."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pdt = make_pdt(opt)
+    before, after, stats = [], [], []
+    for epoch in range(EPOCHS):
+        train_epoch(model, opt, x, y, rank, world)
+        if every_epoch is not None:
+            every_epoch(pdt, epoch)
+        before.append(flat(model))
+        stats.append(pdt.step())
+        after.append(flat(model))
+    return pdt, {"before": before, "after": after, "stats": stats}
+
+
+def replicated(rank: int, world: int) -> dict:
+    """DDP with the replica check; the single-process reference on rank 0."""
+    x, y = data(8, 3)
+    ddp = nn.parallel.DistributedDataParallel(mlp(8, 16, 3))
+    _, out = run(ddp, lambda opt: DistributedPDT(opt, **PDT_ARGS, verify=True), x, y, rank, world)
+    if rank == 0:
+        _, out["single"] = run(mlp(8, 16, 3), lambda opt: PDT(opt, **PDT_ARGS), x, y, 0, 1)
+    return out
+
+
+def sharded(rank: int, world: int) -> dict:
+    """FSDP2 with uneven shards (33 and 5 rows over 2 ranks); then the reduced Gram of the last h snapshots."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = mlp(16, 33, 5)
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    x, y = data(16, 5)
+    pdt, out = run(model, lambda opt: DistributedPDT(opt, **PDT_ARGS), x, y, rank, world)
+    # The Gram matrix of the newest h snapshots, summed over the ranks as in a prediction.
+    out["gram"] = pdt._reduce_gram(pdt._history.gram())
+    out["snapshot_bytes"] = pdt.snapshot_bytes
+    if rank == 0:
+        out["single_snapshot_bytes"] = PDT(torch.optim.SGD(mlp(16, 33, 5).parameters()), **PDT_ARGS).snapshot_bytes
+    return out
+
+
+def lost_snapshot(rank: int, world: int) -> dict:
+    """Hand-sharded parameters; rank 1 fails to take the snapshot of epoch 3."""
+    x, y = data(8, 3)
+    model = mlp(8, 16, 3)
+
+    def fail_once(pdt, epoch):
+        if rank == 1 and epoch == 3:
+            pdt._flat_params = lambda: (_ for _ in ()).throw(RuntimeError("injected snapshot failure"))
+        else:
+            pdt.__dict__.pop("_flat_params", None)
+
+    # Both ranks train the same replicated model, but PDT treats each rank's half of the
+    # parameter list as its shard: the code path of FSDP2 with plain tensors.
+    def make(opt):
+        params = list(model.parameters())
+        return DistributedPDT(torch.optim.SGD(params[rank::world], lr=0.1), **PDT_ARGS, sharded=True)
+
+    _, out = run(model, make, x, y, 0, 1, every_epoch=fail_once)
+    return {"stats": out["stats"]}
+
+
+def raise_in_pass(rank: int, world: int) -> None:
+    x, y = data(8, 3)
+    model = mlp(8, 16, 3)
+    params = list(model.parameters())
+
+    def make(opt):
+        pdt = DistributedPDT(torch.optim.SGD(params[rank::world], lr=0.1), **PDT_ARGS, sharded=True)
+        if rank == 1:
+            pdt._pass = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected failure in the prediction pass"))
+        return pdt
+
+    run(model, make, x, y, 0, 1)
+
+
+def main() -> None:
+    out_dir = sys.argv[1]
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{out_dir}/store",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=30),  # a rank left waiting fails after this instead of hanging
+    )
+    result = {"ddp": replicated(rank, world), "fsdp": sharded(rank, world), "lost": lost_snapshot(rank, world)}
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    raise_in_pass(rank, world)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""DistributedPDT on two CPU processes (gloo): DDP, FSDP2 with uneven shards, and faults.
+
+Every launch has a hard timeout, so a hang fails the test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from torch_pdt import PDT
+
+if not dist.is_available():
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+_spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
+worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)  # the model and PDT settings the ranks use
+WORLD = 2
+
+
+def launch(out: Path, timeout: float) -> list[subprocess.CompletedProcess]:
+    """Run the worker on WORLD processes; kill them all after ``timeout`` seconds."""
+    env = {**os.environ, "WORLD_SIZE": str(WORLD), "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(out)],
+            env={**env, "RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(WORLD)
+    ]
+    done = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the ranks did not finish within {timeout} s (a rank hangs)")
+    finally:
+        for p in procs:
+            p.kill()
+    return done
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> tuple[list[subprocess.CompletedProcess], list[dict]]:
+    """One launch for every scenario (a launch costs seconds); the ranks' exits and saved results."""
+    out = tmp_path_factory.mktemp("ranks")
+    runs = launch(out, timeout=150)
+    missing = [r for r in range(WORLD) if not (out / f"rank{r}.pt").exists()]
+    assert not missing, runs[missing[0]].stderr[-3000:]
+    return runs, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def results(launched) -> list[dict]:
+    return launched[1]
+
+
+def predicted(stats: list[dict]) -> list[bool]:
+    return [s["predicted"] for s in stats]
+
+
+def test_ddp_ranks_agree_and_match_a_single_process(results):
+    ranks = [r["ddp"] for r in results]
+    single = ranks[0]["single"]
+    assert predicted(ranks[0]["stats"]) == predicted(single["stats"]) == [False, False] + [True] * 6
+    for rank in ranks[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(rank["after"][-1], ranks[0]["after"][-1]))
+        assert [s.get("accepted") for s in rank["stats"]] == [s.get("accepted") for s in ranks[0]["stats"]]
+    # Same global batch: only the order of float32 reductions differs from one process.
+    for a, b in zip(ranks[0]["after"][-1], single["after"][-1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def gather(results: list[dict], key: str, epoch: int) -> list[torch.Tensor]:
+    """Whole parameters (flat) from the ranks' shards: FSDP2 shards dim 0, rank 0 first."""
+    return [torch.cat(parts) for parts in zip(*(r["fsdp"][key][epoch] for r in results))]
+
+
+@pytest.fixture(scope="module")
+def replay(results) -> tuple[PDT, list[dict], list[list[torch.Tensor]]]:
+    """One-process PDT stepped through the gathered optimizer weights of the FSDP2 run.
+
+    Returns it with its statistics and the weights after each of its steps.
+    """
+    model = worker.mlp(16, 33, 5)
+    single = PDT(torch.optim.SGD(model.parameters(), lr=0.1), **worker.PDT_ARGS)
+    stats, after = [], []
+    for epoch in range(worker.EPOCHS):
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), gather(results, "before", epoch)):
+                p.copy_(value.view_as(p))
+        stats.append(single.step())
+        after.append([p.detach().reshape(-1).clone() for p in model.parameters()])
+    return single, stats, after
+
+
+def test_fsdp2_gram_is_the_single_process_gram(results, replay):
+    single = replay[0]
+    reference = single._history.gram()
+    for r in results:
+        rel = (r["fsdp"]["gram"] - reference).abs().max() / reference.abs().max()
+        assert rel < 1e-10
+
+
+def test_fsdp2_prediction_is_the_single_process_prediction(results, replay):
+    """Replaying the gathered optimizer weights through one-process PDT gives the gathered predictions."""
+    stats = [r["fsdp"]["stats"] for r in results]
+    assert stats[0] == stats[1]
+    assert sum(predicted(stats[0])) == 6 and all(0 < s["accepted"] for s in stats[0][2:])
+    single, single_stats, single_after = replay
+    for epoch in range(worker.EPOCHS):
+        assert single_stats[epoch]["predicted"] == stats[0][epoch]["predicted"]
+        assert abs(single_stats[epoch].get("accepted", 0) - stats[0][epoch].get("accepted", 0)) <= 1e-3 * single.numel
+        for a, b in zip(single_after[epoch], gather(results, "after", epoch)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp2_snapshot_memory_is_split(results):
+    total = results[0]["fsdp"]["single_snapshot_bytes"]
+    per_rank = [r["fsdp"]["snapshot_bytes"] for r in results]
+    assert sum(per_rank) == total
+    assert max(per_rank) <= 0.55 * total
+
+
+def test_lost_snapshot_makes_all_ranks_skip_together(results):
+    stats = [r["lost"]["stats"] for r in results]
+    # Rank 1 loses the snapshot of epoch 3: the windows holding it (epochs 3, 4, 5) are skipped.
+    expected = [False, False, True, False, False, False, True, True]
+    for s in stats:
+        assert predicted(s) == expected
+        assert all("rank(s) [1]" in s[e]["reason"] for e in (3, 4, 5))
+    assert [s["accepted"] for s in stats[0] if s["predicted"]] == [s["accepted"] for s in stats[1] if s["predicted"]]
+
+
+def test_exception_in_one_rank_fails_the_other_within_the_timeout(launched):
+    """The last scenario: rank 1 raises in its prediction pass; rank 0 fails in the all_reduce (no hang)."""
+    runs, _ = launched
+    assert "injected failure in the prediction pass" in runs[1].stderr
+    assert runs[1].returncode != 0
+    assert runs[0].returncode != 0, "rank 0 should fail in the statistics all_reduce, not finish"
