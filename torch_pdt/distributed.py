@@ -75,8 +75,8 @@ class DistributedPDT(PDT):
     Example::
 
         >>> import tempfile, torch.distributed as dist
-        >>> store = tempfile.NamedTemporaryFile()
-        >>> dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+        >>> store = f"file://{tempfile.mkdtemp()}/store"
+        >>> dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
         >>> model = torch.nn.Linear(4, 2)
         >>> pdt = DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.1), verify=True)
         >>> pdt.sharded
