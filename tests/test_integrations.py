@@ -129,7 +129,7 @@ class StopAfter:
         return _Stop()
 
 
-def hf_train(out_dir, stop_after=None, resume=False):
+def hf_train(out_dir, stop_after=None, resume=False, epochs=6, **pdt_kwargs):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")  # the Trainer's own requirement
     from torch_pdt.integrations.transformers import PDTTrainerCallback
@@ -143,7 +143,7 @@ def hf_train(out_dir, stop_after=None, resume=False):
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 32, (32, 8), generator=g)]
     args = transformers.TrainingArguments(
         output_dir=str(out_dir),
-        num_train_epochs=6,
+        num_train_epochs=epochs,
         per_device_train_batch_size=8,
         learning_rate=1e-2,
         save_strategy="epoch",
@@ -153,7 +153,7 @@ def hf_train(out_dir, stop_after=None, resume=False):
         disable_tqdm=True,
         seed=0,
     )
-    callback = PDTTrainerCallback(**PDT_ARGS)
+    callback = PDTTrainerCallback(**PDT_ARGS, **pdt_kwargs)
     callbacks = [callback] + ([StopAfter(stop_after)] if stop_after else [])
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume or None)
@@ -171,3 +171,10 @@ def test_hf_trainer_state_saved_beside_checkpoint_and_resumed(tmp_path):
     assert resumed_callback.pdt.last_stats == callback.pdt.last_stats
     for a, b in zip(weights(resumed), weights(model)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_hf_trainer_step_mode_steps_with_the_optimizer(tmp_path):
+    """every_n_steps hooks the optimizer inside accelerate's wrapper: 8 steps, K = 2, 4 PDT steps."""
+    _, callback = hf_train(tmp_path, epochs=2, every_n_steps=2)
+    assert (callback.pdt.optimizer_steps, callback.pdt.epoch) == (8, 4)
+    assert callback.pdt.last_stats["predicted"]
