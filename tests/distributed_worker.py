@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from torch_pdt import PDT
-from torch_pdt.distributed import DistributedPDT
+from torch_pdt.distributed import DistributedPDT, ReplicaMismatchError
 from torch_pdt.pdt import local_shard
 
 EPOCHS = 8
@@ -68,7 +68,13 @@ def replicated(rank: int, world: int) -> dict:
     """DDP with the replica check; the single-process reference on rank 0."""
     x, y = data(8, 3)
     ddp = nn.parallel.DistributedDataParallel(mlp(8, 16, 3))
-    _, out = run(ddp, lambda opt: DistributedPDT(opt, **PDT_ARGS, verify=True), x, y, rank, world)
+    pdt, out = run(ddp, lambda opt: DistributedPDT(opt, **PDT_ARGS, verify=True), x, y, rank, world)
+    with torch.no_grad():
+        next(ddp.parameters())[0, 0] += rank  # rank 1 drifts
+    try:
+        pdt.step()
+    except ReplicaMismatchError as e:
+        out["mismatch"] = str(e)
     if rank == 0:
         _, out["single"] = run(mlp(8, 16, 3), lambda opt: PDT(opt, **PDT_ARGS), x, y, 0, 1)
     return out

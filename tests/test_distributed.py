@@ -79,6 +79,8 @@ def test_ddp_ranks_agree_and_match_a_single_process(results):
     for rank in ranks[1:]:
         assert all(torch.equal(a, b) for a, b in zip(rank["after"][-1], ranks[0]["after"][-1]))
         assert [s.get("accepted") for s in rank["stats"]] == [s.get("accepted") for s in ranks[0]["stats"]]
+    # verify=True: a drifted replica raises on every rank, naming the parameter.
+    assert all(r["mismatch"] == "PDT ranks disagree after epoch 8 on ['group0.param0']" for r in ranks)
     # Same global batch: only the order of float32 reductions differs from one process.
     for a, b in zip(ranks[0]["after"][-1], single["after"][-1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
