@@ -29,7 +29,8 @@ WORLD = 2
 
 def launch(out: Path, timeout: float) -> list[subprocess.CompletedProcess]:
     """Run the worker on WORLD processes; kill them all after ``timeout`` seconds."""
-    env = {**os.environ, "WORLD_SIZE": str(WORLD), "PYTHONPATH": os.pathsep.join(sys.path)}
+    # One thread per rank: WORLD processes with a thread per core each would oversubscribe the CPU.
+    env = {**os.environ, "WORLD_SIZE": str(WORLD), "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), str(out)],
