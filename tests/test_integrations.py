@@ -65,11 +65,11 @@ if pl is not None:  # at module level: ddp_spawn pickles the module into its pro
             return DataLoader(dataset(), batch_size=16)
 
 
-def fit(max_epochs: int, ckpt_dir=None, ckpt_path=None, **trainer_kwargs):
+def fit(max_epochs: int, ckpt_dir=None, ckpt_path=None, pdt_kwargs=None, **trainer_kwargs):
     pytest.importorskip("lightning.pytorch")
     from torch_pdt.integrations.lightning import PDTCallback
 
-    callback = PDTCallback(**PDT_ARGS)
+    callback = PDTCallback(**PDT_ARGS, **(pdt_kwargs or {}))
     callbacks = [callback]
     if ckpt_dir is not None:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True))
@@ -101,6 +101,13 @@ def test_lightning_validation_sees_predictions_and_resume_is_exact(tmp_path):
     )
     assert resumed_callback.pdt.epoch == 6 and resumed_callback.pdt.last_stats == callback.pdt.last_stats
     assert all(torch.equal(a, b) for a, b in zip(weights(resumed), weights(module)))
+
+
+def test_lightning_step_mode_steps_with_the_optimizer():
+    """every_n_steps under Lightning: 2 epochs of 4 steps, K = 2, 4 PDT steps."""
+    _, callback = fit(2, pdt_kwargs=dict(every_n_steps=2), accelerator="cpu")
+    assert (callback.pdt.optimizer_steps, callback.pdt.epoch) == (8, 4)
+    assert callback.pdt.last_stats["predicted"]
 
 
 def test_lightning_ddp_spawn_matches_one_process(tmp_path):
