@@ -3,7 +3,8 @@
 For every study directory (a ``compare`` output with ``summary.json``) the page gives the
 command, PDT's and each peer's median TTB-Loss reduction against the baseline (in seconds and
 in epochs), the final-loss ratio and the accuracy, checks the targets in :data:`TARGETS`, and
-copies the study's report and plots next to the page.
+copies the study's report and plots next to the page; the toy problem's table (``toy.txt`` in
+the study directory, the output of ``pdt-bench toy``) closes the page.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def write_results(study: Path, out: Path, preamble: str = "") -> Path:
             f"[{rel}/report.md]({rel}/report.md)\n\n{_table(headers, rows)}\n\n"
             f"![training loss]({rel}/plots/train_loss.png)"
         )
+    toy = study / "toy.txt"
+    if toy.exists():
+        parts.append(f"## Toy problem (`pdt-bench toy`)\n\n```\n{toy.read_text().strip()}\n```")
     out.write_text("\n\n".join(p for p in parts if p) + "\n")
     return out
 

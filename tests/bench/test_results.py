@@ -10,6 +10,7 @@ def test_results_page_over_a_study(tmp_path):
     study = tmp_path / "study"
     assert cli.main(["compare", *QUICK, "--methods", "pdt,nonselective", "--out", str(study / "mnist1d-mlp-sgd")]) == 0
     assert cli.main(["compare", *QUICK, "--methods", "lookahead", "--out", str(study / "other")]) == 0
+    (study / "toy.txt").write_text("method  steps\npdt  30\n")
     preamble = tmp_path / "pre.md"
     preamble.write_text("# Results\n\nHow the study was run.\n")
     out = tmp_path / "docs" / "results.md"
@@ -24,3 +25,4 @@ def test_results_page_over_a_study(tmp_path):
         assert (tmp_path / "docs" / "results" / name / "report.md").exists()
         assert (tmp_path / "docs" / "results" / name / "plots" / "train_loss.png").exists()
         assert f"(results/{name}/plots/train_loss.png)" in text
+    assert text.rstrip().endswith("pdt  30\n```")
