@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import dmd
+from . import dmd, jump, schedule
 from .criteria import CHECKS, CRITERIA, NEEDS_STEPS, extremes
-from .snapshots import STORAGE, SnapshotHistory
+from .snapshots import STORAGE, SnapshotHistory, flat_view
 
 if torch.distributed.is_available():
     from torch.distributed.tensor import DTensor
@@ -18,6 +19,8 @@ else:  # a build without torch.distributed has no DTensor parameters to look for
     DTensor = ()
 
 __all__ = ["PDT"]
+
+logger = logging.getLogger("torch_pdt")
 
 _RANDOM = "random"
 _HISTORY_AFTER_JUMP = ("optimizer", "assembled")
@@ -95,6 +98,19 @@ class PDT:
             ``GradScaler`` skips do not count). A PDT "epoch" is then ``K`` steps: ``horizon``,
             ``start_epoch`` and ``interval`` count periods of ``K`` steps.
         model: optional module, used only to name parameters in the statistics.
+        scheduler: how ``horizon`` and ``interval`` evolve (:mod:`torch_pdt.schedule`):
+            ``"fixed"`` (default, the paper), ``"reference"`` (the authors' distributed
+            trainer: shrink on loss rises) or ``"adaptive"`` (judge each prediction by the next
+            loss, roll a bad one back, back off and grow back). The last two need
+            ``step(loss=...)``; ``"adaptive"`` needs the optimizer's weights in the history,
+            exactly (``history_after_jump="optimizer"``, ``criterion`` other than
+            ``"reference"``, ``storage`` other than ``"bf16"``).
+        tolerance: ``"adaptive"``: relative loss rise after a prediction that counts as bad (>= 0).
+        patience: ``"adaptive"``: good predictions in a row before ``horizon`` and
+            ``interval`` grow back towards the given values (>= 1).
+        on_jump: the optimizer's velocities (momentum, Adam's first moment) of accepted
+            elements: ``"keep"`` (default, the paper), ``"reset"`` to zero, or ``"rescale"``
+            by the forecast's own slow-down (:mod:`torch_pdt.jump`).
 
     ``criterion="reference"`` reproduces the authors' public code: snapshots are the weights at
     the *start* of each epoch (taken at construction and after each :meth:`step`), so the
@@ -142,6 +158,10 @@ class PDT:
         storage: str = "same",
         every_n_steps: int | None = None,
         model: nn.Module | None = None,
+        scheduler: str = "fixed",
+        tolerance: float = 0.05,
+        patience: int = 3,
+        on_jump: str = "keep",
     ) -> None:
         _check_int("history", history, 2)
         _check_int("horizon", horizon, 1)
@@ -165,6 +185,22 @@ class PDT:
         ):
             raise ValueError(f"random_ratio must be 'measured' or a float in [0, 1], got {random_ratio!r}")
         dmd.validate_options(modes == "exact", rank, rtol)
+        _check_choice("scheduler", scheduler, tuple(schedule.SCHEDULERS))
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+            raise ValueError(f"tolerance must be a finite float >= 0, got {tolerance!r}")
+        _check_int("patience", patience, 1)
+        _check_choice("on_jump", on_jump, jump.ON_JUMP)
+        if scheduler == "adaptive" and (criterion == "reference" or history_after_jump != "optimizer"):
+            raise ValueError(
+                "scheduler='adaptive' rolls back to the optimizer's weights held in the history: it needs "
+                f"history_after_jump='optimizer' and a criterion other than 'reference', got {history_after_jump!r}, "
+                f"{criterion!r}"
+            )
+        if scheduler != "fixed" and every_n_steps is not None:
+            raise ValueError(
+                f"scheduler={scheduler!r} needs step(loss=...), which step mode (every_n_steps) calls without a loss; "
+                "use scheduler='fixed'"
+            )
         if not hasattr(optimizer, "param_groups"):
             raise ValueError(f"optimizer must expose param_groups, got {type(optimizer).__name__}")
 
@@ -184,7 +220,12 @@ class PDT:
             seed=seed,
             storage=storage,
             every_n_steps=every_n_steps,
+            scheduler=scheduler,
+            tolerance=tolerance,
+            patience=patience,
+            on_jump=on_jump,
         )
+        self.schedule = schedule.make(scheduler, horizon, interval, tolerance, patience)
         self.chunk_size = chunk_size
         self.names, self.params = self._collect(optimizer, model)
         if not self.params:
@@ -194,11 +235,17 @@ class PDT:
         self._history = SnapshotHistory(
             self._flat_params(), history, storage, chunk_size
         )  # fails early on a bad layout
+        if scheduler == "adaptive" and not self._history.exact:
+            raise ValueError(
+                f"scheduler='adaptive' restores weights from the snapshots, which storage={storage!r} rounds; "
+                "use storage='same' or 'cpu'"
+            )
         self._start_of_epoch = criterion == "reference"
         self._generators: dict[torch.device, torch.Generator] = {}
         self.epoch = 0
         self.plain_epochs = 0
         self.last_stats: dict[str, Any] = {}
+        self._warned_untouched = False
         self.optimizer_steps = 0
         if every_n_steps is not None:
             optimizer.register_step_post_hook(self._after_optimizer_step)
@@ -227,12 +274,33 @@ class PDT:
         """1-D views of the (local shards of the) parameters in memory order (channels-last included)."""
         flats = []
         for name, p in zip(self.names, map(local_shard, self.params)):
-            order = sorted(range(p.dim()), key=lambda d: (-p.stride(d), -p.shape[d]))
-            dense = p.detach().permute(order)
-            if not dense.is_contiguous():
+            flat = flat_view(p)
+            if flat is None:
                 raise ValueError(f"parameter {name} is not dense in memory; PDT cannot update it in place")
-            flats.append(dense.view(-1))
+            flats.append(flat)
         return flats
+
+    def _check_parameters_unchanged(self) -> None:
+        # Snapshots have a fixed layout: a parameter added (add_param_group) or unfrozen
+        # mid-run has no history, and one removed would leave stale rows.
+        _, now = self._collect(self.optimizer, None)
+        if [id(p) for p in now] != [id(p) for p in self.params]:
+            raise ValueError(
+                f"the optimizer's trainable parameters changed since PDT was created ({len(self.params)} -> "
+                f"{len(now)} tensors: add_param_group or requires_grad changed); give a new group "
+                '{"pdt": False} to leave it out of PDT, or create a new PDT'
+            )
+
+    def _loss_value(self, loss: float | Tensor | None) -> float | None:
+        if loss is None:
+            if self.schedule.needs_loss:
+                raise ValueError(f"loss is required: scheduler={self.schedule.name!r} needs step(loss=...)")
+            return None
+        if isinstance(loss, Tensor) and loss.numel() == 1 and not loss.is_complex():
+            return float(loss.detach())
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            return float(loss)
+        raise ValueError(f"loss must be a real number or a one-element real tensor, got {loss!r}")
 
     @property
     def snapshot_bytes(self) -> int:
@@ -250,37 +318,66 @@ class PDT:
             self.step()
 
     def _due(self) -> bool:
-        return self.epoch >= self.config["start_epoch"] and self.plain_epochs >= self.config["interval"]
+        return self.epoch >= self.config["start_epoch"] and self.plain_epochs >= self.schedule.interval
 
-    def step(self, *, predict: bool = True) -> dict[str, Any]:
-        """Call once at the end of every epoch, after the optimizer's (and scheduler's) steps.
+    def step(self, loss: float | Tensor | None = None, *, predict: bool = True) -> dict[str, Any]:
+        """Call once at the end of every epoch, after the optimizer's (and LR scheduler's) steps.
 
-        With ``predict=False`` the snapshot is still taken but no prediction runs (the epoch
-        counts as a plain one): a caller's own rule can switch PDT off and on.
+        Args:
+            loss: the loss of the epoch that just ended (mean training loss, or a held-out
+                loss of the weights the optimizer reached); required by the ``"reference"``
+                and ``"adaptive"`` schedulers, ignored by ``"fixed"``.
+            predict: with ``False`` the snapshot is still taken (and the scheduler still sees
+                the loss) but no prediction runs (the epoch counts as a plain one): a caller's
+                own rule can switch PDT off and on.
 
         Returns the statistics of this epoch (also kept in :attr:`last_stats`): ``epoch``,
         ``predicted``, ``reason`` (why no prediction ran, else ``None``), ``accepted_ratio``,
         ``accepted`` and ``numel``, ``rejected`` (counts per check: ``consistency``,
         ``lower_bound``, ``upper_bound``, ``nonfinite``), ``accepted_ratio_per_param`` (by
         name), ``eigenvalues`` (complex), ``rank``; with ``criterion="random"`` also the
-        ``random_ratio`` used.
-        """
-        if not self._start_of_epoch:
-            self._snapshot()
-        stats: dict[str, Any] = {"epoch": self.epoch, "predicted": False, "reason": None, "accepted_ratio": 0.0}
-        if not predict:
-            stats["reason"] = "disabled by the caller"
-        elif not self._due():
-            stats["reason"] = "warm-up" if self.epoch < self.config["start_epoch"] else "interval"
-        elif len(self._history) < self.config["history"]:
-            stats["reason"] = f"insufficient history ({len(self._history)} of {self.config['history']} snapshots)"
-        else:
-            stats.update(self._predict())
+        ``random_ratio`` used; ``schedule`` (the scheduler's :class:`~torch_pdt.schedule.Decision`
+        as a dict: verdict, horizon and interval from now on), ``rolled_back`` and the running
+        count ``rollbacks``; with ``on_jump`` other than ``"keep"``, the optimizer state keys
+        left untouched (``optimizer_state_untouched``).
 
-        if stats["predicted"]:
+        Raises:
+            ValueError: on a missing or non-numeric ``loss``, or when the optimizer's
+                trainable parameters changed since construction.
+        """
+        self._check_parameters_unchanged()
+        value = self._loss_value(loss)
+        decision = self.schedule.observe(value)
+        stats: dict[str, Any] = {
+            "epoch": self.epoch,
+            "predicted": False,
+            "reason": None,
+            "accepted_ratio": 0.0,
+            "rolled_back": decision.rollback,
+        }
+        if decision.rollback:
+            self._roll_back(decision)
+            stats["reason"] = "rolled back"
+        else:
+            if not self._start_of_epoch:
+                self._snapshot()
+            if not predict:
+                stats["reason"] = "disabled by the caller"
+            elif not self._due():
+                stats["reason"] = "warm-up" if self.epoch < self.config["start_epoch"] else "interval"
+            elif len(self._history) < self.config["history"]:
+                stats["reason"] = f"insufficient history ({len(self._history)} of {self.config['history']} snapshots)"
+            else:
+                stats.update(self._predict())
+        stats["schedule"] = decision.as_dict()
+        stats["rollbacks"] = self.schedule.rollbacks
+
+        if stats["predicted"] or decision.rollback:
             self.plain_epochs = 0
         else:
             self.plain_epochs += 1
+        if stats["predicted"] and stats["accepted"]:
+            self.schedule.predicted(value)
         if self._start_of_epoch:
             self._snapshot()
         elif stats["predicted"] and stats["accepted"] and self.config["history_after_jump"] == "assembled":
@@ -288,6 +385,29 @@ class PDT:
         self.epoch += 1
         self.last_stats = stats
         return stats
+
+    def _roll_back(self, decision: schedule.Decision) -> None:
+        """Restore the optimizer's weights from before the last prediction; zero the velocities.
+
+        The newest snapshot is the optimizer's result of the prediction's epoch (the adaptive
+        scheduler requires ``history_after_jump="optimizer"``), so no copy of the weights is
+        kept for this. The epoch trained since the prediction is discarded, and so are the
+        velocities it accumulated on weights that no longer exist.
+        """
+        self._history.copy_newest_to(self._flat_params())
+        velocities, _ = jump.velocity_buffers(self.optimizer, self.params)
+        with torch.no_grad():
+            for flat in (v for vs in velocities for v in vs):
+                flat.zero_()
+        logger.warning(
+            "PDT rolled back the prediction made after epoch %d: loss %.6g against %.6g before it; "
+            "horizon now %d, interval %d",
+            self.epoch - 1,
+            decision.loss,
+            decision.reference_loss,
+            decision.horizon,
+            decision.interval,
+        )
 
     def _predict(self) -> dict[str, Any]:
         cfg = self.config
@@ -313,7 +433,7 @@ class PDT:
             )
         except dmd.DMDError as e:
             return {"reason": f"decomposition failed: {e}", "gram_passes": passes[0]}
-        tau = cfg["horizon"]
+        tau = self.schedule.horizon
         # Predicted displacement from the newest snapshot after k steps is S @ coef[:, k-1].
         coef = fit.coefficients(range(1, tau + 1), cfg["forecast"])
         coef[-1] -= 1.0
@@ -332,6 +452,7 @@ class PDT:
         if criterion == _RANDOM:
             result["random_ratio"] = ratio
         result.update(
+            horizon=tau,
             predicted=True,
             accepted_ratio=result["accepted"] / self.numel,
             eigenvalues=fit.eigenvalues.tolist(),
@@ -377,7 +498,12 @@ class PDT:
 
         Statistics accumulate on device; the only host transfer is at the end.
         """
-        tau = self.config["horizon"]
+        tau = self.schedule.horizon
+        on_jump = self.config["on_jump"] if write else "keep"
+        velocities, untouched = jump.velocity_buffers(self.optimizer, self.params) if on_jump != "keep" else ([], set())
+        if untouched and not self._warned_untouched:
+            self._warned_untouched = True
+            logger.warning("PDT on_jump=%r leaves unknown optimizer state %s unchanged", on_jump, sorted(untouched))
         history = self._history
         rows = history.rows()
         last, prev = rows[-1], rows[-2]
@@ -452,13 +578,19 @@ class PDT:
                         torch.where(accept, new, flat, out=flat)
                     else:
                         flat.copy_(torch.where(accept, new.to(flat.dtype), flat))
+                if on_jump != "keep":
+                    # M[tau - 1] is the last predicted step and delta the optimizer's (both
+                    # negated when mirrored): their ratio is the same either way.
+                    factor = 0.0 if on_jump == "reset" else jump.velocity_ratio(M[tau - 1], delta)
+                    jump.scale(velocities[i], start, start + c, accept, factor)
         # Counts so far are of elements passing; every check saw every element.
         passing = sum((t.cpu() for t in counts.values()), torch.zeros(len(CHECKS) + 1, dtype=torch.int64))
         both = self._reduce_counts(torch.cat([torch.stack([a.cpu() for a in accepted]), passing])).tolist()
         per_param, totals = both[: len(accepted)], both[len(accepted) :]
         rejected = {c: self.numel - n if c in applied else 0 for c, n in zip(CHECKS, totals)}
         rejected["nonfinite"] = self.numel - totals[-1]
-        return {
+        stats: dict[str, Any] = {"optimizer_state_untouched": sorted(untouched)} if on_jump != "keep" else {}
+        return stats | {
             "accepted": sum(per_param),
             "numel": self.numel,
             "rejected": rejected,
@@ -466,18 +598,23 @@ class PDT:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: configuration, counters, snapshots, RNG states."""
+        """Everything needed to continue exactly: configuration, counters, scheduler, snapshots, RNG states."""
         return {
             "config": dict(self.config),
             "epoch": self.epoch,
             "plain_epochs": self.plain_epochs,
             "optimizer_steps": self.optimizer_steps,
+            "schedule": self.schedule.state_dict(),
             "history": self._history.state_dict(),
             "generators": {str(d): g.get_state() for d, g in self._generators.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; raises ``ValueError`` (changing nothing) on a mismatch."""
+        keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "schedule", "history", "generators"}
+        missing = keys - set(state_dict)
+        if missing:
+            raise ValueError(f"not a PDT state: missing {sorted(missing)}")
         saved = state_dict["config"]
         diff = {k: (saved.get(k), v) for k, v in self.config.items() if saved.get(k) != v}
         if diff:
@@ -485,10 +622,20 @@ class PDT:
                 "PDT state was saved with another configuration: "
                 + ", ".join(f"{k}={s!r} (saved) vs {c!r} (now)" for k, (s, c) in diff.items())
             )
+        # Build every part aside first; the history validates before it copies. Only then commit.
+        cfg = self.config
+        restored = schedule.make(cfg["scheduler"], cfg["horizon"], cfg["interval"], cfg["tolerance"], cfg["patience"])
+        restored.load_state_dict(state_dict["schedule"])
+        generators = {}
+        for device, rng_state in state_dict["generators"].items():
+            generators[torch.device(device)] = torch.Generator(device=device)
+            try:
+                generators[torch.device(device)].set_state(rng_state)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"saved random generator state for {device} is invalid: {e}") from e
         self._history.load_state_dict(state_dict["history"])
+        self.schedule = restored
         self.epoch = int(state_dict["epoch"])
         self.plain_epochs = int(state_dict["plain_epochs"])
         self.optimizer_steps = int(state_dict["optimizer_steps"])
-        self._generators = {}
-        for device, rng_state in state_dict["generators"].items():
-            self._generator(torch.device(device)).set_state(rng_state)
+        self._generators = generators

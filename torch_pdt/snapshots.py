@@ -24,10 +24,22 @@ from torch import Tensor
 
 from . import dmd
 
-__all__ = ["STORAGE", "SnapshotHistory"]
+__all__ = ["STORAGE", "SnapshotHistory", "flat_view"]
 
 STORAGE = ("same", "cpu", "bf16")
 """Where snapshots live: beside the parameters, in (pinned) CPU memory, or in bfloat16."""
+
+
+def flat_view(t: Tensor, like: Tensor | None = None) -> Tensor | None:
+    """A 1-D view of ``t`` in the memory order of ``like`` (default ``t``), or ``None`` if there is none.
+
+    Memory order, not logical order, so that channels-last weights (and optimizer state laid
+    out like them) are viewed without a copy and can be updated in place.
+    """
+    like = t if like is None else like
+    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), -like.shape[d]))
+    dense = t.detach().permute(order)
+    return dense.view(-1) if dense.is_contiguous() else None
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,16 @@ class SnapshotHistory:
 
     def replace_newest(self, tensors: Sequence[Tensor]) -> None:
         self._enter((self._next - 1) % self.capacity, tensors)
+
+    def copy_newest_to(self, tensors: Sequence[Tensor]) -> None:
+        """Write the newest snapshot into ``tensors`` (flat, in the order given at construction).
+
+        Exact only when :attr:`exact`; the storage and its Gram matrix are unchanged.
+        """
+        row = (self._next - 1) % self.capacity
+        with torch.no_grad():
+            for slot, t in zip(self._slots, tensors, strict=True):
+                t.copy_(self._storage[slot.bucket][row, slot.offset : slot.offset + slot.numel])
 
     def gram(self) -> Tensor:
         r"""Float64 :math:`C^\top C` of the consecutive basis of the current snapshots (``count x count``)."""

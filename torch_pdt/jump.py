@@ -1,0 +1,105 @@
+r"""What happens to the optimizer's state when PDT moves a weight: ``on_jump=``.
+
+An accepted prediction moves weight :math:`j` from :math:`w^{opt}_{i,j}` to
+:math:`\hat w_{i+\tau,j}`, about :math:`\tau` epochs ahead. The optimizer's *velocity* of that
+element (SGD's ``momentum_buffer``, Adam's and AdamW's first moment ``exp_avg``, RMSprop's
+``momentum_buffer``) still describes the motion at epoch :math:`i`:
+
+``"keep"``
+    leave the optimizer's state alone (the paper, and the authors' code).
+
+``"reset"``
+    zero the velocity of the accepted elements, as the authors' SimSiam trainer clears the
+    optimizer state.
+
+``"rescale"`` (ours)
+    carry the velocity forward with the same dynamics that moved the weight: multiply it by
+
+    .. math::
+        r_j = \operatorname{clip}\Bigl(\frac{\hat w_{i+\tau,j} - \hat w_{i+\tau-1,j}}
+        {w^{opt}_{i,j} - w^{opt}_{i-1,j}},\ 0,\ 1\Bigr),
+
+    the ratio of the predicted per-epoch step at the landing point to the optimizer's last
+    step. For one decaying DMD mode :math:`\lambda` this is :math:`\lambda^\tau`: the
+    element lands where the optimizer would be moving :math:`\lambda^\tau` times as fast, so
+    its momentum should too. The clip never amplifies a velocity and zeroes one the forecast
+    would reverse ("reset" is the special case :math:`r = 0`, "keep" is :math:`r = 1`).
+
+Only velocities are touched. Second moments (``exp_avg_sq``, ``max_exp_avg_sq``,
+``square_avg``, RMSprop's ``grad_avg``, Adagrad's ``sum``, Adadelta's ``acc_delta``,
+Adamax's ``exp_inf``) and step counts are kept: they estimate the gradient's scale, which a
+short jump does not change, and zeroing :math:`v` under a bias correction that has already
+reached 1 would make Adam's next steps about :math:`(1-\beta_1)/\sqrt{1-\beta_2} \approx 3`
+times larger, growing to ~20 times over the next ten steps. Any other state tensor of a
+parameter's shape is *left unchanged*, named in the statistics (``optimizer_state_untouched``)
+and logged once, so an unknown optimizer runs as with ``"keep"`` for that state.
+
+Example:
+    >>> p = torch.nn.Parameter(torch.ones(3))
+    >>> opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    >>> p.grad = torch.ones(3); opt.step()
+    >>> velocities, untouched = velocity_buffers(opt, [p])
+    >>> scale(velocities[0], 0, 3, torch.tensor([True, False, True]), torch.tensor([0.5, 0.5, 0.0]))
+    >>> opt.state[p]["momentum_buffer"]
+    tensor([0.5000, 1.0000, 0.0000])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .snapshots import flat_view
+
+__all__ = ["ON_JUMP", "SCALE_KEYS", "VELOCITY_KEYS", "scale", "velocity_buffers", "velocity_ratio"]
+
+ON_JUMP = ("keep", "reset", "rescale")
+
+VELOCITY_KEYS = frozenset({"momentum_buffer", "exp_avg"})
+"""State entries holding a per-element velocity: reset or rescaled."""
+
+SCALE_KEYS = frozenset(
+    {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "grad_avg", "sum", "acc_delta", "exp_inf", "step", "mu_product"}
+)
+"""State entries holding a gradient scale or a step count: always kept."""
+
+
+def velocity_buffers(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> tuple[list[list[Tensor]], set[str]]:
+    """Flat views (in each parameter's memory order) of its velocity buffers, and unknown state keys.
+
+    Read afresh at each jump: optimizers create their state lazily and ``load_state_dict``
+    replaces it.
+    """
+    views: list[list[Tensor]] = []
+    untouched: set[str] = set()
+    for p in params:
+        mine = []
+        for key, value in optimizer.state.get(p, {}).items():
+            if not isinstance(value, Tensor) or value.shape != p.shape or key in SCALE_KEYS:
+                continue  # SGD without momentum stores momentum_buffer=None; step counts are scalars
+            if key not in VELOCITY_KEYS:
+                untouched.add(key)
+                continue
+            view = flat_view(value, like=p)
+            if view is None:
+                raise ValueError(f"optimizer state {key!r} is not laid out like its parameter; PDT cannot update it")
+            mine.append(view)
+        views.append(mine)
+    return views, untouched
+
+
+def velocity_ratio(last_predicted_step: Tensor, delta: Tensor) -> Tensor:
+    """:math:`r` of ``"rescale"``: predicted step at the landing point over the optimizer's last step, in [0, 1]."""
+    ratio = torch.where(delta != 0, last_predicted_step / delta, torch.zeros_like(delta))
+    return ratio.nan_to_num(0.0, 0.0, 0.0).clamp(0.0, 1.0)
+
+
+def scale(buffers: Sequence[Tensor], start: int, stop: int, where: Tensor, factor: Tensor | float) -> None:
+    """Multiply elements ``start:stop`` of each flat buffer by ``factor`` where ``where`` holds."""
+    with torch.no_grad():
+        for flat in buffers:
+            part = flat[start:stop]
+            scaled = part * torch.as_tensor(factor, dtype=torch.float64, device=part.device)
+            part.copy_(torch.where(where, scaled.to(part.dtype), part))
