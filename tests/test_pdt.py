@@ -72,6 +72,14 @@ def run(epochs: int, opt_name: str = "sgd", pdt_kwargs: dict | None = None, seed
         (dict(rtol=-1.0), "rtol"),
         (dict(chunk_size=0), "chunk_size"),
         (dict(history=True), "history"),
+        (dict(scheduler="cosine"), "scheduler"),
+        (dict(tolerance=-0.1), "tolerance"),
+        (dict(tolerance=float("nan")), "tolerance"),
+        (dict(tolerance=float("inf")), "tolerance"),
+        (dict(patience=0), "patience"),
+        (dict(on_jump="zero"), "on_jump"),
+        (dict(scheduler="adaptive", history_after_jump="assembled"), "scheduler"),
+        (dict(scheduler="adaptive", criterion="reference"), "scheduler"),
     ],
 )
 def test_invalid_configuration_names_the_argument(kwargs, name):
@@ -209,6 +217,28 @@ def test_load_state_dict_rejects_other_config_or_shapes_without_changes():
     assert mismatch.epoch == before["epoch"] and len(mismatch._history) == 0
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: s.pop("schedule"), "missing"),
+        (lambda s: s["schedule"].pop("horizon"), "scheduler state"),
+        (lambda s: s["generators"].update(cpu=torch.zeros(3)), "generator"),
+        (lambda s: s["history"]["snapshots"][0].resize_(2, 3), "layout"),
+    ],
+)
+def test_damaged_state_is_refused_and_nothing_is_half_loaded(damage, message):
+    _, _, source, _ = run(6, pdt_kwargs=dict(history=3, start_epoch=4, criterion="random"))
+    state = source.state_dict()
+    damage(state)
+    _, _, target, _ = run(4, pdt_kwargs=dict(history=3, start_epoch=4, criterion="random"), seed=1)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=message):
+        target.load_state_dict(state)
+    after = target.state_dict()
+    assert after["epoch"] == before["epoch"] and after["schedule"] == before["schedule"]
+    assert torch.equal(after["history"]["snapshots"][0], before["history"]["snapshots"][0])
+
+
 # --- the prediction pass -----------------------------------------------------------------
 
 
@@ -281,15 +311,63 @@ def test_nan_in_history_skips_prediction_and_writes_nothing():
     assert torch.equal(weights(model).nan_to_num(), before.nan_to_num())
 
 
-def test_constant_weights_do_not_raise_or_write_nan():
+def test_predictions_resume_once_the_non_finite_snapshot_leaves_the_history():
+    """The documented policy: a non-finite snapshot is kept, and predictions skip until it is h epochs old."""
     model = make_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, criterion="none")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0)
+    data = make_data()
+    reasons = []
+    for epoch in range(8):
+        train_epoch(model, opt, data)
+        if epoch == 2:
+            with torch.no_grad():
+                saved = model[0].weight[0, 0].item()
+                model[0].weight[0, 0] = float("inf")
+            reasons.append(pdt.step()["reason"] or "")
+            with torch.no_grad():
+                model[0].weight[0, 0] = saved  # the user repairs the weight
+            continue
+        reasons.append(pdt.step()["reason"] or "predicted")
+    assert reasons[:2] == ["warm-up", "warm-up"]
+    assert all("non-finite" in r for r in reasons[2:5]) and reasons[5:] == ["predicted"] * 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_parameters_added_mid_run_raise_unless_opted_out():
+    model = make_model()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    opt.add_param_group({"params": []})  # an empty group is harmless
+    pdt = PDT(opt, history=3, start_epoch=2)
+    pdt.step()
+    opt.add_param_group({"params": [model[2].weight], "pdt": False})
+    pdt.step()
+    opt.add_param_group({"params": [model[2].bias]})
+    with pytest.raises(ValueError, match="add_param_group"):
+        pdt.step()
+    assert pdt.epoch == 2  # refused before anything happened
+
+
+@pytest.mark.parametrize(
+    "optimizer, pdt_kwargs",
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.0), dict(criterion="none")),
+        (lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.9), dict(scheduler="adaptive", on_jump="rescale")),
+        (lambda p: torch.optim.Adam(p, lr=0.0), dict(criterion="none", scheduler="reference", on_jump="reset")),
+    ],
+)
+def test_constant_weights_do_not_raise_or_write_nan(optimizer, pdt_kwargs):
+    """lr = 0: the gradients flow but the weights never change, so every snapshot is the same."""
+    model = make_model()
+    opt = optimizer(model.parameters())
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, **pdt_kwargs)
     before = weights(model).clone()
     for _ in range(5):
-        stats = pdt.step()
+        train_epoch(model, opt, make_data())
+        stats = pdt.step(loss=1.0)
     assert stats["predicted"] and stats["rank"] == 1
     assert torch.equal(weights(model), before)
+    assert all(torch.isfinite(v).all() for state in opt.state.values() for v in state.values() if v is not None)
 
 
 def test_all_zero_weights_skip_with_rank_zero():
@@ -402,7 +480,7 @@ def test_parameters_of_several_dtypes_share_one_fit():
     g = torch.Generator().manual_seed(0)
     params = [
         nn.Parameter(torch.randn(n, generator=g).to(dt))
-        for n, dt in [(7, torch.float32), (5, torch.float64), (6, torch.bfloat16)]
+        for n, dt in [(7, torch.float32), (5, torch.float64), (6, torch.bfloat16), (4, torch.float16)]
     ]
     velocity = [torch.randn(p.shape, generator=g).to(p.dtype) for p in params]
     pdt = PDT(
@@ -415,16 +493,16 @@ def test_parameters_of_several_dtypes_share_one_fit():
                 p.add_(v * 0.5**t)
         trajectory.append(torch.cat([p.detach().double() for p in params]))
         stats = pdt.step()
-    assert stats["predicted"] and len(pdt._history._storage) == 3
+    assert stats["predicted"] and len(pdt._history._storage) == 4
     S = torch.stack(trajectory, 1)
     expected = dmd.fit(S).forecast(S, [2])[:, 0]
     got = torch.cat([p.detach().double() for p in params])
-    # Each element is written in its parameter's dtype (bf16 keeps about 3 digits).
+    # Each element is written in its parameter's dtype (bf16 keeps about 3 digits, fp16 about 4).
     torch.testing.assert_close(got[:12], expected[:12], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got[12:], expected[12:], rtol=1e-2, atol=1e-2)
 
 
-KINDS = ["random", "constant", "rank_one", "growing", "oscillating", "near_parallel"]
+KINDS = ["random", "constant", "rank_one", "rank_two", "growing", "oscillating", "near_parallel"]
 
 
 def synthetic_trajectory(kind: str, scale: float, steps: int, n: int, seed: int) -> list[torch.Tensor]:
@@ -435,6 +513,7 @@ def synthetic_trajectory(kind: str, scale: float, steps: int, n: int, seed: int)
         "random": torch.randn(steps, n, generator=g, dtype=torch.float64),
         "constant": w0.expand(steps, n),
         "rank_one": (0.7**t) * w0,
+        "rank_two": (0.9**t) * w0 + (0.5**t) * v,
         "growing": (3.0**t) * w0 + v,
         "oscillating": torch.cos(2.5 * t) * w0 + torch.sin(2.5 * t) * v,
         "near_parallel": w0 + 1e-4 * t * v + 1e-7 * t**2 * torch.randn(n, generator=g, dtype=torch.float64),
@@ -449,15 +528,33 @@ def synthetic_trajectory(kind: str, scale: float, steps: int, n: int, seed: int)
     criterion=st.sampled_from(["pdt", "reference", "none"]),
     horizon=st.integers(1, 9),
     seed=st.integers(0, 2**16),
+    scheduler=st.sampled_from(["fixed", "reference", "adaptive"]),
+    on_jump=st.sampled_from(["keep", "reset", "rescale"]),
+    losses=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=7, max_size=7),
 )
-def test_never_writes_a_non_finite_value(kind, scale, criterion, horizon, seed):
-    """Whatever the snapshots, a step either predicts or says why, and the weights stay finite."""
+def test_never_writes_a_non_finite_value(kind, scale, criterion, horizon, seed, scheduler, on_jump, losses):
+    """Whatever the snapshots and losses, a step predicts or says why; weights and velocities stay finite."""
+    if scheduler == "adaptive" and criterion == "reference":
+        scheduler = "reference"  # the adaptive rule refuses start-of-epoch snapshots (tested above)
     p = nn.Parameter(torch.zeros(6))
-    pdt = PDT(torch.optim.SGD([p], lr=0.0), history=4, horizon=horizon, start_epoch=3, interval=0, criterion=criterion)
-    for w in synthetic_trajectory(kind, scale, 7, 6, seed):
+    opt = torch.optim.SGD([p], lr=0.0, momentum=0.9)
+    p.grad = torch.randn(6, generator=torch.Generator().manual_seed(seed))
+    opt.step()  # a momentum buffer for on_jump to act on; lr 0 leaves p alone
+    pdt = PDT(
+        opt,
+        history=4,
+        horizon=horizon,
+        start_epoch=3,
+        interval=0,
+        criterion=criterion,
+        scheduler=scheduler,
+        on_jump=on_jump,
+    )
+    for w, loss in zip(synthetic_trajectory(kind, scale, 7, 6, seed), losses):
         with torch.no_grad():
             p.copy_(w)
         finite_before = bool(torch.isfinite(p).all())
-        stats = pdt.step()
+        stats = pdt.step(loss=loss)
         assert stats["predicted"] or stats["reason"]
-        assert bool(torch.isfinite(p).all()) == finite_before
+        assert bool(torch.isfinite(p).all()) == (finite_before or stats["rolled_back"])
+        assert torch.isfinite(opt.state[p]["momentum_buffer"]).all()
