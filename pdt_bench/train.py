@@ -240,7 +240,7 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
             predict = not method.switch_by_val_loss or (len(rows) >= 2 and rows[-1]["val_loss"] < rows[-2]["val_loss"])
             _sync(device)
             start = time.perf_counter()
-            stats = pdt.step(predict=predict)
+            stats = pdt.step(loss=torch.stack(batch_losses).mean(), predict=predict)
             _sync(device)
             pdt_time = time.perf_counter() - start
             clock += pdt_time
