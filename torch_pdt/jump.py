@@ -29,8 +29,9 @@ Only velocities are touched. Second moments (``exp_avg_sq``, ``max_exp_avg_sq``,
 ``square_avg``, RMSprop's ``grad_avg``, Adagrad's ``sum``, Adadelta's ``acc_delta``,
 Adamax's ``exp_inf``) and step counts are kept: they estimate the gradient's scale, which a
 short jump does not change, and zeroing :math:`v` under a bias correction that has already
-reached 1 would make Adam's next steps about :math:`(1-\beta_1)/\sqrt{1-\beta_2} \approx 3`
-times larger, growing to ~20 times over the next ten steps. Any other state tensor of a
+reached 1 would make Adam's next step :math:`(1-\beta_1)/\sqrt{1-\beta_2} \approx 3.2` times
+larger than usual, and the ones after up to 6.6 times (at step 12, for a steady gradient and
+the default betas). Any other state tensor of a
 parameter's shape is *left unchanged*, named in the statistics (``optimizer_state_untouched``)
 and logged once, so an unknown optimizer runs as with ``"keep"`` for that state.
 
