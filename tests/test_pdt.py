@@ -80,6 +80,8 @@ def run(epochs: int, opt_name: str = "sgd", pdt_kwargs: dict | None = None, seed
         (dict(on_jump="zero"), "on_jump"),
         (dict(scheduler="adaptive", history_after_jump="assembled"), "scheduler"),
         (dict(scheduler="adaptive", criterion="reference"), "scheduler"),
+        (dict(scheduler="adaptive", storage="bf16"), "scheduler"),
+        (dict(storage="disk"), "storage"),
     ],
 )
 def test_invalid_configuration_names_the_argument(kwargs, name):
