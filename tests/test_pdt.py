@@ -81,6 +81,7 @@ def run(epochs: int, opt_name: str = "sgd", pdt_kwargs: dict | None = None, seed
         (dict(scheduler="adaptive", history_after_jump="assembled"), "scheduler"),
         (dict(scheduler="adaptive", criterion="reference"), "scheduler"),
         (dict(scheduler="adaptive", storage="bf16"), "scheduler"),
+        (dict(scheduler="reference", every_n_steps=2), "scheduler"),
         (dict(storage="disk"), "storage"),
     ],
 )

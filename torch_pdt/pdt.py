@@ -102,7 +102,7 @@ class PDT:
             ``"fixed"`` (default, the paper), ``"reference"`` (the authors' distributed
             trainer: shrink on loss rises) or ``"adaptive"`` (judge each prediction by the next
             loss, roll a bad one back, back off and grow back). The last two need
-            ``step(loss=...)``; ``"adaptive"`` needs the optimizer's weights in the history,
+            ``step(loss=...)`` (so not step mode); ``"adaptive"`` needs the optimizer's weights in the history,
             exactly (``history_after_jump="optimizer"``, ``criterion`` other than
             ``"reference"``, ``storage`` other than ``"bf16"``).
         tolerance: ``"adaptive"``: relative loss rise after a prediction that counts as bad (>= 0).
