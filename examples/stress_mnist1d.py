@@ -28,6 +28,8 @@ import time
 import torch
 from torch import nn
 
+from pdt_bench import tasks
+from pdt_bench.tasks import mnist1d
 from torch_pdt import PDT
 
 SETTINGS = {
@@ -46,28 +48,14 @@ for _scheduler in ("fixed", "reference", "adaptive"):
 
 
 def load_mnist1d() -> tuple[torch.Tensor, ...]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = 12_000
-    d = make_dataset(args)  # generated locally, never downloaded
-    return tuple(
-        torch.tensor(d[k], dtype=torch.float32 if k.startswith("x") else None) for k in ("x", "y", "x_test", "y_test")
-    )
+    task = tasks.build("mnist1d-mlp")  # the harness's copy: generated locally, cached
+    return task.x_train, task.y_train, task.x_val, task.y_val
 
 
 def train(data, setting: dict, seed: int, epochs: int, pdt_kwargs: dict | None) -> dict:
     x, y, x_test, y_test = data
     torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(40, 512),
-        nn.ReLU(),
-        nn.Linear(512, 512),
-        nn.ReLU(),
-        nn.Linear(512, 512),
-        nn.ReLU(),
-        nn.Linear(512, 10),
-    )
+    model = mnist1d.mlp()
     if setting["optimizer"] == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=setting["lr"])
     else:
