@@ -3,7 +3,7 @@
 For every study directory (a ``compare`` output with ``summary.json``) the page gives the
 command, PDT's and each peer's median TTB-Loss reduction against the baseline (in seconds and
 in epochs), the final-loss ratio and the accuracy, checks the targets in :data:`TARGETS`, and
-copies the study's report and plots next to the page; the toy problem's table (``toy.txt`` in
+copies each study's report, summary and plots next to the page; the toy problem's table (``toy.txt`` in
 the study directory, the output of ``pdt-bench toy``) closes the page.
 """
 
@@ -96,6 +96,7 @@ def write_results(study: Path, out: Path, preamble: str = "") -> Path:
             shutil.rmtree(target)
         target.mkdir(parents=True)
         shutil.copy(directory / "report.md", target / "report.md")
+        shutil.copy(summary_path, target / "summary.json")
         if (directory / "plots").exists():
             shutil.copytree(directory / "plots", target / "plots")
 

@@ -35,3 +35,4 @@ seeds="$other" compare --task mnist1d-mlp --optimizer adam --lr 0.001 --eta-min 
 seeds="$other" compare --task cifar10-fcn --train-subset 5120 --epochs 15 --lr-sweep 0.1,0.2 --out "$out/cifar10-fcn-sgd"
 seeds="$other" compare --task agnews-lstm --epochs 15 --lr-sweep 1.0,4.0 --out "$out/agnews-lstm-sgd"
 pdt-bench toy > "$out/toy.txt"
+pdt-bench results "$out" --out docs/results.md --preamble scripts/study-notes.md

@@ -23,6 +23,7 @@ def test_results_page_over_a_study(tmp_path):
     assert "| nonselective |" in text and "| lookahead |" in text
     for name in ("mnist1d-mlp-sgd", "other"):
         assert (tmp_path / "docs" / "results" / name / "report.md").exists()
+        assert (tmp_path / "docs" / "results" / name / "summary.json").exists()
         assert (tmp_path / "docs" / "results" / name / "plots" / "train_loss.png").exists()
         assert f"(results/{name}/plots/train_loss.png)" in text
     assert text.rstrip().endswith("pdt  30\n```")
