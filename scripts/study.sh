@@ -24,7 +24,7 @@ print(lrs.get(best, ""))
 PY
 }
 
-compare --task mnist1d-mlp --lr-sweep 0.1,0.2 --out "$out/mnist1d-mlp-sgd"
+compare --task mnist1d-mlp --lr-sweep 0.1,0.2,0.4 --out "$out/mnist1d-mlp-sgd"
 lr="$(best_lr "$out/mnist1d-mlp-sgd")"
 if [ -n "$lr" ]; then
   methods=baseline,pdt compare --task mnist1d-mlp --lr "$lr" --out "$out/mnist1d-mlp-sgd-best-lr"
