@@ -7,6 +7,7 @@ fixed subset of the training set, and the validation loss and accuracy.
 
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import sys
@@ -128,11 +129,10 @@ def _validate(model: nn.Module, task: tasks.Task, device: torch.device) -> tuple
 
 
 def _train_flops(model: nn.Module, task: tasks.Task, batch_size: int, device: torch.device) -> int:
-    """FLOPs of one training step (forward and backward) on one batch."""
+    """FLOPs of one training step (forward and backward) on one batch; ``model`` is left with gradients."""
     x = _inputs(task, task.x_train[:batch_size], True, device)
     with FlopCounterMode(display=False) as counter:
         _loss(task, model, x, task.y_train[:batch_size].to(device)).backward()
-    model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
@@ -194,9 +194,10 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
 
     torch.manual_seed(cfg.seed)
     model = task.model().to(device)
-    model_flops = _train_flops(model, task, cfg.batch_size, device)
-    torch.manual_seed(cfg.seed)
-    model = task.model().to(device)
+    # Counted on a copy, with the RNG restored after: training starts from the same weights,
+    # normalisation statistics and random stream as if nothing had been measured.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model_flops = _train_flops(copy.deepcopy(model), task, cfg.batch_size, device)
     opt = make_optimizer(cfg.optimizer, model, lr, cfg.weight_decay, lookahead=method.lookahead)
     schedule = make_schedule(cfg.schedule, opt, cfg.epochs, cfg.eta_min)
     pdt = None
