@@ -71,6 +71,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-subset", type=int, help="use only this many training samples")
     g.add_argument("--img-size", type=int, help="image side for image tasks")
     g.add_argument("--width", type=int, help="model width (hidden size / channels)")
+    g.add_argument(
+        "--augment", action="store_true", help="image tasks: crop+flip training batches (practical; the paper did not)"
+    )
     g.add_argument("--tiny", action="store_true", help="tiny data and model (smoke tests)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
@@ -87,6 +90,7 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
         train_subset=args.train_subset,
         img_size=args.img_size,
         width=args.width,
+        augment=args.augment,
         tiny=args.tiny,
     )
     for name in methods:
@@ -119,10 +123,15 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
 _PDT_KEYS = ("history", "horizon", "start_epoch", "interval", "pdt_options")
 
 
+_UNSET = ("None", "False")
+"""Task options at these values are left out of a run's identity, so that a new option (at its
+default) does not make every finished run look different."""
+
+
 def _identity(config: RunConfig) -> dict[str, Any]:
     """What makes two runs the same run (JSON-comparable): PDT settings do not change a run without PDT."""
     d = asdict(config)
-    d["task_options"] = {k: str(v) for k, v in d["task_options"].items()}
+    d["task_options"] = {k: str(v) for k, v in d["task_options"].items() if str(v) not in _UNSET}
     drop = ("threads", "mask_epoch") + (_PDT_KEYS if parse_method(config.method).pdt is None else ())
     return {k: v for k, v in d.items() if k not in drop}
 
@@ -147,7 +156,12 @@ def _run_to_file(config: RunConfig, path: Path, progress: bool) -> Path:
 
 
 def _same_run(path: Path, config: RunConfig) -> bool:
-    return path.exists() and load_run(path)["config"].get("identity") == _identity(config)
+    if not path.exists():
+        return False
+    stored = dict(load_run(path)["config"].get("identity") or {})
+    options = stored.get("task_options", {})
+    stored["task_options"] = {k: v for k, v in options.items() if v not in _UNSET}
+    return stored == _identity(config)
 
 
 def execute(
@@ -219,12 +233,29 @@ def _tensorboard(out_dir: Path, runs: list[Run]) -> None:
                     w.add_scalar("accepted_ratio", e["pdt"]["accepted_ratio"], e["epoch"])
 
 
+def _epochs(args: argparse.Namespace) -> int:
+    """The run length: ``--epochs``, else the task's default (read off a tiny build of the task)."""
+    if args.epochs is not None:
+        return args.epochs
+    options = tasks.TaskOptions(data_dir=args.data_dir, cache_dir=args.cache_dir, tiny=True)
+    return tasks.build(args.task, options).defaults.get("epochs", RunConfig.DEFAULT_EPOCHS)
+
+
+def budget_methods(reference: str, fractions: Sequence[float], epochs: int) -> list[str]:
+    """``reference@epochs=E`` for each fraction of ``epochs`` (rounded, at least 1): the reference with
+    its whole learning-rate schedule compressed into E epochs."""
+    budgets = dict.fromkeys(max(1, round(f * epochs)) for f in fractions)
+    return [f"{reference}@epochs={e}" for e in budgets if e != epochs]
+
+
 def _compare(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     if args.reference not in methods:
         methods.insert(0, args.reference)
     if args.lr_sweep:
         methods += [f"{args.reference}@lr={lr:g}" for lr in args.lr_sweep]
+    if args.budget_sweep:
+        methods += [m for m in budget_methods(args.reference, args.budget_sweep, _epochs(args)) if m not in methods]
     out = args.out or Path("results") / args.task
     configs = run_configs(args, methods)
     runs = execute(configs, out, jobs=args.jobs, rerun=args.rerun, quiet=args.quiet)
@@ -248,6 +279,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default="baseline", help="the method TTB targets come from (default baseline)")
     p.add_argument(
         "--lr-sweep", type=lambda s: [float(v) for v in s.split(",")], help="also run the reference at these lrs"
+    )
+    p.add_argument(
+        "--budget-sweep",
+        type=lambda s: [float(v) for v in s.split(",")],
+        metavar="FRACTIONS",
+        help="also run the reference with its whole LR schedule compressed to these fractions of the epochs",
     )
     p.add_argument("--out", type=Path, help="output directory (default results/<task>)")
     p.add_argument("--mask-epoch", type=int, help="epoch whose PDT mask is saved for the heatmap (default T0+1)")

@@ -1,7 +1,10 @@
 """Methods a benchmark compares, and the optimizers and schedules they train with.
 
-A method name is one of :data:`METHODS`, optionally followed by a learning-rate change:
-``baseline@lrx2`` (or ``@lr×2``) scales the run's learning rate, ``pdt@lr=0.1`` sets it.
+A method name is one of :data:`METHODS`, optionally followed by changes, each after an ``@``:
+``baseline@lrx2`` (or ``@lr×2``) scales the run's learning rate, ``pdt@lr=0.1`` sets it,
+``baseline@epochs=30`` trains 30 epochs with the whole learning-rate schedule compressed into
+them (the budget-matched control), ``ema@decay=0.999`` sets the EMA's decay. They combine:
+``schedule-free@lr=0.5@epochs=30``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ import torch
 from torch import nn
 
 __all__ = ["METHODS", "OPTIMIZERS", "SCHEDULES", "Method", "make_optimizer", "make_schedule", "parse_method"]
+
+EMA_DECAY = 0.99
+"""Default decay of the ``ema`` method, per optimizer step: an average over about 100 steps (2-3 epochs
+of the CPU tasks); ``ema@decay=...`` sweeps it."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,14 @@ class Method:
     lr_scale: float = 1.0
     lr: float | None = None
     """Fixed learning rate (overrides the run's and ``lr_scale``)."""
+    epochs: int | None = None
+    """Train this many epochs, the learning-rate schedule compressed to them (None: the run's)."""
+    linear_forecast: bool = False
+    """PDT's mask, but accepted elements get the linear extrapolation ``w + tau * delta``."""
+    ema_decay: float | None = None
+    """Evaluate an EMA of the weights (``torch.optim.swa_utils.AveragedModel``) with this decay."""
+    schedule_free: bool = False
+    """Replace the optimizer by its schedule-free twin (``schedulefree``), without an LR schedule."""
     description: str = field(default="", compare=False)
 
     def learning_rate(self, lr: float) -> float:
@@ -58,29 +73,69 @@ METHODS: dict[str, Method] = {
             description="non-selective prediction while the validation loss falls (paper Fig. 6)",
         ),
         Method("lookahead", lookahead=True, description="Lookahead (k=5, alpha=0.5) around the optimizer"),
+        Method(
+            "pdt-linear",
+            {"criterion": "pdt"},
+            linear_forecast=True,
+            description="PDT's mask, accepted elements extrapolated linearly (w + tau * delta) instead of by DMD",
+        ),
+        Method(
+            "ema",
+            ema_decay=EMA_DECAY,
+            description=f"the baseline, evaluated on an EMA of its weights (decay {EMA_DECAY})",
+        ),
+        Method(
+            "schedule-free",
+            schedule_free=True,
+            description="schedule-free SGD or AdamW (schedulefree package), no LR schedule, BN statistics recomputed",
+        ),
     ]
 }
 
-_LR_SUFFIX = re.compile(r"^lr(?:(?P<op>[x×*])(?P<scale>[0-9.]+)|=(?P<value>[0-9.eE+-]+))$")
+_SUFFIXES = {
+    "lr": re.compile(r"^lr(?:(?P<op>[x×*])(?P<scale>[0-9.]+)|=(?P<value>[0-9.eE+-]+))$"),
+    "epochs": re.compile(r"^epochs=(?P<value>[0-9]+)$"),
+    "decay": re.compile(r"^decay=(?P<value>[0-9.eE+-]+)$"),
+}
+_SUFFIX_HELP = "@lrx<scale>, @lr=<value>, @epochs=<int> or @decay=<value> (ema)"
+
+
+def _apply(method: Method, suffix: str, name: str) -> Method:
+    for key, pattern in _SUFFIXES.items():
+        match = pattern.match(suffix)
+        if match is None:
+            continue
+        try:
+            if key == "epochs":
+                epochs = int(match["value"])
+                if epochs < 1:
+                    raise ValueError
+                return replace(method, epochs=epochs)
+            if key == "decay":
+                decay = float(match["value"])
+                if method.ema_decay is None or not 0.0 < decay < 1.0:
+                    raise ValueError
+                return replace(method, ema_decay=decay)
+            if match["value"] is not None:
+                return replace(method, lr=float(match["value"]))
+            return replace(method, lr_scale=float(match["scale"]))
+        except ValueError:
+            raise ValueError(f"bad value in {name!r} ({suffix!r}); use {_SUFFIX_HELP}") from None
+    raise ValueError(f"bad suffix {suffix!r} in {name!r}: use {_SUFFIX_HELP}")
 
 
 def parse_method(name: str) -> Method:
-    """``"pdt"``, ``"baseline@lrx2"``, ``"pdt@lr=0.1"`` -> :class:`Method`; ``ValueError`` otherwise."""
-    base, _, suffix = name.partition("@")
+    """``"pdt"``, ``"baseline@lrx2"``, ``"pdt@lr=0.1"``, ``"baseline@epochs=30"`` -> :class:`Method`.
+
+    ``ValueError`` names the problem: an unknown method or a malformed suffix.
+    """
+    base, *suffixes = name.split("@")
     if base not in METHODS:
-        raise ValueError(f"unknown method {base!r}; choose from {', '.join(METHODS)} (optionally @lrx2 or @lr=0.1)")
+        raise ValueError(f"unknown method {base!r}; choose from {', '.join(METHODS)} (optionally {_SUFFIX_HELP})")
     method = replace(METHODS[base], name=name)
-    if not suffix:
-        return method
-    match = _LR_SUFFIX.match(suffix)
-    if match is None:
-        raise ValueError(f"bad learning-rate suffix in {name!r}: use @lrx<scale> or @lr=<value>")
-    try:
-        if match["value"] is not None:
-            return replace(method, lr=float(match["value"]))
-        return replace(method, lr_scale=float(match["scale"]))
-    except ValueError:
-        raise ValueError(f"bad number in {name!r}") from None
+    for suffix in suffixes:
+        method = _apply(method, suffix, name)
+    return method
 
 
 def _sgd(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -73,6 +73,16 @@ def _mean_accepted_ratio(run: Run) -> float | None:
     return statistics.fmean(ratios) if ratios else None
 
 
+def predictions(run: Run) -> tuple[int, int] | None:
+    """``(epochs that predicted, of those, epochs that accepted at least one element)``; ``None`` for a
+    run without PDT."""
+    steps = [e["pdt"] for e in run["epochs"] if e["pdt"] is not None]
+    if not steps:  # PDT's statistics are recorded every epoch of a run with PDT
+        return None
+    predicted = [s for s in steps if s["predicted"]]
+    return len(predicted), sum(1 for s in predicted if s.get("accepted", 0) > 0)
+
+
 def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
     """One run's numbers; the TTB fields compare it with ``reference``, the reference run of its seed.
 
@@ -93,7 +103,12 @@ def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
         "eval_time_s": sum(e["eval_time"] for e in epochs),
         "compared": reference is not None,
         "final_loss_ratio": None,
+        "predictions": None,
+        "accepting_predictions": None,
     }
+    counted = predictions(run)
+    if counted is not None:
+        row["predictions"], row["accepting_predictions"] = counted
     for name, key in TARGETS.items():
         row[f"ttb_{name}_s"] = row[f"ttb_{name}_epochs"] = row[f"reduction_{name}"] = None
         row[f"reduction_{name}_epochs"] = None
@@ -114,18 +129,25 @@ def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
 
 
 def describe(values: list[float | None], missing: float = math.inf) -> dict[str, Any]:
-    """Mean, sample standard deviation and median of ``values``; ``None`` entries are misses.
+    """Mean, sample standard deviation, median, minimum and maximum of ``values``; ``None`` entries are misses.
 
     Mean and std are over the present values (std is 0 for a single one). The median ranks
     misses as ``missing`` (``inf`` for a time, ``-inf`` for a reduction) and is ``None`` when it
-    falls on a miss. ``n`` counts the present values, ``of`` all of them.
+    falls on a miss; so are ``min`` and ``max`` (the spread across seeds, misses included).
+    ``n`` counts the present values, ``of`` all of them.
     """
     present = [v for v in values if v is not None]
-    median = statistics.median([missing if v is None else v for v in values]) if values else None
+    ranked = [missing if v is None else v for v in values]
+
+    def finite(x: float | None) -> float | None:
+        return x if x is not None and math.isfinite(x) else None
+
     return {
         "mean": statistics.fmean(present) if present else None,
         "std": statistics.stdev(present) if len(present) > 1 else (0.0 if present else None),
-        "median": median if median is not None and math.isfinite(median) else None,
+        "median": finite(statistics.median(ranked)) if values else None,
+        "min": finite(min(ranked)) if values else None,
+        "max": finite(max(ranked)) if values else None,
         "n": len(present),
         "of": len(values),
     }
@@ -156,6 +178,10 @@ def _method_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary["eval_time_s"] = describe([r["eval_time_s"] for r in ok])
     # Methods without PDT have no accepted ratio at all: keep n = 0 rather than a row of misses.
     summary["accepted_ratio"] = describe([r["accepted_ratio"] for r in ok if r["accepted_ratio"] is not None])
+    with_pdt = [r for r in ok if r["predictions"] is not None]
+    summary["pdt"] = bool(with_pdt)
+    summary["predictions"] = describe([r["predictions"] for r in with_pdt])
+    summary["accepting_predictions"] = describe([r["accepting_predictions"] for r in with_pdt])
     summary["per_seed"] = rows
     return summary
 

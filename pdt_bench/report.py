@@ -71,9 +71,16 @@ def _loss_columns(m: dict[str, Any], loss: str) -> list[tuple[str, str]]:
         ("reached", _reached(m[f"ttb_{loss}_s"])),
         ("reduction %", _stat(m[f"reduction_{loss}"], _PERCENT)),
         ("median %", _median(m[f"reduction_{loss}"], _PERCENT)),
-        ("median % (epochs)", _median(m[f"reduction_{loss}_epochs"], _PERCENT)),
+        ("median % (epochs)", _no_effect_cell(m) or _median(m[f"reduction_{loss}_epochs"], _PERCENT)),
         ("final loss ratio", _stat(m["final_loss_ratio"])),
     ]
+
+
+def _no_effect_cell(m: dict[str, Any]) -> str | None:
+    reason = no_effect(m)
+    if reason is None:
+        return None
+    return "no prediction" if reason.startswith("no prediction") else "none accepted"
 
 
 def _other_columns(m: dict[str, Any]) -> list[tuple[str, str]]:
@@ -133,18 +140,29 @@ def _sooner_or_later(fraction: float) -> str:
     return f"{100 * abs(fraction):.1f} % {'sooner' if fraction > 0 else 'later'}"
 
 
-def _ttb_words(m: dict[str, Any], name: str, what: str, reference: str) -> str:
-    ttb, reduction = m[f"ttb_{name}_s"], m[f"reduction_{name}"]
-    if ttb["n"] == 0:
-        return f"never reached the {reference}'s {what} (0/{ttb['of']} runs)"
-    words = f"reached the {reference}'s {what} on {ttb['n']}/{ttb['of']} runs"
+def _epochs_words(m: dict[str, Any], name: str, what: str, reference: str) -> str:
+    """How a method reached a target, in epochs over seeds (median and min-max), seconds beside."""
+    epochs, reduction = m[f"ttb_{name}_epochs"], m[f"reduction_{name}_epochs"]
+    if epochs["n"] == 0:
+        return f"never reached the {reference}'s {what} (0/{epochs['of']} runs)"
+    words = f"reached the {reference}'s {what} on {epochs['n']}/{epochs['of']} runs"
     if reduction["median"] is None:
         return words + ", too few for a median"
-    return words + f", median {_sooner_or_later(reduction['median'])}"
+    spread = ""
+    if reduction["of"] > 1:
+        low, high = (_signed_percent(reduction[k]) if reduction[k] is not None else "never" for k in ("min", "max"))
+        spread = f" (seeds: {low} to {high})"
+    seconds = m[f"reduction_{name}"]["median"]
+    clock = f"; in seconds {_sooner_or_later(seconds)}" if seconds is not None else ""
+    return words + f", median {_sooner_or_later(reduction['median'])} in epochs{spread}{clock}"
+
+
+def _signed_percent(fraction: float) -> str:
+    return f"{100 * fraction:+.0f} %"
 
 
 SAME = {"time": 0.01, "loss": 0.01, "accuracy": 0.001}
-"""Changes within these margins read as "about the same": 1 % of the time to a target, 1 % of
+"""Changes within these margins read as "about the same": 1 % of the epochs to a target, 1 % of
 the final train loss, 0.1 accuracy point."""
 
 
@@ -156,22 +174,40 @@ def _side(gain: float | None, margin: float) -> str:
     return "worse"
 
 
+def no_effect(m: dict[str, Any]) -> str | None:
+    """Why a PDT method cannot have had an effect, or ``None``: no prediction ran on any seed (the
+    run was not longer than the start epoch T0), or no prediction accepted an element."""
+    if not m.get("pdt"):
+        return None
+    if (m["predictions"]["max"] or 0) == 0:
+        return "no prediction ran (the runs were not longer than the start epoch T0)"
+    if (m["accepting_predictions"]["max"] or 0) == 0:
+        return "its predictions accepted no element"
+    return None
+
+
 def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_name: str) -> str:
     """One plain-words line: where method ``name`` did and did not help relative to the reference.
 
-    Everything is read off the numbers: the times by their median reduction (a median over
-    runs that missed the target counts them as infinitely late; no median counts as worse),
-    the final train loss by its mean ratio to the reference's, the final accuracy by the
-    difference of means. Changes within :data:`SAME` are "about the same"; a diverged run
-    counts against stability.
+    The targets are judged in epochs over seeds: the median reduction in epochs to the reference's
+    best train loss and best validation accuracy (a run that missed counts as infinitely late; no
+    median counts as worse), with the spread across seeds and the reduction in seconds beside,
+    never deciding. Then the final train loss by its mean ratio to the reference's and the final
+    accuracy by the difference of means. Changes within :data:`SAME` are "about the same"; a
+    diverged run counts against stability. A PDT method whose predictions never ran or never
+    accepted anything is said to have had no effect, whatever its numbers; one seed is said too.
     """
     if m["compared"] == 0:
         return f"**{name}**: not compared (no successful {reference_name} run of the same seed)."
+    caveat = " (one seed: no spread, read with care)" if m["compared"] == 1 else ""
+    nothing = no_effect(m)
+    if nothing is not None:
+        return f"**{name}**: no effect to report: {nothing}{caveat}."
     ratio = m["final_loss_ratio"]["mean"]
     acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
     sides = {
-        "time to the best train loss": _side(m["reduction_loss"]["median"], SAME["time"]),
-        "time to the best accuracy": _side(m["reduction_acc"]["median"], SAME["time"]),
+        "epochs to the best train loss": _side(m["reduction_loss_epochs"]["median"], SAME["time"]),
+        "epochs to the best accuracy": _side(m["reduction_acc_epochs"]["median"], SAME["time"]),
         "final train loss": _side(1 - ratio, SAME["loss"]),
         "final accuracy": _side(acc_delta, SAME["accuracy"]),
     }
@@ -182,15 +218,15 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
         return ", ".join(a for a, s in sides.items() if s == side) or "nothing"
 
     facts = [
-        _ttb_words(m, "loss", "best train loss", reference_name),
-        _ttb_words(m, "acc", "best validation accuracy", reference_name),
+        _epochs_words(m, "loss", "best train loss", reference_name),
+        _epochs_words(m, "acc", "best validation accuracy", reference_name),
         f"final train loss {ratio:.3g}× the {reference_name}'s",
         f"final accuracy {100 * acc_delta:+.2f} points",
     ]
     if m["diverged"]:
         facts.append(f"diverged on {m['diverged']}/{m['runs']} runs")
     return (
-        f"**{name}** helped with: {listed('helped')}; about the same: {listed('same')}; "
+        f"**{name}**{caveat} helped with: {listed('helped')}; about the same: {listed('same')}; "
         f"did not help with: {listed('worse')}. It {'; '.join(facts)}."
     )
 

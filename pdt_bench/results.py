@@ -1,48 +1,208 @@
 """``pdt-bench results``: one Markdown page over a whole study (the directories of several compares).
 
-For every study directory (a ``compare`` output with ``summary.json``) the page gives the
-command, PDT's and each peer's median TTB-Loss reduction against the baseline (in seconds and
-in epochs), the final-loss ratio and the accuracy, checks the targets in :data:`TARGETS`, and
-copies each study's report, summary and plots next to the page; the toy problem's table (``toy.txt`` in
-the study directory, the output of ``pdt-bench toy``) closes the page.
+The page opens with a headline table, one row per study: epochs to the baseline's best training
+loss for PDT and for every control (median over seeds, min-max beside), the final accuracies, and
+one sentence of verdict. Each study's section follows with every method, the study's targets (read
+from a JSON file beside the study script, never from code) checked against the measured medians,
+and a link to its full report. Every verdict is judged in epochs over seeds; seconds stand beside.
+
+A targets file maps a study directory's name to what it must show::
+
+    {"cifar10-fcn-paper": {"reduction": 0.3, "accuracy_tolerance": 0.003,
+                            "ahead_of": ["random-mask", "pdt-linear"], "budget": true}}
+
+``reduction``: PDT's median reduction in epochs to the baseline's best training loss;
+``accuracy_tolerance``: how far PDT's mean final accuracy may fall below the baseline's;
+``ahead_of``: controls PDT's median must beat; ``budget``: at epoch E, PDT's training loss must be
+below that of the baseline compressed to E epochs (``baseline@epochs=E``), seed by seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
+import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGETS", "add_command", "write_results"]
+from .metrics import by_method
+from .records import load_runs
+from .report import no_effect
 
-TARGETS: dict[str, float] = {"mnist1d-mlp-sgd": 0.5, "mnist1d-mlp-sgd-best-lr": 0.4}
-"""Median TTB-Loss reduction PDT must reach, by study directory name; every other study: 20 %."""
-DEFAULT_TARGET = 0.2
-ACCURACY_TOLERANCE = 0.003
-"""PDT's final accuracy may be at most 0.3 points below the baseline's."""
-PEERS = ("lookahead", "nonselective", "random-mask")
+__all__ = ["add_command", "write_results"]
+
+PDT = "pdt"
+CONTROLS = (
+    "pdt-reference",
+    "random-mask",
+    "pdt-linear",
+    "nonselective",
+    "lookahead",
+    "ema",
+    "schedule-free",
+)
+"""Columns of the headline table after PDT, when a study has them."""
 
 
 def _pct(x: float | None) -> str:
     return "n/r" if x is None else f"{100 * x:+.0f}%"
 
 
-def _row(name: str, m: dict[str, Any], base: dict[str, Any]) -> list[str]:
+def _epochs(m: dict[str, Any]) -> str:
+    """Median epochs to the target with the seeds' range and how many reached it: ``12 (10–14) 3/3``."""
+    if (cell := _no_effect_words(m)) is not None:
+        return cell
+    e = m["ttb_loss_epochs"]
+    if e["n"] == 0:
+        return f"n/r 0/{e['of']}"
+    median = "n/r" if e["median"] is None else f"{e['median']:g}"
+    high = "n/r" if e["max"] is None else f"{e['max']:g}"
+    spread = f" ({e['min']:g}–{high})" if e["of"] > 1 else ""
+    return f"{median}{spread} {e['n']}/{e['of']}"
+
+
+def _no_effect_words(m: dict[str, Any]) -> str | None:
+    reason = no_effect(m)
+    if reason is None:
+        return None
+    return "no prediction" if reason.startswith("no prediction") else "none accepted"
+
+
+def _acc(m: dict[str, Any]) -> str:
     acc = m["final_val_acc"]["mean"]
-    gap = None if acc is None or base["final_val_acc"]["mean"] is None else acc - base["final_val_acc"]["mean"]
-    ratio = m["final_loss_ratio"]["median"]
-    return [
-        name,
-        _pct(m["reduction_loss"]["median"]),
-        _pct(m["reduction_loss_epochs"]["median"]),
-        f"{m['never_reached_loss']}/{m['compared']}",
-        "-" if ratio is None else f"{ratio:.3f}",
-        "-" if acc is None else f"{100 * acc:.2f}",
-        "-" if gap is None else f"{100 * gap:+.2f}",
-        f"{m['diverged']}/{m['runs']}",
+    return "-" if acc is None else f"{100 * acc:.2f}"
+
+
+def _budget_name(methods: dict[str, Any], reference: str) -> str | None:
+    names = [n for n in methods if n.startswith(f"{reference}@epochs=")]
+    return names[0] if names else None
+
+
+def _budget_check(directory: Path, methods: dict[str, Any], reference: str) -> tuple[str, bool] | None:
+    """PDT's training loss at epoch E against the compressed baseline's final one, per seed."""
+    name = _budget_name(methods, reference)
+    if name is None or PDT not in methods:
+        return None
+    e = int(name.split("=")[1])
+    runs = by_method(load_runs(directory))
+    pdt = {r["seed"]: r["epochs"] for r in runs[PDT]}
+    pairs = []
+    for r in runs[name]:
+        if r["seed"] in pdt and len(pdt[r["seed"]]) >= e and not r["diverged"]:
+            pairs.append((pdt[r["seed"]][e - 1]["train_loss"], r["epochs"][-1]["train_loss"]))
+    if not pairs:
+        return None
+    below = sum(p < b for p, b in pairs)
+    ours = statistics.median(p for p, _ in pairs)
+    theirs = statistics.median(b for _, b in pairs)
+    line = (
+        f"at epoch {e}, PDT's training loss {ours:.4g} against {theirs:.4g} for `{name}` (the baseline with its "
+        f"whole schedule in {e} epochs), medians; PDT lower on {below}/{len(pairs)} seeds"
+    )
+    return line, below == len(pairs)
+
+
+def _checks(name: str, directory: Path, summary: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """The study's targets, each stated with the measured value and reached or not."""
+    methods, reference = summary["methods"], summary["reference"]
+    pdt, base = methods.get(PDT), methods[reference]
+    if pdt is None:
+        return [f"no `{PDT}` runs"]
+    lines = []
+    got = pdt["reduction_loss_epochs"]
+    seconds = pdt["reduction_loss"]["median"]
+    acc_gap = pdt["final_val_acc"]["mean"] - base["final_val_acc"]["mean"]
+    if "reduction" in targets:
+        want, tolerance = targets["reduction"], targets.get("accuracy_tolerance", 0.003)
+        ok = got["median"] is not None and got["median"] >= want and acc_gap >= -tolerance
+        lines.append(
+            f"PDT ≥ {100 * want:.0f}% fewer epochs to the {reference}'s best training loss (median of "
+            f"{got['of']} seeds) with final accuracy at most {100 * tolerance:.1f} points lower: measured "
+            f"{_pct(got['median'])} (seeds {_pct(got['min'])} to {_pct(got['max'])}; {_pct(seconds)} in seconds), "
+            f"accuracy {100 * acc_gap:+.2f} points: " + ("**reached**" if ok else "**not reached**")
+        )
+    for peer in targets.get("ahead_of", []):
+        if peer not in methods:
+            lines.append(f"PDT ahead of `{peer}`: **not run**")
+            continue
+        theirs = methods[peer]["reduction_loss_epochs"]["median"]
+        ok = got["median"] is not None and (theirs is None or got["median"] > theirs)
+        lines.append(
+            f"PDT ahead of `{peer}`: {_pct(got['median'])} against {_pct(theirs)}: "
+            + ("**reached**" if ok else "**not reached**")
+        )
+    if targets.get("budget"):
+        checked = _budget_check(directory, methods, reference)
+        if checked is None:
+            lines.append("PDT below the budget-matched baseline at epoch E: **not run**")
+        else:
+            line, ok = checked
+            lines.append(
+                f"PDT below the budget-matched baseline: {line}: " + ("**reached**" if ok else "**not reached**")
+            )
+    return lines
+
+
+def _sentence(summary: dict[str, Any]) -> str:
+    """One sentence of verdict for a study's headline row, judged in epochs."""
+    methods, reference = summary["methods"], summary["reference"]
+    pdt = methods.get(PDT)
+    if pdt is None:
+        return "PDT not run."
+    if (reason := no_effect(pdt)) is not None:
+        return f"No effect to report: {reason}."
+    seeds = pdt["compared"]
+    median = pdt["reduction_loss_epochs"]["median"]
+    acc = 100 * (pdt["final_val_acc"]["mean"] - methods[reference]["final_val_acc"]["mean"])
+    one = " One seed only." if seeds == 1 else ""
+    if median is None:
+        return f"PDT did not reach the {reference}'s best loss on most seeds; accuracy {acc:+.2f} points.{one}"
+    controls = [c for c in CONTROLS if c in methods]
+    better = [c for c in controls if (methods[c]["reduction_loss_epochs"]["median"] or -1e9) >= median]
+    if abs(median) < 0.005:
+        words = f"PDT needs as many epochs as the {reference}, accuracy {acc:+.2f} points"
+    else:
+        direction = "fewer" if median > 0 else "more"
+        words = f"PDT needs {abs(100 * median):.0f}% {direction} epochs, accuracy {acc:+.2f} points"
+    words += f"; as fast or faster: {', '.join(better)}." if better else "; ahead of every control run."
+    return words + one
+
+
+def _study_table(summary: dict[str, Any]) -> str:
+    methods, reference = summary["methods"], summary["reference"]
+    base_acc = methods[reference]["final_val_acc"]["mean"]
+    rows = []
+    for name, m in methods.items():
+        gap = m["final_val_acc"]["mean"]
+        ratio = m["final_loss_ratio"]["median"]
+        accepted = m["accepted_ratio"]["mean"]
+        red = m["reduction_loss_epochs"]
+        rows.append(
+            [
+                name,
+                _epochs(m),
+                _pct(red["median"]),
+                _pct(m["reduction_loss"]["median"]),
+                "-" if ratio is None else f"{ratio:.3f}",
+                _acc(m),
+                "-" if gap is None or base_acc is None else f"{100 * (gap - base_acc):+.2f}",
+                "-" if accepted is None else f"{100 * accepted:.1f}",
+                f"{m['diverged']}/{m['runs']}",
+            ]
+        )
+    headers = [
+        "method",
+        "epochs to target (range) reached",
+        "reduction (epochs)",
+        "(seconds)",
+        "final-loss ratio",
+        "final acc %",
+        "vs base",
+        "accepted %",
+        "diverged",
     ]
+    return _table(headers, rows)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -50,83 +210,70 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _reduction(m: dict[str, Any] | None) -> float:
-    value = None if m is None else m["reduction_loss_epochs"]["median"]
-    return float("-inf") if value is None else value
-
-
-def _check(name: str, methods: dict[str, Any]) -> tuple[str, bool | None]:
-    """The study's target, stated with the measured value: (line, reached or None if no PDT run)."""
-    pdt, base = methods.get("pdt"), methods["baseline"]
-    if pdt is None:
-        return f"{name}: no `pdt` runs", None
-    want = TARGETS.get(name, DEFAULT_TARGET)
-    got = pdt["reduction_loss_epochs"]["median"]
-    acc_gap = pdt["final_val_acc"]["mean"] - base["final_val_acc"]["mean"]
-    ok = got is not None and got >= want and acc_gap >= -ACCURACY_TOLERANCE
-    measured = f"median TTB-Loss reduction {_pct(got)} in epochs ({_pct(pdt['reduction_loss']['median'])} in seconds)"
-    line = (
-        f"{name}: target ≥ {100 * want:.0f}% with final accuracy no more than {100 * ACCURACY_TOLERANCE:.1f} "
-        f"points lower; measured {measured}, accuracy {100 * acc_gap:+.2f} points: "
-        + ("**reached**" if ok else "**not reached**")
-    )
-    return line, ok
-
-
-def write_results(study: Path, out: Path, preamble: str = "") -> Path:
-    """Write ``out`` (Markdown) from every ``compare`` directory under ``study``; copy reports beside it."""
-    assets = out.with_suffix("")
-    rows_by_study = []
-    checks = []
-    peers_beaten = []
-    for summary_path in sorted(study.glob("*/summary.json")):
-        directory = summary_path.parent
-        summary = json.loads(summary_path.read_text())
-        methods = summary["methods"]
-        base = methods[summary["reference"]]
-        rows = [_row(n, m, base) for n, m in methods.items()]
-        rows_by_study.append((directory.name, summary, rows))
-        line, ok = _check(directory.name, methods)
-        checks.append(line)
-        if ok is not None and any(p in methods for p in PEERS):
-            beaten = [p for p in PEERS if p in methods and _reduction(methods["pdt"]) > _reduction(methods[p])]
-            peers_beaten.append((directory.name, beaten, [p for p in PEERS if p in methods]))
-        target = assets / directory.name
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        shutil.copy(directory / "report.md", target / "report.md")
-        shutil.copy(summary_path, target / "summary.json")
-        if (directory / "plots").exists():
-            shutil.copytree(directory / "plots", target / "plots")
-
-    headers = ["method", "TTB-Loss red. (s)", "(epochs)", "never reached", "final-loss ratio", "final acc %", "vs base"]
-    headers.append("diverged")
-    parts = [preamble.strip(), "## Targets", "\n".join(f"- {c}" for c in checks)]
-    if peers_beaten:
-        ahead = sum(len(b) == len(all_) for _, b, all_ in peers_beaten)
-        parts.append(
-            f"- PDT ahead of {', '.join(PEERS)} (median TTB-Loss reduction in epochs): on {ahead} of "
-            f"{len(peers_beaten)} studies; "
-            + "; ".join(f"{name}: ahead of {', '.join(b) or 'none'}" for name, b, _ in peers_beaten)
+def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
+    present = [c for c in CONTROLS if any(c in s["methods"] for _, _, s in studies)]
+    headers = ["study", "seeds", "baseline", PDT, *present, "budget-matched", "acc base / PDT", "verdict"]
+    rows = []
+    for name, _, summary in studies:
+        methods, reference = summary["methods"], summary["reference"]
+        base = methods[reference]
+        budget = _budget_name(methods, reference)
+        pdt = methods.get(PDT)
+        rows.append(
+            [
+                name,
+                str(base["runs"]),
+                _epochs(base),
+                _epochs(pdt) if pdt else "-",
+                *(_epochs(methods[c]) if c in methods else "-" for c in present),
+                f"{budget.split('@')[1]}: {_epochs(methods[budget])}" if budget else "-",
+                f"{_acc(base)} / {_acc(pdt) if pdt else '-'}",
+                _sentence(summary),
+            ]
         )
-    for name, summary, rows in rows_by_study:
-        rel = f"{assets.name}/{name}"
+    return _table(headers, rows)
+
+
+def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None, preamble: str = "") -> Path:
+    """Write ``out`` (Markdown) over every ``compare`` directory under ``study``; links point at them."""
+    targets = targets or {}
+    studies = []
+    for summary_path in sorted(study.glob("*/summary.json")):
+        studies.append((summary_path.parent.name, summary_path.parent, json.loads(summary_path.read_text())))
+    if not studies:
+        raise ValueError(
+            f"no study under {study}: expected one `pdt-bench compare` output per sub-directory "
+            f"({study}/<name>/summary.json)"
+            + (f"; {study} itself is a single compare output" if (study / "summary.json").exists() else "")
+        )
+    parts = [
+        preamble.strip(),
+        "## Headline\n\nEpochs to the baseline's best training loss: median over seeds (min–max), then how many "
+        "seeds reached it; 'n/r': not reached; 'no prediction': PDT never predicted. 'budget-matched': the "
+        "baseline with its whole learning-rate schedule compressed to E epochs (E = PDT's median).\n\n"
+        + _headline(studies),
+    ]
+    for name, directory, summary in studies:
+        rel = Path(os.path.relpath(directory, out.parent)).as_posix()
+        checks = _checks(name, directory, summary, targets.get(name, {}))
+        seeds = ", ".join(str(s) for s in summary["seeds"])
         parts.append(
-            f"## {name}\n\n{summary['methods'][summary['reference']]['runs']} seeds; full report: "
-            f"[{rel}/report.md]({rel}/report.md)\n\n{_table(headers, rows)}\n\n"
-            f"![training loss]({rel}/plots/train_loss.png)"
+            f"## {name}\n\nSeeds {seeds}; full report with settings and plots: [{rel}/report.md]({rel}/report.md)\n\n"
+            + "\n".join(f"- {c}" for c in checks)
+            + f"\n\n{_study_table(summary)}\n\n![training loss]({rel}/plots/train_loss.png)"
         )
     toy = study / "toy.txt"
     if toy.exists():
         parts.append(f"## Toy problem (`pdt-bench toy`)\n\n```\n{toy.read_text().strip()}\n```")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n\n".join(p for p in parts if p) + "\n")
     return out
 
 
 def _results(args: argparse.Namespace) -> int:
     preamble = args.preamble.read_text() if args.preamble else ""
-    print(f"results: {write_results(args.study, args.out, preamble)}")
+    targets = json.loads(args.targets.read_text()) if args.targets else {}
+    print(f"results: {write_results(args.study, args.out, targets, preamble)}")
     return 0
 
 
@@ -134,6 +281,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     """The ``pdt-bench results`` sub-command."""
     p = sub.add_parser("results", help="one Markdown page over a study's compare directories")
     p.add_argument("study", type=Path, help="directory holding one compare output per sub-directory")
-    p.add_argument("--out", type=Path, default=Path("docs/results.md"), help="page to write (default docs/results.md)")
+    p.add_argument("--out", type=Path, required=True, help="page to write (e.g. docs/results.md)")
+    p.add_argument("--targets", type=Path, help="JSON: study name -> targets (see pdt_bench.results)")
     p.add_argument("--preamble", type=Path, help="Markdown placed at the top (how the study was run)")
     p.set_defaults(func=_results)

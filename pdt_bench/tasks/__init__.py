@@ -37,6 +37,8 @@ class TaskOptions:
     """Image side for image tasks (None: the task's default)."""
     width: int | None = None
     """Width knob of the model (hidden size, channels; None: the task's CPU default)."""
+    augment: bool = False
+    """Image tasks: augment training batches (crop + flip), the practitioner's setting; the paper did not."""
     tiny: bool = False
     """A few hundred samples and the smallest model: for tests."""
 

@@ -3,40 +3,9 @@
 import math
 
 import pytest
+from fake_runs import make_run
 
 from pdt_bench.metrics import best, describe, run_row, summarize, time_to_target
-
-
-def make_run(method, seed, losses, accs, seconds_per_epoch=2.0, batch_losses=None, pdt=None, diverged=False):
-    """A run record with the given curves; epoch ``i`` ends at ``i * seconds_per_epoch`` seconds."""
-    pdt = pdt or [None] * len(losses)
-    epochs = [
-        {
-            "epoch": i + 1,
-            "train_time": (i + 1) * seconds_per_epoch,
-            "pdt_time": 0.5 if stats and stats["predicted"] else 0.0,
-            "eval_time": 0.1,
-            "train_loss": loss,
-            "batch_loss": (batch_losses or losses)[i],
-            "train_acc": acc,
-            "val_loss": loss,
-            "val_acc": acc,
-            "lr": 0.1,
-            "pdt": stats,
-        }
-        for i, (loss, acc, stats) in enumerate(zip(losses, accs, pdt))
-    ]
-    return {
-        "task": "hand",
-        "method": method,
-        "seed": seed,
-        "config": {"seed": seed, "method": method, "lr": 0.1},
-        "epochs": epochs,
-        "param_types": {"w": "Linear"},
-        "overhead": {},
-        "diverged": diverged,
-    }
-
 
 # Seed 0: the baseline's best loss 0.25 comes at its last epoch (10 s); its best accuracy 0.8 at epoch 3 (6 s).
 BASE0 = make_run("baseline", 0, [1.0, 0.6, 0.4, 0.3, 0.25], [0.5, 0.7, 0.8, 0.8, 0.79])
@@ -126,13 +95,24 @@ def test_authors_batch_loss_definition_is_measured_separately():
 
 
 def test_describe():
-    assert describe([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "median": 2.0, "n": 2, "of": 2}
+    assert describe([1.0, 3.0]) == {
+        "mean": 2.0,
+        "std": pytest.approx(math.sqrt(2)),
+        "median": 2.0,
+        "min": 1.0,
+        "max": 3.0,
+        "n": 2,
+        "of": 2,
+    }
     assert describe([1.0, 2.0, None])["median"] == 2.0  # a miss ranks last
     assert describe([1.0, None])["median"] is None  # half missed: the median is a miss
     assert describe([None, -1.0, 0.5], missing=-math.inf)["median"] == -1.0
     one = describe([4.0, None])
     assert (one["mean"], one["std"], one["n"], one["of"]) == (4.0, 0.0, 1, 2)
-    assert describe([]) == {"mean": None, "std": None, "median": None, "n": 0, "of": 0}
+    assert describe([]) == {"mean": None, "std": None, "median": None, "min": None, "max": None, "n": 0, "of": 0}
+    # The spread counts a miss too: a reduction that never came is the lowest one, and has no value.
+    spread = describe([0.3, None, 0.5], missing=-math.inf)
+    assert (spread["min"], spread["max"], spread["median"]) == (None, 0.5, 0.3)
 
 
 def test_summary_per_method():
@@ -153,7 +133,7 @@ def test_summary_per_method():
 
     slow = methods["slow"]
     # Reached on seed 0 only: mean over that seed, the miss counted, no median (half missed).
-    assert slow["ttb_loss_s"] == {"mean": 15.0, "std": 0.0, "median": None, "n": 1, "of": 2}
+    assert slow["ttb_loss_s"] == {"mean": 15.0, "std": 0.0, "median": None, "min": 15.0, "max": None, "n": 1, "of": 2}
     assert slow["reduction_loss"]["mean"] == pytest.approx(-0.5) and slow["reduction_loss"]["median"] is None
     assert slow["never_reached_loss"] == 1
     assert slow["accepted_ratio"]["n"] == 0  # no PDT: nothing to average
@@ -161,7 +141,7 @@ def test_summary_per_method():
     wild = methods["wild"]
     # The diverged seed is left out of every statistic and counted.
     assert (wild["runs"], wild["diverged"], wild["compared"]) == (2, 1, 1)
-    assert wild["ttb_loss_s"] == {"mean": 8.0, "std": 0.0, "median": 8.0, "n": 1, "of": 1}
+    assert wild["ttb_loss_s"] == {"mean": 8.0, "std": 0.0, "median": 8.0, "min": 8.0, "max": 8.0, "n": 1, "of": 1}
     assert wild["final_val_acc"]["mean"] == 0.75
     assert all(math.isfinite(s["mean"]) for s in wild.values() if isinstance(s, dict) and s["n"])
 

@@ -174,10 +174,10 @@ def test_report(study):
     assert set(verdicts) == {"pdt", "slow", "nonselective"}
     # pdt reaches the loss target on every seed, sooner on the clock, and ends lower.
     assert (
-        "helped with: time to the best train loss, time to the best accuracy, final train loss, final accuracy;"
+        "helped with: epochs to the best train loss, epochs to the best accuracy, final train loss, final accuracy;"
         in (verdicts["pdt"])
     )
-    assert "on 3/3 runs, median" in verdicts["pdt"] and "sooner" in verdicts["pdt"]
+    assert "on 3/3 runs, median" in verdicts["pdt"] and "sooner in epochs (seeds: +" in verdicts["pdt"]
     assert (
         "helped with: nothing" in verdicts["slow"]
         and "never reached the baseline's best train loss" in (verdicts["slow"])
@@ -189,8 +189,8 @@ def test_verdict_reads_small_differences_as_about_the_same():
     runs = [synthetic_run(m, s) for m in ("baseline", "twin") for s in range(2)]
     methods = metrics.summarize(runs)["methods"]
     line = report.verdict("twin", methods["twin"], methods["baseline"], "baseline")
-    assert "helped with: nothing; about the same: time to the best train loss, time to the best accuracy," in line
-    assert "did not help with: nothing." in line and "median at the same time" in line
+    assert "helped with: nothing; about the same: epochs to the best train loss, epochs to the best accuracy," in line
+    assert "did not help with: nothing." in line and "median at the same time in epochs" in line
 
 
 def test_flops_to_the_reference_best_count_model_and_pdt_work(study):

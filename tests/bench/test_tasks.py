@@ -103,18 +103,22 @@ def test_an_unknown_class_folder_is_an_error(tmp_path):
 # CIFAR-10 tasks
 
 
-def test_cifar_batches_are_normalised_and_augmented_reproducibly(cifar_root, tmp_path):
+def test_cifar_batches_follow_the_paper_unless_augmented(cifar_root, tmp_path):
     task = tasks.build("cifar10-fcn", opts(cifar_root, tmp_path, tiny=True))
     assert task.x_train.dtype == torch.uint8 and len(task.x_train) == 40 and len(task.x_val) == 8
+    assert task.defaults["epochs"] == 60 and "no augmentation (paper)" in task.description
     x = task.x_train[:16]
     val = task.prepare(x, False)
     assert val.dtype == torch.float32 and torch.equal(val, task.prepare(x, False))
-    expected = (x.float() / 255 - torch.tensor(cifar10.MEAN).view(3, 1, 1)) / torch.tensor(cifar10.STD).view(3, 1, 1)
-    torch.testing.assert_close(val, expected)
+    torch.testing.assert_close(val, x.float() / 127.5 - 1.0)  # the paper's mean = std = 0.5
+    assert torch.equal(task.prepare(x, True), val)  # the paper does not augment
+    practical = tasks.build("cifar10-fcn", opts(cifar_root, tmp_path, tiny=True, augment=True))
+    assert "crop+flip (practical)" in practical.description
     torch.manual_seed(0)
-    a = task.prepare(x, True)
+    a = practical.prepare(x, True)
     torch.manual_seed(0)
-    assert torch.equal(a, task.prepare(x, True)) and not torch.equal(a, val)
+    assert torch.equal(a, practical.prepare(x, True)) and not torch.equal(a, val)
+    assert torch.equal(practical.prepare(x, False), val)
     big = tasks.build("cifar10-fcn", opts(cifar_root, tmp_path, tiny=True, img_size=48)).prepare(x, True)
     assert big.shape == (16, 3, 48, 48)
 

@@ -1,0 +1,76 @@
+"""The controls a skeptic asks for first, beside PDT: what each changes in the training loop.
+
+* **EMA of the weights** (``ema``): :class:`torch.optim.swa_utils.AveragedModel` with an exponential
+  average :math:`\\bar w \\leftarrow d\\,\\bar w + (1 - d)\\,w` after every optimizer step (buffers
+  averaged too, so BatchNorm statistics follow the averaged weights); the averaged model is the one
+  evaluated, and its full-pass training loss is the one TTB reads.
+* **Schedule-free** (``schedule-free``): ``schedulefree.SGDScheduleFree`` for the SGD tasks,
+  ``AdamWScheduleFree`` for Adam/AdamW, with no learning-rate schedule (one epoch of warm-up) and the
+  package's ``train()``/``eval()`` protocol. Its evaluation point :math:`x` is not the point the
+  gradients were taken at, so BatchNorm statistics are recomputed at :math:`x` before evaluating
+  (the package's documented recipe), on the clock.
+* **Same mask, plain forecast** (``pdt-linear``): PDT decides which elements jump; those elements
+  get :math:`w + \\tau\\Delta` (the optimizer's last epoch step, extrapolated linearly) instead of the
+  DMD forecast. PDT keeps the optimizer's weights in its history (``history_after_jump="optimizer"``,
+  the default), so replacing the assembled values afterwards changes nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LinearForecast", "recompute_batch_norm", "schedule_free_optimizer"]
+
+BN_BATCHES = 20
+"""Training batches that re-estimate BatchNorm statistics for schedule-free evaluation."""
+SCHEDULE_FREE_LR_SCALE = {"sgd": 10.0, "sgd-momentum": 10.0, "adam": 1.0, "adamw": 1.0}
+"""The schedule-free learning rate over the task's, unless the method sets its own: the low end of the
+package's guidance (SGD 10-50x, AdamW 1-10x the scheduled rate)."""
+
+
+def schedule_free_optimizer(
+    name: str, params: Iterable[Tensor], lr: float, weight_decay: float, warmup_steps: int
+) -> torch.optim.Optimizer:
+    """The schedule-free twin of optimizer ``name`` (``sgd``/``sgd-momentum``, ``adam``/``adamw``)."""
+    try:
+        import schedulefree
+    except ImportError:
+        raise ValueError(
+            "the schedule-free method needs the schedulefree package: pip install 'torch-pdt[bench]'"
+        ) from None
+    if name in ("sgd", "sgd-momentum"):
+        return schedulefree.SGDScheduleFree(params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+    if name in ("adam", "adamw"):
+        return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+    raise ValueError(f"schedule-free has no twin of optimizer {name!r}; use sgd, sgd-momentum, adam or adamw")
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: nn.Module, batches: Sequence[Tensor]) -> None:
+    """Re-estimate every BatchNorm's running statistics from ``batches`` (prepared inputs) at the current
+    weights, as :func:`torch.optim.swa_utils.update_bn` does, leaving the model's mode as it was."""
+    torch.optim.swa_utils.update_bn(batches, model)
+
+
+class LinearForecast:
+    """Remembers the optimizer's weights of the last epoch; after PDT's step, puts
+    :math:`w^{opt} + \\tau\\,(w^{opt} - w^{opt}_{prev})` where PDT accepted its forecast."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        self.previous = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def step(self, optimizer_weights: Sequence[Tensor], horizon: int) -> None:
+        """``optimizer_weights``: the parameters as the optimizer left them, before PDT's step."""
+        for p, w, prev in zip(self.params, optimizer_weights, self.previous):
+            accepted = p != w
+            p.copy_(torch.where(accepted, w + horizon * (w - prev), w))
+            prev.copy_(w)

@@ -1,0 +1,166 @@
+"""The skeptic's controls: budget-matched baseline, same mask with a linear forecast, EMA, schedule-free;
+and the verdict on hand-made curves where no prediction ran, nothing was accepted, or one seed ran."""
+
+import math
+
+import pytest
+import torch
+from fake_data import write_cifar_pickles
+from fake_runs import make_run
+
+from pdt_bench import metrics, peers, report, tasks
+from pdt_bench.compare import budget_methods
+from pdt_bench.methods import EMA_DECAY, parse_method
+from pdt_bench.train import RunConfig, run
+from torch_pdt import PDT
+
+TINY = tasks.TaskOptions(tiny=True)
+QUICK = dict(epochs=3, history=2, start_epoch=1, interval=0, task_options=TINY)
+
+
+def test_method_suffixes_combine_and_bad_ones_are_named():
+    m = parse_method("schedule-free@lr=0.5@epochs=30")
+    assert (m.schedule_free, m.lr, m.epochs) == (True, 0.5, 30)
+    assert parse_method("ema").ema_decay == EMA_DECAY and parse_method("ema@decay=0.9").ema_decay == 0.9
+    assert parse_method("baseline@lrx2@epochs=7").lr_scale == 2.0
+    for bad, words in [
+        ("baseline@epochs=0", "bad value"),
+        ("baseline@epochs=x", "bad suffix"),
+        ("baseline@decay=0.9", "bad value"),  # only ema has a decay
+        ("ema@decay=1.5", "bad value"),
+        ("pdt@tau=3", "bad suffix"),
+        ("nope@lrx2", "unknown method"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            parse_method(bad)
+
+
+def test_budget_sweep_names_the_compressed_baselines():
+    assert budget_methods("baseline", [0.25, 0.5, 1.0], 60) == ["baseline@epochs=15", "baseline@epochs=30"]
+    assert budget_methods("baseline", [0.001, 0.002], 60) == ["baseline@epochs=1"]
+
+
+def test_budget_matched_baseline_anneals_its_whole_schedule_into_its_epochs():
+    r = run(RunConfig("mnist1d-mlp", "baseline@epochs=4", epochs=12, lr=0.1, eta_min=0.001, task_options=TINY))
+    assert [e["epoch"] for e in r["epochs"]] == [1, 2, 3, 4] and r["config"]["epochs"] == 4
+    # The lr after each epoch's schedule step: cosine from 0.1 to 0.001 over 4 epochs, not 12.
+    expected = [0.001 + (0.1 - 0.001) * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)]
+    assert [e["lr"] for e in r["epochs"]] == pytest.approx(expected)
+    assert r["epochs"][-1]["lr"] == pytest.approx(0.001)
+
+
+def _train_epoch(model, opt, x, y):
+    for i in range(0, len(y), 8):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i : i + 8]), y[i : i + 8]).backward()
+        opt.step()
+
+
+def test_linear_forecast_keeps_the_mask_and_extrapolates_the_last_step():
+    """Up to the first prediction two twins train identically; there PDT's mask must be the same and the
+    accepted elements of the linear twin must sit at w + tau * (w - w_prev)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    twins = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        twins.append((model, opt, PDT(opt, history=3, horizon=4, start_epoch=3, interval=0)))
+    (model_a, opt_a, pdt_a), (model_b, opt_b, pdt_b) = twins
+    linear = peers.LinearForecast(pdt_b.params)
+    previous = [p.detach().clone() for p in pdt_b.params]
+    for epoch in range(4):
+        for model, opt, _ in twins:
+            _train_epoch(model, opt, x, y)
+        optimizer_weights = [p.detach().clone() for p in pdt_b.params]
+        stats = pdt_a.step()
+        pdt_b.step()
+        linear.step(optimizer_weights, 4)
+        if stats["predicted"]:
+            break
+        previous = optimizer_weights
+    assert stats["predicted"] and 0 < stats["accepted"] < stats["numel"]
+    for a, b, w, prev in zip(pdt_a.params, pdt_b.params, optimizer_weights, previous):
+        mask = a != w
+        torch.testing.assert_close(b[mask], (w + 4 * (w - prev))[mask], rtol=0, atol=1e-6)
+        assert torch.equal(b[~mask], w[~mask])
+    accepted = sum(int((b != w).sum()) for b, w in zip(pdt_b.params, optimizer_weights))
+    assert accepted == stats["accepted"]
+
+
+def test_ema_trains_as_the_baseline_and_evaluates_the_average():
+    base = run(RunConfig("mnist1d-mlp", "baseline", **QUICK))
+    ema = run(RunConfig("mnist1d-mlp", "ema", **QUICK))
+    instant = run(RunConfig("mnist1d-mlp", "ema@decay=1e-9", **QUICK))
+    batch = [[e["batch_loss"] for e in r["epochs"]] for r in (base, ema, instant)]
+    assert batch[0] == batch[1] == batch[2]  # the average never feeds back into training
+    full = [[e["train_loss"] for e in r["epochs"]] for r in (base, ema, instant)]
+    assert full[1] != full[0]  # the averaged model is the one evaluated
+    assert full[2] == pytest.approx(full[0], rel=1e-5)  # with no memory the average is the model
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_cifar_pickles(root, per_batch=64)
+    return tasks.TaskOptions(tiny=True, data_dir=root, cache_dir=root / "cache")
+
+
+@pytest.mark.parametrize("task", ["mnist1d-mlp", "cifar10-fcn"])
+def test_schedule_free_trains_without_a_schedule(task, tiny_cifar):
+    options = tiny_cifar if task.startswith("cifar") else TINY
+    r = run(RunConfig(task, "schedule-free", **(QUICK | {"task_options": options})))
+    assert not r["diverged"] and all(math.isfinite(e["train_loss"]) for e in r["epochs"])
+    lr = RunConfig(task, "baseline", task_options=options).resolved(tasks.build(task, options)).lr
+    assert r["config"]["lr"] == pytest.approx(10 * lr)  # SGD's schedule-free rate: 10x the scheduled one
+    assert len({e["lr"] for e in r["epochs"]}) == 1  # no learning-rate schedule
+    assert run(RunConfig(task, "schedule-free@lr=0.01", **(QUICK | {"task_options": options})))["config"]["lr"] == 0.01
+
+
+def test_schedule_free_recomputes_batch_norm_statistics_at_the_evaluation_point():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    batches = [torch.randn(16, 4) * 3 + 1 for _ in range(3)]
+    model.eval()
+    peers.recompute_batch_norm(model, batches)
+    with torch.no_grad():
+        out = torch.cat([model[0](b) for b in batches])
+    torch.testing.assert_close(model[1].running_mean, out.mean(0))
+    assert not model.training  # the mode is restored
+
+
+def _summary(pdt_stats, seeds=(0, 1)):
+    """The baseline's best loss 0.4 comes at epoch 3; pdt's curve reaches it at epoch 2 on seed 0, epoch 3
+    on the others."""
+    runs = [make_run("baseline", s, [1.0, 0.6, 0.4], [0.5, 0.6, 0.7]) for s in seeds]
+    runs += [make_run("pdt", s, [1.0, 0.35 if s == 0 else 0.45, 0.3], [0.5, 0.62, 0.71], pdt=pdt_stats) for s in seeds]
+    return metrics.summarize(runs)["methods"]
+
+
+def test_verdict_says_when_no_prediction_ran():
+    waited = [{"predicted": False, "accepted_ratio": 0.0}] * 3
+    methods = _summary(waited)
+    line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
+    assert "no effect to report: no prediction ran" in line and "sooner" not in line
+    headers, rows = report._rows({"methods": methods})
+    assert rows[1][headers.index("median % (epochs)")] == "no prediction"
+
+
+def test_verdict_says_when_predictions_accepted_nothing():
+    empty = [None, {"predicted": True, "accepted": 0, "accepted_ratio": 0.0}] + [
+        {"predicted": True, "accepted": 0, "accepted_ratio": 0.0}
+    ]
+    methods = _summary(empty)
+    line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
+    assert "its predictions accepted no element" in line
+
+
+def test_verdict_judges_epochs_over_seeds_and_flags_one_seed():
+    accepted = [None, {"predicted": True, "accepted": 3, "accepted_ratio": 0.3}] * 2
+    methods = _summary(accepted[:3])
+    line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
+    # Seed 0: 1 - 2/3 of the epochs; seed 1: 0; the median of two is their mean.
+    assert "median 16.7 % sooner in epochs (seeds: +0 % to +33 %)" in line and "one seed" not in line
+    one = _summary(accepted[:3], seeds=(0,))
+    assert "(one seed: no spread, read with care)" in report.verdict("pdt", one["pdt"], one["baseline"], "baseline")
