@@ -12,6 +12,7 @@ import argparse
 import ast
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
@@ -79,6 +80,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     g.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process; 0: in this one")
     g.add_argument("--rerun", action="store_true", help="run again even when a result file exists")
+    g.add_argument(
+        "--existing", action="store_true", help="run nothing: table and report of the finished runs only"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -171,10 +175,12 @@ def execute(
     rerun: bool = False,
     quiet: bool = False,
     reuse: Sequence[Path] = (),
+    existing: bool = False,
 ) -> list[Run]:
     """Run every config not yet on disk under ``out_dir/runs``; return all their records.
 
     A run already done under one of the ``reuse`` directories' ``runs/`` is copied, not rerun.
+    With ``existing``, nothing runs: the records are those of the finished runs only.
     """
     paths = [out_dir / "runs" / f"{c.method}-seed{c.seed}.json" for c in configs]
     todo = []
@@ -189,6 +195,9 @@ def execute(
             save_json(path, load_run(source))
         else:
             todo.append((config, path))
+    if existing:
+        missing = {path for _, path in todo}
+        return [load_run(p) for p in paths if p not in missing]
     if todo:
         bar = None if quiet else _progress(len(todo))
         for done in _launch(todo, jobs, progress=not quiet and jobs == 0):
@@ -258,7 +267,9 @@ def _compare(args: argparse.Namespace) -> int:
         methods += [m for m in budget_methods(args.reference, args.budget_sweep, _epochs(args)) if m not in methods]
     out = args.out or Path("results") / args.task
     configs = run_configs(args, methods)
-    runs = execute(configs, out, jobs=args.jobs, rerun=args.rerun, quiet=args.quiet)
+    runs = execute(configs, out, jobs=args.jobs, rerun=args.rerun, quiet=args.quiet, existing=args.existing)
+    if not runs:
+        raise ValueError(f"no finished runs of these settings under {out}/runs")
     summary = metrics.summarize(runs, reference=args.reference)
     table = report.format_table(summary)
     command = args.command_line
@@ -274,7 +285,14 @@ def _compare(args: argparse.Namespace) -> int:
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     """The ``pdt-bench compare`` sub-command."""
-    p = sub.add_parser("compare", help="methods x seeds on one task: table, report.md, plots")
+    p = sub.add_parser(
+        "compare",
+        help="methods x seeds on one task: table, report.md, plots",
+        description="Every (method, seed) on one task; the table, report.md and plots.",
+        epilog="Tasks follow the paper's protocols by default; deviations forced by a CPU:\n\n"
+        + "\n\n".join(textwrap.fill(text, 96) for text in tasks.protocols()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--methods", default="baseline,pdt", help="comma-separated method names (default baseline,pdt)")
     p.add_argument("--reference", default="baseline", help="the method TTB targets come from (default baseline)")
     p.add_argument(

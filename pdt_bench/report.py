@@ -327,6 +327,8 @@ def write_report(out_dir: Path, runs: list[Run], summary: dict[str, Any], comman
 
 Seeds {seeds}; reference method `{ref_name}`. Mean ± std over the successful runs of each method.
 
+Task: {runs[0]["config"].get("task_description", summary["task"])}
+
 ## Command
 
 ```

@@ -71,6 +71,7 @@ def _sweep(args: argparse.Namespace) -> int:
             rerun=args.rerun,
             quiet=args.quiet,
             reuse=done,
+            existing=args.existing,
         )
         done.append(point_dir)
         summary = metrics.summarize(runs, reference=args.reference)

@@ -5,8 +5,9 @@
 # by priority (the headline studies and their controls first), so a study stopped early has its most
 # important numbers. On 2 idle CPU cores the whole script takes about 10 hours (CIFAR-10 runs take
 # ~10 min each); `JOBS` sets how many runs go at once (default 2).
-#   bash scripts/study.sh                 # everything, then docs/results.md
-#   STAGE=page bash scripts/study.sh      # only rewrite docs/results.md from the finished runs
+#   bash scripts/study.sh                                  # everything, then docs/results.md
+#   STUDIES="mnist1d-mlp-sgd toy" bash scripts/study.sh     # some studies, then the page
+#   STUDIES=none bash scripts/study.sh                      # only rewrite the page
 source "$(dirname "$0")/env.sh"
 out="${OUT:-docs/results}"
 five=0,1,2,3,4
@@ -37,7 +38,7 @@ PY
 }
 
 # A study: PDT and the controls first, then the budget-matched baseline at PDT's median epochs,
-# then the peers; "$@" are the study's compare options.
+# then the peers (the full list is left in $all_methods); "$@" are the study's compare options.
 study() {
   local dir="$1" seeds="$2"
   shift 2
@@ -47,23 +48,34 @@ study() {
   local budget=""
   [ -n "$e" ] && budget=",baseline@epochs=$e"
   compare --out "$out/$dir" --seeds "$seeds" --methods "$controls$budget" "$@"
-  compare --out "$out/$dir" --seeds "$seeds" --methods "$controls$budget,$peers" "$@"
+  all_methods="$controls$budget,$peers"
+  compare --out "$out/$dir" --seeds "$seeds" --methods "$all_methods" "$@"
 }
 
-if [ "${STAGE:-all}" = all ]; then
-  study cifar10-fcn-paper "$three" --task cifar10-fcn
-  study mnist1d-mlp-sgd "$five" --task mnist1d-mlp
-  study agnews-lstm-paper "$three" --task agnews-lstm
-  # The baseline's lr sweep on the main task, then PDT at the best lr.
-  compare --out "$out/mnist1d-mlp-sgd" --seeds "$five" --methods "$controls,$peers" --lr-sweep 0.1,0.2,0.4 \
-    --task mnist1d-mlp
-  lr="$(best_lr "$out/mnist1d-mlp-sgd")"
-  if [ -n "$lr" ]; then
-    compare --out "$out/mnist1d-mlp-sgd-best-lr" --seeds "$five" --methods baseline,pdt --task mnist1d-mlp --lr "$lr"
-  fi
-  study mnist1d-cnn-sgd "$five" --task mnist1d-cnn
-  study mnist1d-mlp-adam "$five" --task mnist1d-mlp --optimizer adam --lr 0.001 --eta-min 1e-5
-  study cifar10-fcn-practical "$three" --task cifar10-fcn --augment
-  pdt-bench toy > "$out/toy.txt"
-fi
+run_study() {
+  case "$1" in
+    cifar10-fcn-paper) study "$1" "$three" --task cifar10-fcn ;;
+    mnist1d-mlp-sgd)
+      study "$1" "$five" --task mnist1d-mlp
+      # The baseline's lr sweep on the main task, then PDT at the best lr.
+      compare --out "$out/$1" --seeds "$five" --methods "$all_methods" --lr-sweep 0.1,0.2,0.4 --task mnist1d-mlp
+      local lr
+      lr="$(best_lr "$out/$1")"
+      if [ -n "$lr" ]; then
+        compare --out "$out/$1-best-lr" --seeds "$five" --methods baseline,pdt --task mnist1d-mlp --lr "$lr"
+      fi
+      ;;
+    agnews-lstm-paper) study "$1" "$three" --task agnews-lstm ;;
+    mnist1d-cnn-sgd) study "$1" "$five" --task mnist1d-cnn ;;
+    mnist1d-mlp-adam) study "$1" "$five" --task mnist1d-mlp --optimizer adam --lr 0.001 --eta-min 1e-5 ;;
+    cifar10-fcn-practical) study "$1" "$three" --task cifar10-fcn --augment ;;
+    toy) pdt-bench toy > "$out/toy.txt" ;;
+    *) echo "unknown study $1" >&2; return 2 ;;
+  esac
+}
+
+# STUDIES picks some, in order (e.g. two streams at JOBS=1 each); "none" only rewrites the page.
+for name in ${STUDIES:-cifar10-fcn-paper mnist1d-mlp-sgd agnews-lstm-paper mnist1d-cnn-sgd mnist1d-mlp-adam cifar10-fcn-practical toy}; do
+  [ "$name" = none ] || run_study "$name"
+done
 pdt-bench results "$out" --out docs/results.md --targets scripts/study-targets.json --preamble scripts/study-notes.md

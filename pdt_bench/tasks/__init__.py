@@ -105,6 +105,13 @@ TASKS: dict[str, Callable[[TaskOptions], Task]] = _registry()
 """Task name -> builder."""
 
 
+def protocols() -> list[str]:
+    """Each task family's protocol and its deviations from the paper, one paragraph each."""
+    from . import agnews, cifar10, mnist1d, simsiam
+
+    return [m.PROTOCOL for m in (mnist1d, cifar10, agnews, simsiam)]
+
+
 def build(name: str, options: TaskOptions | None = None) -> Task:
     """Build the task called ``name``; ``ValueError`` names the known tasks."""
     if name not in TASKS:

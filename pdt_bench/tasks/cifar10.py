@@ -42,6 +42,14 @@ from torch import Tensor, nn
 
 from . import DataMissing, Task, TaskOptions, cache_root, data_root
 
+PROTOCOL = (
+    "cifar10-*: the paper's protocol (App. A.12): no augmentation, mean = std = 0.5, SGD lr 0.05, batch 256, "
+    "cosine to 1e-3, 60 epochs (resnet18: SGD-momentum lr 0.1, batch 128, weight decay 5e-4; vit: AdamW lr 1e-3). "
+    "CPU deviations: 32 px (paper: 128), 10,240 training images (resnet18: 5,120; paper: 50,000), widths "
+    "fcn 16, alexnet 16, resnet18 8, vit 64 (paper: 64). --augment: crop+flip, the practical setting."
+)
+"""The task family's protocol and every deviation from it, for ``pdt-bench compare --help``."""
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 """Class names in label order (that of the official batches, which is also alphabetical)."""
 MEAN = (0.4914, 0.4822, 0.4465)

@@ -72,3 +72,16 @@ def test_tensorboard_logs_every_run(tmp_path):
     assert cli.main(["compare", *QUICK, "--seeds", "0", "--tensorboard", "--out", str(out)]) == 0
     logs = {p.parent.name for p in (out / "tensorboard").glob("*/events.out.tfevents.*")}
     assert logs == {"baseline-seed0", "pdt-seed0"}
+
+
+def test_existing_reports_the_finished_runs_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "study"
+    quick = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "2", "--jobs", "0", "--quiet", "--out", str(out)]
+    assert cli.main(["compare", *quick, "--methods", "baseline,pdt", "--seeds", "0"]) == 0
+    assert cli.main(["compare", *quick, "--methods", "baseline,pdt,ema", "--seeds", "0,1", "--existing"]) == 0
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["baseline-seed0.json", "pdt-seed0.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["baseline", "pdt"] and summary["seeds"] == [0]
+    capsys.readouterr()
+    assert cli.main(["compare", *quick, "--methods", "ema", "--seeds", "3", "--existing"]) == 2
+    assert "no finished runs" in capsys.readouterr().err
