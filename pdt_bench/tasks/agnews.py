@@ -13,8 +13,9 @@ the 120,000-row training split); ``agnews-lstm`` is 2 layers of 64 hidden units 
 the paper: 4 x 512) with 64-dimensional embeddings (the paper: 128) and texts cut to 48 words
 (about 85 % of them fit; the paper: 128). With 20x fewer texts an epoch is 20x fewer steps, and at
 the paper's lr 0.1 this model barely leaves chance in 30 epochs (seed 0: loss 1.385 -> 1.352,
-ln 4 = 1.386; validation accuracy 32 %); 4 layers did not move at all (loss 1.386 throughout). ``agnews-lstm-paper`` is the paper's model at full size:
-5,000 x 128 embedding, 4 x 512 LSTM (8,260,612 parameters) on up to 128 words.
+ln 4 = 1.386; validation accuracy 32 %); 4 layers did not move at all (loss 1.386 throughout).
+``agnews-lstm-paper`` is the paper's model at full size: 5,000 x 128 embedding, 4 x 512 LSTM
+(8,260,612 parameters) on up to 128 words.
 """
 
 from __future__ import annotations
