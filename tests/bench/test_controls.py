@@ -164,3 +164,10 @@ def test_verdict_judges_epochs_over_seeds_and_flags_one_seed():
     assert "median 16.7 % sooner in epochs (seeds: +0 % to +33 %)" in line and "one seed" not in line
     one = _summary(accepted[:3], seeds=(0,))
     assert "(one seed: no spread, read with care)" in report.verdict("pdt", one["pdt"], one["baseline"], "baseline")
+
+
+def test_the_practical_cifar_setting_trains(tiny_cifar):
+    practical = tasks.TaskOptions(**(vars(tiny_cifar) | {"augment": True}))
+    r = run(RunConfig("cifar10-fcn", "pdt", **(QUICK | {"task_options": practical})))
+    assert not r["diverged"] and r["epochs"][-1]["pdt"]["predicted"]
+    assert "crop+flip (practical)" in r["config"]["task_description"]
