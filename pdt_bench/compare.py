@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from . import metrics, plots, report, tasks
+from . import metrics, peers, plots, report, tasks
 from .methods import OPTIMIZERS, SCHEDULES, parse_method
 from .records import Run, load_run, save_json
 from .train import RunConfig, run
@@ -80,9 +80,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     g.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process; 0: in this one")
     g.add_argument("--rerun", action="store_true", help="run again even when a result file exists")
-    g.add_argument(
-        "--existing", action="store_true", help="run nothing: table and report of the finished runs only"
-    )
+    g.add_argument("--existing", action="store_true", help="run nothing: table and report of the finished runs only")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -97,8 +95,8 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
         augment=args.augment,
         tiny=args.tiny,
     )
-    for name in methods:
-        parse_method(name)  # fail before any run starts
+    for name in methods:  # fail before any run starts
+        peers.check_method(parse_method(name), args.optimizer, dict(args.pdt))
     base = RunConfig(
         task=args.task,
         method="",

@@ -18,17 +18,38 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LinearForecast", "recompute_batch_norm", "schedule_free_optimizer"]
+from .methods import Method
+
+__all__ = ["LinearForecast", "check_method", "recompute_batch_norm", "schedule_free_optimizer"]
 
 BN_BATCHES = 20
 """Training batches that re-estimate BatchNorm statistics for schedule-free evaluation."""
 SCHEDULE_FREE_LR_SCALE = {"sgd": 10.0, "sgd-momentum": 10.0, "adam": 1.0, "adamw": 1.0}
 """The schedule-free learning rate over the task's, unless the method sets its own: the low end of the
 package's guidance (SGD 10-50x, AdamW 1-10x the scheduled rate)."""
+
+
+def check_method(method: Method, optimizer: str | None, pdt_options: dict[str, Any]) -> None:
+    """Refuse, before anything runs, a control that would not measure what it says.
+
+    ``pdt-linear`` replaces the assembled values after PDT's step, which is sound only while PDT's
+    history holds the optimizer's weights, taken at the end of each epoch: not with the authors'
+    start-of-epoch snapshots (``criterion="reference"``) or ``history_after_jump="assembled"``.
+    """
+    if method.schedule_free and optimizer is not None and optimizer not in SCHEDULE_FREE_LR_SCALE:
+        raise ValueError(f"{method.name}: no schedule-free twin of optimizer {optimizer!r}; use sgd or adam(w)")
+    if method.linear_forecast:
+        options = (method.pdt or {}) | pdt_options
+        if options.get("criterion") == "reference" or options.get("history_after_jump", "optimizer") != "optimizer":
+            raise ValueError(
+                f"{method.name} needs PDT's history to hold the optimizer's end-of-epoch weights: not with "
+                "criterion=reference or history_after_jump=assembled"
+            )
 
 
 def schedule_free_optimizer(

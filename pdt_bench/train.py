@@ -202,6 +202,7 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
     task = tasks.build(config.task, config.task_options)
     cfg = config.resolved(task)
     method: Method = parse_method(cfg.method)
+    peers.check_method(method, cfg.optimizer, cfg.pdt_options)
     device = torch.device(cfg.device)
     lr = method.learning_rate(cfg.lr)
     if method.schedule_free and method.lr is None and method.lr_scale == 1.0:

@@ -59,11 +59,16 @@ def test_sweep_reuses_the_baseline_across_pdt_settings(tmp_path, capsys):
         (["compare", "--task", "imagenet"], "unknown task"),
         (["compare", "--task", "cifar10-fcn", "--data-dir", "/nonexistent/place"], "/nonexistent/place"),
         (["sweep", "--task", "mnist1d-mlp"], "--grid"),
+        (["compare", "--methods", "schedule-free", "--optimizer", "rmsprop"], "no schedule-free twin"),
+        (["compare", "--methods", "pdt-linear", "--pdt", "criterion=reference"], "end-of-epoch weights"),
+        (["compare", "--methods", "pdt-linear", "--pdt", "history_after_jump=assembled"], "end-of-epoch weights"),
+        (["compare", "--methods", "baseline@epochs=0"], "bad value"),
     ],
 )
 def test_bad_input_fails_with_a_clear_message(args, message, tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "x"), "--jobs", "0", "--quiet"]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "runs").exists()  # refused before any run
 
 
 def test_tensorboard_logs_every_run(tmp_path):
