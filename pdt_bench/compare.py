@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,10 @@ from dataclasses import asdict, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from torch_pdt import PDT
 
 from . import metrics, peers, plots, report, tasks
 from .methods import OPTIMIZERS, SCHEDULES, parse_method
@@ -39,10 +44,39 @@ def _pdt_option(text: str) -> tuple[str, Any]:
 
 
 def _int_list(text: str) -> list[int]:
+    """Comma-separated integers, duplicates dropped (a seed run twice is not two seeds)."""
     try:
-        return [int(s) for s in text.split(",") if s]
+        return list(dict.fromkeys(int(s) for s in text.split(",") if s))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _float_list(low: float, high: float) -> Any:
+    """Comma-separated floats in ``(low, high]``, duplicates dropped."""
+
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(s) for s in text.split(",") if s]
+        except ValueError:
+            values = []
+        if not values or not all(low < v <= high and math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers in ({low:g}, {high:g}], got {text!r}")
+        return list(dict.fromkeys(values))
+
+    return parse
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,9 +84,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="mnist1d-mlp", help=f"one of {', '.join(tasks.TASKS)} (default mnist1d-mlp)")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)")
     g = p.add_argument_group("training (default: the task's own)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=_positive(int))
+    g.add_argument("--lr", type=_positive(float))
+    g.add_argument("--batch-size", type=_positive(int))
     g.add_argument("--optimizer", choices=list(OPTIMIZERS))
     g.add_argument("--schedule", choices=list(SCHEDULES))
     g.add_argument("--eta-min", type=float, help="final learning rate of the cosine schedule")
@@ -95,8 +129,13 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
         augment=args.augment,
         tiny=args.tiny,
     )
+    if args.augment and args.task not in tasks.AUGMENTABLE:
+        raise ValueError(f"--augment: task {args.task} has no augmentation (only {', '.join(tasks.AUGMENTABLE)})")
     for name in methods:  # fail before any run starts
-        peers.check_method(parse_method(name), args.optimizer, dict(args.pdt))
+        method = parse_method(name)
+        peers.check_method(method, args.optimizer, dict(args.pdt))
+        if method.pdt is not None:
+            _check_pdt_options(args, method)
     base = RunConfig(
         task=args.task,
         method="",
@@ -123,6 +162,16 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
 
 
 _PDT_KEYS = ("history", "horizon", "start_epoch", "interval", "pdt_options")
+
+
+def _check_pdt_options(args: argparse.Namespace, method: Any) -> None:
+    """Build the run's PDT on a one-weight model: a bad ``--pdt`` key or value fails here, before any run."""
+    kwargs = dict(history=args.history, horizon=args.horizon, start_epoch=args.start_epoch, interval=args.interval)
+    kwargs |= method.pdt | dict(args.pdt)
+    try:
+        PDT(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), **kwargs)
+    except TypeError as e:
+        raise ValueError(f"--pdt: {e}") from None
 
 
 _UNSET = ("None", "False")
@@ -195,6 +244,9 @@ def execute(
             todo.append((config, path))
     if existing:
         missing = {path for _, path in todo}
+        if missing:
+            names = ", ".join(sorted(p.stem for p in missing))
+            print(f"--existing: not run yet, left out: {names}", file=sys.stderr)
         return [load_run(p) for p in paths if p not in missing]
     if todo:
         bar = None if quiet else _progress(len(todo))
@@ -259,8 +311,10 @@ def _compare(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     if args.reference not in methods:
         methods.insert(0, args.reference)
+    if args.existing and args.rerun:
+        raise ValueError("--existing runs nothing and --rerun runs everything again: choose one")
     if args.lr_sweep:
-        methods += [f"{args.reference}@lr={lr:g}" for lr in args.lr_sweep]
+        methods += [m for m in (f"{args.reference}@lr={lr:g}" for lr in args.lr_sweep) if m not in methods]
     if args.budget_sweep:
         methods += [m for m in budget_methods(args.reference, args.budget_sweep, _epochs(args)) if m not in methods]
     out = args.out or Path("results") / args.task
@@ -293,12 +347,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--methods", default="baseline,pdt", help="comma-separated method names (default baseline,pdt)")
     p.add_argument("--reference", default="baseline", help="the method TTB targets come from (default baseline)")
-    p.add_argument(
-        "--lr-sweep", type=lambda s: [float(v) for v in s.split(",")], help="also run the reference at these lrs"
-    )
+    p.add_argument("--lr-sweep", type=_float_list(0.0, float("inf")), help="also run the reference at these lrs")
     p.add_argument(
         "--budget-sweep",
-        type=lambda s: [float(v) for v in s.split(",")],
+        type=_float_list(0.0, 1.0),
         metavar="FRACTIONS",
         help="also run the reference with its whole LR schedule compressed to these fractions of the epochs",
     )

@@ -87,7 +87,8 @@ METHODS: dict[str, Method] = {
         Method(
             "schedule-free",
             schedule_free=True,
-            description="schedule-free SGD or AdamW (schedulefree package), no LR schedule, BN statistics recomputed",
+            description="schedule-free SGD or AdamW (schedulefree package), no LR schedule, BN statistics recomputed; "
+            "its default lr is 10x the task's for SGD, 1x for Adam(W), and @lrx scales that default",
         ),
     ]
 }

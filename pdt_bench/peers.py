@@ -38,17 +38,28 @@ def check_method(method: Method, optimizer: str | None, pdt_options: dict[str, A
     """Refuse, before anything runs, a control that would not measure what it says.
 
     ``pdt-linear`` replaces the assembled values after PDT's step, which is sound only while PDT's
-    history holds the optimizer's weights, taken at the end of each epoch: not with the authors'
-    start-of-epoch snapshots (``criterion="reference"``) or ``history_after_jump="assembled"``.
+    history holds the optimizer's weights, taken at the end of each epoch, and PDT never rolls back:
+    not with the authors' start-of-epoch snapshots (``criterion="reference"``),
+    ``history_after_jump="assembled"`` or a loss-driven scheduler.
     """
     if method.schedule_free and optimizer is not None and optimizer not in SCHEDULE_FREE_LR_SCALE:
         raise ValueError(f"{method.name}: no schedule-free twin of optimizer {optimizer!r}; use sgd or adam(w)")
+    if (method.lr is not None and not method.lr > 0) or not method.lr_scale > 0:
+        raise ValueError(f"{method.name}: the learning rate must be positive")
+    options = (method.pdt or {}) | pdt_options
+    if method.pdt is not None and options.get("every_n_steps") is not None:
+        raise ValueError(
+            "--pdt every_n_steps: the harness steps PDT once per epoch itself (step mode is for own loops)"
+        )
     if method.linear_forecast:
-        options = (method.pdt or {}) | pdt_options
-        if options.get("criterion") == "reference" or options.get("history_after_jump", "optimizer") != "optimizer":
+        if (
+            options.get("criterion") in ("reference", "authors")
+            or options.get("history_after_jump", "optimizer") != "optimizer"
+            or options.get("scheduler", "fixed") != "fixed"
+        ):
             raise ValueError(
-                f"{method.name} needs PDT's history to hold the optimizer's end-of-epoch weights: not with "
-                "criterion=reference or history_after_jump=assembled"
+                f"{method.name} needs PDT's history to hold the optimizer's end-of-epoch weights and no rollback: "
+                "not with criterion=reference, history_after_jump=assembled or a scheduler other than fixed"
             )
 
 

@@ -175,12 +175,13 @@ def _side(gain: float | None, margin: float) -> str:
 
 
 def no_effect(m: dict[str, Any]) -> str | None:
-    """Why a PDT method cannot have had an effect, or ``None``: no prediction ran on any seed (the
-    run was not longer than the start epoch T0), or no prediction accepted an element."""
+    """Why a PDT method cannot have had an effect, or ``None``: no prediction ran on any seed (every
+    epoch was warm-up before T0, or the history lacked the h snapshots a fit needs), or no prediction
+    accepted an element."""
     if not m.get("pdt"):
         return None
     if (m["predictions"]["max"] or 0) == 0:
-        return "no prediction ran (the runs were not longer than the start epoch T0)"
+        return "no prediction ran (every epoch was before T0 or short of the h snapshots a fit needs)"
     if (m["accepting_predictions"]["max"] or 0) == 0:
         return "its predictions accepted no element"
     return None
@@ -198,6 +199,8 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
     accepted anything is said to have had no effect, whatever its numbers; one seed is said too.
     """
     if m["compared"] == 0:
+        if m["runs"] and m["diverged"] == m["runs"]:
+            return f"**{name}**: diverged on {m['diverged']}/{m['runs']} runs."
         return f"**{name}**: not compared (no successful {reference_name} run of the same seed)."
     caveat = " (one seed: no spread, read with care)" if m["compared"] == 1 else ""
     nothing = no_effect(m)

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from .metrics import by_method
 from .records import load_runs
 from .report import no_effect
 
-__all__ = ["add_command", "write_results"]
+__all__ = ["add_command", "load_targets", "write_results"]
 
 PDT = "pdt"
 CONTROLS = (
@@ -43,6 +44,33 @@ CONTROLS = (
     "schedule-free",
 )
 """Columns of the headline table after PDT, when a study has them."""
+
+
+TARGET_KEYS = {"reduction": float, "accuracy_tolerance": float, "ahead_of": list, "budget": bool}
+
+
+def load_targets(path: Path) -> dict[str, Any]:
+    """The targets file, checked: an object of study names to objects of :data:`TARGET_KEYS`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"targets file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"targets file {path}: expected an object of study name -> targets")
+    for study, targets in data.items():
+        if not isinstance(targets, dict):
+            raise ValueError(f"targets file {path}: {study!r} must be an object")
+        for key, value in targets.items():
+            kind = TARGET_KEYS.get(key)
+            if kind is None:
+                raise ValueError(f"targets file {path}: {study}.{key}: unknown key; known: {', '.join(TARGET_KEYS)}")
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, kind) and (kind is not list or all(isinstance(v, str) for v in value))
+            if not ok:
+                raise ValueError(f"targets file {path}: {study}.{key} must be a {kind.__name__}, got {value!r}")
+    return data
 
 
 def _pct(x: float | None) -> str:
@@ -84,15 +112,20 @@ def _budget_check(directory: Path, methods: dict[str, Any], reference: str) -> t
     name = _budget_name(methods, reference)
     if name is None or PDT not in methods:
         return None
-    e = int(name.split("=")[1])
+    e = int(name.split("@epochs=")[1].split("@")[0])
     runs = by_method(load_runs(directory))
-    pdt = {r["seed"]: r["epochs"] for r in runs[PDT]}
+    if PDT not in runs or name not in runs:
+        return None
+    pdt = {r["seed"]: r["epochs"] for r in runs[PDT] if not r["diverged"]}
     pairs = []
     for r in runs[name]:
         if r["seed"] in pdt and len(pdt[r["seed"]]) >= e and not r["diverged"]:
             pairs.append((pdt[r["seed"]][e - 1]["train_loss"], r["epochs"][-1]["train_loss"]))
     if not pairs:
         return None
+    predicted = [s for s, epochs in pdt.items() if any(x["pdt"] and x["pdt"]["predicted"] for x in epochs[:e])]
+    if not predicted:
+        return f"PDT had not predicted by epoch {e}, so `{name}` tests nothing here", False
     below = sum(p < b for p, b in pairs)
     ours = statistics.median(p for p, _ in pairs)
     theirs = statistics.median(b for _, b in pairs)
@@ -110,6 +143,8 @@ def _checks(name: str, directory: Path, summary: dict[str, Any], targets: dict[s
     if pdt is None:
         return [f"no `{PDT}` runs"]
     lines = []
+    if pdt["compared"] == 0:
+        return [f"PDT {'diverged on every seed' if pdt['diverged'] else 'has no run to compare'}: **not reached**"]
     got = pdt["reduction_loss_epochs"]
     seconds = pdt["reduction_loss"]["median"]
     acc_gap = pdt["final_val_acc"]["mean"] - base["final_val_acc"]["mean"]
@@ -150,16 +185,22 @@ def _sentence(summary: dict[str, Any]) -> str:
     pdt = methods.get(PDT)
     if pdt is None:
         return "PDT not run."
+    one = " One seed only." if pdt["compared"] == 1 else ""
+    if pdt["compared"] == 0:
+        return "PDT diverged on every seed." if pdt["diverged"] else f"No successful {reference} run to compare with."
     if (reason := no_effect(pdt)) is not None:
-        return f"No effect to report: {reason}."
-    seeds = pdt["compared"]
+        return f"No effect to report: {reason}.{one}"
     median = pdt["reduction_loss_epochs"]["median"]
     acc = 100 * (pdt["final_val_acc"]["mean"] - methods[reference]["final_val_acc"]["mean"])
-    one = " One seed only." if seeds == 1 else ""
     if median is None:
         return f"PDT did not reach the {reference}'s best loss on most seeds; accuracy {acc:+.2f} points.{one}"
     controls = [c for c in CONTROLS if c in methods]
-    better = [c for c in controls if (methods[c]["reduction_loss_epochs"]["median"] or -1e9) >= median]
+
+    def as_fast(c: str) -> bool:
+        theirs = methods[c]["reduction_loss_epochs"]["median"]
+        return theirs is not None and theirs >= median
+
+    better = [c for c in controls if as_fast(c)]
     if abs(median) < 0.005:
         words = f"PDT needs as many epochs as the {reference}, accuracy {acc:+.2f} points"
     else:
@@ -212,7 +253,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
     present = [c for c in CONTROLS if any(c in s["methods"] for _, _, s in studies)]
-    headers = ["study", "seeds", "baseline", PDT, *present, "budget-matched", "acc base / PDT", "verdict"]
+    headers = ["study", "seeds", "reference", PDT, *present, "budget-matched", "acc ref. / PDT", "verdict"]
     rows = []
     for name, _, summary in studies:
         methods, reference = summary["methods"], summary["reference"]
@@ -223,7 +264,7 @@ def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
             [
                 name,
                 str(base["runs"]),
-                _epochs(base),
+                _epochs(base) if reference == "baseline" else f"{reference}: {_epochs(base)}",
                 _epochs(pdt) if pdt else "-",
                 *(_epochs(methods[c]) if c in methods else "-" for c in present),
                 f"{budget.split('@')[1]}: {_epochs(methods[budget])}" if budget else "-",
@@ -239,7 +280,16 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
     targets = targets or {}
     studies = []
     for summary_path in sorted(study.glob("*/summary.json")):
-        studies.append((summary_path.parent.name, summary_path.parent, json.loads(summary_path.read_text())))
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{summary_path}: not a compare summary ({e})") from None
+        if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
+            raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
+        studies.append((summary_path.parent.name, summary_path.parent, summary))
+    unknown = sorted(set(targets) - {name for name, _, _ in studies})
+    if unknown and studies:
+        print(f"targets for studies not under {study}: {', '.join(unknown)}", file=sys.stderr)
     if not studies:
         raise ValueError(
             f"no study under {study}: expected one `pdt-bench compare` output per sub-directory "
@@ -248,10 +298,10 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
         )
     parts = [
         preamble.strip(),
-        "## Headline\n\nEpochs to the baseline's best training loss: median over seeds (min–max), then how many "
-        "seeds reached it; 'n/r': not reached; 'no prediction': PDT never predicted. 'budget-matched': the "
-        "baseline with its whole learning-rate schedule compressed to E epochs (E = PDT's median).\n\n"
-        + _headline(studies),
+        "## Headline\n\nEpochs to the reference's (the baseline's) best training loss: median over seeds "
+        "(min–max), then how many seeds reached it; 'n/r': not reached; 'no prediction': PDT never predicted. "
+        "'budget-matched': the baseline with its whole learning-rate schedule compressed to E epochs "
+        "(`scripts/study.sh` sets E to PDT's median).\n\n" + _headline(studies),
     ]
     for name, directory, summary in studies:
         rel = Path(os.path.relpath(directory, out.parent)).as_posix()
@@ -272,7 +322,7 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
 
 def _results(args: argparse.Namespace) -> int:
     preamble = args.preamble.read_text() if args.preamble else ""
-    targets = json.loads(args.targets.read_text()) if args.targets else {}
+    targets = load_targets(args.targets) if args.targets else {}
     print(f"results: {write_results(args.study, args.out, targets, preamble)}")
     return 0
 

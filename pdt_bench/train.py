@@ -204,9 +204,9 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
     method: Method = parse_method(cfg.method)
     peers.check_method(method, cfg.optimizer, cfg.pdt_options)
     device = torch.device(cfg.device)
-    lr = method.learning_rate(cfg.lr)
-    if method.schedule_free and method.lr is None and method.lr_scale == 1.0:
-        lr *= peers.SCHEDULE_FREE_LR_SCALE.get(cfg.optimizer, 1.0)
+    # Schedule-free's own default rate is a multiple of the task's; @lrx scales that default.
+    sf_scale = peers.SCHEDULE_FREE_LR_SCALE.get(cfg.optimizer, 1.0) if method.schedule_free else 1.0
+    lr = method.learning_rate(cfg.lr * sf_scale)
 
     torch.manual_seed(cfg.seed)
     model = task.model().to(device)

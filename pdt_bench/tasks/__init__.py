@@ -105,6 +105,10 @@ TASKS: dict[str, Callable[[TaskOptions], Task]] = _registry()
 """Task name -> builder."""
 
 
+AUGMENTABLE = tuple(name for name in TASKS if name.startswith("cifar10-"))
+"""Tasks with a practical augmentation behind ``TaskOptions.augment``."""
+
+
 def protocols() -> list[str]:
     """Each task family's protocol and its deviations from the paper, one paragraph each."""
     from . import agnews, cifar10, mnist1d, simsiam

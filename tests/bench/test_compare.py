@@ -63,6 +63,15 @@ def test_sweep_reuses_the_baseline_across_pdt_settings(tmp_path, capsys):
         (["compare", "--methods", "pdt-linear", "--pdt", "criterion=reference"], "end-of-epoch weights"),
         (["compare", "--methods", "pdt-linear", "--pdt", "history_after_jump=assembled"], "end-of-epoch weights"),
         (["compare", "--methods", "baseline@epochs=0"], "bad value"),
+        (["compare", "--methods", "pdt", "--pdt", "bogus=1"], "--pdt: "),
+        (["compare", "--methods", "pdt", "--history", "0"], "history"),
+        (["compare", "--methods", "pdt", "--pdt", "criterion=nonsense"], "criterion"),
+        (["compare", "--methods", "pdt", "--pdt", "every_n_steps=2"], "steps PDT once per epoch"),
+        (["compare", "--methods", "pdt-linear", "--pdt", "scheduler=adaptive"], "no rollback"),
+        (["compare", "--methods", "baseline@lr=0"], "must be positive"),
+        (["compare", "--methods", "baseline@lrx0"], "must be positive"),
+        (["compare", "--methods", "baseline", "--augment"], "has no augmentation"),
+        (["compare", "--methods", "baseline", "--existing", "--rerun"], "choose one"),
     ],
 )
 def test_bad_input_fails_with_a_clear_message(args, message, tmp_path, capsys):
@@ -90,3 +99,31 @@ def test_existing_reports_the_finished_runs_and_runs_nothing(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["compare", *quick, "--methods", "ema", "--seeds", "3", "--existing"]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--budget-sweep", "0"],
+        ["--budget-sweep", "1.5"],
+        ["--budget-sweep", "nan"],
+        ["--budget-sweep", "inf"],
+        ["--lr-sweep", "-0.1"],
+        ["--epochs", "0"],
+        ["--batch-size", "0"],
+        ["--lr", "0"],
+    ],
+)
+def test_bad_numbers_are_refused_by_the_parser(args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compare", *args, "--out", str(tmp_path / "x"), "--jobs", "0", "--quiet"])
+    assert exit_.value.code == 2 and "expected" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_seed_or_lr_given_twice_runs_once(tmp_path):
+    out = tmp_path / "x"
+    quick = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "1", "--jobs", "0", "--quiet", "--out", str(out)]
+    assert cli.main(["compare", *quick, "--methods", "baseline", "--seeds", "0,0", "--lr-sweep", "0.1,0.1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0] and summary["methods"]["baseline@lr=0.1"]["runs"] == 1

@@ -8,7 +8,7 @@ import torch
 from fake_data import write_cifar_pickles
 from fake_runs import make_run
 
-from pdt_bench import metrics, peers, report, tasks
+from pdt_bench import metrics, peers, report, results, tasks
 from pdt_bench.compare import budget_methods
 from pdt_bench.methods import EMA_DECAY, parse_method
 from pdt_bench.train import RunConfig, run
@@ -116,6 +116,8 @@ def test_schedule_free_trains_without_a_schedule(task, tiny_cifar):
     assert r["config"]["lr"] == pytest.approx(10 * lr)  # SGD's schedule-free rate: 10x the scheduled one
     assert len({e["lr"] for e in r["epochs"]}) == 1  # no learning-rate schedule
     assert run(RunConfig(task, "schedule-free@lr=0.01", **(QUICK | {"task_options": options})))["config"]["lr"] == 0.01
+    doubled = run(RunConfig(task, "schedule-free@lrx2", **(QUICK | {"task_options": options, "epochs": 1})))
+    assert doubled["config"]["lr"] == pytest.approx(20 * lr)  # @lrx scales schedule-free's own default
 
 
 def test_schedule_free_recomputes_batch_norm_statistics_at_the_evaluation_point():
@@ -142,7 +144,8 @@ def test_verdict_says_when_no_prediction_ran():
     waited = [{"predicted": False, "accepted_ratio": 0.0}] * 3
     methods = _summary(waited)
     line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
-    assert "no effect to report: no prediction ran" in line and "sooner" not in line
+    assert "no effect to report: no prediction ran (every epoch was before T0 or short of the h snapshots" in line
+    assert "sooner" not in line
     headers, rows = report._rows({"methods": methods})
     assert rows[1][headers.index("median % (epochs)")] == "no prediction"
 
@@ -171,3 +174,38 @@ def test_the_practical_cifar_setting_trains(tiny_cifar):
     r = run(RunConfig("cifar10-fcn", "pdt", **(QUICK | {"task_options": practical})))
     assert not r["diverged"] and r["epochs"][-1]["pdt"]["predicted"]
     assert "crop+flip (practical)" in r["config"]["task_description"]
+
+
+def test_verdict_of_a_method_that_diverged_everywhere():
+    runs = [make_run("baseline", s, [1.0, 0.6, 0.4], [0.5, 0.6, 0.7]) for s in (0, 1)]
+    runs += [make_run("wild", s, [1.0, math.nan], [0.5, 0.1], diverged=True) for s in (0, 1)]
+    methods = metrics.summarize(runs)["methods"]
+    assert report.verdict("wild", methods["wild"], methods["baseline"], "baseline") == "**wild**: diverged on 2/2 runs."
+
+
+def test_headline_counts_a_control_that_ties_pdt_as_fast():
+    stats = [None, {"predicted": True, "accepted": 3, "accepted_ratio": 0.3}, None]
+    runs = [make_run("baseline", s, [1.0, 0.6, 0.4], [0.5, 0.6, 0.7]) for s in (0, 1)]
+    for name in ("pdt", "pdt-linear"):
+        runs += [make_run(name, s, [1.0, 0.6, 0.4], [0.5, 0.6, 0.7], pdt=stats) for s in (0, 1)]
+    sentence = results._sentence(metrics.summarize(runs))
+    assert sentence == "PDT needs as many epochs as the baseline, accuracy +0.00 points; as fast or faster: pdt-linear."
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ('{"s": {"reduction": "30%"}}', "s.reduction must be a float"),
+        ('["s"]', "expected an object"),
+        ('{"s": {"ahead_of": "random-mask"}}', "s.ahead_of must be a list"),
+        ('{"s": {"budget": "no"}}', "s.budget must be a bool"),
+        ('{"s": {"reduktion": 0.3}}', "unknown key"),
+        ("{s: 1}", "targets file"),
+    ],
+)
+def test_a_bad_targets_file_is_named_with_its_key(content, words, tmp_path):
+    path = tmp_path / "targets.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=words) as error:
+        results.load_targets(path)
+    assert str(path) in str(error.value)
