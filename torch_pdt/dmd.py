@@ -378,7 +378,7 @@ def fit_factor(
         rtol: additionally drop singular values below ``rtol * sigma_max``.
 
     Raises:
-        DMDError: :math:`X` has rank 0.
+        DMDError: :math:`X` has rank 0, or the truncation keeps no singular value (``rtol >= 1``).
     """
     validate_options(exact, rank, rtol)
     m = R.shape[1]
@@ -391,6 +391,8 @@ def fit_factor(
     if nonzero == 0:
         raise DMDError("rank 0: X has no non-zero singular value")
     r = _truncation_rank(s[:nonzero], rank, rtol)
+    if r == 0:  # a rank-0 operator forecasts zeros: never a prediction
+        raise DMDError(f"rank 0: the truncation (rank={rank!r}, rtol={rtol!r}) keeps no singular value")
     U, s, V = U[:, :r], s[:r], Vh[:r].T
 
     YVinv = RY @ V / s  # (q, r)

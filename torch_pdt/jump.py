@@ -54,7 +54,7 @@ from torch import Tensor
 
 from .snapshots import flat_view
 
-__all__ = ["ON_JUMP", "SCALE_KEYS", "VELOCITY_KEYS", "scale", "velocity_buffers", "velocity_ratio"]
+__all__ = ["ON_JUMP", "SCALE_KEYS", "VELOCITY_KEYS", "scale", "velocity_buffers", "velocity_ratio", "zero_velocities"]
 
 ON_JUMP = ("keep", "reset", "rescale")
 
@@ -83,12 +83,24 @@ def velocity_buffers(optimizer: torch.optim.Optimizer, params: Sequence[Tensor])
             if key not in VELOCITY_KEYS:
                 untouched.add(key)
                 continue
-            view = flat_view(value, like=p)
+            view = flat_view(value, like=p) if value.layout == torch.strided else None
             if view is None:
-                raise ValueError(f"optimizer state {key!r} is not laid out like its parameter; PDT cannot update it")
+                raise ValueError(
+                    f"optimizer state {key!r} ({value.layout}) is not laid out like its parameter; PDT cannot "
+                    "update it: use on_jump='keep'"
+                )
             mine.append(view)
         views.append(mine)
     return views, untouched
+
+
+def zero_velocities(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
+    """Zero every velocity buffer of ``params`` in place, whatever its layout (a rollback's reset)."""
+    with torch.no_grad():
+        for p in params:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key in VELOCITY_KEYS and isinstance(value, Tensor) and value.shape == p.shape:
+                    value.zero_()
 
 
 def velocity_ratio(last_predicted_step: Tensor, delta: Tensor) -> Tensor:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import dmd, jump, schedule
+from .config import SEED_RANGE, as_int, as_real, is_bool
 from .criteria import CHECKS, CRITERIA, NEEDS_STEPS, extremes
 from .snapshots import STORAGE, SnapshotHistory, flat_view
 
@@ -27,11 +30,6 @@ _HISTORY_AFTER_JUMP = ("optimizer", "assembled")
 _MODES = ("projected", "exact")
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -44,6 +42,26 @@ def local_shard(p: Tensor) -> Tensor:
     updates the parameter in place.
     """
     return p.to_local() if isinstance(p, DTensor) else p
+
+
+def _layout(p: Tensor) -> tuple:
+    """What the snapshots' layout depends on: the local shard's shape, dtype and device."""
+    q = local_shard(p)
+    return tuple(q.shape), q.dtype, q.device
+
+
+def _register_step_hook(pdt: PDT) -> torch.utils.hooks.RemovableHandle:
+    """Step mode's optimizer post-hook, holding ``pdt`` only weakly: a PDT that is dropped stops stepping."""
+    ref = weakref.ref(pdt)
+
+    def after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        owner = ref()
+        if owner is not None:
+            owner._after_optimizer_step(optimizer, args, kwargs)
+
+    handle = pdt.optimizer.register_step_post_hook(after_optimizer_step)
+    weakref.finalize(pdt, handle.remove)
+    return handle
 
 
 class PDT:
@@ -163,14 +181,14 @@ class PDT:
         patience: int = 3,
         on_jump: str = "keep",
     ) -> None:
-        _check_int("history", history, 2)
-        _check_int("horizon", horizon, 1)
-        _check_int("start_epoch", start_epoch, 0)
-        _check_int("interval", interval, 0)
-        _check_int("chunk_size", chunk_size, 1)
-        _check_int("seed", seed, 0)
+        history = as_int("history", history, 2)
+        horizon = as_int("horizon", horizon, 1)
+        start_epoch = as_int("start_epoch", start_epoch, 0)
+        interval = as_int("interval", interval, 0)
+        chunk_size = as_int("chunk_size", chunk_size, 1)
+        seed = as_int("seed", seed, *SEED_RANGE)
         if every_n_steps is not None:
-            _check_int("every_n_steps", every_n_steps, 1)
+            every_n_steps = as_int("every_n_steps", every_n_steps, 1)
         _check_choice("criterion", criterion, (*CRITERIA, _RANDOM))
         if forecast is None:
             forecast = "increment" if criterion == "reference" else "paper"
@@ -178,17 +196,20 @@ class PDT:
         _check_choice("modes", modes, _MODES)
         _check_choice("history_after_jump", history_after_jump, _HISTORY_AFTER_JUMP)
         _check_choice("storage", storage, STORAGE)
-        if random_ratio != "measured" and (
-            isinstance(random_ratio, bool)
-            or not isinstance(random_ratio, (int, float))
-            or not 0.0 <= random_ratio <= 1.0
-        ):
-            raise ValueError(f"random_ratio must be 'measured' or a float in [0, 1], got {random_ratio!r}")
+        if random_ratio != "measured":
+            random_ratio = as_real("random_ratio", random_ratio)
+            if not 0.0 <= random_ratio <= 1.0:
+                raise ValueError(f"random_ratio must be 'measured' or a float in [0, 1], got {random_ratio!r}")
+        if rank is not None and not is_bool(rank):
+            rank = int(rank) if isinstance(rank, numbers.Integral) else as_real("rank", rank)
+        if rtol is not None:
+            rtol = as_real("rtol", rtol)
         dmd.validate_options(modes == "exact", rank, rtol)
         _check_choice("scheduler", scheduler, tuple(schedule.SCHEDULERS))
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+        tolerance = as_real("tolerance", tolerance)
+        if not 0 <= tolerance < math.inf:
             raise ValueError(f"tolerance must be a finite float >= 0, got {tolerance!r}")
-        _check_int("patience", patience, 1)
+        patience = as_int("patience", patience, 1)
         _check_choice("on_jump", on_jump, jump.ON_JUMP)
         if scheduler == "adaptive" and (criterion == "reference" or history_after_jump != "optimizer"):
             raise ValueError(
@@ -203,6 +224,8 @@ class PDT:
             )
         if not hasattr(optimizer, "param_groups"):
             raise ValueError(f"optimizer must expose param_groups, got {type(optimizer).__name__}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module (used to name parameters), got {type(model).__name__}")
 
         self.optimizer = optimizer
         self.config: dict[str, Any] = dict(
@@ -230,7 +253,17 @@ class PDT:
         self.names, self.params = self._collect(optimizer, model)
         if not self.params:
             raise ValueError("optimizer has no trainable parameters for PDT (all frozen or opted out)")
+        for name, p in zip(self.names, map(local_shard, self.params)):
+            if p.is_complex() or not p.is_floating_point():
+                raise ValueError(f"parameter {name} is {p.dtype}: PDT predicts real floating-point weights only")
+            if p.is_meta or p.layout != torch.strided:
+                raise ValueError(
+                    f"parameter {name} is a {p.device.type} tensor of layout {p.layout}: PDT needs its values in memory"
+                )
         self.numel = sum(p.numel() for p in self.params)
+        if self.numel == 0:
+            raise ValueError("the optimizer's trainable parameters have no elements")
+        self._layouts = [_layout(p) for p in self.params]
         # Snapshots hold what this process updates: the local shards of sharded parameters.
         self._history = SnapshotHistory(
             self._flat_params(), history, storage, chunk_size
@@ -247,8 +280,9 @@ class PDT:
         self.last_stats: dict[str, Any] = {}
         self._warned_untouched = False
         self.optimizer_steps = 0
+        self._hook = None
         if every_n_steps is not None:
-            optimizer.register_step_post_hook(self._after_optimizer_step)
+            self._hook = _register_step_hook(self)
         if self._start_of_epoch:
             self._snapshot()
 
@@ -290,16 +324,32 @@ class PDT:
                 f"{len(now)} tensors: add_param_group or requires_grad changed); give a new group "
                 '{"pdt": False} to leave it out of PDT, or create a new PDT'
             )
+        # The same tensors, but p.data may have been replaced (model.double(), .to(device), a resize).
+        for name, p, then in zip(self.names, self.params, self._layouts):
+            now_ = _layout(p)
+            for what, a, b in zip(("shape", "dtype", "device"), then, now_):
+                if a != b:
+                    raise ValueError(
+                        f"parameter {name} changed {what} from {a} to {b} since PDT was created: its snapshots no "
+                        "longer fit it (a rollback or a prediction could not be exact); create a new PDT"
+                    )
+            if flat_view(local_shard(p)) is None:
+                raise ValueError(f"parameter {name} is no longer dense in memory; PDT cannot update it in place")
 
     def _loss_value(self, loss: float | Tensor | None) -> float | None:
         if loss is None:
             if self.schedule.needs_loss:
                 raise ValueError(f"loss is required: scheduler={self.schedule.name!r} needs step(loss=...)")
             return None
-        if isinstance(loss, Tensor) and loss.numel() == 1 and not loss.is_complex():
-            return float(loss.detach())
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            return float(loss)
+        if isinstance(loss, Tensor) or hasattr(loss, "__array__"):  # a tensor, a numpy array or scalar
+            try:
+                t = torch.as_tensor(loss.detach() if isinstance(loss, Tensor) else loss)
+            except (TypeError, ValueError, RuntimeError):
+                t = None
+            if t is not None and t.numel() == 1 and not t.is_complex() and t.dtype != torch.bool:
+                return float(t)
+        elif isinstance(loss, numbers.Real) and not is_bool(loss):
+            return as_real("loss", loss)
         raise ValueError(f"loss must be a real number or a one-element real tensor, got {loss!r}")
 
     @property
@@ -310,6 +360,15 @@ class PDT:
     def _snapshot(self) -> None:
         """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
         self._history.push(self._flat_params())
+
+    def close(self) -> None:
+        """Leave step mode: remove the optimizer hook that steps PDT (idempotent).
+
+        Explicit :meth:`step` calls still work. A PDT that is garbage-collected is detached too.
+        """
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """The optimizer's step post-hook in step mode: :meth:`step` after every K-th optimizer step."""
@@ -345,8 +404,11 @@ class PDT:
             ValueError: on a missing or non-numeric ``loss``, or when the optimizer's
                 trainable parameters changed since construction.
         """
+        # Everything that can be checked is checked before anything changes.
         self._check_parameters_unchanged()
         value = self._loss_value(loss)
+        if self.config["on_jump"] != "keep":
+            jump.velocity_buffers(self.optimizer, self.params)  # the optimizer state a jump would change
         decision = self.schedule.observe(value)
         stats: dict[str, Any] = {
             "epoch": self.epoch,
@@ -395,10 +457,7 @@ class PDT:
         velocities it accumulated on weights that no longer exist.
         """
         self._history.copy_newest_to(self._flat_params())
-        velocities, _ = jump.velocity_buffers(self.optimizer, self.params)
-        with torch.no_grad():
-            for flat in (v for vs in velocities for v in vs):
-                flat.zero_()
+        jump.zero_velocities(self.optimizer, self.params)
         logger.warning(
             "PDT rolled back the prediction made after epoch %d: loss %.6g against %.6g before it; "
             "horizon now %d, interval %d",
@@ -563,6 +622,8 @@ class PDT:
                 if origin_is_param:
                     origin = flat if flat.dtype == dtype else flat.to(dtype)
                 new = torch.sub(origin, displacement, out=displacement) if mirrored else displacement.add_(origin)
+                if flat.dtype != dtype:  # finite in the parameter's dtype: float16 overflows where float32 does not
+                    new = new.to(flat.dtype)
                 accept = new.abs() < math.inf  # finite (NaN fails too); 2.5x faster than isfinite on CPU
                 tally = counts[device]
                 tally[-1] += torch.count_nonzero(accept)
@@ -574,10 +635,7 @@ class PDT:
                         accept &= passed[check]
                 accepted[i] += torch.count_nonzero(accept)
                 if write:
-                    if flat.dtype == dtype:
-                        torch.where(accept, new, flat, out=flat)
-                    else:
-                        flat.copy_(torch.where(accept, new.to(flat.dtype), flat))
+                    torch.where(accept, new, flat, out=flat)
                 if on_jump != "keep":
                     # M[tau - 1] is the last predicted step and delta the optimizer's (both
                     # negated when mirrored): their ratio is the same either way.
@@ -594,7 +652,9 @@ class PDT:
             "accepted": sum(per_param),
             "numel": self.numel,
             "rejected": rejected,
-            "accepted_ratio_per_param": {n: a / p.numel() for n, a, p in zip(self.names, per_param, self.params)},
+            "accepted_ratio_per_param": {
+                n: a / p.numel() if p.numel() else 0.0 for n, a, p in zip(self.names, per_param, self.params)
+            },
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -610,32 +670,55 @@ class PDT:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; raises ``ValueError`` (changing nothing) on a mismatch."""
+        """Restore a :meth:`state_dict`; raises ``ValueError`` (changing nothing) on a mismatch.
+
+        Every field's type and range is checked, and every part built aside, before any is committed.
+        """
         keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "schedule", "history", "generators"}
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"not a PDT state: a {type(state_dict).__name__}, not a dict")
         missing = keys - set(state_dict)
         if missing:
             raise ValueError(f"not a PDT state: missing {sorted(missing)}")
         saved = state_dict["config"]
+        if not isinstance(saved, dict):
+            raise ValueError(f"saved config must be a dict, got {type(saved).__name__}")
         diff = {k: (saved.get(k), v) for k, v in self.config.items() if saved.get(k) != v}
         if diff:
             raise ValueError(
                 "PDT state was saved with another configuration: "
                 + ", ".join(f"{k}={s!r} (saved) vs {c!r} (now)" for k, (s, c) in diff.items())
             )
-        # Build every part aside first; the history validates before it copies. Only then commit.
+        counters = {k: as_int(f"saved {k}", state_dict[k], 0) for k in ("epoch", "plain_epochs", "optimizer_steps")}
         cfg = self.config
         restored = schedule.make(cfg["scheduler"], cfg["horizon"], cfg["interval"], cfg["tolerance"], cfg["patience"])
         restored.load_state_dict(state_dict["schedule"])
-        generators = {}
-        for device, rng_state in state_dict["generators"].items():
-            generators[torch.device(device)] = torch.Generator(device=device)
-            try:
-                generators[torch.device(device)].set_state(rng_state)
-            except (RuntimeError, TypeError) as e:
-                raise ValueError(f"saved random generator state for {device} is invalid: {e}") from e
+        generators = self._restore_generators(state_dict["generators"])
+        self._history.check_state(state_dict["history"])
+        # Only now commit.
         self._history.load_state_dict(state_dict["history"])
         self.schedule = restored
-        self.epoch = int(state_dict["epoch"])
-        self.plain_epochs = int(state_dict["plain_epochs"])
-        self.optimizer_steps = int(state_dict["optimizer_steps"])
+        self.epoch, self.plain_epochs, self.optimizer_steps = counters.values()
         self._generators = generators
+
+    def _restore_generators(self, saved: Any) -> dict[torch.device, torch.Generator]:
+        """The random criterion's generators from their saved states, built aside (``ValueError`` if invalid)."""
+        if not isinstance(saved, dict):
+            raise ValueError(f"saved random generator states must be a dict, got {type(saved).__name__}")
+        devices = {local_shard(p).device for p in self.params}
+        generators = {}
+        for name, rng_state in saved.items():
+            try:
+                device = torch.device(name)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"saved random generator state for {name!r}: not a device ({e})") from e
+            if device not in devices:
+                raise ValueError(
+                    f"saved random generator state for {name}: no parameter lives there ({sorted(map(str, devices))})"
+                )
+            try:
+                generators[device] = torch.Generator(device=device)
+                generators[device].set_state(rng_state)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"saved random generator state for {name} is invalid: {e}") from e
+        return generators

@@ -54,6 +54,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .config import as_int, as_real
+
 __all__ = ["SCHEDULERS", "AdaptiveSchedule", "Decision", "FixedSchedule", "ReferenceSchedule", "make"]
 
 MAX_BACKED_OFF_INTERVAL = 15
@@ -109,12 +111,21 @@ class FixedSchedule:
         return {"horizon": self.horizon, "interval": self.interval, "rollbacks": self.rollbacks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; validates everything before changing anything."""
+        """Restore :meth:`state_dict`; validates every field's type and range before changing anything."""
         expected = set(self.state_dict())
-        if set(state) != expected:
-            raise ValueError(f"scheduler state has keys {sorted(state)}, expected {sorted(expected)} ({self.name!r})")
-        for key, value in state.items():
+        if not isinstance(state, dict) or set(state) != expected:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"scheduler state has keys {keys}, expected {sorted(expected)} ({self.name!r})")
+        checked = {key: self._checked(key, value) for key, value in state.items()}
+        for key, value in checked.items():
             setattr(self, key, value)
+
+    def _checked(self, key: str, value: Any) -> Any:
+        """A saved field, validated (``ValueError`` naming it) and as a plain Python value."""
+        name = f"scheduler state {key!r}"
+        if key == "horizon":
+            return as_int(name, value, 1, self.initial_horizon)
+        return as_int(name, value, 0)  # interval, rollbacks
 
 
 class ReferenceSchedule(FixedSchedule):
@@ -143,6 +154,13 @@ class ReferenceSchedule(FixedSchedule):
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {"losses": list(self.losses)}
+
+    def _checked(self, key: str, value: Any) -> Any:
+        if key == "losses":
+            if not isinstance(value, (list, tuple)) or len(value) > 2:
+                raise ValueError(f"scheduler state 'losses' must be a list of at most 2 losses, got {value!r}")
+            return [as_real("scheduler state 'losses'", v) for v in value]
+        return super()._checked(key, value)
 
 
 class AdaptiveSchedule(FixedSchedule):
@@ -186,6 +204,13 @@ class AdaptiveSchedule(FixedSchedule):
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {"pending": self.pending, "good_streak": self.good_streak, "judged": self.judged}
+
+    def _checked(self, key: str, value: Any) -> Any:
+        if key == "pending":
+            return None if value is None else as_real("scheduler state 'pending'", value)
+        if key == "good_streak":
+            return as_int("scheduler state 'good_streak'", value, 0, self.patience - 1)
+        return super()._checked(key, value)
 
 
 SCHEDULERS = {s.name: s for s in (FixedSchedule, ReferenceSchedule, AdaptiveSchedule)}
