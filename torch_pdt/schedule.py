@@ -8,7 +8,7 @@ measured after the optimizer's epoch). Three rules:
     :math:`\tau` and :math:`T_i` stay as given; the loss is ignored. The paper's single-GPU
     behaviour.
 
-``"reference"`` (:class:`ReferenceSchedule`)
+``"authors"`` (:class:`AuthorsSchedule`; earlier name ``"reference"``)
     Our reading of the rule in the authors' distributed trainer (no rollback). With
     :math:`L_i` the loss after epoch :math:`i`, on a rise :math:`L_i > L_{i-1}`:
 
@@ -56,7 +56,15 @@ from typing import Any
 
 from .config import as_int, as_real
 
-__all__ = ["SCHEDULERS", "AdaptiveSchedule", "Decision", "FixedSchedule", "ReferenceSchedule", "make"]
+__all__ = [
+    "SCHEDULERS",
+    "AdaptiveSchedule",
+    "AuthorsSchedule",
+    "Decision",
+    "FixedSchedule",
+    "ReferenceSchedule",
+    "make",
+]
 
 MAX_BACKED_OFF_INTERVAL = 15
 """The adaptive rule stops growing the interval here (unless the user's own is larger)."""
@@ -69,7 +77,7 @@ class Decision:
     loss: float | None
     """The loss the user passed, if any."""
     verdict: str | None = None
-    """``"good"`` or ``"bad"`` for a judged prediction, ``"rise"`` for a reference-rule shrink, else ``None``."""
+    """``"good"`` or ``"bad"`` for a judged prediction, ``"rise"`` for a shrink by the authors' rule, else ``None``."""
     reference_loss: float | None = None
     """The loss the judged prediction is compared to."""
     rollback: bool = False
@@ -128,10 +136,10 @@ class FixedSchedule:
         return as_int(name, value, 0)  # interval, rollbacks
 
 
-class ReferenceSchedule(FixedSchedule):
+class AuthorsSchedule(FixedSchedule):
     """The authors' distributed-trainer rule: shrink :math:`\\tau` on a loss rise, never grow it."""
 
-    name = "reference"
+    name = "authors"
     needs_loss = True
 
     def __init__(self, horizon: int, interval: int) -> None:
@@ -213,12 +221,17 @@ class AdaptiveSchedule(FixedSchedule):
         return super()._checked(key, value)
 
 
-SCHEDULERS = {s.name: s for s in (FixedSchedule, ReferenceSchedule, AdaptiveSchedule)}
+ReferenceSchedule = AuthorsSchedule
+"""The earlier name of :class:`AuthorsSchedule`."""
+
+SCHEDULERS = {s.name: s for s in (FixedSchedule, AuthorsSchedule, AdaptiveSchedule)}
 """Scheduler name -> class."""
 
 
 def make(name: str, horizon: int, interval: int, tolerance: float, patience: int) -> FixedSchedule:
-    """The scheduler called ``name`` (one of :data:`SCHEDULERS`) starting from ``horizon`` and ``interval``."""
+    """The scheduler called ``name`` (one of :data:`SCHEDULERS`, or ``"reference"`` for ``"authors"``)
+    starting from ``horizon`` and ``interval``."""
+    name = "authors" if name == "reference" else name
     if name == "adaptive":
         return AdaptiveSchedule(horizon, interval, tolerance, patience)
     return SCHEDULERS[name](horizon, interval)

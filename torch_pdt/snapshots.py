@@ -17,30 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
 
 from . import dmd
-from .config import as_int
+from .config import Storage, as_int
+from .params import flat_view  # noqa: F401 (its earlier home)
 
-__all__ = ["STORAGE", "SnapshotHistory", "flat_view"]
+__all__ = ["STORAGE", "SnapshotHistory"]
 
-STORAGE = ("same", "cpu", "bf16")
+STORAGE = get_args(Storage)
 """Where snapshots live: beside the parameters, in (pinned) CPU memory, or in bfloat16."""
-
-
-def flat_view(t: Tensor, like: Tensor | None = None) -> Tensor | None:
-    """A 1-D view of ``t`` in the memory order of ``like`` (default ``t``), or ``None`` if there is none.
-
-    Memory order, not logical order, so that channels-last weights (and optimizer state laid
-    out like them) are viewed without a copy and can be updated in place.
-    """
-    like = t if like is None else like
-    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), -like.shape[d]))
-    dense = t.detach().permute(order)
-    return dense.view(-1) if dense.is_contiguous() else None
 
 
 @dataclass(frozen=True)
