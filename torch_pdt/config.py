@@ -28,7 +28,7 @@ import torch
 from .dmd import CHUNK_SIZE
 from .dmd import Forecast as ForecastForm
 
-__all__ = ["SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "is_bool"]
+__all__ = ["ALIASES", "SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "is_bool"]
 
 CriterionName = Literal["pdt", "authors", "accel_only", "consistency_only", "none", "random"]
 Modes = Literal["projected", "exact"]

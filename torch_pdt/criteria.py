@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .config import ALIASES
+
 __all__ = [
-    "ALIASES",
     "CHECKS",
     "CRITERIA",
     "NEEDS_STEPS",
@@ -128,13 +129,9 @@ passes them all. (Passing masks, not failing ones: on CPU a negation costs as mu
 comparison, and the prediction pass needs only the counts of the failures.)
 ``"random"`` needs its generators: see :func:`make`."""
 
-ALIASES = {"reference": "authors"}
-"""Earlier names of criteria, still accepted."""
-
-
 def canonical(name: str) -> str:
-    """The criterion's name, earlier names (:data:`ALIASES`) replaced."""
-    return ALIASES.get(name, name)
+    """The criterion's name, its earlier name replaced (:data:`torch_pdt.config.ALIASES`)."""
+    return ALIASES["criterion"].get(name, name)
 
 
 @dataclass(frozen=True)

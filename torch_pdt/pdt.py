@@ -5,7 +5,7 @@ back when the pacing rule says so), step mode's optimizer hook, and its state. T
 orchestrates live one per module: options (:mod:`~torch_pdt.config`), parameters
 (:mod:`~torch_pdt.params`), snapshots (:mod:`~torch_pdt.snapshots`), DMD (:mod:`~torch_pdt.dmd`),
 the prediction pass (:mod:`~torch_pdt.prediction`), masks (:mod:`~torch_pdt.criteria`), the
-pacing of τ and Ti (:mod:`~torch_pdt.schedule`), and the optimizer's state after a jump
+pacing of τ and Ti (:mod:`~torch_pdt.pacing`), and the optimizer's state after a jump
 (:mod:`~torch_pdt.jump`). :mod:`~torch_pdt.reference` is a readable float64 twin of one step.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import criteria, dmd, jump, params, prediction, schedule
+from . import criteria, dmd, jump, pacing, params, prediction
 from .config import PDTConfig, as_int, as_loss
 from .params import DTensor, local_shard
 from .snapshots import SnapshotHistory
@@ -112,7 +112,7 @@ class PDT:
                 f"scheduler='adaptive' restores weights from the snapshots, which storage={cfg.storage!r} rounds; "
                 "use storage='same' or 'cpu'"
             )
-        self.schedule = schedule.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
+        self.pacing = pacing.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
         self._draws = criteria.RandomDraws(cfg.seed)
         self.epoch = 0
         self.plain_epochs = 0
@@ -122,6 +122,11 @@ class PDT:
         self._hook = None if cfg.every_n_steps is None else _register_step_hook(self)
         if cfg.start_of_epoch:
             self._snapshot()
+
+    @property
+    def schedule(self) -> pacing.FixedPacing:
+        """The earlier name of :attr:`pacing`, the rule for the horizon and interval."""
+        return self.pacing
 
     @property
     def chunk_size(self) -> int:
@@ -140,9 +145,9 @@ class PDT:
         Args:
             loss: the loss of the epoch that just ended (mean training loss, or a held-out
                 loss of the weights the optimizer reached): any real number, numpy scalar or
-                one-element tensor; required by the ``"authors"`` and ``"adaptive"``
-                schedulers, ignored by ``"fixed"``.
-            predict: with ``False`` the snapshot is still taken (and the scheduler still sees
+                one-element tensor; required by the ``"authors"`` and ``"adaptive"`` pacing
+                rules (``scheduler=``), ignored by ``"fixed"``.
+            predict: with ``False`` the snapshot is still taken (and the pacing rule still sees
                 the loss) but no prediction runs (the epoch counts as a plain one): a caller's
                 own rule can switch PDT off and on.
 
@@ -152,7 +157,7 @@ class PDT:
         ``lower_bound``, ``upper_bound``, ``nonfinite``), ``accepted_ratio_per_param`` (by
         name; 0.0 for an empty parameter), ``eigenvalues`` (complex), ``rank``,
         ``gram_passes``, ``horizon``; with ``criterion="random"`` also the ``random_ratio``
-        used; ``schedule`` (the scheduler's :class:`~torch_pdt.schedule.Decision` as a dict),
+        used; ``schedule`` (the pacing rule's :class:`~torch_pdt.pacing.Decision` as a dict),
         ``rolled_back`` and the running count ``rollbacks``; with ``on_jump`` other than
         ``"keep"``, the optimizer state keys left untouched (``optimizer_state_untouched``).
 
@@ -167,7 +172,7 @@ class PDT:
         value = self._loss_value(loss)
         if self.config.on_jump != "keep":
             jump.velocity_buffers(self.optimizer, self.params)
-        decision = self.schedule.observe(value)
+        decision = self.pacing.observe(value)
         stats: dict[str, Any] = {
             "epoch": self.epoch,
             "predicted": False,
@@ -183,12 +188,12 @@ class PDT:
                 self._snapshot()
             stats.update(self._predict_if_due(predict))
         stats["schedule"] = decision.as_dict()
-        stats["rollbacks"] = self.schedule.rollbacks
+        stats["rollbacks"] = self.pacing.rollbacks
 
         jumped = stats["predicted"] and stats["accepted"]
         self.plain_epochs = 0 if stats["predicted"] or decision.rollback else self.plain_epochs + 1
         if jumped:
-            self.schedule.predicted(value)
+            self.pacing.predicted(value)
         if self.config.start_of_epoch:
             self._snapshot()
         elif jumped and self.config.history_after_jump == "assembled":
@@ -203,22 +208,22 @@ class PDT:
             return {"reason": "disabled by the caller"}
         if self.epoch < cfg.start_epoch:
             return {"reason": "warm-up"}
-        if self.plain_epochs < self.schedule.interval:
+        if self.plain_epochs < self.pacing.interval:
             return {"reason": "interval"}
         if len(self._history) < cfg.history:
             return {"reason": f"insufficient history ({len(self._history)} of {cfg.history} snapshots)"}
         return self._predict()
 
     def _loss_value(self, loss: Any) -> float | None:
-        if loss is None and self.schedule.needs_loss:
-            raise ValueError(f"loss is required: scheduler={self.schedule.name!r} needs step(loss=...)")
+        if loss is None and self.pacing.needs_loss:
+            raise ValueError(f"loss is required: scheduler={self.pacing.name!r} needs step(loss=...)")
         return None if loss is None else as_loss(loss)
 
-    def _roll_back(self, decision: schedule.Decision) -> None:
+    def _roll_back(self, decision: pacing.Decision) -> None:
         """Restore the optimizer's weights from before the last prediction; zero the velocities.
 
         The newest snapshot is the optimizer's result of the prediction's epoch (the adaptive
-        scheduler requires ``history_after_jump="optimizer"``), so no copy of the weights is
+        rule requires ``history_after_jump="optimizer"``), so no copy of the weights is
         kept for this. The epoch trained since the prediction is discarded, and so are the
         velocities it accumulated on weights that no longer exist.
         """
@@ -254,7 +259,7 @@ class PDT:
             fit = dmd.fit_factor(R, W, basis=basis, exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol)
         except dmd.DMDError as e:
             return {"reason": f"decomposition failed: {e}", "gram_passes": passes[0]}
-        tau = self.schedule.horizon
+        tau = self.pacing.horizon
         steps = fit.step_coefficients(tau, cfg.forecast)
         if not torch.isfinite(steps).all():
             return {"reason": "decomposition failed: non-finite forecast", "eigenvalues": fit.eigenvalues.tolist()}
@@ -338,13 +343,13 @@ class PDT:
     # --- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: configuration, counters, scheduler, snapshots, RNG states."""
+        """Everything needed to continue exactly: configuration, counters, pacing, snapshots, RNG states."""
         return {
             "config": self.config.saved(),
             "epoch": self.epoch,
             "plain_epochs": self.plain_epochs,
             "optimizer_steps": self.optimizer_steps,
-            "schedule": self.schedule.state_dict(),
+            "schedule": self.pacing.state_dict(),
             "history": self._history.state_dict(),
             "generators": self._draws.state_dict(),
         }
@@ -363,13 +368,13 @@ class PDT:
         self.config.check_saved(state_dict["config"])
         counters = [as_int(f"saved {k}", state_dict[k], 0) for k in ("epoch", "plain_epochs", "optimizer_steps")]
         cfg = self.config
-        restored = schedule.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
+        restored = pacing.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
         restored.load_state_dict(state_dict["schedule"])
         draws = self._draws.restored(state_dict["generators"], {local_shard(p).device for p in self.params})
         self._history.check_state(state_dict["history"])
         # Only now commit.
         self._history.load_state_dict(state_dict["history"])
-        self.schedule = restored
+        self.pacing = restored
         self.epoch, self.plain_epochs, self.optimizer_steps = counters
         self._draws = draws
 

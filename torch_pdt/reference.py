@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .config import ALIASES
+
 __all__ = ["Result", "apply_steps", "forecasts", "judge", "step"]
 
 CRITERIA = ("pdt", "authors", "accel_only", "consistency_only", "none", "random")
@@ -121,7 +123,7 @@ def judge(
     ``delta`` the optimizer's step. ``"random"`` passes each element with probability
     ``ratio`` (uniforms from ``generator``).
     """
-    criterion = "authors" if criterion == "reference" else criterion
+    criterion = ALIASES["criterion"].get(criterion, criterion)
     D = displacement
     if criterion == "random":
         return {"random": torch.rand(D.shape, generator=generator, device=D.device) < ratio}
@@ -194,7 +196,7 @@ def step(
     draws from a fresh generator seeded with ``seed``. Writes the assembled weights into
     ``weights`` when ``write``. Computes in ``dtype``.
     """
-    criterion = "authors" if criterion == "reference" else criterion
+    criterion = ALIASES["criterion"].get(criterion, criterion)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     forecast = forecast or ("increment" if criterion == "authors" else "paper")
