@@ -129,6 +129,20 @@ def test_a_changed_parameter_raises_before_anything_changes(change, message):
             assert torch.equal(p.detach().double(), kept[n].double()), n
 
 
+def test_a_changed_memory_order_raises_before_anything_changes():
+    """Channels-last after construction: same shape and values, but every snapshot row would be
+    read in another element order."""
+    conv = nn.Conv2d(3, 4, 3)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.0)
+    pdt = PDT(opt, history=2, horizon=1, start_epoch=0, interval=0, criterion="none", model=conv)
+    pdt.step()
+    before = snapshot_of(pdt)
+    conv.weight.data = conv.weight.data.to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="weight changed stride"):
+        pdt.step()
+    assert snapshot_of(pdt) == before
+
+
 def test_rollback_after_a_dtype_change_is_refused_clearly():
     """model.double() after a prediction: the history holds float32 weights, a rollback could not be exact."""
     model, opt, pdt = trained(3, scheduler="adaptive", criterion="none")

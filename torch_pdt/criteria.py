@@ -129,6 +129,7 @@ passes them all. (Passing masks, not failing ones: on CPU a negation costs as mu
 comparison, and the prediction pass needs only the counts of the failures.)
 ``"random"`` needs its generators: see :func:`make`."""
 
+
 def canonical(name: str) -> str:
     """The criterion's name, its earlier name replaced (:data:`torch_pdt.config.ALIASES`)."""
     return ALIASES["criterion"].get(name, name)

@@ -7,8 +7,9 @@
   this process holds.
 * **Flattening** (:func:`flat_view`): a 1-D view of each tensor in *memory* order, so that
   channels-last weights (and optimizer state laid out like them) are read and written in place.
-* **Layout** (:class:`Layout`): what the snapshot storage depends on (shape, dtype, device of
-  the local shard). :func:`check_unchanged` compares it at every step, before anything changes.
+* **Layout** (:class:`Layout`): what the snapshot storage depends on (shape, dtype, device and
+  memory order of the local shard). :func:`check_unchanged` compares it at every step, before
+  anything changes.
 
 Example:
     >>> model = torch.nn.Linear(3, 2)
@@ -58,6 +59,8 @@ def flat_view(t: Tensor, like: Tensor | None = None) -> Tensor | None:
     out like them) are viewed without a copy and can be updated in place.
     """
     like = t if like is None else like
+    if t.is_contiguous() and (like is t or like.is_contiguous()):  # the common case, 5x faster
+        return t.detach().view(-1)
     order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), -like.shape[d]))
     dense = t.detach().permute(order)
     return dense.view(-1) if dense.is_contiguous() else None
@@ -100,16 +103,18 @@ def check_supported(names: Sequence[str], params: Sequence[Tensor]) -> None:
 
 @dataclass(frozen=True)
 class Layout:
-    """What a parameter's snapshot storage depends on: its local shard's shape, dtype and device."""
+    """What a parameter's snapshot storage depends on: its local shard's shape, dtype, device and
+    strides (the memory order its flat view, hence every snapshot row, follows)."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
+    stride: tuple[int, ...]
 
     @classmethod
     def of(cls, p: Tensor) -> Layout:
         q = local_shard(p)
-        return cls(tuple(q.shape), q.dtype, q.device)
+        return cls(tuple(q.shape), q.dtype, q.device, q.stride())
 
 
 def check_unchanged(
@@ -119,8 +124,9 @@ def check_unchanged(
 
     Snapshots have a fixed layout: a parameter added (``add_param_group``) or unfrozen mid-run
     has no history, one removed would leave stale rows, and one whose ``p.data`` was replaced
-    by a tensor of another shape, dtype or device (``model.double()``, a resize) no longer fits
-    its rows: a prediction or a rollback could not be exact.
+    by a tensor of another shape, dtype, device or memory order (``model.double()``, a resize,
+    ``.to(memory_format=torch.channels_last)``) no longer fits its rows: a prediction or a
+    rollback could not be exact.
     """
     _, now = collect(optimizer)
     if [id(p) for p in now] != [id(p) for p in params]:
@@ -131,14 +137,15 @@ def check_unchanged(
         )
     for name, p, then in zip(names, params, layouts):
         now_ = Layout.of(p)
-        for what in ("shape", "dtype", "device"):
+        if now_ == then:  # dense: it was at construction (flat_views)
+            continue
+        for what in ("shape", "dtype", "device", "stride"):
             if getattr(then, what) != getattr(now_, what):
+                dense = "" if what != "stride" or flat_view(local_shard(p)) is not None else ", no longer dense,"
                 raise ValueError(
-                    f"parameter {name} changed {what} from {getattr(then, what)} to {getattr(now_, what)} since PDT "
-                    "was created: its snapshots no longer fit it; create a new PDT"
+                    f"parameter {name} changed {what}{dense} from {getattr(then, what)} to {getattr(now_, what)} "
+                    "since PDT was created: its snapshots no longer fit it; create a new PDT"
                 )
-        if flat_view(local_shard(p)) is None:
-            raise ValueError(f"parameter {name} is no longer dense in memory; PDT cannot update it in place")
 
 
 def flat_views(names: Sequence[str], params: Sequence[Tensor]) -> list[Tensor]:
