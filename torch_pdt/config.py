@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 import torch
@@ -230,7 +230,3 @@ class PDTConfig:
                 diff.append(f"{key}={theirs!r} (saved) vs {value!r} (now)")
         if diff:
             raise ValueError("PDT state was saved with another configuration: " + ", ".join(diff))
-
-
-OPTIONS = tuple(f.name for f in fields(PDTConfig))
-"""Option names, in the order of the constructor."""

@@ -63,7 +63,7 @@ class PDT:
 
     With ``every_n_steps=K`` (step mode) PDT steps itself after every ``K`` optimizer steps
     (an ``Optimizer.register_step_post_hook`` that holds PDT weakly: a PDT that is dropped, or
-    :meth:`close`\ d, stops stepping). :meth:`step` never writes a non-finite value: such
+    closed with :meth:`close`, stops stepping). :meth:`step` never writes a non-finite value: such
     predicted elements are rejected, and a decomposition that fails (rank 0, non-finite
     snapshots) skips the prediction, with the reason in the returned statistics. When
     :meth:`step` or :meth:`load_state_dict` raises, nothing has changed.
