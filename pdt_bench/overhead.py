@@ -10,7 +10,7 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   snapshot copy-in fused with the Gram update (and, for comparison, a plain copy of the same
   size), the ``h x h`` algebra, the predict-mask-assemble pass;
 * the extra memory PDT holds (RSS on CPU, the CUDA allocator on GPU) against ``h N`` values;
-* with ``--naive``, the straightforward implementation (:mod:`pdt_bench.naive`) on the same
+* with ``--naive``, the straightforward implementation (:mod:`torch_pdt.reference`, in float32) on the same
   snapshots; with ``--sweep``, the step time for ``N`` in 1M, 10M, 57M and 100M.
 
 The snapshots follow a synthetic but training-like trajectory: every weight drifts with a
@@ -31,9 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torch_pdt import PDT
+from torch_pdt import PDT, reference
 
-from . import naive
 
 __all__ = ["PAPER_TABLE_8", "add_command", "copy_seconds", "format_report", "format_sweep", "measure", "parse_count"]
 
@@ -207,7 +206,7 @@ def measure(
             weights.copy_(snapshots[-1])
             _sync(dev)
             start = time.perf_counter()
-            naive.step(snapshots, weights, horizon)
+            reference.step(snapshots, weights, horizon, dtype=torch.float32)
             _sync(dev)
             naive_times.append(time.perf_counter() - start)
         result["naive"] = naive_times

@@ -10,7 +10,8 @@ Notation used in the comments, per element ``j``:
 Criteria (paper Sec. 3.2, NOTES.md section 2):
 
 * ``pdt``:  Eq. 7 (every step has sign(d), with sign(0) = 0) and Eq. 6 ``|d| < |D| <= tau |d|``;
-* ``reference``: sign(D) = sign(d) and ``|d| <= |D| <= (tau + 1) |d|`` (final displacement only);
+* ``authors`` (the authors' code; earlier name ``"reference"``): sign(D) = sign(d) and
+  ``|d| <= |D| <= (tau + 1) |d|`` (final displacement only);
 * ``accel_only``: Eq. 6 only; ``consistency_only``: Eq. 7 only; ``none``: everything.
 
 Every expected mask below was worked out by hand from these definitions, element by element.
@@ -107,7 +108,7 @@ def test_bound_ties_and_magnitudes():
                 [F, T, F, F, F, T, T],
                 [F, F, T, T, F, F, F],
             ),
-            "reference": (
+            "authors": (
                 [T, T, T, F, T, F, T],
                 [F, F, F, F, F, F, F],
                 [F, F, F, F, F, T, F],
@@ -150,7 +151,7 @@ def test_intermediate_sign_flips():
                 [F, F, T, F, F, F, T],
                 [F, F, F, T, F, F, F],
             ),
-            "reference": (
+            "authors": (
                 [T, T, F, T, F, T, F],
                 [F, F, F, F, T, F, T],  # sign(D) against sign(d) only for 4 and 6
                 [F, F, T, F, F, F, F],  # |D| >= |d| fails only for 2 (element 6: 1 >= 1 holds)
@@ -193,7 +194,7 @@ def test_zero_steps_and_zero_delta():
                 [T, F, T, T, T, T, F],
                 [F, T, F, F, F, F, F],
             ),
-            "reference": (
+            "authors": (
                 [T, F, T, F, F, T, T],
                 [F, T, F, T, T, F, F],
                 [F, F, F, T, T, F, F],
@@ -228,7 +229,7 @@ def test_tau_one_leaves_pdt_an_empty_interval():
         tau,
         {
             "pdt": ([F] * 6, [F, F, F, F, T, F], [T, T, F, F, T, T], [F, F, T, T, F, F]),
-            "reference": ([F, T, T, F, F, T], [F, F, F, F, T, F], [T, F, F, F, F, F], [F, F, F, T, F, F]),
+            "authors": ([F, T, T, F, F, T], [F, F, F, F, T, F], [T, F, F, F, F, F], [F, F, F, T, F, F]),
             "accel_only": ([F] * 6, None, [T, T, F, F, T, T], [F, F, T, T, F, F]),
             "consistency_only": ([T, T, T, T, F, T], [F, F, F, F, T, F], None, None),
             "none": _none(6),
@@ -264,7 +265,7 @@ def test_nonfinite_inputs():
         tau,
         {
             "pdt": ([F, F, F, F, F, T], [T, T, F, F, T, F], [T, T, T, F, T, F], [T, T, T, T, T, F]),
-            "reference": ([F, F, F, F, F, T], [T, T, F, F, T, F], [T, T, T, F, T, F], [T, T, T, T, T, F]),
+            "authors": ([F, F, F, F, F, T], [T, T, F, F, T, F], [T, T, T, F, T, F], [T, T, T, T, T, F]),
             "accel_only": ([F, F, F, F, F, T], None, [T, T, T, F, T, F], [T, T, T, T, T, F]),
             "consistency_only": ([F, F, T, T, F, T], [T, T, F, F, T, F], None, None),
             "none": _none(6),
@@ -313,10 +314,10 @@ def test_criteria_properties_on_small_integers(tau):
     assert torch.equal(pdt.consistency, v["consistency_only"].consistency)
     assert torch.equal(pdt.lower_bound, v["accel_only"].lower_bound)
     assert torch.equal(pdt.upper_bound, v["accel_only"].upper_bound)
-    assert not (pdt.accept & ~v["reference"].accept).any()
+    assert not (pdt.accept & ~v["authors"].accept).any()
     assert v["none"].accept.all()
     # the draw is rich enough that the criteria actually differ
-    assert (v["reference"].accept & ~pdt.accept).any()
+    assert (v["authors"].accept & ~pdt.accept).any()
     if tau == 1:
         assert not pdt.accept.any() and not v["accel_only"].accept.any()
     else:

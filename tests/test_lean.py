@@ -1,7 +1,10 @@
-"""The lean PDT step: fused pass against a plain implementation, incremental Gram, one-pass
-Cholesky-QR, storage options, and the ``pdt-bench overhead`` command on a tiny N."""
+"""The lean PDT step: the fused pass and the whole step against the float64 reference
+(:mod:`torch_pdt.reference`), incremental Gram, one-pass Cholesky-QR, storage options, and the
+``pdt-bench overhead`` command on a tiny N."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ from torch import nn
 
 from pdt_bench import cli
 from pdt_bench import overhead as bench
-from torch_pdt import PDT, dmd
+from torch_pdt import PDT, dmd, reference
 
 TAU = 3
 H = 4
@@ -36,7 +39,7 @@ def random_pdt(dtype: torch.dtype, n: int, chunk_size: int, criterion: str, seed
         with torch.no_grad():
             p.copy_(w)
         pdt.step()
-    if criterion == "reference":  # the optimizer moves on from the last start-of-epoch snapshot
+    if criterion == "authors":  # the optimizer moves on from the last start-of-epoch snapshot
         with torch.no_grad():
             p.add_(1e-2 * torch.randn(n, generator=g, dtype=torch.float64).to(dtype))
     return pdt, p, g
@@ -53,45 +56,26 @@ def random_steps(g: torch.Generator) -> torch.Tensor:
     return torch.cat([steps, steps.sum(0, keepdim=True)])
 
 
-def plain_pass(S: torch.Tensor, weights: torch.Tensor, steps: torch.Tensor, criterion: str, reference: bool):
-    """Predict, mask and assemble the obvious way, in float64: every step, every sign."""
-    P = steps @ S  # (tau + 1, N): the predicted steps, then the displacement
-    increments, D = P[:TAU], P[TAU]
-    origin = S[-1]
-    delta = weights.double() - origin if reference else origin - S[-2]
-    consistent = torch.ones_like(D, dtype=torch.bool)
-    for k in range(TAU):
-        consistent &= torch.sign(increments[k]) == torch.sign(delta)
-    if reference:
-        consistent = torch.sign(D) == torch.sign(delta)
-        lower, upper = D.abs() >= delta.abs(), D.abs() <= (TAU + 1) * delta.abs()
-    else:
-        lower, upper = D.abs() > delta.abs(), D.abs() <= TAU * delta.abs()
-    checks = {
-        "pdt": [consistent, lower, upper],
-        "reference": [consistent, lower, upper],
-        "accel_only": [lower, upper],
-        "consistency_only": [consistent],
-        "none": [],
-    }[criterion]
-    new = (origin + D).to(weights.dtype)
-    accept = torch.isfinite(new)
-    for check in checks:
-        accept &= check
+def bound_margin(S: torch.Tensor, weights: torch.Tensor, steps: torch.Tensor, start_of_epoch: bool) -> torch.Tensor:
+    """Each element's distance from the bounds |D| = |delta| and |D| = tau |delta|, relative to
+    |delta|: a decision closer than the pass's float32 rounding may go either way."""
+    D = steps[TAU] @ S
+    delta = weights.double() - S[-1] if start_of_epoch else S[-1] - S[-2]
     margin = torch.stack([(D.abs() - delta.abs()).abs(), (D.abs() - TAU * delta.abs()).abs()]).amin(0)
-    return accept, torch.where(accept, new, weights), margin / delta.abs().clamp(min=1e-30)
+    return margin / delta.abs().clamp(min=1e-30)
 
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-CRITERION_NAMES = ["pdt", "reference", "accel_only", "consistency_only", "none"]
+CRITERION_NAMES = ["pdt", "authors", "accel_only", "consistency_only", "none"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("criterion", CRITERION_NAMES)
 def test_fused_pass_equals_the_plain_implementation(dtype, criterion):
     """Random snapshots and random coefficients, 1000 elements in chunks of 64 (1000 = 15 * 64 + 40):
-    same mask and same weights as :func:`plain_pass`, except where the plain float64 margin of a
-    bound is within float32 rounding (there the fused pass, in float32, may decide either way)."""
+    same mask and same weights as the float64 reference (:func:`torch_pdt.reference.apply_steps`),
+    except where the float64 margin of a bound is within float32 rounding (there the fused pass,
+    in float32, may decide either way)."""
     n = 1000
     seed = 10 * DTYPES.index(dtype) + CRITERION_NAMES.index(criterion)
     pdt, p, g = random_pdt(dtype, n, 64, criterion, seed)
@@ -99,7 +83,9 @@ def test_fused_pass_equals_the_plain_implementation(dtype, criterion):
     rows = pdt._history.rows()
     S = torch.cat([s.double() for s in pdt._history._storage], dim=1)[rows]
     before = p.detach().clone()
-    accept, expected, margin = plain_pass(S, before, steps, criterion, reference=criterion == "reference")
+    twin = reference.apply_steps(S, before, steps, criterion, start_of_epoch=criterion == "authors")
+    accept, expected = twin.accept, twin.weights
+    margin = bound_margin(S, before, steps, start_of_epoch=criterion == "authors")
     stats = pdt._pass(steps, criterion, write=True)
     got = p.detach()
     changed = got != before
@@ -130,6 +116,44 @@ def test_fused_pass_statistics_equal_the_criteria_module():
     for check in ("consistency", "lower_bound", "upper_bound"):
         assert stats["rejected"][check] == int(getattr(verdict, check).sum()), check
     assert stats["rejected"]["nonfinite"] == 0
+
+
+@pytest.mark.parametrize("modes", ["projected", "exact"])
+@pytest.mark.parametrize("forecast", ["paper", "increment"])
+@pytest.mark.parametrize("criterion", [*CRITERION_NAMES, "random"])
+def test_pdt_step_equals_the_reference_step(criterion, forecast, modes):
+    """The whole step (Gram, DMD, coefficients, pass) against the readable SVD-based float64 step,
+    on float64 weights relaxing towards a target with noise: the same decisions and counts, the
+    same weights to float64 rounding of the forecast."""
+    n = 600
+    g = torch.Generator().manual_seed(CRITERION_NAMES.index(criterion) if criterion in CRITERION_NAMES else 9)
+    target, start = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    p = nn.Parameter(start.clone())
+    pdt = PDT(
+        torch.optim.SGD([p], lr=0.0),
+        history=H,
+        horizon=TAU,
+        start_epoch=0,
+        interval=0,
+        criterion=criterion,
+        forecast=forecast,
+        modes=modes,
+    )
+    for t in range(1, H + 1):
+        with torch.no_grad():
+            p.copy_(target + (start - target) * 0.7**t + 1e-2 * torch.randn(n, generator=g, dtype=torch.float64))
+        before, w = pdt.state_dict()["history"]["snapshots"][0], p.detach().clone()
+        stats = pdt.step()
+        if stats["predicted"]:
+            break
+    assert stats["predicted"] and 0 < stats["accepted"] <= n
+    snapshots = before if pdt.config.start_of_epoch else pdt.state_dict()["history"]["snapshots"][0]
+    assert pdt.config.start_of_epoch or torch.equal(snapshots[-1], w)
+    twin = reference.step(list(snapshots), w, TAU, criterion=criterion, forecast=forecast, modes=modes)
+    assert (stats["accepted"], stats["rejected"]) == (twin.accepted, twin.rejected)
+    if criterion == "random":
+        assert stats["random_ratio"] == twin.ratio
+    torch.testing.assert_close(p.detach(), twin.weights, rtol=1e-9, atol=1e-12)
 
 
 # --- the incremental Gram ----------------------------------------------------------------------
@@ -242,7 +266,7 @@ def test_cpu_storage_on_cpu_is_the_same_as_same():
     results = []
     for storage in ("same", "cpu"):
         pdt, p, _ = random_pdt(torch.float32, 500, 64, "pdt", seed=1, storage=storage)
-        pdt.config["start_epoch"] = 0
+        pdt.config = dataclasses.replace(pdt.config, start_epoch=0)
         with torch.no_grad():
             p.add_(1e-2)
         stats = pdt.step()
@@ -255,7 +279,7 @@ def test_bf16_storage_halves_the_snapshots_and_still_predicts():
     pdt16, p, _ = random_pdt(torch.float32, 500, 64, "none", seed=2, storage="bf16")
     assert pdt16.snapshot_bytes * 2 == pdt32.snapshot_bytes
     assert pdt16._history._storage[0].dtype == torch.bfloat16
-    pdt16.config["start_epoch"] = 0
+    pdt16.config = dataclasses.replace(pdt16.config, start_epoch=0)
     with torch.no_grad():
         p.add_(1e-2)
     stats = pdt16.step()

@@ -91,6 +91,22 @@ def test_invalid_configuration_names_the_argument(kwargs, name):
         PDT(opt, **kwargs)
 
 
+def test_the_configuration_is_frozen_typed_and_complete():
+    """PDTConfig validated once: plain Python values, earlier names resolved, read by name, not writable."""
+    import dataclasses
+
+    from torch_pdt import PDTConfig
+
+    pdt = PDT(torch.optim.SGD(make_model().parameters(), lr=0.1), criterion="reference", chunk_size=100)
+    assert isinstance(pdt.config, PDTConfig) and pdt.config == PDTConfig(criterion="authors", chunk_size=100)
+    assert pdt.config["forecast"] == pdt.config.forecast == "increment" and pdt.chunk_size == 100
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pdt.config.horizon = 3
+    assert set(pdt.state_dict()["config"]) == {f.name for f in dataclasses.fields(PDTConfig)} - {"chunk_size"}
+    with pytest.raises(TypeError, match="magic"):
+        PDT(torch.optim.SGD(make_model().parameters(), lr=0.1), magic=1)
+
+
 def test_optimizer_without_trainable_parameters_is_rejected():
     model = make_model()
     for p in model.parameters():

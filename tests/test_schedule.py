@@ -1,4 +1,4 @@
-"""Acceleration schedulers: the rules on their own, and rollback through the PDT plug-in."""
+"""Pacing rules (the ``scheduler=`` option): the rules on their own, and rollback through the PDT plug-in."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import torch
 from test_pdt import make_data, make_model, train_epoch, weights
 
 from torch_pdt import PDT
-from torch_pdt.schedule import AdaptiveSchedule, FixedSchedule, ReferenceSchedule
+from torch_pdt.pacing import AdaptivePacing, AuthorsPacing, FixedPacing
 
 # --- the rules ---------------------------------------------------------------------------
 
 
 def test_fixed_ignores_the_loss():
-    s = FixedSchedule(horizon=5, interval=1)
+    s = FixedPacing(horizon=5, interval=1)
     for loss in (1.0, 10.0, math.nan, None):
         d = s.observe(loss)
         assert (d.horizon, d.interval, d.rollback, d.verdict) == (5, 1, False, None)
 
 
 def test_reference_rule_shrinks_on_rises_and_never_grows():
-    s = ReferenceSchedule(horizon=6, interval=1)
+    s = AuthorsPacing(horizon=6, interval=1)
     trace = []
     for loss in [5.0, 4.0, 4.5, 4.0, 4.2, 4.8, 3.0, 2.0, 2.5, 2.6, 1.0]:
         d = s.observe(loss)
@@ -45,7 +45,7 @@ def test_reference_rule_shrinks_on_rises_and_never_grows():
 
 
 def test_adaptive_rule_backs_off_and_grows_back_within_bounds():
-    s = AdaptiveSchedule(horizon=5, interval=1, tolerance=0.1, patience=2)
+    s = AdaptivePacing(horizon=5, interval=1, tolerance=0.1, patience=2)
     assert s.observe(2.0).verdict is None  # nothing predicted yet
     s.predicted(2.0)
     d = s.observe(2.1)  # +5 %: within tolerance, good
@@ -67,7 +67,7 @@ def test_adaptive_rule_backs_off_and_grows_back_within_bounds():
 
 
 def test_adaptive_interval_backoff_is_capped():
-    s = AdaptiveSchedule(horizon=4, interval=0, tolerance=0.0, patience=1)
+    s = AdaptivePacing(horizon=4, interval=0, tolerance=0.0, patience=1)
     for _ in range(10):
         s.predicted(1.0)
         s.observe(2.0)
@@ -169,7 +169,7 @@ def test_resume_with_a_pending_judgement_is_bit_identical():
 
     model, opt, pdt, _ = _setup(on_jump="rescale", tolerance=0.02)
     train(model, opt, pdt, 3)
-    assert pdt.schedule.pending is not None  # saved while a prediction awaits its judgement
+    assert pdt.pacing.pending is not None  # saved while a prediction awaits its judgement
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "pdt": pdt.state_dict()}, buffer)
     buffer.seek(0)
@@ -186,3 +186,24 @@ def test_the_scheduler_is_part_of_the_saved_configuration():
     saved = _setup()[2].state_dict()
     with pytest.raises(ValueError, match="scheduler='adaptive' \\(saved\\) vs 'fixed'"):
         _setup(scheduler="fixed")[2].load_state_dict(saved)
+
+
+def test_earlier_names_still_work():
+    """The module, its classes and the option value of the authors' rule under their earlier names."""
+    from torch_pdt import schedule
+
+    assert schedule.ReferenceSchedule is schedule.AuthorsSchedule is AuthorsPacing
+    assert schedule.FixedSchedule is FixedPacing and schedule.AdaptiveSchedule is AdaptivePacing
+    runs = []
+    for name in ("reference", "authors"):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        pdt = PDT(opt, history=3, horizon=5, start_epoch=2, interval=0, scheduler=name, criterion=name)
+        assert (pdt.config.scheduler, pdt.config.criterion, pdt.schedule) == ("authors", "authors", pdt.pacing)
+        for loss in [3.0, 2.0, 2.5, 2.4]:
+            train_epoch(model, opt, make_data())
+            pdt.step(loss=loss)
+        runs.append((weights(model), pdt.state_dict()))
+    assert torch.equal(runs[0][0], runs[1][0])
+    old = runs[0][1] | {"config": runs[0][1]["config"] | {"criterion": "reference", "scheduler": "reference"}}
+    pdt.load_state_dict(old)  # a checkpoint that says "reference" loads into "authors"

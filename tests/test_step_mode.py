@@ -55,8 +55,9 @@ def test_every_n_steps_is_an_explicit_step_every_k_optimizer_steps():
 def test_step_mode_resumes_mid_period():
     data = batches(30)
     model, opt = make()
-    PDT(opt, **PDT_ARGS, every_n_steps=4)
+    pdt = PDT(opt, **PDT_ARGS, every_n_steps=4)  # kept: a dropped PDT stops stepping
     train(model, opt, data)
+    assert pdt.optimizer_steps == 30
 
     first_model, first_opt = make()
     first = PDT(first_opt, **PDT_ARGS, every_n_steps=4)

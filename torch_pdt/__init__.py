@@ -1,11 +1,35 @@
 """torch-pdt: Predictive Differential Training as a plug-in beside any ``torch.optim`` optimizer.
 
+One concept per module: :mod:`~torch_pdt.pdt` (the orchestrator, :class:`PDT`),
+:mod:`~torch_pdt.config` (its options), :mod:`~torch_pdt.params` (which tensors, flat and
+sharded), :mod:`~torch_pdt.snapshots` (the ring buffer and its Gram matrix),
+:mod:`~torch_pdt.dmd` (DMD from a Gram matrix), :mod:`~torch_pdt.prediction` (predict, mask,
+assemble), :mod:`~torch_pdt.criteria` (the masks), :mod:`~torch_pdt.pacing` (how far and how often
+to predict: the horizon and interval), :mod:`~torch_pdt.jump` (optimizer state after a jump),
+:mod:`~torch_pdt.checkpoint` (atomic saves), and :mod:`~torch_pdt.reference` (a readable
+float64 twin of one step, for tests and benchmarks).
+
 >>> from torch_pdt import PDT
 """
 
-from . import checkpoint, criteria, dmd, jump, schedule
+from . import checkpoint, config, criteria, dmd, jump, pacing, params, prediction, reference, schedule
 from .checkpoint import save_atomic
+from .config import PDTConfig
 from .pdt import PDT
 
-__all__ = ["PDT", "checkpoint", "criteria", "dmd", "jump", "save_atomic", "schedule"]
+__all__ = [
+    "PDT",
+    "PDTConfig",
+    "checkpoint",
+    "config",
+    "criteria",
+    "dmd",
+    "jump",
+    "pacing",
+    "params",
+    "prediction",
+    "reference",
+    "save_atomic",
+    "schedule",
+]
 __version__ = "0.1.0"

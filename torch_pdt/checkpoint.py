@@ -3,7 +3,9 @@
 :func:`save_atomic` writes to a temporary file in the destination's directory, flushes it to
 disk (``fsync``), renames it over the destination with :func:`os.replace` (atomic on POSIX
 and Windows within one file system), then syncs the directory so that the rename itself
-survives a power loss.
+survives a power loss. For the user's file it behaves like ``torch.save(obj, path)``: a new
+file gets the permissions the umask allows (``0o666 & ~umask``), an existing one keeps its
+own, and a symbolic link is written through (its target is replaced, the link stays).
 
 Example:
     >>> import tempfile, pathlib
@@ -16,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +28,42 @@ import torch
 __all__ = ["save_atomic"]
 
 
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file in ``path``'s directory, created with mode ``0o666`` (the
+    umask applies, as for the ``open()`` inside ``torch.save``; ``tempfile.mkstemp`` would give ``0o600``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` such that ``path`` is never seen half-written.
 
-    The temporary file lives beside ``path`` (a rename across file systems would not be
-    atomic) and is removed if saving fails.
+    The temporary file lives beside the file that ``path`` names, after following symbolic
+    links (a rename across file systems would not be atomic, and renaming over the link
+    would replace it), and is removed if saving fails.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = Path(os.path.realpath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)  # torch.save into an existing file keeps its mode
+    except FileNotFoundError:
+        mode = None
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.chmod(tmp, mode)
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable; Windows has no directory fsync
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)

@@ -317,6 +317,18 @@ class DMD:
             return C
         return self.lift @ Z
 
+    def step_coefficients(self, tau: int, form: Forecast = "paper") -> Tensor:
+        r"""Float64 ``(tau + 1) x m`` matrix mapping the snapshots to the predicted steps and the displacement.
+
+        Row ``k - 1`` gives :math:`\hat s_{m-1+k} - \hat s_{m-2+k}` for ``k = 1..tau``, with
+        :math:`\hat s_{m-1} := s_{m-1}` (the newest snapshot itself, not its reconstruction);
+        the last row gives their sum, the displacement :math:`\hat s_{m-1+\tau} - s_{m-1}`.
+        """
+        C = self.coefficients(range(1, tau + 1), form)
+        C[-1] -= 1.0  # displacements from the newest snapshot
+        steps = torch.diff(C.T, dim=0, prepend=torch.zeros(1, C.shape[0], dtype=C.dtype))
+        return torch.cat([steps, C[:, -1:].T])
+
     def modes(self, snapshots: Tensor) -> Tensor:
         r"""The DMD modes :math:`\Phi = S M`, complex ``N x r`` (for analysis; PDT never forms them)."""
         M = self.mode_coefficients.to(device=snapshots.device)
@@ -378,7 +390,7 @@ def fit_factor(
         rtol: additionally drop singular values below ``rtol * sigma_max``.
 
     Raises:
-        DMDError: :math:`X` has rank 0.
+        DMDError: :math:`X` has rank 0, or the truncation keeps no singular value (``rtol >= 1``).
     """
     validate_options(exact, rank, rtol)
     m = R.shape[1]
@@ -391,6 +403,8 @@ def fit_factor(
     if nonzero == 0:
         raise DMDError("rank 0: X has no non-zero singular value")
     r = _truncation_rank(s[:nonzero], rank, rtol)
+    if r == 0:  # a rank-0 operator forecasts zeros: never a prediction
+        raise DMDError(f"rank 0: the truncation (rank={rank!r}, rtol={rtol!r}) keeps no singular value")
     U, s, V = U[:, :r], s[:r], Vh[:r].T
 
     YVinv = RY @ V / s  # (q, r)

@@ -47,16 +47,28 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import get_args
 
 import torch
 from torch import Tensor
 
-from .snapshots import flat_view
+from .config import OnJump
+from .params import flat_view
 
-__all__ = ["ON_JUMP", "SCALE_KEYS", "VELOCITY_KEYS", "scale", "velocity_buffers", "velocity_ratio"]
+__all__ = [
+    "ON_JUMP",
+    "SCALE_KEYS",
+    "VELOCITY_KEYS",
+    "prepare",
+    "scale",
+    "updater",
+    "velocity_buffers",
+    "velocity_ratio",
+    "zero_velocities",
+]
 
-ON_JUMP = ("keep", "reset", "rescale")
+ON_JUMP = get_args(OnJump)
 
 VELOCITY_KEYS = frozenset({"momentum_buffer", "exp_avg"})
 """State entries holding a per-element velocity: reset or rescaled."""
@@ -83,18 +95,55 @@ def velocity_buffers(optimizer: torch.optim.Optimizer, params: Sequence[Tensor])
             if key not in VELOCITY_KEYS:
                 untouched.add(key)
                 continue
-            view = flat_view(value, like=p)
+            view = flat_view(value, like=p) if value.layout == torch.strided else None
             if view is None:
-                raise ValueError(f"optimizer state {key!r} is not laid out like its parameter; PDT cannot update it")
+                raise ValueError(
+                    f"optimizer state {key!r} ({value.layout}) is not laid out like its parameter; PDT cannot "
+                    "update it: use on_jump='keep'"
+                )
             mine.append(view)
         views.append(mine)
     return views, untouched
+
+
+def zero_velocities(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
+    """Zero every velocity buffer of ``params`` in place, whatever its layout (a rollback's reset)."""
+    with torch.no_grad():
+        for p in params:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key in VELOCITY_KEYS and isinstance(value, Tensor) and value.shape == p.shape:
+                    value.zero_()
 
 
 def velocity_ratio(last_predicted_step: Tensor, delta: Tensor) -> Tensor:
     """:math:`r` of ``"rescale"``: predicted step at the landing point over the optimizer's last step, in [0, 1]."""
     ratio = torch.where(delta != 0, last_predicted_step / delta, torch.zeros_like(delta))
     return ratio.nan_to_num(0.0, 0.0, 0.0).clamp(0.0, 1.0)
+
+
+def prepare(
+    optimizer: torch.optim.Optimizer, params: Sequence[Tensor], on_jump: str
+) -> tuple[Callable[[int, int, Tensor, Tensor, Tensor], None] | None, set[str]]:
+    """For one prediction pass: the per-chunk hook (:func:`updater`; ``None`` for ``"keep"``) and
+    the unknown state keys it leaves alone."""
+    if on_jump == "keep":
+        return None, set()
+    velocities, untouched = velocity_buffers(optimizer, params)
+    return updater(on_jump, velocities), untouched
+
+
+def updater(on_jump: str, velocities: Sequence[Sequence[Tensor]]) -> Callable[[int, int, Tensor, Tensor, Tensor], None]:
+    """The prediction pass's per-chunk hook for ``on_jump`` ``"reset"`` or ``"rescale"``.
+
+    ``velocities`` are :func:`velocity_buffers`' views; the hook scales elements
+    ``start:start + c`` of parameter ``i`` where ``accept`` holds, by 0 or by :func:`velocity_ratio`.
+    """
+
+    def update(i: int, start: int, accept: Tensor, last_step: Tensor, delta: Tensor) -> None:
+        factor = 0.0 if on_jump == "reset" else velocity_ratio(last_step, delta)
+        scale(velocities[i], start, start + accept.numel(), accept, factor)
+
+    return update
 
 
 def scale(buffers: Sequence[Tensor], start: int, stop: int, where: Tensor, factor: Tensor | float) -> None:

@@ -17,29 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
 
 from . import dmd
+from .config import Storage, as_int
+from .params import flat_view  # noqa: F401 (its earlier home)
 
-__all__ = ["STORAGE", "SnapshotHistory", "flat_view"]
+__all__ = ["STORAGE", "SnapshotHistory"]
 
-STORAGE = ("same", "cpu", "bf16")
+STORAGE = get_args(Storage)
 """Where snapshots live: beside the parameters, in (pinned) CPU memory, or in bfloat16."""
-
-
-def flat_view(t: Tensor, like: Tensor | None = None) -> Tensor | None:
-    """A 1-D view of ``t`` in the memory order of ``like`` (default ``t``), or ``None`` if there is none.
-
-    Memory order, not logical order, so that channels-last weights (and optimizer state laid
-    out like them) are viewed without a copy and can be updated in place.
-    """
-    like = t if like is None else like
-    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), -like.shape[d]))
-    dense = t.detach().permute(order)
-    return dense.view(-1) if dense.is_contiguous() else None
 
 
 @dataclass(frozen=True)
@@ -233,25 +223,37 @@ class SnapshotHistory:
             "gram": self._gram[index][:, index].clone(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state["numels"]) != [s.numel for s in self._slots]:
+    def check_state(self, state: Any) -> dict[str, Any]:
+        """Validate a :meth:`state_dict` for this history (``ValueError`` naming the field); nothing changes."""
+        if not isinstance(state, dict) or not {"numels", "snapshots", "next", "gram"} <= set(state):
+            raise ValueError("saved snapshot history must be a dict with numels, snapshots, next and gram")
+        numels = state["numels"]
+        if not isinstance(numels, (list, tuple)) or list(numels) != [s.numel for s in self._slots]:
             raise ValueError(
-                "saved snapshots were taken of parameters with other sizes: "
-                f"{list(state['numels'])} vs {[s.numel for s in self._slots]}"
+                "saved snapshots were taken of parameters with other sizes (numels): "
+                f"{numels!r} vs {[s.numel for s in self._slots]}"
             )
-        saved = state["snapshots"]
-        count = saved[0].shape[0] if saved else 0
+        saved, gram = state["snapshots"], state["gram"]
+        if not isinstance(saved, (list, tuple)) or not all(isinstance(t, Tensor) for t in saved):
+            raise ValueError("saved snapshots must be a list of tensors")
+        count = saved[0].shape[0] if saved and saved[0].dim() == 2 else 0
         if (
             len(saved) != len(self._storage)
             or count > self.capacity
             or any(t.shape != (count, s.shape[1]) or t.dtype != s.dtype for t, s in zip(saved, self._storage))
-            or state["gram"].shape != (count + 1, count + 1)
         ):
             raise ValueError("saved snapshots do not match this history's layout (device/dtype groups)")
-        self.count = count
-        self._next = int(state["next"]) % self.capacity
+        if not isinstance(gram, Tensor) or not gram.is_floating_point() or gram.shape != (count + 1, count + 1):
+            raise ValueError(f"saved gram must be a ({count + 1}, {count + 1}) floating-point tensor")
+        return {"count": count, "next": as_int("saved ring position 'next'", state["next"], 0, self.capacity - 1)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; validates it completely (:meth:`check_state`) before changing anything."""
+        checked = self.check_state(state)
+        self.count = checked["count"]
+        self._next = checked["next"]
         rows = self.rows()
-        for t, s in zip(saved, self._storage):
+        for t, s in zip(state["snapshots"], self._storage):
             s[rows] = t.to(s.device)
         index = [self.capacity, *rows]
         self._gram.zero_()
