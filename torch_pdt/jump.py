@@ -70,9 +70,13 @@ SCALE_KEYS = frozenset(
 def velocity_buffers(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> tuple[list[list[Tensor]], set[str]]:
     """Flat views (in each parameter's memory order) of its velocity buffers, and unknown state keys.
 
+    Under FSDP2 the views are of this rank's shards, like PDT's snapshots.
+
     Read afresh at each jump: optimizers create their state lazily and ``load_state_dict``
     replaces it.
     """
+    from .pdt import local_shard  # here, not at the top: pdt imports this module
+
     views: list[list[Tensor]] = []
     untouched: set[str] = set()
     for p in params:
@@ -83,7 +87,7 @@ def velocity_buffers(optimizer: torch.optim.Optimizer, params: Sequence[Tensor])
             if key not in VELOCITY_KEYS:
                 untouched.add(key)
                 continue
-            view = flat_view(value, like=p)
+            view = flat_view(local_shard(value), like=local_shard(p))  # FSDP2: this rank's shard
             if view is None:
                 raise ValueError(f"optimizer state {key!r} is not laid out like its parameter; PDT cannot update it")
             mine.append(view)

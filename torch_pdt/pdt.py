@@ -247,8 +247,9 @@ class PDT:
         self.last_stats: dict[str, Any] = {}
         self._warned_untouched = False
         self.optimizer_steps = 0
+        self._step_hook = None
         if every_n_steps is not None:
-            optimizer.register_step_post_hook(self._after_optimizer_step)
+            self._step_hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         if self._start_of_epoch:
             self._snapshot()
 
@@ -310,6 +311,16 @@ class PDT:
     def _snapshot(self) -> None:
         """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
         self._history.push(self._flat_params())
+
+    def detach(self) -> None:
+        """Stop stepping with the optimizer (step mode's hook is removed); a no-op in epoch mode."""
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
+
+    def _agreement(self) -> dict[str, Any]:
+        """The settings that every rank of a distributed run must share (compared by DistributedPDT)."""
+        return dict(self.config)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """The optimizer's step post-hook in step mode: :meth:`step` after every K-th optimizer step."""
