@@ -201,6 +201,8 @@ def mismatched_settings(rank: int, world: int) -> dict:
         "history": error(lambda: hand_sharded(model, rank, world, history=3 + rank)),
         "verify": error(lambda: DistributedPDT(torch.optim.SGD(params), **PDT_ARGS, verify=rank == 0)),
         "layout": error(lambda: DistributedPDT(torch.optim.SGD(params[rank:]), **PDT_ARGS)),
+        # An invalid argument on one rank: the other must not wait for its settings.
+        "invalid": error(lambda: DistributedPDT(torch.optim.SGD(params), **PDT_ARGS | {"horizon": 1 - rank})),
     }
 
 

@@ -214,6 +214,10 @@ def test_different_settings_raise_on_every_rank_naming_them(results):
             prefix = f"ValueError: DistributedPDT settings differ across ranks: {setting} (ranks [0] vs [1]"
             assert s[setting].startswith(prefix)
         assert "parameters (ranks [0] vs [1]" in s["layout"]
+    assert results[0]["settings"]["invalid"] == (
+        "ValueError: DistributedPDT could not be constructed on rank(s) [1] (see their error)"
+    )
+    assert results[1]["settings"]["invalid"] == "ValueError: horizon must be an int >= 1, got 0"
 
 
 def test_a_rank_out_of_step_makes_every_rank_raise_at_once(results):

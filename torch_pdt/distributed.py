@@ -37,12 +37,12 @@ def _hash(value: Any) -> int:
 def _bit_checksums(flat: Tensor, chunk_size: int) -> Tensor:
     """Two checksums of ``flat``'s bits, equal for equal tensors whatever the summation order.
 
-    The plain sum and a position-weighted sum of the bit patterns (as 16- or 32-bit integers),
+    The plain sum and a position-weighted sum of the bit patterns (as 8-, 16- or 32-bit integers),
     in int64 modulo :math:`2^{64}` (associative, so exact in any order), then reduced modulo
     :math:`2^{52}` to fit a float64 message. NaNs are first made one canonical NaN, so equal
     NaNs compare equal.
     """
-    width = torch.int16 if flat.element_size() == 2 else torch.int32
+    width = {1: torch.int8, 2: torch.int16}.get(flat.element_size(), torch.int32)
     total = torch.zeros(2, dtype=torch.int64, device=flat.device)
     nan = torch.tensor(math.nan, dtype=flat.dtype, device=flat.device)
     offset = 0
@@ -100,21 +100,29 @@ class DistributedPDT(PDT):
     ) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("DistributedPDT needs an initialised default process group (torch.distributed)")
-        if sharded is None:
-            sharded = any(isinstance(p, DTensor) for group_ in optimizer.param_groups for p in group_["params"])
-        if verify and sharded:
-            raise ValueError("verify compares replicated weights; it does not apply to sharded parameters")
-        # Set before PDT.__init__, which may already take a snapshot (criterion="reference").
         self.group = group
-        self.sharded = sharded
-        self.verify = verify
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
-        super().__init__(optimizer, *args, **kwargs)
-        backend = str(dist.get_backend(group))
         # Collectives run on the CPU where the backend takes CPU tensors (gloo), else on the
         # parameters' device (NCCL).
-        self._comm_device = torch.device("cpu") if "gloo" in backend else local_shard(self.params[0]).device
+        params = [p for g in getattr(optimizer, "param_groups", []) for p in g["params"]]
+        if "gloo" in str(dist.get_backend(group)) or not params:
+            self._comm_device = torch.device("cpu")
+        else:
+            self._comm_device = local_shard(params[0]).device
+        try:
+            if sharded is None:
+                sharded = any(isinstance(p, DTensor) for p in params)
+            if verify and sharded:
+                raise ValueError("verify compares replicated weights; it does not apply to sharded parameters")
+            # Set before PDT.__init__, which may already take a snapshot (criterion="reference").
+            self.sharded = sharded
+            self.verify = verify
+            super().__init__(optimizer, *args, **kwargs)
+        except Exception:
+            self._vote(failed=True)  # the others must not wait for this rank's settings
+            raise
+        self._vote(failed=False)
         self._check_agreement()
         # Optimizer steps since construction: a rank that skipped or repeated step() has trained
         # a different number of them by the time its step counter meets the others'.
@@ -131,6 +139,16 @@ class DistributedPDT(PDT):
     def detach(self) -> None:
         super().detach()
         self._counter_hook.remove()
+
+    def _vote(self, failed: bool) -> None:
+        """Raise ``ValueError`` on every rank that constructed if another rank's construction raised."""
+        flags = torch.zeros(self.world_size, dtype=torch.float64)
+        flags[self.rank] = float(failed)
+        flags = flags.to(self._comm_device)
+        dist.all_reduce(flags, group=self.group)
+        ranks = flags.cpu().nonzero().flatten().tolist()
+        if ranks and not failed:
+            raise ValueError(f"DistributedPDT could not be constructed on rank(s) {ranks} (see their error)")
 
     def _check_agreement(self) -> None:
         """Raise ``ValueError`` on every rank unless all ranks have the same settings and layout."""
