@@ -146,6 +146,13 @@ def test_lost_snapshot_makes_all_ranks_skip_together(results):
         assert predicted(s) == expected
         assert all("rank(s) [1]" in s[e]["reason"] for e in (3, 4, 5))
     assert [s["accepted"] for s in stats[0] if s["predicted"]] == [s["accepted"] for s in stats[1] if s["predicted"]]
+    # Each rank holds half of the parameter tensors; the statistics count the whole model.
+    assert stats[0] == stats[1]
+    total = sum(p.numel() for p in worker.mlp(8, 16, 3).parameters())
+    for s in stats[0]:
+        if s["predicted"]:
+            assert s["numel"] == total and s["accepted_ratio"] == s["accepted"] / total
+            assert min(s["rejected"].values()) >= 0
 
 
 def test_exception_in_one_rank_fails_the_other_within_the_timeout(launched):

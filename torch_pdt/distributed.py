@@ -69,7 +69,8 @@ class DistributedPDT(PDT):
             initialised.
         sharded: whether each rank holds a different part of the parameters. ``None`` (default)
             means: if any parameter is a DTensor (FSDP2). ``True`` also suits parameters that a
-            user shards by hand (each rank passes its own part as a plain tensor).
+            user shards by hand (each rank passes its own part of each parameter as a plain
+            tensor, under the same names; the statistics count the parts of all ranks).
         verify: replicated only: after every :meth:`step`, check with one ``all_reduce`` that
             all ranks hold bit-identical weights (equal NaNs count as equal); raises
             :class:`ReplicaMismatchError` if not.
@@ -124,6 +125,15 @@ class DistributedPDT(PDT):
             raise
         self._vote(failed=False)
         self._check_agreement()
+        # Statistics count the whole model: a DTensor's numel is global already, a hand-sharded
+        # plain tensor's is this rank's part.
+        self._numels = [p.numel() for p in self.params]
+        if sharded:
+            parts = torch.tensor([0 if isinstance(p, DTensor) else p.numel() for p in self.params], dtype=torch.int64)
+            parts = parts.to(self._comm_device)
+            dist.all_reduce(parts, group=self.group)
+            self._numels = [p.numel() if isinstance(p, DTensor) else int(n) for p, n in zip(self.params, parts.cpu())]
+            self.numel = sum(self._numels)
         # Optimizer steps since construction: a rank that skipped or repeated step() has trained
         # a different number of them by the time its step counter meets the others'.
         self._trained_steps = 0
@@ -246,6 +256,12 @@ class DistributedPDT(PDT):
                 raise ValueError(f"PDT ranks disagree: only rank(s) {ranks} passed {what}; no rank stepped")
         mean = losses.mean().item() if given[0] else None
         stats = super().step(mean, predict=predict)
+        if self.sharded and "accepted_ratio_per_param" in stats:
+            # PDT divides the global counts by the local numel; recover the counts (exact integers)
+            # and divide by the global one, the same on every rank.
+            ratios = stats["accepted_ratio_per_param"]
+            for name, p, n in zip(self.names, self.params, self._numels):
+                ratios[name] = round(ratios[name] * p.numel()) / n
         if self.verify:
             self._verify_replicas()
         return stats
