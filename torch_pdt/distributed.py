@@ -1,3 +1,64 @@
+r"""PDT on every rank of a ``torch.distributed`` process group, without a rank-0 bottleneck.
+
+**Replicated parameters (DDP).** Every rank holds the same weights and the same snapshots, so
+every rank computes the same prediction on its own: the prediction needs no collective.
+``verify=True`` (a debugging aid) compares checksums of the weights' bits across ranks after
+every step.
+
+**Sharded parameters (FSDP2).** With ``torch.distributed.fsdp.fully_shard`` the parameters are
+DTensors and each rank holds a shard :math:`S_r` (rows of the ``N x h`` snapshot matrix). PDT
+keeps snapshots of the local shards only (``1/world`` of the memory), and everything DMD needs
+is the ``h x h`` Gram matrix, a sum over ranks:
+
+.. math::
+    S^\top S = \sum_r S_r^\top S_r .
+
+So a prediction is one ``all_reduce`` of ``h x h`` numbers (each rank keeps its local Gram
+matrix up to date as snapshots enter; a second Gram pass, made only when the first factor is
+not accurate enough, is a second one); every rank then fits the same DMD, predicts, masks and
+writes its own shard, and one ``all_reduce`` of the acceptance counts makes the statistics
+global.
+
+**Agreement.** The ranks must take every decision together, or they drift apart (DDP) or pair
+collectives of different epochs (FSDP2). So:
+
+* at construction one ``all_reduce`` tells every rank whether the others' constructors
+  succeeded (a rank whose arguments are invalid raises its own error; the others raise
+  ``ValueError`` naming it instead of waiting), and a second compares a hash of every setting
+  and of the parameter layout; a difference raises ``ValueError`` on every rank, naming the
+  settings and the ranks (sharded: a third sums the parts' sizes, for the statistics);
+* every :meth:`~DistributedPDT.step` starts with one ``all_reduce`` of each rank's step
+  counter, optimizer steps since construction, loss and ``predict`` flag. The scheduler sees
+  the **mean of the ranks' losses** :math:`\bar L = \frac1W \sum_r L_r` (a float64 sum in rank
+  order, the same on every rank), so rollbacks and the :math:`\tau`/:math:`T_i` schedule are
+  the same everywhere. Ranks at different counters raise :class:`RanksOutOfStepError`, and a
+  rank whose arguments are invalid (or that passes a loss, or ``predict``, unlike the others)
+  makes every rank raise ``ValueError``, all before anything changes;
+* every collective PDT issues in a step carries each rank's step counter and the collective's
+  kind in ``W`` slots of its message, and all these messages have one length, fixed at
+  construction. A rank that raised inside :meth:`~DistributedPDT.step` and stepped on therefore
+  meets a message of another kind or epoch, and every rank raises :class:`RanksOutOfStepError`
+  at once, naming the ranks and their counters (never a size mismatch, which aborts gloo).
+
+**Faults (sharded).** A rank that fails to take a snapshot stores a NaN snapshot in its place
+(its ring stays in step with the others'); a rank whose local Gram is non-finite sets its flag
+in the same ``all_reduce`` that sums the Gram. Every rank then sees the same flags and skips
+the prediction with the same reason; no rank waits for a collective another rank never enters.
+A snapshot lost this way blocks predictions until it leaves the window (``history`` steps).
+An exception anywhere else (a Gram pass, the prediction pass) propagates on its rank; the other
+ranks then fail in their next collective (at once when the failed process exits, else at the
+process group's timeout).
+
+Example (one process per rank, e.g. under ``torchrun``)::
+
+    model = fully_shard(model)  # or DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters())
+    pdt = DistributedPDT(opt, history=5, horizon=5, scheduler="adaptive")
+    for epoch in range(epochs):
+        loss = train_one_epoch(model, opt)  # this rank's mean loss
+        pdt.step(loss=loss)  # same call, same decision, same statistics on every rank
+"""
+
 from __future__ import annotations
 
 import hashlib
@@ -76,7 +137,8 @@ class DistributedPDT(PDT):
             :class:`ReplicaMismatchError` if not.
 
     Raises:
-        ValueError: on every rank, when the ranks' settings or parameter layouts differ.
+        ValueError: on every rank, when the ranks' settings or parameter layouts differ, or
+            when the construction raised on another rank.
 
     Example::
 
