@@ -6,6 +6,9 @@ Each part skips when its extra (``torch-pdt[lightning]``, ``torch-pdt[transforme
 from __future__ import annotations
 
 import atexit
+import signal
+from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 import torch
@@ -129,9 +132,29 @@ def test_lightning_step_mode_steps_with_the_optimizer():
     assert callback.pdt.last_stats["predicted"]
 
 
+@contextmanager
+def time_limit(seconds: int):
+    """Fail the test (instead of blocking the suite) if the block runs longer than ``seconds``."""
+
+    def fail(signum, frame):
+        pytest.fail(f"did not finish within {seconds} s (a rank hangs)")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_lightning_ddp_spawn_matches_one_process(tmp_path):
     single, _ = fit(4, accelerator="cpu")
-    spawned, _ = fit(4, ckpt_dir=tmp_path, accelerator="cpu", strategy="ddp_spawn", devices=2)
+    # A rank left waiting in a collective fails after 30 s, and the whole fit after 150 s
+    # (38 s measured on 2 cores at load 7).
+    strategy = pl.strategies.DDPStrategy(start_method="spawn", timeout=timedelta(seconds=30))
+    with time_limit(150):
+        spawned, _ = fit(4, ckpt_dir=tmp_path, accelerator="cpu", strategy=strategy, devices=2)
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]["PDTCallback"]
     assert state["epoch"] == 4 and state["plain_epochs"] == 0  # predicted at epochs 2 and 3
     for a, b in zip(weights(spawned), weights(single)):
