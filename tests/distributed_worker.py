@@ -1,9 +1,12 @@
 """One rank of the distributed tests (run by tests/test_distributed.py, two processes, gloo on CPU).
 
 ``python tests/distributed_worker.py OUT_DIR`` with ``RANK`` and ``WORLD_SIZE`` set. Each rank
-runs DDP, FSDP2 and a lost snapshot, saves what it saw to ``OUT_DIR/rank{r}.pt`` (rank 0 also
-the single-process references), and last runs an exception in rank 1's prediction pass, which
-must make both processes fail (one launch for all: starting two processes costs seconds).
+runs DDP, FSDP2, a lost snapshot, adaptive rollbacks with rank-local losses (DDP and FSDP2),
+ranks with different settings, ranks out of step and the replica check with NaNs, saves what
+it saw to ``OUT_DIR/rank{r}.pt`` (rank 0 also the single-process references), and last runs an
+exception in rank 1's prediction pass, which must make both processes fail (one launch for
+all: starting two processes costs seconds). Every scenario that must raise raises on both ranks
+after the same collective, so the process group stays usable for the next one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from torch_pdt import PDT
-from torch_pdt.distributed import DistributedPDT, ReplicaMismatchError
+from torch_pdt.distributed import DistributedPDT, RanksOutOfStepError, ReplicaMismatchError
 from torch_pdt.pdt import local_shard
 
 EPOCHS = 8
@@ -35,14 +38,21 @@ def mlp(n_in: int, hidden: int, n_out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
 
 
-def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x, y, rank: int, world: int) -> None:
-    """One epoch over global batches of 16; this rank takes its contiguous part of each."""
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x, y, rank: int, world: int) -> float:
+    """One epoch over global batches of 16; this rank takes its contiguous part of each.
+
+    Returns this rank's mean loss (of its own part of the data, as a training loop logs it).
+    """
     part = GLOBAL_BATCH // world
+    losses = []
     for i in range(0, len(x), GLOBAL_BATCH):
         lo = i + rank * part
         opt.zero_grad()
-        nn.functional.mse_loss(model(x[lo : lo + part]), y[lo : lo + part]).backward()
+        loss = nn.functional.mse_loss(model(x[lo : lo + part]), y[lo : lo + part])
+        loss.backward()
         opt.step()
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
 
 
 def flat(model: nn.Module) -> list[torch.Tensor]:
@@ -121,6 +131,145 @@ def lost_snapshot(rank: int, world: int) -> dict:
     return {"stats": out["stats"]}
 
 
+SPIKE = 3
+"""Rank 1's loss triples at this epoch, the first that judges a prediction (made at epoch 2)."""
+
+
+def momenta(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    params = [p for group in opt.param_groups for p in group["params"]]
+    return [local_shard(opt.state[p]["momentum_buffer"]).reshape(-1).clone() for p in params]
+
+
+def adaptive(model: nn.Module, rank: int, world: int, x, y, **pdt_args) -> dict:
+    """``scheduler="adaptive"`` with each rank's own loss (rank 1's spikes at ``SPIKE``)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pdt = DistributedPDT(opt, **PDT_ARGS, scheduler="adaptive", **pdt_args)
+    out = {"before": [], "after": [], "stats": [], "losses": [], "momenta": []}
+    for epoch in range(EPOCHS):
+        loss = train_epoch(model, opt, x, y, rank, world) * (3 if rank == 1 and epoch == SPIKE else 1)
+        out["losses"].append(loss)
+        out["before"].append(flat(model))
+        out["stats"].append(pdt.step(loss=loss))
+        out["after"].append(flat(model))
+        out["momenta"].append(momenta(opt))
+    return out
+
+
+def ddp_adaptive(rank: int, world: int) -> dict:
+    """DDP, rank-local losses, rollback, ``on_jump="rescale"`` and the replica check."""
+    x, y = data(8, 3)
+    model = nn.parallel.DistributedDataParallel(mlp(8, 16, 3))
+    return adaptive(model, rank, world, x, y, on_jump="rescale", verify=True)
+
+
+def fsdp_adaptive(rank: int, world: int) -> dict:
+    """FSDP2 (uneven shards), rank-local losses, rollback, ``on_jump="reset"``."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = mlp(16, 33, 5)
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    x, y = data(16, 5)
+    return adaptive(model, rank, world, x, y, on_jump="reset")
+
+
+def error(make) -> str | None:
+    """The message of the exception ``make()`` raises, prefixed by its type, or None."""
+    try:
+        make()
+    except (ValueError, RanksOutOfStepError, ReplicaMismatchError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def hand_sharded(model: nn.Module, rank: int, world: int, **pdt_args) -> DistributedPDT:
+    """PDT that treats this rank's half of the parameter list as its shard (FSDP2's code path, plain tensors)."""
+    params = list(model.parameters())
+    return DistributedPDT(torch.optim.SGD(params[rank::world], lr=0.1), **(PDT_ARGS | pdt_args), sharded=True)
+
+
+def mismatched_settings(rank: int, world: int) -> dict:
+    """Ranks constructing PDT with different settings: each must raise, naming the setting."""
+    model = mlp(8, 16, 3)
+    params = list(model.parameters())
+    return {
+        "horizon": error(lambda: DistributedPDT(torch.optim.SGD(params), **PDT_ARGS | {"horizon": 2 + rank})),
+        # Sharded, different histories: the Gram all_reduces would differ in size (gloo aborts).
+        "history": error(lambda: hand_sharded(model, rank, world, history=3 + rank)),
+        "verify": error(lambda: DistributedPDT(torch.optim.SGD(params), **PDT_ARGS, verify=rank == 0)),
+        "layout": error(lambda: DistributedPDT(torch.optim.SGD(params[rank:]), **PDT_ARGS)),
+        # An invalid argument on one rank: the other must not wait for its settings.
+        "invalid": error(lambda: DistributedPDT(torch.optim.SGD(params), **PDT_ARGS | {"horizon": 1 - rank})),
+    }
+
+
+def out_of_step(rank: int, world: int) -> dict:
+    """A rank skips, repeats, or raises inside and goes on with step(): every rank must raise at once."""
+    import time
+
+    x, y = data(8, 3)
+
+    def train(make_pdt, call) -> dict:
+        model = mlp(8, 16, 3)
+        pdt = make_pdt(model)
+        for epoch in range(EPOCHS):
+            train_epoch(model, pdt.optimizer, x, y, 0, 1)
+            start = time.monotonic()
+            message = error(lambda: call(pdt, epoch))
+            if message is not None:
+                return {"message": message, "epoch": epoch, "seconds": time.monotonic() - start}
+        return {"message": None}
+
+    def skip(pdt, epoch):
+        if not (rank == 1 and epoch == 3):
+            pdt.step()
+
+    def repeat(pdt, epoch):
+        pdt.step()
+        if rank == 0 and epoch == 3:
+            pdt.step()
+
+    def raise_once(pdt, epoch):
+        if rank == 1 and epoch == 3:
+            pdt._pass = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected"))
+            try:
+                pdt.step()
+            except RuntimeError as e:
+                assert str(e) == "injected", e
+            del pdt._pass
+        else:
+            pdt.step()
+
+    def sharded_pdt(model):  # each rank trains and predicts its half of the parameters
+        return hand_sharded(model, rank, world)
+
+    def replicated_pdt(model):
+        return DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.1), **PDT_ARGS)
+
+    return {
+        "sharded_skip": train(sharded_pdt, skip),
+        "ddp_repeat": train(replicated_pdt, repeat),
+        "sharded_raise_and_go_on": train(sharded_pdt, raise_once),
+    }
+
+
+def verify_nans(rank: int, world: int) -> dict:
+    """verify=True with NaNs: equal NaNs on both ranks are equal; a NaN on one rank only is not."""
+    model = mlp(8, 16, 3)
+    pdt = DistributedPDT(torch.optim.SGD(model.parameters()), **PDT_ARGS, verify=True)
+    weight = next(model.parameters())
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+        weight[1, 1] = float("nan") if rank == 0 else -float("nan")  # NaNs of other bit patterns
+    same = error(pdt.step)
+    with torch.no_grad():
+        weight[2, 2] = float("nan") if rank == 0 else 1.0
+    return {"same": same, "differ": error(pdt.step)}
+
+
 def raise_in_pass(rank: int, world: int) -> None:
     x, y = data(8, 3)
     model = mlp(8, 16, 3)
@@ -145,7 +294,16 @@ def main() -> None:
         world_size=world,
         timeout=timedelta(seconds=30),  # a rank left waiting fails after this instead of hanging
     )
-    result = {"ddp": replicated(rank, world), "fsdp": sharded(rank, world), "lost": lost_snapshot(rank, world)}
+    result = {
+        "ddp": replicated(rank, world),
+        "fsdp": sharded(rank, world),
+        "lost": lost_snapshot(rank, world),
+        "ddp_adaptive": ddp_adaptive(rank, world),
+        "fsdp_adaptive": fsdp_adaptive(rank, world),
+        "settings": mismatched_settings(rank, world),
+        "out_of_step": out_of_step(rank, world),
+        "verify_nans": verify_nans(rank, world),
+    }
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     raise_in_pass(rank, world)
 

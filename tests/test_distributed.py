@@ -1,4 +1,4 @@
-"""DistributedPDT on two CPU processes (gloo): DDP, FSDP2 with uneven shards, and faults.
+"""DistributedPDT on two CPU processes (gloo): DDP, FSDP2 with uneven shards, agreement, and faults.
 
 Every launch has a hard timeout, so a hang fails the test instead of blocking the suite.
 """
@@ -87,9 +87,9 @@ def test_ddp_ranks_agree_and_match_a_single_process(results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def gather(results: list[dict], key: str, epoch: int) -> list[torch.Tensor]:
+def gather(results: list[dict], key: str, epoch: int, scenario: str = "fsdp") -> list[torch.Tensor]:
     """Whole parameters (flat) from the ranks' shards: FSDP2 shards dim 0, rank 0 first."""
-    return [torch.cat(parts) for parts in zip(*(r["fsdp"][key][epoch] for r in results))]
+    return [torch.cat(parts) for parts in zip(*(r[scenario][key][epoch] for r in results))]
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +146,13 @@ def test_lost_snapshot_makes_all_ranks_skip_together(results):
         assert predicted(s) == expected
         assert all("rank(s) [1]" in s[e]["reason"] for e in (3, 4, 5))
     assert [s["accepted"] for s in stats[0] if s["predicted"]] == [s["accepted"] for s in stats[1] if s["predicted"]]
+    # Each rank holds half of the parameter tensors; the statistics count the whole model.
+    assert stats[0] == stats[1]
+    total = sum(p.numel() for p in worker.mlp(8, 16, 3).parameters())
+    for s in stats[0]:
+        if s["predicted"]:
+            assert s["numel"] == total and s["accepted_ratio"] == s["accepted"] / total
+            assert min(s["rejected"].values()) >= 0
 
 
 def test_exception_in_one_rank_fails_the_other_within_the_timeout(launched):
@@ -154,3 +161,95 @@ def test_exception_in_one_rank_fails_the_other_within_the_timeout(launched):
     assert "injected failure in the prediction pass" in runs[1].stderr
     assert runs[1].returncode != 0
     assert runs[0].returncode != 0, "rank 0 should fail in the statistics all_reduce, not finish"
+
+
+def test_ddp_adaptive_rollback_with_rank_local_losses_keeps_replicas_bit_identical(results):
+    ranks = [r["ddp_adaptive"] for r in results]
+    losses = [r["losses"] for r in ranks]
+    spike = worker.SPIKE
+    # Alone, rank 0 would keep the prediction of epoch 2 (its loss rose by less than the 5 %
+    # tolerance) and rank 1 would roll it back: without the mean, the replicas would part.
+    rise = [loss[spike] / loss[spike - 1] - 1 for loss in losses]
+    assert rise[0] <= 0.05 < rise[1]
+    for r in ranks:
+        decisions = [s["schedule"] for s in r["stats"]]
+        # The scheduler saw the mean of the ranks' losses, on both ranks alike.
+        assert [d["loss"] for d in decisions] == [(a + b) / 2 for a, b in zip(*losses)]
+        assert [s["rolled_back"] for s in r["stats"]] == [e == spike for e in range(worker.EPOCHS)]
+        assert r["stats"][spike]["schedule"]["verdict"] == "bad"
+        assert any(s["predicted"] for s in r["stats"][spike + 1 :])  # and predicted again, backed off
+        # The rollback restored the optimizer's weights of the prediction's epoch, exactly, and
+        # zeroed the velocities.
+        assert all(torch.equal(a, b) for a, b in zip(r["after"][spike], r["before"][spike - 1]))
+        assert all(not m.any() for m in r["momenta"][spike])
+    assert ranks[0]["stats"] == ranks[1]["stats"]
+    for key in ("after", "momenta"):  # on_jump="rescale" changed the velocities alike
+        for epoch in range(worker.EPOCHS):
+            assert all(torch.equal(a, b) for a, b in zip(ranks[0][key][epoch], ranks[1][key][epoch])), (key, epoch)
+
+
+def test_fsdp2_adaptive_rollback_and_on_jump_reset_agree_across_shards(results):
+    ranks = [r["fsdp_adaptive"] for r in results]
+    spike = worker.SPIKE
+    assert ranks[0]["stats"] == ranks[1]["stats"]
+    stats = ranks[0]["stats"]
+    assert [s["rolled_back"] for s in stats] == [e == spike for e in range(worker.EPOCHS)]
+    # The rollback: whole model back to the optimizer's weights of epoch 2, velocities zero.
+    restored = gather(results, "after", spike, "fsdp_adaptive")
+    assert all(torch.equal(a, b) for a, b in zip(restored, gather(results, "before", spike - 1, "fsdp_adaptive")))
+    assert all(not m.any() for r in ranks for m in r["momenta"][spike])
+    # on_jump="reset" at the prediction of epoch 2: the velocities of exactly the accepted
+    # elements (counted over both shards) are zero.
+    accepted = stats[spike - 1]["accepted"]
+    assert 0 < accepted < stats[spike - 1]["numel"]
+    zeros = sum(int((m == 0).sum()) for r in ranks for m in r["momenta"][spike - 1])
+    moved = sum(int((a != b).sum()) for r in ranks for a, b in zip(r["after"][spike - 1], r["before"][spike - 1]))
+    assert zeros == accepted and moved <= accepted
+    for r in ranks:
+        for a, b, m in zip(r["after"][spike - 1], r["before"][spike - 1], r["momenta"][spike - 1]):
+            assert not m[a != b].any()
+
+
+def test_different_settings_raise_on_every_rank_naming_them(results):
+    for rank, r in enumerate(results):
+        s = r["settings"]
+        assert s["horizon"] == (
+            f"ValueError: DistributedPDT settings differ across ranks: horizon (ranks [0] vs [1]; rank {rank} has "
+            f"{2 + rank})"
+        )
+        for setting in ("history", "verify"):
+            prefix = f"ValueError: DistributedPDT settings differ across ranks: {setting} (ranks [0] vs [1]"
+            assert s[setting].startswith(prefix)
+        assert "parameters (ranks [0] vs [1]" in s["layout"]
+    assert results[0]["settings"]["invalid"] == (
+        "ValueError: DistributedPDT could not be constructed on rank(s) [1] (see their error)"
+    )
+    assert results[1]["settings"]["invalid"] == "ValueError: horizon must be an int >= 1, got 0"
+
+
+def test_a_rank_out_of_step_makes_every_rank_raise_at_once(results):
+    for r in results:
+        s = r["out_of_step"]
+        # Rank 1 skips step() at epoch 3: its next step() meets rank 0's of epoch 3.
+        assert s["sharded_skip"]["message"] == (
+            "RanksOutOfStepError: PDT ranks are out of step: all at step 3, but rank 0 after 16, rank 1 after 20 "
+            "optimizer steps. Every rank must call step() once per epoch (a rank skipped or repeated step())"
+        )
+        assert s["ddp_repeat"]["message"].startswith(
+            "RanksOutOfStepError: PDT ranks are out of step: all at step 4, but rank 0 after 16, rank 1 after 20"
+        )
+        # Rank 1 raises between the Gram and the counts all_reduce and goes on: its next step()
+        # meets rank 0's counts (same message length, so no gloo abort).
+        assert s["sharded_raise_and_go_on"]["message"].startswith(
+            "RanksOutOfStepError: PDT ranks are out of step: rank 0 at step 3 (counts), rank 1 at step 3 (step)"
+        )
+        for case in s.values():
+            assert case["seconds"] < 5  # at once, not at the process group's 30 s timeout
+    assert [r["out_of_step"]["sharded_skip"]["epoch"] for r in results] == [3, 4]
+
+
+def test_verify_treats_equal_nans_as_equal(results):
+    for r in results:
+        assert r["verify_nans"]["same"] is None
+        expected = "ReplicaMismatchError: PDT ranks disagree after epoch 1 on ['group0.param0']"
+        assert r["verify_nans"]["differ"] == expected

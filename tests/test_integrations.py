@@ -5,6 +5,11 @@ Each part skips when its extra (``torch-pdt[lightning]``, ``torch-pdt[transforme
 
 from __future__ import annotations
 
+import atexit
+import signal
+from contextlib import contextmanager
+from datetime import timedelta
+
 import pytest
 import torch
 from torch import nn
@@ -30,6 +35,11 @@ try:
 except ImportError:  # the tests below skip
     pl = None
 
+
+def destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
 if pl is not None:  # at module level: ddp_spawn pickles the module into its processes
 
     class Classifier(pl.LightningModule):
@@ -53,6 +63,18 @@ if pl is not None:  # at module level: ddp_spawn pickles the module into its pro
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+        def setup(self, stage):
+            # Lightning destroys the process group at exit only under NCCL; a ddp_spawn worker on
+            # gloo exits with it alive. If ProcessGroupGloo's worker thread (runLoop) frees the
+            # last all_reduce's work while Py_FinalizeEx runs, releasing its tensors takes the
+            # GIL, CPython ends the thread with pthread_exit, and the forced unwind through the
+            # noexcept runLoop calls std::terminate: "terminate called without an active
+            # exception", SIGABRT (gdb backtrace; 11 of 30 bare 2-rank gloo runs without, 0 of
+            # 30 with destroy_process_group). Destroying it at exit, before finalization, ends
+            # the race.
+            if torch.distributed.is_initialized():
+                atexit.register(destroy_process_group)
 
         def train_dataloader(self):
             # Global batches of 16, each rank taking every world-th sample: the batches one
@@ -110,9 +132,29 @@ def test_lightning_step_mode_steps_with_the_optimizer():
     assert callback.pdt.last_stats["predicted"]
 
 
+@contextmanager
+def time_limit(seconds: int):
+    """Fail the test (instead of blocking the suite) if the block runs longer than ``seconds``."""
+
+    def fail(signum, frame):
+        pytest.fail(f"did not finish within {seconds} s (a rank hangs)")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_lightning_ddp_spawn_matches_one_process(tmp_path):
     single, _ = fit(4, accelerator="cpu")
-    spawned, _ = fit(4, ckpt_dir=tmp_path, accelerator="cpu", strategy="ddp_spawn", devices=2)
+    # A rank left waiting in a collective fails after 30 s, and the whole fit after 150 s
+    # (38 s measured on 2 cores at load 7).
+    strategy = pl.strategies.DDPStrategy(start_method="spawn", timeout=timedelta(seconds=30))
+    with time_limit(150):
+        spawned, _ = fit(4, ckpt_dir=tmp_path, accelerator="cpu", strategy=strategy, devices=2)
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]["PDTCallback"]
     assert state["epoch"] == 4 and state["plain_epochs"] == 0  # predicted at epochs 2 and 3
     for a, b in zip(weights(spawned), weights(single)):
@@ -136,7 +178,8 @@ class StopAfter:
         return _Stop()
 
 
-def hf_train(out_dir, stop_after=None, resume=False, epochs=6, **pdt_kwargs):
+def hf_trainer(out_dir, stop_after=None, epochs=6, **pdt_kwargs):
+    """A Trainer of a one-layer GPT-2 with the PDT callback, and the callback."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")  # the Trainer's own requirement
     from torch_pdt.integrations.transformers import PDTTrainerCallback
@@ -162,9 +205,13 @@ def hf_train(out_dir, stop_after=None, resume=False, epochs=6, **pdt_kwargs):
     )
     callback = PDTTrainerCallback(**PDT_ARGS, **pdt_kwargs)
     callbacks = [callback] + ([StopAfter(stop_after)] if stop_after else [])
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
+    return transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks), callback
+
+
+def hf_train(out_dir, stop_after=None, resume=False, epochs=6, **pdt_kwargs):
+    trainer, callback = hf_trainer(out_dir, stop_after, epochs, **pdt_kwargs)
     trainer.train(resume_from_checkpoint=resume or None)
-    return model, callback
+    return trainer.model, callback
 
 
 def test_hf_trainer_state_saved_beside_checkpoint_and_resumed(tmp_path):
@@ -185,3 +232,14 @@ def test_hf_trainer_step_mode_steps_with_the_optimizer(tmp_path):
     _, callback = hf_train(tmp_path, epochs=2, every_n_steps=2)
     assert (callback.pdt.optimizer_steps, callback.pdt.epoch) == (8, 4)
     assert callback.pdt.last_stats["predicted"]
+
+
+def test_hf_trainer_train_twice_steps_with_one_pdt(tmp_path):
+    """A second train() on the same Trainer replaces the PDT; the first one steps no more."""
+    trainer, callback = hf_trainer(tmp_path, epochs=2, every_n_steps=2)
+    trainer.train()
+    first = callback.pdt
+    trainer.train()
+    assert callback.pdt is not first and callback.pdt.optimizer is first.optimizer  # the same optimizer, reused
+    assert (first.optimizer_steps, first.epoch) == (8, 4)
+    assert (callback.pdt.optimizer_steps, callback.pdt.epoch) == (8, 4)

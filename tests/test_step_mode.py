@@ -96,3 +96,14 @@ def test_compiled_model_and_amp_see_the_predicted_weights_in_place():
     assert stats["accepted"] > 0
     assert [p.data_ptr() for p in model.parameters()] == storage
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_close_stops_step_mode():
+    """After close() the optimizer no longer steps PDT (a new PDT can take over the optimizer)."""
+    model, opt = make()
+    pdt = PDT(opt, **PDT_ARGS, every_n_steps=2)
+    train(model, opt, batches(4))
+    assert (pdt.optimizer_steps, pdt.epoch) == (4, 2)
+    pdt.close()
+    train(model, opt, batches(4))
+    assert (pdt.optimizer_steps, pdt.epoch) == (4, 2)

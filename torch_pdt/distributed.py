@@ -1,8 +1,9 @@
 r"""PDT on every rank of a ``torch.distributed`` process group, without a rank-0 bottleneck.
 
 **Replicated parameters (DDP).** Every rank holds the same weights and the same snapshots, so
-every rank computes the same prediction on its own: no collective is needed. ``verify=True``
-(a debugging aid) compares a checksum of the weights across ranks after every step.
+every rank computes the same prediction on its own: the prediction needs no collective.
+``verify=True`` (a debugging aid) compares checksums of the weights' bits across ranks after
+every step.
 
 **Sharded parameters (FSDP2).** With ``torch.distributed.fsdp.fully_shard`` the parameters are
 DTensors and each rank holds a shard :math:`S_r` (rows of the ``N x h`` snapshot matrix). PDT
@@ -18,6 +19,27 @@ not accurate enough, is a second one); every rank then fits the same DMD, predic
 writes its own shard, and one ``all_reduce`` of the acceptance counts makes the statistics
 global.
 
+**Agreement.** The ranks must take every decision together, or they drift apart (DDP) or pair
+collectives of different epochs (FSDP2). So:
+
+* at construction one ``all_reduce`` tells every rank whether the others' constructors
+  succeeded (a rank whose arguments are invalid raises its own error; the others raise
+  ``ValueError`` naming it instead of waiting), and a second compares a hash of every setting
+  and of the parameter layout; a difference raises ``ValueError`` on every rank, naming the
+  settings and the ranks (sharded: a third sums the parts' sizes, for the statistics);
+* every :meth:`~DistributedPDT.step` starts with one ``all_reduce`` of each rank's step
+  counter, optimizer steps since construction, loss and ``predict`` flag. The scheduler sees
+  the **mean of the ranks' losses** :math:`\bar L = \frac1W \sum_r L_r` (a float64 sum in rank
+  order, the same on every rank), so rollbacks and the :math:`\tau`/:math:`T_i` schedule are
+  the same everywhere. Ranks at different counters raise :class:`RanksOutOfStepError`, and a
+  rank whose arguments are invalid (or that passes a loss, or ``predict``, unlike the others)
+  makes every rank raise ``ValueError``, all before anything changes;
+* every collective PDT issues in a step carries each rank's step counter and the collective's
+  kind in ``W`` slots of its message, and all these messages have one length, fixed at
+  construction. A rank that raised inside :meth:`~DistributedPDT.step` and stepped on therefore
+  meets a message of another kind or epoch, and every rank raises :class:`RanksOutOfStepError`
+  at once, naming the ranks and their counters (never a size mismatch, which aborts gloo).
+
 **Faults (sharded).** A rank that fails to take a snapshot stores a NaN snapshot in its place
 (its ring stays in step with the others'); a rank whose local Gram is non-finite sets its flag
 in the same ``all_reduce`` that sums the Gram. Every rank then sees the same flags and skips
@@ -31,14 +53,16 @@ Example (one process per rank, e.g. under ``torchrun``)::
 
     model = fully_shard(model)  # or DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters())
-    pdt = DistributedPDT(opt, history=5, horizon=5)
+    pdt = DistributedPDT(opt, history=5, horizon=5, scheduler="adaptive")
     for epoch in range(epochs):
-        train_one_epoch(model, opt)
-        pdt.step()  # same call, same statistics on every rank
+        loss = train_one_epoch(model, opt)  # this rank's mean loss
+        pdt.step(loss=loss)  # same call, same decision, same statistics on every rank
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import warnings
 from typing import Any
 
@@ -47,20 +71,58 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import dmd
+from .criteria import CHECKS
 from .pdt import PDT, DTensor, local_shard
 
-__all__ = ["DistributedPDT", "ReplicaMismatchError"]
+__all__ = ["DistributedPDT", "RanksOutOfStepError", "ReplicaMismatchError"]
+
+# The kinds of collective a DistributedPDT issues; each message carries its kind and step counter.
+_KINDS = ("step", "gram", "counts", "verify")
+_HASH_BITS = 52  # a hash must survive float64, the dtype of every message
 
 
 class ReplicaMismatchError(RuntimeError):
     """With ``verify=True``: the ranks of a replicated run hold different weights."""
 
 
+class RanksOutOfStepError(RuntimeError):
+    """The ranks met in a collective from different :meth:`DistributedPDT.step` calls."""
+
+
+def _hash(value: Any) -> int:
+    """A hash of ``repr(value)`` that is the same in every process (``hash`` of a str is salted)."""
+    digest = hashlib.blake2b(repr(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> (64 - _HASH_BITS)
+
+
+def _bit_checksums(flat: Tensor, chunk_size: int) -> Tensor:
+    """Two checksums of ``flat``'s bits, equal for equal tensors whatever the summation order.
+
+    The plain sum and a position-weighted sum of the bit patterns (as 8-, 16- or 32-bit integers),
+    in int64 modulo :math:`2^{64}` (associative, so exact in any order), then reduced modulo
+    :math:`2^{52}` to fit a float64 message. NaNs are first made one canonical NaN, so equal
+    NaNs compare equal.
+    """
+    width = {1: torch.int8, 2: torch.int16}.get(flat.element_size(), torch.int32)
+    total = torch.zeros(2, dtype=torch.int64, device=flat.device)
+    nan = torch.tensor(math.nan, dtype=flat.dtype, device=flat.device)
+    offset = 0
+    for start in range(0, flat.numel(), chunk_size):
+        chunk = flat[start : start + chunk_size]
+        bits = torch.where(chunk.isnan(), nan, chunk).view(width).to(torch.int64)
+        weights = torch.arange(offset, offset + bits.numel(), device=flat.device) % 65521 + 1
+        offset += bits.numel()
+        total[0] += bits.sum()
+        total[1] += (bits * weights).sum()
+    return (total & ((1 << _HASH_BITS) - 1)).cpu().double()
+
+
 class DistributedPDT(PDT):
     r""":class:`~torch_pdt.PDT` for data-parallel (DDP) and sharded (FSDP2) training.
 
     Construct it on every rank with the same arguments and call :meth:`step` on every rank at
-    the same point (or use ``every_n_steps``); the statistics it returns are global.
+    the same point (or use ``every_n_steps``); the statistics it returns are global. Construction
+    is a collective (it compares the settings), and so is every :meth:`step`.
 
     Args:
         optimizer, \*args, \*\*kwargs: as for :class:`~torch_pdt.PDT`.
@@ -68,9 +130,15 @@ class DistributedPDT(PDT):
             initialised.
         sharded: whether each rank holds a different part of the parameters. ``None`` (default)
             means: if any parameter is a DTensor (FSDP2). ``True`` also suits parameters that a
-            user shards by hand (each rank passes its own part as a plain tensor).
+            user shards by hand (each rank passes its own part of each parameter as a plain
+            tensor, under the same names; the statistics count the parts of all ranks).
         verify: replicated only: after every :meth:`step`, check with one ``all_reduce`` that
-            all ranks hold the same weights; raises :class:`ReplicaMismatchError` if not.
+            all ranks hold bit-identical weights (equal NaNs count as equal); raises
+            :class:`ReplicaMismatchError` if not.
+
+    Raises:
+        ValueError: on every rank, when the ranks' settings or parameter layouts differ, or
+            when the construction raised on another rank.
 
     Example::
 
@@ -95,25 +163,167 @@ class DistributedPDT(PDT):
     ) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("DistributedPDT needs an initialised default process group (torch.distributed)")
-        if sharded is None:
-            sharded = any(isinstance(p, DTensor) for group_ in optimizer.param_groups for p in group_["params"])
-        if verify and sharded:
-            raise ValueError("verify compares replicated weights; it does not apply to sharded parameters")
-        # Set before PDT.__init__, which may already take a snapshot (criterion="reference").
         self.group = group
-        self.sharded = sharded
-        self.verify = verify
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
-        super().__init__(optimizer, *args, **kwargs)
-        backend = str(dist.get_backend(group))
         # Collectives run on the CPU where the backend takes CPU tensors (gloo), else on the
         # parameters' device (NCCL).
-        self._comm_device = torch.device("cpu") if "gloo" in backend else local_shard(self.params[0]).device
+        params = [p for g in getattr(optimizer, "param_groups", []) for p in g["params"]]
+        if "gloo" in str(dist.get_backend(group)) or not params:
+            self._comm_device = torch.device("cpu")
+        else:
+            self._comm_device = local_shard(params[0]).device
+        try:
+            if sharded is None:
+                sharded = any(isinstance(p, DTensor) for p in params)
+            if verify and sharded:
+                raise ValueError("verify compares replicated weights; it does not apply to sharded parameters")
+            # Set before PDT.__init__, which may already take a snapshot (criterion="reference").
+            self.sharded = sharded
+            self.verify = verify
+            super().__init__(optimizer, *args, **kwargs)
+        except Exception:
+            self._vote(failed=True)  # the others must not wait for this rank's settings
+            raise
+        self._vote(failed=False)
+        self._check_agreement()
+        # Statistics count the whole model: a DTensor's numel is global already, a hand-sharded
+        # plain tensor's is this rank's part.
+        self._numels = [p.numel() for p in self.params]
+        if sharded:
+            parts = torch.tensor([0 if isinstance(p, DTensor) else p.numel() for p in self.params], dtype=torch.int64)
+            parts = parts.to(self._comm_device)
+            dist.all_reduce(parts, group=self.group)
+            self._numels = [p.numel() if isinstance(p, DTensor) else int(n) for p, n in zip(self.params, parts.cpu())]
+            self.numel = sum(self._numels)
+        # Optimizer steps since construction: a rank that skipped or repeated step() has trained
+        # a different number of them by the time its step counter meets the others'.
+        self._trained_steps = 0
+        self._counter_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
+        # One length for every message (the largest payload), so that two ranks out of step
+        # exchange messages that gloo can pair and PDT can tell apart (by their tags).
+        h, n, w = self._history.capacity, len(self.params), self.world_size
+        self._message_length = max(h * h + w, n + len(CHECKS) + 1, 5 * w, 2 * n * w if verify else 0)
 
-    def step(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """:meth:`torch_pdt.PDT.step` on this rank; with ``verify=True`` then the replica check."""
-        stats = super().step(*args, **kwargs)
+    def _count_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._trained_steps += 1
+
+    def detach(self) -> None:
+        super().detach()
+        self._counter_hook.remove()
+
+    def _vote(self, failed: bool) -> None:
+        """Raise ``ValueError`` on every rank that constructed if another rank's construction raised."""
+        flags = torch.zeros(self.world_size, dtype=torch.float64)
+        flags[self.rank] = float(failed)
+        flags = flags.to(self._comm_device)
+        dist.all_reduce(flags, group=self.group)
+        ranks = flags.cpu().nonzero().flatten().tolist()
+        if ranks and not failed:
+            raise ValueError(f"DistributedPDT could not be constructed on rank(s) {ranks} (see their error)")
+
+    def _check_agreement(self) -> None:
+        """Raise ``ValueError`` on every rank unless all ranks have the same settings and layout."""
+        layout = [
+            (name, tuple(p.shape) if isinstance(p, DTensor) or not self.sharded else "local", str(p.dtype))
+            for name, p in zip(self.names, self.params)
+        ]
+        fields = self._agreement() | {"sharded": self.sharded, "verify": self.verify, "parameters": layout}
+        names = sorted(fields)
+        rows = torch.zeros(self.world_size, len(names), dtype=torch.float64)
+        rows[self.rank] = torch.tensor([float(_hash(fields[k])) for k in names], dtype=torch.float64)
+        rows = rows.to(self._comm_device)
+        dist.all_reduce(rows, group=self.group)  # each rank fills its own row: a gather
+        rows = rows.cpu()
+        differ = []
+        for j, name in enumerate(names):
+            groups: dict[float, list[int]] = {}
+            for r, value in enumerate(rows[:, j].tolist()):
+                groups.setdefault(value, []).append(r)
+            if len(groups) > 1:
+                mine = fields[name] if name != "parameters" else f"{len(layout)} tensors"
+                differ.append(f"{name} (ranks {' vs '.join(map(str, groups.values()))}; rank {self.rank} has {mine!r})")
+        if differ:
+            raise ValueError("DistributedPDT settings differ across ranks: " + "; ".join(differ))
+
+    def _all_reduce(self, kind: str, payload: Tensor) -> Tensor:
+        """Sum ``payload`` (float64) over the ranks; first check that every rank sent the same kind and step.
+
+        The message is the payload padded to the common length, then ``W`` tag slots: rank
+        ``r`` writes ``epoch * len(_KINDS) + kind + 1`` in slot ``r``, the others 0, so the
+        sum holds every rank's tag.
+        """
+        if payload.numel() > self._message_length:
+            raise AssertionError(f"PDT {kind} message of {payload.numel()} values exceeds {self._message_length}")
+        message = torch.zeros(self._message_length + self.world_size, dtype=torch.float64)
+        message[: payload.numel()] = payload.reshape(-1)
+        tag = self.epoch * len(_KINDS) + _KINDS.index(kind) + 1
+        message[self._message_length + self.rank] = tag
+        message = message.to(self._comm_device)
+        dist.all_reduce(message, group=self.group)
+        message = message.cpu()
+        tags = message[self._message_length :].tolist()
+        if any(t != tag for t in tags):
+
+            def where(t: float) -> str:
+                epoch, k = divmod(int(t) - 1, len(_KINDS))
+                return f"step {epoch} ({_KINDS[k]})" if t == int(t) and t >= 1 else "an unknown collective"
+
+            seen = ", ".join(f"rank {r} at {where(t)}" for r, t in enumerate(tags))
+            raise RanksOutOfStepError(
+                f"PDT ranks are out of step: {seen}. Every rank must call step() once per epoch "
+                "(a rank skipped or repeated step(), or raised inside it and went on)"
+            )
+        return message[: payload.numel()].view_as(payload)
+
+    def step(self, loss: float | Tensor | None = None, *, predict: bool = True) -> dict[str, Any]:
+        """:meth:`torch_pdt.PDT.step` on every rank with the mean of the ranks' losses.
+
+        One ``all_reduce`` first gathers every rank's step counter, ``loss`` and ``predict``;
+        the scheduler then sees the mean loss on every rank. With ``verify=True``, the replica
+        check follows.
+
+        Raises:
+            RanksOutOfStepError: on every rank, when the ranks are at different step counters.
+            ValueError: on every rank, when a rank's arguments are invalid (its own message on
+                that rank), or the ranks disagree on passing a loss or on ``predict``.
+        """
+        error = None
+        try:
+            self._check_parameters_unchanged()
+            value = self._loss_value(loss)
+        except ValueError as e:
+            error, value = e, None
+        # Row r: optimizer steps trained, arguments valid, loss given, loss, predict.
+        rows = torch.zeros(self.world_size, 5, dtype=torch.float64)
+        rows[self.rank] = torch.tensor(
+            [self._trained_steps, error is None, value is not None, 0.0 if value is None else value, predict],
+            dtype=torch.float64,
+        )
+        rows = self._all_reduce("step", rows)
+        trained, valid, given, losses, predicts = rows.T
+        if not (trained == trained[0]).all():
+            seen = ", ".join(f"rank {r} after {int(n)}" for r, n in enumerate(trained.tolist()))
+            raise RanksOutOfStepError(
+                f"PDT ranks are out of step: all at step {self.epoch}, but {seen} optimizer steps. Every rank "
+                "must call step() once per epoch (a rank skipped or repeated step())"
+            )
+        if error is not None:
+            raise error
+        if (valid == 0).any():
+            raise ValueError(f"PDT rank(s) {(valid == 0).nonzero().flatten().tolist()} rejected their step() arguments")
+        for what, column in (("a loss", given), ("predict=True", predicts)):
+            if not (column == column[0]).all():
+                ranks = column.nonzero().flatten().tolist()
+                raise ValueError(f"PDT ranks disagree: only rank(s) {ranks} passed {what}; no rank stepped")
+        mean = losses.mean().item() if given[0] else None
+        stats = super().step(mean, predict=predict)
+        if self.sharded and "accepted_ratio_per_param" in stats:
+            # PDT divides the global counts by the local numel; recover the counts (exact integers)
+            # and divide by the global one, the same on every rank.
+            ratios = stats["accepted_ratio_per_param"]
+            for name, p, n in zip(self.names, self.params, self._numels):
+                ratios[name] = round(ratios[name] * p.numel()) / n
         if self.verify:
             self._verify_replicas()
         return stats
@@ -148,9 +358,7 @@ class DistributedPDT(PDT):
         message[: q * q] = gram.reshape(-1)
         if not torch.isfinite(gram).all():
             message[q * q + self.rank] = 1.0
-        message = message.to(self._comm_device)
-        dist.all_reduce(message, group=self.group)
-        message = message.cpu()
+        message = self._all_reduce("gram", message)
         failed = torch.nonzero(message[q * q :]).flatten().tolist()
         if failed:
             raise dmd.DMDError(f"rank(s) {failed} lost a snapshot or hold non-finite snapshot values")
@@ -159,20 +367,18 @@ class DistributedPDT(PDT):
     def _reduce_counts(self, counts: Tensor) -> Tensor:
         if not self.sharded:
             return counts
-        counts = counts.to(self._comm_device)
-        dist.all_reduce(counts, group=self.group)
-        return counts.cpu()
+        # float64 holds every count below 2**53 exactly.
+        return self._all_reduce("counts", counts.double()).round().to(counts.dtype)
 
     def _verify_replicas(self) -> None:
         """Raise :class:`ReplicaMismatchError` unless every rank holds bit-identical weights."""
         with torch.no_grad():
-            local = torch.stack(
-                [torch.stack([f.double().sum(), f.double().square().sum()]) for f in self._flat_params()]
-            ).flatten()
-        # max(x) and max(-x) = -min(x) in one all_reduce.
-        both = torch.cat([local, -local]).to(self._comm_device)
-        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
-        high, low = both.cpu().chunk(2)
-        if not torch.equal(high, -low):
-            bad = [n for n, hi, lo in zip(self.names, high.view(-1, 2), -low.view(-1, 2)) if not torch.equal(hi, lo)]
+            local = torch.cat([_bit_checksums(f, self.chunk_size) for f in self._flat_params()])
+        # Rank r's checksums in row r: the sum gathers them all.
+        rows = torch.zeros(self.world_size, local.numel(), dtype=torch.float64)
+        rows[self.rank] = local
+        rows = self._all_reduce("verify", rows)
+        same = (rows == rows[0]).view(self.world_size, -1, 2).all(2).all(0)
+        if not same.all():
+            bad = [n for n, ok in zip(self.names, same.tolist()) if not ok]
             raise ReplicaMismatchError(f"PDT ranks disagree after epoch {self.epoch - 1} on {bad}")

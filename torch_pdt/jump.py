@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from .config import OnJump
-from .params import flat_view
+from .params import flat_view, local_shard
 
 __all__ = [
     "ON_JUMP",
@@ -82,9 +82,12 @@ SCALE_KEYS = frozenset(
 def velocity_buffers(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> tuple[list[list[Tensor]], set[str]]:
     """Flat views (in each parameter's memory order) of its velocity buffers, and unknown state keys.
 
+    Under FSDP2 the views are of this rank's shards, like PDT's snapshots.
+
     Read afresh at each jump: optimizers create their state lazily and ``load_state_dict``
     replaces it.
     """
+
     views: list[list[Tensor]] = []
     untouched: set[str] = set()
     for p in params:
@@ -95,7 +98,8 @@ def velocity_buffers(optimizer: torch.optim.Optimizer, params: Sequence[Tensor])
             if key not in VELOCITY_KEYS:
                 untouched.add(key)
                 continue
-            view = flat_view(value, like=p) if value.layout == torch.strided else None
+            # FSDP2: the views are of this rank's shard.
+            view = flat_view(local_shard(value), like=local_shard(p)) if value.layout == torch.strided else None
             if view is None:
                 raise ValueError(
                     f"optimizer state {key!r} ({value.layout}) is not laid out like its parameter; PDT cannot "

@@ -137,6 +137,10 @@ class PDT:
         """Memory held by the snapshot history."""
         return self._history.nbytes
 
+    def _agreement(self) -> dict[str, Any]:
+        """The settings that every rank of a distributed run must share (compared by DistributedPDT)."""
+        return self.config.saved()
+
     # --- the epoch state machine ----------------------------------------------------------
 
     def step(self, loss: float | Tensor | None = None, *, predict: bool = True) -> dict[str, Any]:

@@ -42,8 +42,9 @@ class PDTCallback(pl.Callback):
 
     Attributes:
         pdt: the :class:`torch_pdt.PDT` (or :class:`~torch_pdt.distributed.DistributedPDT`) of
-            this process, created at ``on_fit_start``; ``pdt.last_stats`` holds the statistics
-            of its latest step.
+            this process, created at ``on_fit_start`` (each ``fit`` creates a new one and
+            closes the previous one from its optimizer); ``pdt.last_stats`` holds the
+            statistics of its latest step.
 
     Example::
 
@@ -59,6 +60,8 @@ class PDTCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
             raise ValueError(f"PDTCallback needs exactly one optimizer, the module has {len(trainer.optimizers)}")
+        if self.pdt is not None:  # a new fit() with the same callback
+            self.pdt.close()
         self.pdt = make_pdt(trainer.optimizers[0], model=pl_module, **self.pdt_kwargs)
         # Strategies restore callbacks before or after this hook; a state that came first waits here.
         if self._pending_state is not None:

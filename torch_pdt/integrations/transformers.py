@@ -38,7 +38,8 @@ class PDTTrainerCallback(TrainerCallback):
     Attributes:
         pdt: this process's :class:`torch_pdt.PDT` (or
             :class:`~torch_pdt.distributed.DistributedPDT`), created at ``on_train_begin``;
-            ``pdt.last_stats`` holds the statistics of its latest step.
+            ``pdt.last_stats`` holds the statistics of its latest step. Each ``trainer.train()``
+            creates a new one (a fresh history) and closes the previous one from the optimizer.
 
     Example::
 
@@ -63,6 +64,8 @@ class PDTTrainerCallback(TrainerCallback):
         optimizer: torch.optim.Optimizer | None = None,
         **kwargs: Any,
     ) -> None:
+        if self.pdt is not None:  # a new train() on the same Trainer, which reuses its optimizer
+            self.pdt.close()
         # Accelerate wraps the optimizer; the step hook of every_n_steps belongs on the one that steps.
         self.pdt = make_pdt(getattr(optimizer, "optimizer", optimizer), model=model, **self.pdt_kwargs)
         if state.global_step > 0:  # resuming: the trainer has loaded the state of this checkpoint
