@@ -290,8 +290,7 @@ class DistributedPDT(PDT):
         """
         error = None
         try:
-            self._check_parameters_unchanged()
-            value = self._loss_value(loss)
+            value = self._validate(loss)
         except ValueError as e:
             error, value = e, None
         # Row r: optimizer steps trained, arguments valid, loss given, loss, predict.

@@ -171,11 +171,7 @@ class PDT:
                 another shape, dtype or device), or when ``on_jump`` would have to change
                 optimizer state it cannot (sparse, or laid out unlike its parameter).
         """
-        # Everything that can be checked is checked before anything changes.
-        params.check_unchanged(self.optimizer, self.names, self.params, self._layouts)
-        value = self._loss_value(loss)
-        if self.config.on_jump != "keep":
-            jump.velocity_buffers(self.optimizer, self.params)
+        value = self._validate(loss)
         decision = self.pacing.observe(value)
         stats: dict[str, Any] = {
             "epoch": self.epoch,
@@ -217,6 +213,14 @@ class PDT:
         if len(self._history) < cfg.history:
             return {"reason": f"insufficient history ({len(self._history)} of {cfg.history} snapshots)"}
         return self._predict()
+
+    def _validate(self, loss: Any) -> float | None:
+        """Everything :meth:`step` can check before it changes anything; the loss as a float (or ``None``)."""
+        params.check_unchanged(self.optimizer, self.names, self.params, self._layouts)
+        value = self._loss_value(loss)
+        if self.config.on_jump != "keep":
+            jump.velocity_buffers(self.optimizer, self.params)
+        return value
 
     def _loss_value(self, loss: Any) -> float | None:
         if loss is None and self.pacing.needs_loss:
