@@ -317,12 +317,6 @@ class DistributedPDT(PDT):
                 raise ValueError(f"PDT ranks disagree: only rank(s) {ranks} passed {what}; no rank stepped")
         mean = losses.mean().item() if given[0] else None
         stats = super().step(mean, predict=predict)
-        if self.sharded and "accepted_ratio_per_param" in stats:
-            # PDT divides the global counts by the local numel; recover the counts (exact integers)
-            # and divide by the global one, the same on every rank.
-            ratios = stats["accepted_ratio_per_param"]
-            for name, p, n in zip(self.names, self.params, self._numels):
-                ratios[name] = round(ratios[name] * p.numel()) / n
         if self.verify:
             self._verify_replicas()
         return stats
@@ -362,6 +356,9 @@ class DistributedPDT(PDT):
         if failed:
             raise dmd.DMDError(f"rank(s) {failed} lost a snapshot or hold non-finite snapshot values")
         return message[: q * q].reshape(q, q)
+
+    def _model_numels(self) -> list[int]:
+        return self._numels
 
     def _reduce_counts(self, counts: Tensor) -> Tensor:
         if not self.sharded:

@@ -310,10 +310,14 @@ class PDT:
             origin_is_param=not history.exact and not self.config.start_of_epoch,
             on_chunk=on_chunk,
         )
-        stats = counts.statistics(self._reduce_counts(counts.counts()), self.names, [p.numel() for p in self.params])
+        stats = counts.statistics(self._reduce_counts(counts.counts()), self.names, self._model_numels())
         return ({"optimizer_state_untouched": sorted(untouched)} if on_jump != "keep" else {}) | stats
 
     # --- hooks a distributed subclass overrides ------------------------------------------
+
+    def _model_numels(self) -> list[int]:
+        """Elements of each parameter in the whole model; a sharded subclass counts every rank's part."""
+        return [p.numel() for p in self.params]
 
     def _flat_params(self) -> list[Tensor]:
         """1-D views of the (local shards of the) parameters in memory order (channels-last included)."""
