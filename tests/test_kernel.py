@@ -251,3 +251,74 @@ def test_decisions_differ_from_the_eager_pass_and_the_float64_reference_within_t
         for other in (eager, reference):
             assert int((fused != other).sum()) <= kernel.DECISION_BOUND * n
         assert abs(int(totals[4]) - result["accepted"]) <= kernel.DECISION_BOUND * n
+
+
+def _train(kernel_name, sizes, dtype=torch.float32, criterion="pdt", epochs=H + 4, history=H, **kwargs):
+    """PDT with the given kernel over a trajectory: its statistics and final weights."""
+    params = [nn.Parameter(torch.zeros(n, dtype=dtype)) for n in sizes]
+    pdt = PDT(
+        torch.optim.SGD(params, lr=0.0),
+        history=history,
+        horizon=TAU,
+        start_epoch=history,
+        interval=0,
+        criterion=criterion,
+        kernel=kernel_name,
+        **kwargs,
+    )
+    stats = []
+    for weights in _trajectory(sizes, dtype, epochs):
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        stats.append(pdt.step())
+    return pdt, stats, params
+
+
+def _same_run(a, b, rtol):
+    (_, stats_a, params_a), (_, stats_b, params_b) = a, b
+    assert [s["predicted"] for s in stats_a] == [s["predicted"] for s in stats_b] and stats_a[-1]["predicted"]
+    for x, y in zip(stats_a, stats_b):
+        for key in ("accepted", "rejected", "accepted_ratio_per_param", "rank"):
+            assert x.get(key) == y.get(key), key
+        torch.testing.assert_close(torch.tensor(x.get("eigenvalues", [])), torch.tensor(y.get("eigenvalues", [])))
+    for p, q in zip(params_a, params_b):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=1e-7)
+
+
+@needs_compiler
+@pytest.mark.parametrize("criterion", ["pdt", "reference"])
+def test_pdt_with_the_compiled_kernel_runs_as_with_the_eager_one(criterion, caplog):
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    with caplog.at_level("INFO", logger="torch_pdt"):
+        compiled = _train("compiled", sizes, criterion=criterion)
+    assert "compiled passes" in caplog.text
+    _same_run(compiled, _train("eager", sizes, criterion=criterion), rtol=1e-6)
+    assert compiled[0]._history.fused is not None
+
+
+def test_auto_runs_eager_where_the_kernel_does_not_apply_or_pay_off(caplog):
+    with caplog.at_level("INFO", logger="torch_pdt"):
+        pdt, _, _ = _train("auto", [7, 300], epochs=1)
+    assert pdt._history.fused is None and "eager passes (a small model)" in caplog.text
+    for kwargs, reason in (({"criterion": "random"}, "criterion='random'"), ({"on_jump": "reset"}, "on_jump='reset'")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="torch_pdt"):
+            pdt, _, _ = _train("auto", [1] * kernel.AUTO_MIN_TENSORS, epochs=1, **kwargs)
+        assert pdt._history.fused is None and reason in caplog.text
+        with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
+            _train("compiled", [7], epochs=1, **kwargs)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        _train("fast", [7], epochs=1)
+
+
+@needs_compiler
+def test_auto_compiles_for_many_tensors_and_falls_back_to_eager_when_compiling_fails(caplog):
+    sizes = [3] * kernel.AUTO_MIN_TENSORS
+    # A history length no other test compiles for, and no compiler: every compile fails.
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        with caplog.at_level("INFO", logger="torch_pdt"):
+            failed = _train("auto", sizes, history=H + 3)
+    assert "compiled passes" in caplog.text and "could not compile" in caplog.text
+    assert failed[0]._history.fused is None
+    _same_run(failed, _train("eager", sizes, history=H + 3), rtol=0.0)
