@@ -146,7 +146,7 @@ class SnapshotHistory:
         """
         h = self.capacity
         if self.fused is not None:
-            self._set_gram(row, self.fused.copy_in([t.reshape(-1) for t in tensors], row))
+            self._set_gram(row, self.fused.copy_in(tensors, row))
             return
         work: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         with torch.no_grad():
