@@ -322,3 +322,35 @@ def test_auto_compiles_for_many_tensors_and_falls_back_to_eager_when_compiling_f
     assert "compiled passes" in caplog.text and "could not compile" in caplog.text
     assert failed[0]._history.fused is None
     _same_run(failed, _train("eager", sizes, history=H + 3), rtol=0.0)
+
+
+@needs_compiler
+def test_empty_tensors_in_a_bucket_count_nothing():
+    history = SnapshotHistory(_tensors([0, 7, 0, 300, 0], torch.float32, 0), H)
+    history.fused = kernel.FusedPasses(*history.layout())
+    for weights in _trajectory([0, 7, 0, 300, 0], torch.float32, H):
+        history.push(weights)
+    steps = torch.tensor([[0.5, -1.5, 1.0], [0.25, -0.75, 0.5], [1.0, -3.0, 2.0], [1.75, -5.25, 3.5]]).double()
+    per_param, totals = history.fused.predict([w.clone() for w in weights], history.rows(), steps, "pdt", True, True)
+    assert per_param[[0, 2, 4]].tolist() == [0, 0, 0] and int(per_param.sum()) == int(totals[4])
+
+
+@needs_compiler
+def test_a_compiled_run_resumed_from_its_state_dict_continues_bit_identically():
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    whole = _train("compiled", sizes, epochs=H + 4)
+    params = [nn.Parameter(torch.zeros(n)) for n in sizes]
+    opt = torch.optim.SGD(params, lr=0.0)
+    first = PDT(opt, history=H, horizon=TAU, start_epoch=H, interval=0, kernel="compiled")
+    trajectory = _trajectory(sizes, torch.float32, H + 4)
+    for epoch, weights in enumerate(trajectory):
+        if epoch == H + 1:
+            state = first.state_dict()
+            first = PDT(opt, history=H, horizon=TAU, start_epoch=H, interval=0, kernel="compiled")
+            first.load_state_dict(state)
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        first.step()
+    for p, q in zip(params, whole[2]):
+        assert torch.equal(p, q)

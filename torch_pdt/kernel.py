@@ -425,9 +425,9 @@ class FusedPasses:
                     per_param.append(counts[4:])
                     continue
                 sizes = [self.slots[i][2] for i in group.members]
-                ends = torch.tensor(sizes, device=param.device).cumsum(0) - 1
-                cumulative = accepted.cumsum(0, dtype=torch.int64)
-                per_param.append(torch.diff(cumulative[ends], prepend=cumulative.new_zeros(1)))
+                bounds = torch.tensor([0, *sizes], device=param.device).cumsum(0)
+                cumulative = torch.cat([bounds.new_zeros(1), accepted.cumsum(0, dtype=torch.int64)])
+                per_param.append(cumulative[bounds[1:]] - cumulative[bounds[:-1]])  # empty tensors too
                 if write:
                     torch._foreach_copy_([flats[i] for i in group.members], list(param.split(sizes)))
         # Host transfers only now: the first waits for the device, the others find it done.
