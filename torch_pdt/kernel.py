@@ -25,7 +25,7 @@ rest). The coefficients are a tensor, so new ones never recompile. The mask is t
 :mod:`torch_pdt.criteria`; the new weight is :math:`s_{h-1} + D` where it passes and is
 finite in the parameter's dtype, the parameter elsewhere.
 
-Two forms of the mask keep the compiled loop cheap (measured on CPU with inductor):
+Three forms keep the compiled loop one loop, and cheap (measured on CPU with inductor):
 
 * Eq. 7 compares signs. ``sign``, ``minimum`` and ``maximum`` propagate NaN and were most of
   the compute, so the steps are compared as integers: the bit pattern ``b`` of a float
@@ -35,7 +35,9 @@ Two forms of the mask keep the compiled loop cheap (measured on CPU with inducto
   in one window" (:func:`_same_sign`): the decision of the eager pass's ``sign`` test on
   every ±0, ±inf, NaN and denormal.
 * No boolean tensor is stored: the counts are reductions of the comparisons, and the
-  assembly is one ``where`` written into the parameter.
+  assembly is one ``where`` written into the parameter. Inductor fused at most four sums
+  into the loop and stored the mask (as bool, 37x slower than a float store) for a fifth,
+  so the five counts travel as three sums, two of them packing two counts in an int64.
 
 The compiled and the eager pass make the same decisions up to rounding: the multiply-adds
 run in another order (and fused) than the eager pass's matrix product, so an element whose
@@ -143,9 +145,11 @@ def _same_sign(low: Tensor, high: Tensor, delta: Tensor) -> Tensor:
     positive, negative = delta > 0, delta < 0
     lo = torch.where(positive, const(1), torch.where(negative, const(-key_inf - 1), const(-1)))
     hi = torch.where(positive, const(key_inf), torch.where(negative, const(-2), const(0)))
-    nan_step = (high > key_inf) | (low < -key_inf - 1)
-    signless = (delta == 0) | (delta != delta)
-    return ((low >= lo) & (high <= hi)) | (nan_step & signless)
+    # A NaN step (a key beyond +-inf; ~key mirrors the negative ones) lands the extremes on
+    # the window of zero: it passes for a zero or NaN delta only, as sign(NaN) = 0 does.
+    nan_step = torch.maximum(high, ~low) > key_inf
+    low, high = torch.where(nan_step, const(-1), low), torch.where(nan_step, const(0), high)
+    return (low >= lo) & (high <= hi)
 
 
 def predict_mask_assemble(
@@ -188,7 +192,9 @@ def predict_mask_assemble(
     else:
         delta = param.to(dtype) - last
     # Finite in the parameter's dtype: float16 overflows where float32 does not.
-    new = ((param.to(dtype) if origin_is_param else last) + displacement).to(param.dtype)
+    new = (param.to(dtype) if origin_is_param else last) + displacement
+    if param.dtype != dtype:
+        new = new.to(param.dtype)
     finite = new.abs() < float("inf")
     checks: dict[str, Tensor] = {}
     if criterion in ("pdt", "consistency_only"):
@@ -210,19 +216,19 @@ def predict_mask_assemble(
     accept = finite
     for passed in checks.values():
         accept = accept & passed
-    # int32 sums vectorise twice as wide as int64 ones; a tensor of 2^31 elements gets int64.
-    total = torch.int32 if param.numel() < 2**31 else torch.int64
-    zero = torch.zeros((), dtype=total, device=param.device)
-    counts = torch.stack(
-        [finite.sum(dtype=total)]
-        + [checks[c].sum(dtype=total) if c in checks else zero for c in _COUNTS[1:4]]
-        + [accept.sum(dtype=total)]
-    )
     if accepted is not None:
         accepted.copy_(accept)
     if write:
         param.copy_(torch.where(accept, new, param))
-    return counts
+    # Two counts per int64 sum, the second in the high 32 bits (exact below 2^31 elements):
+    # inductor fused at most four sums into the loop, and a fifth became a second loop over
+    # the mask stored as bool (slower than the whole pass).
+    never = torch.zeros_like(finite)
+    pairs = [(finite, accept), (checks.get("consistency", never), checks.get("lower_bound", never))]
+    sums = [(a.to(torch.int64) + (b.to(torch.int64) << 32)).sum() for a, b in pairs]
+    upper = checks.get("upper_bound", never).sum(dtype=torch.int32 if param.numel() < 2**31 else torch.int64)
+    low_bits = (1 << 32) - 1
+    return torch.stack([sums[0] & low_bits, sums[1] & low_bits, sums[1] >> 32, upper.to(torch.int64), sums[0] >> 32])
 
 
 def ring_coefficients(steps: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
