@@ -7,7 +7,7 @@
 # it is not used): $PYTHON, else python3. Nothing is downloaded. Output goes to stdout and,
 # when $OUT is set, to $OUT/gpu-check.txt. Exit status 0 only if every check passed.
 #   1. PDT(kernel="compiled") against kernel="eager" on CUDA parameters (float32 and bfloat16,
-#      criteria "pdt" and "reference", one large and several small tensors): the same
+#      criteria "pdt" and "authors", one large and several small tensors): the same
 #      statistics, weights within float32 rounding of the displacement;
 #   2. no recompile while the ring turns over 2h predictions;
 #   3. pdt-bench overhead --device cuda --params 57M --repeat 5: both kernels and the floor.
@@ -61,7 +61,7 @@ def check(name, ok, detail=""):
 
 sizes = [3_000_000, 7, 1, 300, 20_000]
 for dtype in (torch.float32, torch.bfloat16):
-    for criterion in ("pdt", "reference"):
+    for criterion in ("pdt", "authors"):
         start = time.perf_counter()
         (sc, pc), (se, pe) = (run(k, sizes, dtype, criterion, epochs=7) for k in ("compiled", "eager"))
         same = all(a.get(k) == b.get(k) for a, b in zip(sc, se) for k in ("accepted", "rejected", "accepted_ratio_per_param"))

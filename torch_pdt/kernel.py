@@ -81,7 +81,7 @@ __all__ = [
 KERNELS = ("auto", "compiled", "eager")
 """``PDT(kernel=...)``: compile where possible, always compile (fail otherwise), never compile."""
 
-KERNEL_CRITERIA = ("pdt", "accel_only", "consistency_only", "reference", "none")
+KERNEL_CRITERIA = ("pdt", "accel_only", "consistency_only", "authors", "none")
 """Criteria the fused pass implements (``"random"`` draws from the eager pass's generator)."""
 
 PAD = 16
@@ -203,14 +203,14 @@ def predict_mask_assemble(
         for key in keys[1:]:
             low, high = torch.minimum(low, key), torch.maximum(high, key)
         checks["consistency"] = _same_sign(low, high, delta)
-    elif criterion == "reference":
+    elif criterion == "authors":
         key = _order_key(displacement)
         checks["consistency"] = _same_sign(key, key, delta)
     jump, step = displacement.abs(), delta.abs()
     if criterion in ("pdt", "accel_only"):
         checks["lower_bound"] = jump > step
         checks["upper_bound"] = jump <= tau * step
-    elif criterion == "reference":
+    elif criterion == "authors":
         checks["lower_bound"] = jump >= step
         checks["upper_bound"] = jump <= (tau + 1) * step
     accept = finite
