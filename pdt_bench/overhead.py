@@ -8,7 +8,9 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   hence the floor :math:`(h + 3) N \cdot \text{bytes} / \text{bandwidth}`;
 * the PDT step time over ``--repeat`` predictions (median and spread) and its parts:
   snapshot copy-in fused with the Gram update (and, for comparison, a plain copy of the same
-  size), the ``h x h`` algebra, the predict-mask-assemble pass;
+  size), the ``h x h`` algebra, the predict-mask-assemble pass; for each ``--kernel``
+  (default both: the eager passes and the compiled ones of :mod:`torch_pdt.kernel`, after
+  an untimed prediction that compiles them), each against the floor of its own run;
 * the extra memory PDT holds (RSS on CPU, the CUDA allocator on GPU) against ``h N`` values;
 * with ``--naive``, the straightforward implementation (:mod:`torch_pdt.reference`, in float32) on the same
   snapshots; with ``--sweep``, the step time for ``N`` in 1M, 10M, 57M and 100M.
@@ -34,7 +36,16 @@ from torch import nn
 from torch_pdt import PDT, reference
 
 
-__all__ = ["PAPER_TABLE_8", "add_command", "copy_seconds", "format_report", "format_sweep", "measure", "parse_count"]
+__all__ = [
+    "PAPER_TABLE_8",
+    "add_command",
+    "copy_seconds",
+    "format_comparison",
+    "format_report",
+    "format_sweep",
+    "measure",
+    "parse_count",
+]
 
 PAPER_TABLE_8 = (
     "Paper, Table 8 (AlexNet, 57M parameters, CIFAR-10, h = 5, RTX A6000): memory overhead 8422 MB "
@@ -135,6 +146,7 @@ def measure(
     repeat: int = 5,
     chunk_size: int | None = None,
     with_naive: bool = False,
+    kernel: str = "eager",
 ) -> dict[str, Any]:
     """Time ``repeat`` PDT prediction steps on ``n`` float32 parameters; see the module docstring.
 
@@ -154,12 +166,22 @@ def measure(
         torch.cuda.reset_peak_memory_stats(dev)
         allocated_before = torch.cuda.memory_allocated(dev)
     kwargs = {"chunk_size": chunk_size} if chunk_size else {}
-    pdt = PDT(opt, history=history, horizon=horizon, start_epoch=history - 1, interval=0, storage=storage, **kwargs)
+    pdt = PDT(
+        opt,
+        history=history,
+        horizon=horizon,
+        start_epoch=history - 1,
+        interval=0,
+        storage=storage,
+        kernel=kernel,
+        **kwargs,
+    )
     log: dict[str, list[float]] = {"push": [], "pass": [], "step": []}
     pdt._history.push = _timed(pdt._history.push, log["push"], dev)
     pdt._pass = _timed(pdt._pass, log["pass"], dev)
     step = _timed(pdt.step, log["step"], dev)
-    for _ in range(history - 1):
+    # h steps: the history fills and the last one predicts once (compiling, for "compiled").
+    for _ in range(history):
         trajectory.advance(param)
         step()
     for key in log:
@@ -174,6 +196,7 @@ def measure(
         "horizon": horizon,
         "device": str(dev),
         "storage": storage,
+        "kernel": "compiled" if pdt._history.fused is not None else "eager",
         "threads": torch.get_num_threads(),
         "copy": copies,
         "step": log["step"],
@@ -234,8 +257,9 @@ def format_report(r: dict[str, Any]) -> str:
     floor = floor_seconds(r)
     step = statistics.median(r["step"])
     lines = [
-        f"PDT step, N = {n:,} float32 parameters, h = {h}, tau = {r['horizon']}, device {r['device']}, "
-        f"storage {r['storage']}, {r['threads']} thread(s), {len(r['step'])} repetitions (median [min - max])",
+        f"PDT step, {r['kernel']} passes, N = {n:,} float32 parameters, h = {h}, tau = {r['horizon']}, "
+        f"device {r['device']}, storage {r['storage']}, {r['threads']} thread(s), {len(r['step'])} repetitions "
+        "(median [min - max])",
         f"  step                      {_ms(r['step'])}",
         f"    copy-in + Gram update   {_ms(r['copy_in_gram'])}",
         f"      (plain copy of N)     {_ms(r['copy'])}",
@@ -261,13 +285,28 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(results: list[dict[str, Any]]) -> str:
+    """One line per kernel: the step, its parts and the floor, all medians in ms."""
+    lines = [
+        f"{'kernel':<10}{'step':>9}{'copy-in+Gram':>14}{'algebra':>9}{'pass':>9}{'floor':>9}{'step/floor':>12}"
+    ]
+    for r in results:
+        parts = [statistics.median(r[k]) for k in ("step", "copy_in_gram", "algebra", "pass")]
+        floor = floor_seconds(r)
+        lines.append(
+            f"{r['kernel']:<10}" + "".join(f"{1e3 * t:>{w}.1f}" for t, w in zip(parts, (9, 14, 9, 9)))
+            + f"{1e3 * floor:>9.1f}{parts[0] / floor:>12.2f}"
+        )
+    return "\n".join(lines)
+
+
 def format_sweep(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'N':>12}{'step ms':>10}{'floor ms':>10}{'ratio':>8}{'ns / param':>12}{'extra MB':>10}"]
+    lines = [f"{'N':>12}{'kernel':>10}{'step ms':>10}{'floor ms':>10}{'ratio':>8}{'ns / param':>12}{'extra MB':>10}"]
     for r in results:
         step = statistics.median(r["step"])
         floor = floor_seconds(r)
         lines.append(
-            f"{r['n']:>12,}{1e3 * step:>10.1f}{1e3 * floor:>10.1f}{step / floor:>8.2f}"
+            f"{r['n']:>12,}{r['kernel']:>10}{1e3 * step:>10.1f}{1e3 * floor:>10.1f}{step / floor:>8.2f}"
             f"{1e9 * step / r['n']:>12.2f}{r['memory'] / 2**20:>10.0f}"
         )
     return "\n".join(lines)
@@ -284,15 +323,23 @@ def _overhead(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         chunk_size=args.chunk_size,
     )
+    kernels = ("eager", "compiled") if args.kernel == "both" else (args.kernel,)
     if args.sweep:
         results = []
         for n in SWEEP:
-            results.append(measure(n, **common))
-            gc.collect()
+            for kernel in kernels:
+                results.append(measure(n, kernel=kernel, **common))
+                gc.collect()
         print(f"PDT step time against N (h = {args.history}, tau = {args.horizon}, device {args.device})")
         print(format_sweep(results))
         return 0
-    print(format_report(measure(parse_count(args.params), with_naive=args.naive, **common)))
+    results = []
+    for i, kernel in enumerate(kernels):
+        results.append(measure(parse_count(args.params), with_naive=args.naive and i == 0, kernel=kernel, **common))
+        print(format_report(results[-1]))
+        gc.collect()
+    if len(results) > 1:
+        print(format_comparison(results))
     return 0
 
 
@@ -307,6 +354,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed prediction steps (default 5)")
     p.add_argument("--chunk-size", type=int, help="elements per chunk (default: PDT's)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--kernel",
+        choices=["both", "eager", "compiled", "auto"],
+        default="both",
+        help="PDT's passes to time (default both: eager, then compiled)",
+    )
     p.add_argument("--naive", action="store_true", help="also time the straightforward implementation")
     p.add_argument("--sweep", action="store_true", help="time N = 1M, 10M, 57M, 100M instead")
     p.set_defaults(func=_overhead)

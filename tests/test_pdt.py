@@ -102,7 +102,7 @@ def test_the_configuration_is_frozen_typed_and_complete():
     assert pdt.config["forecast"] == pdt.config.forecast == "increment" and pdt.chunk_size == 100
     with pytest.raises(dataclasses.FrozenInstanceError):
         pdt.config.horizon = 3
-    assert set(pdt.state_dict()["config"]) == {f.name for f in dataclasses.fields(PDTConfig)} - {"chunk_size"}
+    assert set(pdt.state_dict()["config"]) == {f.name for f in dataclasses.fields(PDTConfig)} - {"chunk_size", "kernel"}
     with pytest.raises(TypeError, match="magic"):
         PDT(torch.optim.SGD(make_model().parameters(), lr=0.1), magic=1)
 

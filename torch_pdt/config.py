@@ -36,6 +36,7 @@ HistoryAfterJump = Literal["optimizer", "assembled"]
 Storage = Literal["same", "cpu", "bf16"]
 Scheduler = Literal["fixed", "authors", "adaptive"]
 OnJump = Literal["keep", "reset", "rescale"]
+Kernel = Literal["auto", "compiled", "eager"]
 
 ALIASES = {"criterion": {"reference": "authors"}, "scheduler": {"reference": "authors"}}
 """Earlier names of choices, still accepted: ``"reference"`` was the authors' criterion and scheduler."""
@@ -125,6 +126,9 @@ class PDTConfig:
         patience: ``"adaptive"``: good predictions in a row before growing back (>= 1).
         on_jump: the optimizer's velocities of accepted elements (:mod:`torch_pdt.jump`):
             ``"keep"``, ``"reset"`` or ``"rescale"``.
+        kernel: how the passes over the snapshots run (:mod:`torch_pdt.kernel`):
+            ``"compiled"``, ``"eager"`` or ``"auto"``. Not saved in checkpoints: both kernels
+            make the same decisions (up to rounding, :data:`torch_pdt.kernel.DECISION_BOUND`).
     """
 
     history: int = 5
@@ -146,6 +150,7 @@ class PDTConfig:
     tolerance: float = 0.05
     patience: int = 3
     on_jump: OnJump = "keep"
+    kernel: Kernel = "auto"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the validated values replace the given ones once, here
@@ -162,6 +167,7 @@ class PDTConfig:
             ("storage", Storage),
             ("scheduler", Scheduler),
             ("on_jump", OnJump),
+            ("kernel", Kernel),
         ]:
             set_(self, name, _choice(name, getattr(self, name), kind))
         forecast = self.forecast or ("increment" if self.criterion == "authors" else "paper")
@@ -216,8 +222,8 @@ class PDTConfig:
         return getattr(self, key)
 
     def saved(self) -> dict[str, Any]:
-        """The options a checkpoint records and must match on load (all but ``chunk_size``)."""
-        return {k: v for k, v in asdict(self).items() if k != "chunk_size"}
+        """The options a checkpoint records and must match on load (all but ``chunk_size`` and ``kernel``)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("chunk_size", "kernel")}
 
     def check_saved(self, saved: Any) -> None:
         """``ValueError`` unless ``saved`` (a checkpoint's :meth:`saved`) matches, earlier names resolved."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import criteria, dmd, jump, pacing, params, prediction
+from . import criteria, dmd, jump, kernel, pacing, params, prediction
 from .config import PDTConfig, as_int, as_loss
 from .params import DTensor, local_shard
 from .snapshots import SnapshotHistory
@@ -58,8 +58,19 @@ class PDT:
         **options: the other options, each a field of :class:`~torch_pdt.config.PDTConfig`
             (``criterion``, ``forecast``, ``modes``, ``rank``, ``rtol``, ``history_after_jump``,
             ``random_ratio``, ``seed``, ``chunk_size``, ``storage``, ``every_n_steps``,
-            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``). Every invalid value raises
-            a ``ValueError`` naming it.
+            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``). Every invalid
+            value raises a ``ValueError`` naming it.
+
+    ``kernel`` chooses how the two passes over the snapshots run: ``"compiled"``
+    (:mod:`torch_pdt.kernel`: one ``torch.compile``\ d loop per parameter and pass, near the
+    memory-traffic floor; the first snapshot and the first prediction compile, for seconds),
+    ``"eager"`` (chunked torch operations), or ``"auto"`` (default): compiled where
+    ``torch.compile`` can build kernels (a C++ compiler on CPU, Triton on GPU) and it pays off
+    (:data:`~torch_pdt.kernel.AUTO_MIN_NUMEL` elements or :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS`
+    tensors), else eager, and eager from then on if compiling fails; one log line says which.
+    The compiled passes cover every criterion but ``"random"``, with ``on_jump="keep"`` and the
+    snapshots on the parameters' devices, and decide as the eager ones up to rounding
+    (:data:`~torch_pdt.kernel.DECISION_BOUND`).
 
     With ``every_n_steps=K`` (step mode) PDT steps itself after every ``K`` optimizer steps
     (an ``Optimizer.register_step_post_hook`` that holds PDT weakly: a PDT that is dropped, or
@@ -120,6 +131,7 @@ class PDT:
         self.last_stats: dict[str, Any] = {}
         self._warned_untouched = False
         self._hook = None if cfg.every_n_steps is None else _register_step_hook(self)
+        self._choose_kernel()
         if cfg.start_of_epoch:
             self._snapshot()
 
@@ -298,18 +310,20 @@ class PDT:
             self._warned_untouched = True
             logger.warning("PDT on_jump=%r leaves unknown optimizer state %s unchanged", on_jump, sorted(untouched))
         history = self._history
-        counts = prediction.predict_pass(
-            history.views(self.config.chunk_size),
-            self._flat_params(),
-            steps,
-            history.rows(),
-            criteria.make(criterion, ratio=ratio, draws=self._draws),
-            write=write,
-            start_of_epoch=self.config.start_of_epoch,
-            # The newest snapshot is w_opt exactly unless the storage rounds it.
-            origin_is_param=not history.exact and not self.config.start_of_epoch,
-            on_chunk=on_chunk,
-        )
+        counts = self._fused_pass(steps, criterion, write) if history.fused is not None else None
+        if counts is None:
+            counts = prediction.predict_pass(
+                history.views(self.config.chunk_size),
+                self._flat_params(),
+                steps,
+                history.rows(),
+                criteria.make(criterion, ratio=ratio, draws=self._draws),
+                write=write,
+                start_of_epoch=self.config.start_of_epoch,
+                # The newest snapshot is w_opt exactly unless the storage rounds it.
+                origin_is_param=not history.exact and not self.config.start_of_epoch,
+                on_chunk=on_chunk,
+            )
         stats = counts.statistics(self._reduce_counts(counts.counts()), self.names, self._model_numels())
         return ({"optimizer_state_untouched": sorted(untouched)} if on_jump != "keep" else {}) | stats
 
@@ -325,7 +339,71 @@ class PDT:
 
     def _snapshot(self) -> None:
         """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
-        self._history.push(self._flat_params())
+        flats = self._flat_params()
+        try:
+            self._history.push(flats)
+        except Exception as e:
+            if self._history.fused is None or self.config.kernel == "compiled":
+                raise
+            self._use_eager(e)
+            self._history.replace_newest(flats)  # the ring has advanced: the row is written afresh
+
+    # --- the compiled kernel ---------------------------------------------------------------
+
+    def _choose_kernel(self) -> None:
+        """Give the history the fused passes, or leave it eager; log which, once."""
+        cfg = self.config
+        storage, _ = self._history.layout()
+        devices = {local_shard(p).device for p in self.params}
+        unsupported = [
+            reason
+            for reason, applies in (
+                ("criterion='random'", cfg.criterion not in kernel.KERNEL_CRITERIA),
+                (f"on_jump={cfg.on_jump!r}", cfg.on_jump != "keep"),
+                ("snapshots on another device", {s.device for s in storage} != devices),
+                ("no compiler for " + ", ".join(sorted(map(str, devices))), not all(map(kernel.compiles, devices))),
+            )
+            if applies
+        ]
+        if cfg.kernel == "compiled" and unsupported:
+            raise ValueError(f"kernel='compiled' is not available here: {'; '.join(unsupported)}")
+        small = self.numel < kernel.AUTO_MIN_NUMEL and len(self.params) < kernel.AUTO_MIN_TENSORS
+        if cfg.kernel == "eager" or unsupported or (cfg.kernel == "auto" and small):
+            reason = "kernel='eager'" if cfg.kernel == "eager" else "; ".join(unsupported) or "a small model"
+            logger.info("PDT runs the eager passes (%s)", reason)
+            return
+        logger.info("PDT runs the compiled passes (kernel=%r)", cfg.kernel)
+        self._history.fused = kernel.FusedPasses(*self._history.layout())
+
+    def _use_eager(self, error: Exception) -> None:
+        """``kernel="auto"``: compiling failed; run eager from now on."""
+        logger.warning(
+            "PDT could not compile its passes (%s: %s); it runs the eager passes", type(error).__name__, error
+        )
+        self._history.fused = None
+
+    def _fused_pass(self, steps: Tensor, criterion: str, write: bool) -> prediction.PassCounts | None:
+        """The prediction pass by the compiled kernel; ``None`` when compiling failed under ``kernel="auto"``."""
+        history = self._history
+        mirrored = not self.config.start_of_epoch
+        flats = self._flat_params()
+        name = criteria.canonical(criterion)
+        try:
+            per_param, totals = history.fused.predict(
+                flats, history.rows(), steps, name, mirrored, write, origin_is_param=not history.exact and mirrored
+            )
+        except Exception as e:
+            # Parameters written before the failure are restored from the newest snapshot,
+            # which holds them exactly in the mirrored (paper) layout; otherwise give up.
+            if self.config.kernel == "compiled" or not (mirrored and history.exact):
+                raise
+            history.copy_newest_to(flats)
+            self._use_eager(e)
+            return None
+        finite, consistency, lower, upper, _ = totals.unbind()
+        probe = torch.zeros(1)
+        applied = set(criteria.make(name)(probe, probe, probe, probe, 1))
+        return prediction.PassCounts(list(per_param), torch.stack([consistency, lower, upper, finite]), applied)
 
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         """The Gram matrix of the whole model from this process's; a sharded subclass sums the ranks'."""

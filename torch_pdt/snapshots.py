@@ -22,7 +22,7 @@ from typing import Any, get_args
 import torch
 from torch import Tensor
 
-from . import dmd
+from . import dmd, kernel
 from .config import Storage, as_int
 from .params import flat_view  # noqa: F401 (its earlier home)
 
@@ -77,20 +77,23 @@ class SnapshotHistory:
             sizes[b] += t.numel()
         self._keys = keys
         # Zero-filled, so that rows not yet written hold finite values (their inner products
-        # are computed alongside and never used).
+        # are computed alongside and never used). Each row starts kernel.PAD elements into its
+        # allocation, so that no row view has storage offset 0 (see torch_pdt.kernel).
         self._storage = [
             torch.zeros(
                 capacity,
-                n,
+                kernel.PAD + n,
                 dtype=torch.bfloat16 if storage == "bf16" else dt,
                 device="cpu" if storage == "cpu" else d,
                 pin_memory=storage == "cpu" and d.type != "cpu" and torch.cuda.is_available(),
-            )
+            )[:, kernel.PAD :]
             for (d, dt), n in zip(keys, sizes)
         ]
         self.count = 0
         self._next = 0
         self._gram = torch.zeros(capacity + 1, capacity + 1, dtype=torch.float64)
+        # When set, snapshots enter through its fused copy-in pass (one call per parameter group).
+        self.fused: kernel.FusedPasses | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -108,6 +111,11 @@ class SnapshotHistory:
     def exact(self) -> bool:
         """Whether every snapshot is an exact copy (no storage dtype other than its tensor's)."""
         return all(s.dtype == dt for s, (_, dt) in zip(self._storage, self._keys))
+
+    def layout(self) -> tuple[list[Tensor], list[tuple[int, int, int]]]:
+        """The ring storage (one ``(capacity, n)`` tensor per bucket) and every tensor's
+        ``(bucket, column offset, numel)`` in it, for :class:`torch_pdt.kernel.FusedPasses`."""
+        return self._storage, [(s.bucket, s.offset, s.numel) for s in self._slots]
 
     def rows(self) -> list[int]:
         """Storage rows from oldest to newest."""
@@ -137,6 +145,9 @@ class SnapshotHistory:
         transfer of the sums also waits for asynchronous copies into pinned storage.
         """
         h = self.capacity
+        if self.fused is not None:
+            self._set_gram(row, self.fused.copy_in(tensors, row))
+            return
         work: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         with torch.no_grad():
             for slot, t in zip(self._slots, tensors, strict=True):
@@ -165,7 +176,11 @@ class SnapshotHistory:
                     Z[h].copy_(Y[row])
                     Z[h + 1].copy_(Z[row])
                     sums.addmm_(Z[: h + 1], Z[h:].T)
-        dots = sum((w[0].cpu() for w in work.values()), torch.zeros(h + 1, 2, dtype=torch.float64))
+        self._set_gram(row, sum((w[0].cpu() for w in work.values()), torch.zeros(h + 1, 2, dtype=torch.float64)))
+
+    def _set_gram(self, row: int, dots: Tensor) -> None:
+        """Enter the ``(capacity + 1) x 2`` inner products of the snapshot now in ``row``."""
+        h = self.capacity
         self._gram[h, :] = self._gram[:, h] = dots[:, 0]
         self._gram[row, :] = self._gram[:, row] = dots[:, 1]
 

@@ -1,0 +1,352 @@
+"""The fused passes (torch_pdt.kernel) against PDT's eager pass and a float64 reference.
+
+Compiles are the cost here (seconds each on a loaded CPU), so the tensors are tiny and each
+test reuses the graphs of the ones before it where it can.
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from torch_pdt import PDT, kernel, reference
+from torch_pdt.criteria import CRITERIA, extremes
+from torch_pdt.snapshots import SnapshotHistory
+
+H, TAU = 3, 3
+APPLIED = {
+    "pdt": {"consistency", "lower_bound", "upper_bound"},
+    "authors": {"consistency", "lower_bound", "upper_bound"},
+    "accel_only": {"lower_bound", "upper_bound"},
+    "consistency_only": {"consistency"},
+    "none": set(),
+}
+
+needs_compiler = pytest.mark.skipif(
+    not kernel.compiles(torch.device("cpu")), reason="torch.compile cannot build kernels here (no C++ compiler)"
+)
+
+
+def _trajectory(sizes, dtype, epochs, seed=0):
+    """Training-like weights (drift decaying 0.8 per epoch, plus noise), float64, per epoch."""
+    g = torch.Generator().manual_seed(seed)
+    w = [0.05 * torch.randn(n, generator=g, dtype=torch.float64) for n in sizes]
+    v = [1e-2 * torch.randn(n, generator=g, dtype=torch.float64) for n in sizes]
+    out = []
+    for _ in range(epochs):
+        for wi, vi in zip(w, v):
+            wi += vi + 3e-3 * torch.randn(wi.shape, generator=g, dtype=torch.float64)
+            vi *= 0.8
+        out.append([wi.to(dtype) for wi in w])
+    return out
+
+
+def _reference(rows, param, steps, criterion, mirrored, tau, origin_is_param=False):
+    """Float64 decisions (torch_pdt.reference, the readable twin), new weights and rounding scale."""
+    S = torch.stack([r.to(torch.float64) for r in rows])
+    new = (param.to(torch.float64) if origin_is_param else S[-1]) + steps[tau] @ S
+    # (With rounded snapshots the kernel starts from the weights, the twin from the newest
+    # snapshot: the same decisions but for overflow, which these weights never reach.)
+    accept = reference.apply_steps(S, param, steps, criterion, start_of_epoch=not mirrored).accept
+    # The size of the terms the float32 displacement sums: its rounding is a few units of this.
+    X = torch.cat([S[:-1] - S[-1], S[-1:]])
+    terms = kernel.ring_coefficients(steps, torch.float64, S.device)[tau].abs() @ X.abs()
+    return accept, new, terms
+
+
+def _run_pdt(criterion, sizes, dtype=torch.float32, forecast=None, epochs=H + 3, storage="same"):
+    """Step a PDT over a trajectory; at every pass, run the fused passes on copies first.
+
+    Returns, per prediction: (eager result, fused per-parameter accepted, fused totals, eager
+    weights after, fused weights after, float64 reference (accept, new, terms) per parameter,
+    weights before).
+    """
+    params = [nn.Parameter(torch.zeros(n, dtype=dtype)) for n in sizes]
+    opt = torch.optim.SGD(params, lr=0.0)
+    pdt = PDT(
+        opt, history=H, horizon=TAU, start_epoch=H, interval=0, criterion=criterion, forecast=forecast, storage=storage
+    )
+    history = pdt._history
+    fused = kernel.FusedPasses(*history.layout())
+    mirrored = not pdt.config.start_of_epoch
+    log = []
+    eager_pass = pdt._pass
+
+    def both(steps, crit, write, ratio=0.0):
+        before = [p.detach().clone().view(-1) for p in params]
+        flats = [b.clone() for b in before]
+        storage_rows = [s.clone() for s in history.layout()[0]]
+        rows = history.rows()
+        per_param, totals = fused.predict(
+            flats, rows, steps, crit, mirrored, write, origin_is_param=not history.exact and mirrored
+        )
+        assert all(torch.equal(a, b) for a, b in zip(storage_rows, history.layout()[0])), "storage changed"
+        refs = []
+        for (bucket, offset, numel), p in zip(history.layout()[1], params):
+            ring = [history.layout()[0][bucket][j, offset : offset + numel] for j in rows]
+            origin_is_param = not history.exact and mirrored
+            refs.append(_reference(ring, p.detach().view(-1), steps, crit, mirrored, TAU, origin_is_param))
+        result = eager_pass(steps, crit, write, ratio)
+        log.append((result, per_param, totals, [p.detach().clone() for p in params], flats, refs, before))
+        return result
+
+    pdt._pass = both
+    for weights in _trajectory(sizes, dtype, epochs):
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        pdt.step()
+    assert log, "no prediction ran"
+    return log
+
+
+def _counts(result):
+    """The eager pass's statistics as the fused totals' [finite, consistency, lower, upper, accepted]."""
+    n, rejected = result["numel"], result["rejected"]
+    return [n - rejected["nonfinite"]] + [n - rejected[c] for c in ("consistency", "lower_bound", "upper_bound")] + [
+        result["accepted"]
+    ]
+
+
+def _check(log, applied, rtol):
+    for result, per_param, totals, eager_after, fused_after, refs, _ in log:
+        n = result["numel"]
+        counts = totals.tolist()
+        expected = _counts(result)
+        for k, check in enumerate(("consistency", "lower_bound", "upper_bound"), start=1):
+            if check not in applied:
+                counts[k] = expected[k] = n  # not made: the eager pass reports no rejections
+        assert counts == expected
+        ratios = result["accepted_ratio_per_param"].values()
+        assert per_param.tolist() == [round(r * p.numel()) for r, p in zip(ratios, eager_after)]
+        for e, f, (accept, new, terms) in zip(eager_after, fused_after, refs):
+            e, f = e.view(-1).double(), f.view(-1).double()
+            # Both round the same float64 forecast: within a few units of the weight and of
+            # the terms the displacement sums (the multiply-adds run in another order).
+            scale = rtol * (e.abs() + terms)
+            assert bool(((f - e).abs() <= scale).all()), float(((f - e).abs() / scale).max())
+            assert bool(((f - new).abs()[accept] <= scale[accept]).all())
+
+
+@needs_compiler
+@pytest.mark.parametrize("criterion", ["pdt", "accel_only", "consistency_only", "authors", "none"])
+def test_fused_passes_match_the_eager_pass(criterion):
+    # One large parameter (its own call) for "pdt"; small ones share a staged call.
+    sizes = [kernel.SMALL + 5, 7, 1, 300] if criterion == "pdt" else [7, 1, 300]
+    applied = APPLIED[criterion]
+    for forecast in ("paper", "increment"):
+        log = _run_pdt(criterion, sizes, forecast=forecast)
+        _check(log, applied, rtol=4 * torch.finfo(torch.float32).eps)
+        assert any(r["accepted"] for r, *_ in log)
+        assert any(r["accepted"] < r["numel"] for r, *_ in log) == bool(applied)  # the mask decides
+
+
+def _consistent_by_keys(steps, delta):
+    keys = [kernel._order_key(s) for s in steps]
+    low, high = keys[0], keys[0]
+    for key in keys[1:]:
+        low, high = torch.minimum(low, key), torch.maximum(high, key)
+    return kernel._same_sign(low, high, delta)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sign_test_by_integer_keys_decides_as_sign_on_every_special_value(dtype):
+    tiny = torch.finfo(dtype).tiny
+    specials = [0.0, -0.0, math.inf, -math.inf, math.nan, -math.nan, tiny / 4, -tiny / 4, tiny, -1.5, 2.0]
+    values = torch.tensor(specials, dtype=dtype)
+    # Every delta against every three steps, decided as the eager pass does (criteria.py).
+    d, a, b, c = torch.meshgrid(values, values, values, values, indexing="ij")
+    delta, steps = d.reshape(-1), [a.reshape(-1), b.reshape(-1), c.reshape(-1)]
+    expected = CRITERIA["consistency_only"](*extremes(torch.stack(steps)), None, delta, 3)["consistency"]
+    torch.testing.assert_close(_consistent_by_keys(steps, delta), expected)
+    compiled = torch.compile(_consistent_by_keys, dynamic=True, fullgraph=True)
+    torch.testing.assert_close(compiled(steps, delta), expected)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_fused_passes_match_the_eager_pass_in_every_parameter_dtype(dtype):
+    log = _run_pdt("pdt", [7, 1, 300], dtype=dtype)
+    _check(log, APPLIED["pdt"], rtol=4 * torch.finfo(kernel.work_dtype(dtype)).eps + 2 * torch.finfo(dtype).eps)
+
+
+@needs_compiler
+def test_bf16_storage_forecasts_from_the_parameters():
+    log = _run_pdt("pdt", [7, 1, 300], storage="bf16")
+    _check(log, APPLIED["pdt"], rtol=4 * torch.finfo(torch.float32).eps)
+
+
+def _tensors(sizes, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g).to(dtype) for n in sizes]
+
+
+@needs_compiler
+def test_copy_in_matches_the_eager_history_and_never_recompiles_as_the_ring_turns():
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    eager, fused = (SnapshotHistory(_tensors(sizes, torch.float32, 0), H) for _ in range(2))
+    fused.fused = kernel.FusedPasses(*fused.layout())
+    flats = _tensors(sizes, torch.float32, 1)
+    fused.push(flats)  # compile before counting
+    eager.push(flats)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for epoch in range(2, 2 * H + 2):
+        flats = _tensors(sizes, torch.float32, epoch)
+        eager.push(flats)
+        fused.push(flats)
+        assert all(torch.equal(a, b) for a, b in zip(eager.layout()[0], fused.layout()[0]))
+        torch.testing.assert_close(fused.gram(), eager.gram(), rtol=1e-12, atol=0.0)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+@needs_compiler
+def test_prediction_never_recompiles_as_the_ring_turns():
+    _run_pdt("pdt", [kernel.SMALL + 5, 7, 1, 300], epochs=H + 1)  # compiled here (or by the tests above)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    log = _run_pdt("pdt", [kernel.SMALL + 5, 7, 1, 300], epochs=3 * H)
+    assert len(log) >= 2 * H
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_small_parameters_share_one_call_per_pass():
+    history = SnapshotHistory(_tensors([1] * 10_000 + [kernel.SMALL, 3, 4], torch.float32, 0), H)
+    groups = kernel.FusedPasses(*history.layout(), use_compiled=False).groups
+    assert [len(g.members) for g in groups] == [10_000, 1, 2]
+
+
+def test_the_uncompiled_functions_agree_with_the_compiled_ones_bit_for_bit_in_decisions():
+    """The eager path of the kernel (the same functions, uncompiled) as a second reference."""
+    sizes = [7, 1, 300]
+    for use_compiled in (False, True) if kernel.compiles(torch.device("cpu")) else (False,):
+        history = SnapshotHistory(_tensors(sizes, torch.float32, 0), H)
+        history.fused = kernel.FusedPasses(*history.layout(), use_compiled=use_compiled)
+        for epoch, weights in enumerate(_trajectory(sizes, torch.float32, H)):
+            history.push(weights)
+        steps = torch.tensor([[0.5, -1.5, 1.0], [0.25, -0.75, 0.5], [1.0, -3.0, 2.0], [1.75, -5.25, 3.5]])
+        flats = [w.clone() for w in weights]
+        per_param, totals = history.fused.predict(flats, history.rows(), steps.double(), "pdt", True, True)
+        if not use_compiled:
+            expected = (per_param, totals, flats)
+        else:
+            assert torch.equal(per_param, expected[0]) and torch.equal(totals, expected[1])
+            for a, b in zip(flats, expected[2]):
+                torch.testing.assert_close(a, b, rtol=4 * torch.finfo(torch.float32).eps, atol=1e-9)
+
+
+@needs_compiler
+def test_decisions_differ_from_the_eager_pass_and_the_float64_reference_within_the_bound():
+    n = 1 << 20
+    log = _run_pdt("pdt", [n], epochs=H + 2)
+    for result, _, totals, eager_after, fused_after, refs, before in log:
+        fused = fused_after[0] != before[0]  # accepted (a forecast equal to the weight is immaterial)
+        eager = eager_after[0].view(-1) != before[0]
+        reference = refs[0][0] & (refs[0][1] != before[0].double())
+        assert 0.05 < result["accepted"] / n < 0.95
+        for other in (eager, reference):
+            assert int((fused != other).sum()) <= kernel.DECISION_BOUND * n
+        assert abs(int(totals[4]) - result["accepted"]) <= kernel.DECISION_BOUND * n
+
+
+def _train(kernel_name, sizes, dtype=torch.float32, criterion="pdt", epochs=H + 4, history=H, **kwargs):
+    """PDT with the given kernel over a trajectory: its statistics and final weights."""
+    params = [nn.Parameter(torch.zeros(n, dtype=dtype)) for n in sizes]
+    pdt = PDT(
+        torch.optim.SGD(params, lr=0.0),
+        history=history,
+        horizon=TAU,
+        start_epoch=history,
+        interval=0,
+        criterion=criterion,
+        kernel=kernel_name,
+        **kwargs,
+    )
+    stats = []
+    for weights in _trajectory(sizes, dtype, epochs):
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        stats.append(pdt.step())
+    return pdt, stats, params
+
+
+def _same_run(a, b, rtol):
+    (_, stats_a, params_a), (_, stats_b, params_b) = a, b
+    assert [s["predicted"] for s in stats_a] == [s["predicted"] for s in stats_b] and stats_a[-1]["predicted"]
+    for x, y in zip(stats_a, stats_b):
+        for key in ("accepted", "rejected", "accepted_ratio_per_param", "rank"):
+            assert x.get(key) == y.get(key), key
+        torch.testing.assert_close(torch.tensor(x.get("eigenvalues", [])), torch.tensor(y.get("eigenvalues", [])))
+    for p, q in zip(params_a, params_b):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=1e-7)
+
+
+@needs_compiler
+@pytest.mark.parametrize("criterion", ["pdt", "authors"])
+def test_pdt_with_the_compiled_kernel_runs_as_with_the_eager_one(criterion, caplog):
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    with caplog.at_level("INFO", logger="torch_pdt"):
+        compiled = _train("compiled", sizes, criterion=criterion)
+    assert "compiled passes" in caplog.text
+    _same_run(compiled, _train("eager", sizes, criterion=criterion), rtol=1e-6)
+    assert compiled[0]._history.fused is not None
+
+
+def test_auto_runs_eager_where_the_kernel_does_not_apply_or_pay_off(caplog):
+    with caplog.at_level("INFO", logger="torch_pdt"):
+        pdt, _, _ = _train("auto", [7, 300], epochs=1)
+    assert pdt._history.fused is None and "eager passes (a small model)" in caplog.text
+    for kwargs, reason in (({"criterion": "random"}, "criterion='random'"), ({"on_jump": "reset"}, "on_jump='reset'")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="torch_pdt"):
+            pdt, _, _ = _train("auto", [1] * kernel.AUTO_MIN_TENSORS, epochs=1, **kwargs)
+        assert pdt._history.fused is None and reason in caplog.text
+        with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
+            _train("compiled", [7], epochs=1, **kwargs)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        _train("fast", [7], epochs=1)
+
+
+@needs_compiler
+def test_auto_compiles_for_many_tensors_and_falls_back_to_eager_when_compiling_fails(caplog):
+    sizes = [3] * kernel.AUTO_MIN_TENSORS
+    # A history length no other test compiles for, and no compiler: every compile fails.
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        with caplog.at_level("INFO", logger="torch_pdt"):
+            failed = _train("auto", sizes, history=H + 3)
+    assert "compiled passes" in caplog.text and "could not compile" in caplog.text
+    assert failed[0]._history.fused is None
+    _same_run(failed, _train("eager", sizes, history=H + 3), rtol=0.0)
+
+
+@needs_compiler
+def test_empty_tensors_in_a_bucket_count_nothing():
+    history = SnapshotHistory(_tensors([0, 7, 0, 300, 0], torch.float32, 0), H)
+    history.fused = kernel.FusedPasses(*history.layout())
+    for weights in _trajectory([0, 7, 0, 300, 0], torch.float32, H):
+        history.push(weights)
+    steps = torch.tensor([[0.5, -1.5, 1.0], [0.25, -0.75, 0.5], [1.0, -3.0, 2.0], [1.75, -5.25, 3.5]]).double()
+    per_param, totals = history.fused.predict([w.clone() for w in weights], history.rows(), steps, "pdt", True, True)
+    assert per_param[[0, 2, 4]].tolist() == [0, 0, 0] and int(per_param.sum()) == int(totals[4])
+
+
+@needs_compiler
+def test_a_compiled_run_resumed_from_its_state_dict_continues_bit_identically():
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    whole = _train("compiled", sizes, epochs=H + 4)
+    params = [nn.Parameter(torch.zeros(n)) for n in sizes]
+    opt = torch.optim.SGD(params, lr=0.0)
+    first = PDT(opt, history=H, horizon=TAU, start_epoch=H, interval=0, kernel="compiled")
+    trajectory = _trajectory(sizes, torch.float32, H + 4)
+    for epoch, weights in enumerate(trajectory):
+        if epoch == H + 1:
+            state = first.state_dict()
+            first = PDT(opt, history=H, horizon=TAU, start_epoch=H, interval=0, kernel="compiled")
+            first.load_state_dict(state)
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        first.step()
+    for p, q in zip(params, whole[2]):
+        assert torch.equal(p, q)

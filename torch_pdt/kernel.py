@@ -1,0 +1,450 @@
+r"""PDT's two passes over the snapshots as fused element-wise loops, compiled or eager.
+
+A prediction step reads the snapshots twice and writes twice; everything else is ``h x h``
+algebra. Both passes are written here as pure tensor functions of one parameter's ``h`` ring
+rows (oldest first) and the parameter itself, so that ``torch.compile`` turns each into a
+single loop over the elements (one call per parameter, no chunks, no temporaries in memory):
+
+**Copy-in and Gram** (:func:`gram_update`). The new snapshot :math:`s_0` is copied into its
+ring row, and with :math:`s_1, \dots, s_{h-1}` the older rows (newest first) and the cyclic
+differences :math:`d_i = s_i - s_{i+1 \bmod h}`, the ``2h + 1`` inner products
+
+.. math::
+    a_i = \langle d_i, s_0\rangle,\qquad b_i = \langle d_i, d_0\rangle,\qquad
+    c = \langle s_0, s_0\rangle
+
+are summed in float64 (differences of float32 values are exact there). They are the Gram
+entries a new snapshot changes (:class:`torch_pdt.snapshots.SnapshotHistory`).
+
+**Predict, mask, assemble** (:func:`predict_mask_assemble`). With :math:`X_j = s_j - s_{h-1}`
+for the older rows and :math:`X_{h-1} = s_{h-1}` (the newest row), row ``k`` of the
+``(tau + 1) x h`` coefficient matrix ``coef`` gives :math:`M_k = \sum_j c_{kj} X_j`: the
+predicted steps ``k = 1..tau`` and, last, the displacement :math:`D` (``h (tau + 1)``
+multiply-adds per element, in the parameters' precision: float64 for float64, float32 for the
+rest). The coefficients are a tensor, so new ones never recompile. The mask is the one of
+:mod:`torch_pdt.criteria`; the new weight is :math:`s_{h-1} + D` where it passes and is
+finite in the parameter's dtype, the parameter elsewhere.
+
+Three forms keep the compiled loop one loop, and cheap (measured on CPU with inductor):
+
+* Eq. 7 compares signs. ``sign``, ``minimum`` and ``maximum`` propagate NaN and were most of
+  the compute, so the steps are compared as integers: the bit pattern ``b`` of a float
+  mapped to ``b ^ ((b >> 31) & 0x7fffffff)`` (the sign-magnitude to two's-complement
+  order) orders floats exactly, ``-0 < +0`` and NaN outside ``[-inf, inf]``. "Every step
+  has the sign of :math:`\Delta`" is then "the integer minimum and maximum of the steps lie
+  in one window" (:func:`_same_sign`): the decision of the eager pass's ``sign`` test on
+  every ±0, ±inf, NaN and denormal.
+* No boolean tensor is stored: the counts are reductions of the comparisons, and the
+  assembly is one ``where`` written into the parameter. Inductor fused at most four sums
+  into the loop and stored the mask (as bool, 37x slower than a float store) for a fifth,
+  so the five counts travel as three sums, two of them packing two counts in an int64.
+
+The compiled and the eager pass make the same decisions up to rounding: the multiply-adds
+run in another order (and fused) than the eager pass's matrix product, so an element whose
+displacement or step lies within a few float32 units of a bound (or a step within a few
+units of zero) may be decided differently. ``tests/test_kernel.py`` bounds this at
+:data:`DECISION_BOUND` of the elements, against the eager pass and a float64 reference.
+
+Compiling (``torch.compile`` with inductor) needs a C++ compiler on CPU or Triton on GPU;
+:func:`compiled` returns ``None`` where the first call fails, and the caller runs eager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AUTO_MIN_NUMEL",
+    "AUTO_MIN_TENSORS",
+    "DECISION_BOUND",
+    "KERNEL_CRITERIA",
+    "KERNELS",
+    "PAD",
+    "FusedPasses",
+    "SMALL",
+    "compiled",
+    "compiles",
+    "gram_update",
+    "predict_mask_assemble",
+    "ring_coefficients",
+    "work_dtype",
+]
+
+KERNELS = ("auto", "compiled", "eager")
+"""``PDT(kernel=...)``: compile where possible, always compile (fail otherwise), never compile."""
+
+KERNEL_CRITERIA = ("pdt", "accel_only", "consistency_only", "authors", "none")
+"""Criteria the fused pass implements (``"random"`` draws from the eager pass's generator)."""
+
+PAD = 16
+"""Elements of padding ahead of every ring row. Compiled functions specialise on a view's
+storage offset being zero or not; without the pad the oldest row of the first parameter
+moves through offset 0 as the ring turns, and each function recompiled up to ``h`` times."""
+
+DECISION_BOUND = 1e-6
+"""Largest fraction of elements whose decision may differ between the compiled and the
+eager pass or the float64 reference (rounding near a bound, see the module docstring). Measured
+on 4M float32 weights over 8 predictions: none against the eager pass, at most 1 against
+float64 (as for the eager pass). The bound assumes a forecast that is more than rounding:
+where the step coefficients are huge (seen: 1e16, from float16 weights that barely move) both
+passes forecast rounding noise, and their counts per rejection reason differed (the accepted
+counts did not)."""
+
+_COUNTS = ("finite", "consistency", "lower_bound", "upper_bound", "accepted")
+
+_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+_KEY_INF = {torch.float32: 0x7F800000, torch.float64: 0x7FF0000000000000}  # bit patterns of +inf
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision of the prediction pass: float64 for float64 parameters, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gram_update(new: Tensor, older: Sequence[Tensor], dest: Tensor) -> Tensor:
+    r"""Copy ``new`` into ``dest`` and return the float64 inner products ``[a_0..a_{h-1}, b_0..b_{h-1}, c]``.
+
+    ``older`` are the other ``h - 1`` ring rows, newest first (see the module docstring);
+    ``dest`` is the row ``new`` enters; the products are of ``new`` rounded to its dtype.
+    """
+    s = [new.to(dest.dtype).to(torch.float64)] + [r.to(torch.float64) for r in older]
+    h = len(s)
+    d = [s[i] - s[(i + 1) % h] for i in range(h)]
+    sums = [(di * s[0]).sum() for di in d] + [(di * d[0]).sum() for di in d] + [(s[0] * s[0]).sum()]
+    dest.copy_(new)
+    return torch.stack(sums)
+
+
+def _order_key(x: Tensor) -> Tensor:
+    """Integers ordered as the floats ``x`` are (totally: ``-0 < +0``, NaN beyond ``±inf``)."""
+    itype = _INT[x.dtype]
+    b = x.view(itype)
+    return b ^ ((b >> (torch.iinfo(itype).bits - 1)) & torch.iinfo(itype).max)
+
+
+def _same_sign(low: Tensor, high: Tensor, delta: Tensor) -> Tensor:
+    """Eq. 7 as the eager pass decides it, from the order keys of the smallest and largest step.
+
+    The eager pass compares ``torch.sign`` of the steps' ``amin`` and ``amax`` with that of
+    ``delta``; ``sign`` maps NaN to 0 and the extremes are NaN when any step is. So: with a
+    NaN step, the test passes exactly when ``delta`` is zero or NaN; otherwise every step
+    must lie in the window of ``delta``'s sign: keys ``[1, key(inf)]`` for ``delta > 0``,
+    ``[key(-inf), key(-0) - 1]`` for ``delta < 0`` and ``[key(-0), key(+0)]`` for zero or NaN.
+    """
+    key_inf = _KEY_INF[delta.dtype]
+    itype = low.dtype
+
+    def const(v: int) -> Tensor:
+        return torch.full((), v, dtype=itype, device=low.device)
+
+    positive, negative = delta > 0, delta < 0
+    lo = torch.where(positive, const(1), torch.where(negative, const(-key_inf - 1), const(-1)))
+    hi = torch.where(positive, const(key_inf), torch.where(negative, const(-2), const(0)))
+    # A NaN step (a key beyond +-inf; ~key mirrors the negative ones) lands the extremes on
+    # the window of zero: it passes for a zero or NaN delta only, as sign(NaN) = 0 does.
+    nan_step = torch.maximum(high, ~low) > key_inf
+    low, high = torch.where(nan_step, const(-1), low), torch.where(nan_step, const(0), high)
+    return (low >= lo) & (high <= hi)
+
+
+def predict_mask_assemble(
+    rows: Sequence[Tensor],
+    param: Tensor,
+    coef: Tensor,
+    tau: int,
+    criterion: str,
+    mirrored: bool,
+    write: bool,
+    origin_is_param: bool = False,
+    accepted: Tensor | None = None,
+) -> Tensor:
+    r"""One parameter's prediction: returns integer counts ``[finite, consistency, lower, upper, accepted]``.
+
+    ``rows`` are the ``h`` ring rows, oldest first; ``coef`` is ``(tau + 1) x h`` in
+    :func:`work_dtype` (:func:`ring_coefficients`). ``mirrored``: the newest row is the
+    optimizer's result and :math:`\Delta = s_{h-1} - s_{h-2}` (the paper); otherwise the rows
+    are start-of-epoch weights and :math:`\Delta` is ``param`` minus the newest row (the
+    authors' code). The counts are of elements passing each check (zero for a check the
+    criterion does not make); with ``write`` the accepted elements of ``param`` are replaced.
+    ``origin_is_param``: the forecast starts from ``param`` rather than the newest row (rows
+    that round the weights, mirrored). ``accepted``, if given, receives the per-element
+    decision as 0/1 (for a bucket of small parameters, whose counts are then split).
+    """
+    h = len(rows)
+    dtype = coef.dtype
+    last = rows[-1].to(dtype)
+    X = [r.to(dtype) - last for r in rows[:-1]]
+
+    def combination(k: int) -> Tensor:
+        acc = coef[k, h - 1] * last
+        for j in range(h - 1):
+            acc = acc + coef[k, j] * X[j]
+        return acc
+
+    displacement = combination(tau)
+    if mirrored:
+        delta = last - rows[-2].to(dtype)
+    else:
+        delta = param.to(dtype) - last
+    # Finite in the parameter's dtype: float16 overflows where float32 does not.
+    new = (param.to(dtype) if origin_is_param else last) + displacement
+    if param.dtype != dtype:
+        new = new.to(param.dtype)
+    finite = new.abs() < float("inf")
+    checks: dict[str, Tensor] = {}
+    if criterion in ("pdt", "consistency_only"):
+        keys = [_order_key(combination(k)) for k in range(tau)]
+        low, high = keys[0], keys[0]
+        for key in keys[1:]:
+            low, high = torch.minimum(low, key), torch.maximum(high, key)
+        checks["consistency"] = _same_sign(low, high, delta)
+    elif criterion == "authors":
+        key = _order_key(displacement)
+        checks["consistency"] = _same_sign(key, key, delta)
+    jump, step = displacement.abs(), delta.abs()
+    if criterion in ("pdt", "accel_only"):
+        checks["lower_bound"] = jump > step
+        checks["upper_bound"] = jump <= tau * step
+    elif criterion == "authors":
+        checks["lower_bound"] = jump >= step
+        checks["upper_bound"] = jump <= (tau + 1) * step
+    accept = finite
+    for passed in checks.values():
+        accept = accept & passed
+    if accepted is not None:
+        accepted.copy_(accept)
+    if write:
+        param.copy_(torch.where(accept, new, param))
+    # Two counts per int64 sum, the second in the high 32 bits (exact below 2^31 elements):
+    # inductor fused at most four sums into the loop, and a fifth became a second loop over
+    # the mask stored as bool (slower than the whole pass).
+    never = torch.zeros_like(finite)
+    pairs = [(finite, accept), (checks.get("consistency", never), checks.get("lower_bound", never))]
+    sums = [(a.to(torch.int64) + (b.to(torch.int64) << 32)).sum() for a, b in pairs]
+    upper = checks.get("upper_bound", never).sum(dtype=torch.int32 if param.numel() < 2**31 else torch.int64)
+    low_bits = (1 << 32) - 1
+    return torch.stack([sums[0] & low_bits, sums[1] & low_bits, sums[1] >> 32, upper.to(torch.int64), sums[0] >> 32])
+
+
+def ring_coefficients(
+    steps: Tensor, dtype: torch.dtype, device: torch.device, rows: Sequence[int] | None = None
+) -> Tensor:
+    r"""``(tau + 1) x h`` coefficients on the ring rows (oldest first) for :func:`predict_mask_assemble`.
+
+    ``steps`` (float64, ``(tau + 1) x h``) maps the snapshots to the predicted steps and the
+    displacement; as the rows enter as :math:`X_j = s_j - s_{h-1}` and :math:`X_{h-1} = s_{h-1}`,
+    the newest column takes the sum of all (in float64, before rounding). The sum runs in the
+    storage order of ``rows`` (the storage rows, oldest first), as in the eager pass, so that
+    both round it alike: for an element that never moved it is the whole forecast.
+    """
+    coef = steps.clone()
+    by_storage = torch.zeros_like(steps)
+    by_storage[:, list(range(steps.shape[1])) if rows is None else list(rows)] = steps
+    coef[:, -1] = by_storage.sum(1)
+    return coef.to(device=device, dtype=dtype)
+
+
+_OPTIONS = {
+    # inductor compiles C++ with -ffp-contract=off by default; the pass is h (tau + 1)
+    # multiply-adds per element, and fused ones are both faster and more accurate.
+    "cpp.enable_floating_point_contract_flag": "fast",
+}
+
+def compiles(device: torch.device) -> bool:
+    """Whether ``torch.compile`` can build kernels for ``device``: a C++ compiler on CPU, Triton on GPU."""
+    if device.type == "cpu":
+        return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (:func:`gram_update` or :func:`predict_mask_assemble`) compiled, once per process.
+
+    Dynamic shapes: one graph serves every parameter size (sizes 0 and 1 get their own);
+    ``h``, ``tau``, the criterion, the flags and the dtypes give one graph each.
+    """
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True, fullgraph=True, options=_OPTIONS)
+    return _COMPILED[fn]
+
+
+_GRAPHS = 64
+
+AUTO_MIN_NUMEL = 1 << 20
+"""``kernel="auto"`` compiles for models of at least this many elements: compiling costs
+seconds once, the fused passes save about 10 ns per element and step on CPU."""
+
+AUTO_MIN_TENSORS = 256
+"""... or of at least this many tensors: the eager pass costs about 200 us per tensor and step."""
+
+SMALL = 1 << 14
+"""Parameters with fewer elements than this share one call per pass with their neighbours in
+the storage: a compiled call costs tens of microseconds whatever its size, which for a model
+of 10,000 one-element tensors would be seconds per step."""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One call of each pass: a large parameter, or a run of small ones adjacent in the storage."""
+
+    members: tuple[int, ...]
+    bucket: int
+    start: int
+    stop: int
+
+    @property
+    def staged(self) -> bool:
+        """Several parameters, copied into one contiguous tensor for the call."""
+        return len(self.members) > 1
+
+
+def _groups(slots: Sequence[tuple[int, int, int]]) -> list[_Group]:
+    groups: list[_Group] = []
+    run: list[int] = []
+
+    def close() -> None:
+        if run:
+            bucket, offset, _ = slots[run[0]]
+            last = slots[run[-1]]
+            groups.append(_Group(tuple(run), bucket, offset, last[1] + last[2]))
+            run.clear()
+
+    for i, (bucket, offset, numel) in enumerate(slots):
+        if numel >= SMALL:
+            close()
+            groups.append(_Group((i,), bucket, offset, offset + numel))
+            continue
+        if run:
+            prev = slots[run[-1]]
+            if prev[0] != bucket or prev[1] + prev[2] != offset:
+                close()
+        run.append(i)
+    close()
+    return groups
+
+
+class FusedPasses:
+    """Both passes of a PDT step over a ring of snapshots, one kernel call per group of parameters.
+
+    Args:
+        storage: the ring's ``(h, width)`` tensors, one per (device, dtype) bucket.
+        slots: ``(bucket, column offset, numel)`` of every parameter, in parameter order.
+        use_compiled: run the compiled functions (else the same functions eagerly: memory of
+            a few dozen parameter-sized temporaries, for testing).
+    """
+
+    def __init__(
+        self, storage: Sequence[Tensor], slots: Sequence[tuple[int, int, int]], use_compiled: bool = True
+    ) -> None:
+        self.storage = list(storage)
+        self.slots = list(slots)
+        self.capacity = self.storage[0].shape[0]
+        self.groups = _groups(self.slots)
+        self.use_compiled = use_compiled
+        self._enter = compiled(gram_update) if use_compiled else gram_update
+        self._predict = compiled(predict_mask_assemble) if use_compiled else predict_mask_assemble
+
+    def _variants(self) -> contextlib.AbstractContextManager:
+        """Room for every graph a process may need: criteria, flags, ``tau`` values and dtypes
+        each compile their own, beyond dynamo's default of 8 per function."""
+        if not self.use_compiled:
+            return contextlib.nullcontext()
+        return torch._dynamo.config.patch(recompile_limit=max(_GRAPHS, torch._dynamo.config.recompile_limit))
+
+    def _source(self, group: _Group, flats: Sequence[Tensor]) -> Tensor:
+        if not group.staged:
+            return flats[group.members[0]]
+        return torch.cat([flats[i] for i in group.members])
+
+    def copy_in(self, flats: Sequence[Tensor], row: int) -> Tensor:
+        r"""Copy ``flats`` into ring row ``row``; the ``(h + 1) x 2`` float64 inner products, on CPU.
+
+        Row ``j`` of the result is :math:`(\langle d_j, s\rangle, \langle d_j, d\rangle)`
+        for the storage row ``j`` (its difference to the row before it, cyclically), with
+        ``s`` the new snapshot and ``d`` its difference; the last row is
+        :math:`(\langle s, s\rangle, \langle s, d\rangle)`.
+        """
+        h = self.capacity
+        order = [(row - i) % h for i in range(h)]  # newest first
+        sums: dict[torch.device, Tensor] = {}
+        with torch.no_grad(), self._variants():
+            for group in self.groups:
+                if group.stop == group.start:
+                    continue
+                rows = self.storage[group.bucket][:, group.start : group.stop]
+                source = self._source(group, flats)
+                part = self._enter(source, [rows[j] for j in order[1:]], rows[row])
+                sums[part.device] = sums[part.device] + part if part.device in sums else part
+        total = sum((t.cpu() for t in sums.values()), torch.zeros(2 * h + 1, dtype=torch.float64))
+        dots = torch.empty(h + 1, 2, dtype=torch.float64)
+        dots[order, 0] = total[:h]
+        dots[order, 1] = total[h : 2 * h]
+        dots[h, 0] = total[2 * h]
+        dots[h, 1] = total[0]
+        return dots
+
+    def predict(
+        self,
+        flats: Sequence[Tensor],
+        rows: Sequence[int],
+        steps: Tensor,
+        criterion: str,
+        mirrored: bool,
+        write: bool,
+        origin_is_param: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Predict, mask and (with ``write``) assemble every parameter.
+
+        ``rows``: the storage rows oldest first; ``steps``: float64 ``(tau + 1) x h``, the
+        predicted steps and the displacement as combinations of the snapshots (unmirrored).
+        Returns the accepted elements per parameter and the totals
+        ``[finite, consistency, lower_bound, upper_bound, accepted]``, int64 on CPU.
+        """
+        tau = steps.shape[0] - 1
+        coefs: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        totals: dict[torch.device, Tensor] = {}
+        per_param: list[Tensor] = []
+        with torch.no_grad(), self._variants():
+            for group in self.groups:
+                if group.stop == group.start:
+                    per_param.append(torch.zeros(len(group.members), dtype=torch.int64))
+                    continue
+                storage = self.storage[group.bucket][:, group.start : group.stop]
+                param = self._source(group, flats)
+                key = (param.device, work_dtype(param.dtype))
+                if key not in coefs:
+                    coefs[key] = ring_coefficients(steps, key[1], key[0], rows)
+                accepted = None
+                if group.staged:
+                    accepted = torch.empty(param.shape, dtype=torch.int8, device=param.device)
+                counts = self._predict(
+                    [storage[j] for j in rows], param, coefs[key], tau, criterion, mirrored, write,
+                    origin_is_param, accepted,
+                )
+                counts = counts.to(torch.int64)
+                totals[param.device] = totals[param.device] + counts if param.device in totals else counts
+                if accepted is None:
+                    per_param.append(counts[4:])
+                    continue
+                sizes = [self.slots[i][2] for i in group.members]
+                bounds = torch.tensor([0, *sizes], device=param.device).cumsum(0)
+                cumulative = torch.cat([bounds.new_zeros(1), accepted.cumsum(0, dtype=torch.int64)])
+                per_param.append(cumulative[bounds[1:]] - cumulative[bounds[:-1]])  # empty tensors too
+                if write:
+                    torch._foreach_copy_([flats[i] for i in group.members], list(param.split(sizes)))
+        # Host transfers only now: the first waits for the device, the others find it done.
+        total = sum((t.cpu() for t in totals.values()), torch.zeros(5, dtype=torch.int64))
+        return torch.cat([t.cpu() for t in per_param]), total
