@@ -253,3 +253,19 @@ def test_verify_treats_equal_nans_as_equal(results):
         assert r["verify_nans"]["same"] is None
         expected = "ReplicaMismatchError: PDT ranks disagree after epoch 1 on ['group0.param0']"
         assert r["verify_nans"]["differ"] == expected
+
+
+def test_distributed_pdt_runs_the_eager_passes():
+    """The compiled passes are not verified across ranks: DistributedPDT refuses them and 'auto' stays eager."""
+    from torch_pdt.distributed import DistributedPDT
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(2000, 600)  # 1.2M elements: large enough for 'auto' to compile in PDT
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        assert DistributedPDT(opt)._history.fused is None
+        with pytest.raises(ValueError, match="not available for DistributedPDT"):
+            DistributedPDT(opt, kernel="compiled")
+    finally:
+        dist.destroy_process_group()

@@ -360,6 +360,12 @@ class DistributedPDT(PDT):
     def _model_numels(self) -> list[int]:
         return self._numels
 
+    def _choose_kernel(self) -> None:
+        # The compiled passes have not been verified across ranks (lost snapshots, sharded Gram
+        # faults): a distributed run stays on the eager passes until they are.
+        if self.config.kernel == "compiled":
+            raise ValueError("kernel='compiled' is not available for DistributedPDT yet; use 'auto' or 'eager'")
+
     def _reduce_counts(self, counts: Tensor) -> Tensor:
         if not self.sharded:
             return counts
