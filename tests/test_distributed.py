@@ -5,10 +5,12 @@ Every launch has a hard timeout, so a hang fails the test instead of blocking th
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -267,5 +269,25 @@ def test_distributed_pdt_runs_the_eager_passes():
         assert DistributedPDT(opt)._history.fused is None
         with pytest.raises(ValueError, match="not available for DistributedPDT"):
             DistributedPDT(opt, kernel="compiled")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_closed_or_dropped_distributed_pdt_stops_counting_and_stepping():
+    from torch_pdt.distributed import DistributedPDT
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        p = torch.nn.Parameter(torch.zeros(4))
+        opt = torch.optim.SGD([p], lr=0.1)
+        pdt = DistributedPDT(opt, history=3, every_n_steps=2)
+        pdt.close()
+        p.grad = torch.ones(4)
+        opt.step()
+        assert (pdt.optimizer_steps, pdt._trained_steps) == (0, 0)
+        dropped = weakref.ref(DistributedPDT(opt, history=3, every_n_steps=2))
+        gc.collect()
+        assert dropped() is None  # no hook keeps it alive
+        opt.step()  # and nothing steps it
     finally:
         dist.destroy_process_group()

@@ -40,6 +40,7 @@ def destroy_process_group() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
+
 if pl is not None:  # at module level: ddp_spawn pickles the module into its processes
 
     class Classifier(pl.LightningModule):

@@ -104,9 +104,11 @@ def _run_pdt(criterion, sizes, dtype=torch.float32, forecast=None, epochs=H + 3,
 def _counts(result):
     """The eager pass's statistics as the fused totals' [finite, consistency, lower, upper, accepted]."""
     n, rejected = result["numel"], result["rejected"]
-    return [n - rejected["nonfinite"]] + [n - rejected[c] for c in ("consistency", "lower_bound", "upper_bound")] + [
-        result["accepted"]
-    ]
+    return (
+        [n - rejected["nonfinite"]]
+        + [n - rejected[c] for c in ("consistency", "lower_bound", "upper_bound")]
+        + [result["accepted"]]
+    )
 
 
 def _check(log, applied, rtol):
@@ -350,3 +352,33 @@ def test_a_compiled_run_resumed_from_its_state_dict_continues_bit_identically():
         first.step()
     for p, q in zip(params, whole[2]):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_overflow_threshold_is_where_the_cast_becomes_inf(dtype):
+    limit = torch.tensor(kernel.overflow_threshold(dtype), dtype=torch.float32)
+    below = torch.nextafter(limit, torch.tensor(0.0))
+    assert torch.isinf(limit.to(dtype)) and torch.isinf((-limit).to(dtype))
+    assert torch.isfinite(below.to(dtype)) and torch.isfinite((-below).to(dtype))
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel_choice", ["eager", "compiled"])
+def test_a_forecast_that_overflows_float16_is_rejected_by_both_passes(kernel_choice):
+    """Every weight finite (at most 55,000) but the linear trend's forecast beyond float16's 65,504."""
+    p = nn.Parameter(torch.zeros(1000, dtype=torch.float16))
+    pdt = PDT(
+        torch.optim.SGD([p], lr=0.0),
+        history=4,
+        horizon=5,
+        start_epoch=4,
+        interval=0,
+        criterion="none",
+        kernel=kernel_choice,
+    )
+    for e in range(6):
+        with torch.no_grad():
+            p.fill_(30000 + 5000 * e)
+        stats = pdt.step()
+    assert stats["predicted"] and stats["accepted"] == 0 and stats["rejected"]["nonfinite"] == 1000
+    assert torch.isfinite(p).all()

@@ -433,3 +433,37 @@ def test_save_atomic_writes_through_a_symlink(tmp_path):
     dangling.symlink_to(tmp_path / "store" / "fresh.pt")
     save_atomic({"a": 3}, dangling)
     assert dangling.is_symlink() and torch.load(tmp_path / "store" / "fresh.pt", weights_only=True) == {"a": 3}
+
+
+# --- found by an attack on the integrated core ------------------------------------------------
+
+
+@pytest.mark.parametrize("predict", ["False", 0.5, None, 1])
+def test_predict_must_be_a_bool_and_a_refusal_changes_nothing(predict):
+    model, opt, pdt = trained(3)
+    before = snapshot_of(pdt)
+    with pytest.raises(ValueError, match="predict must be True or False"):
+        pdt.step(loss=1.0, predict=predict)
+    assert snapshot_of(pdt) == before
+
+
+def test_a_step_mode_step_that_raises_leaves_the_counter_for_a_retry():
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=0, interval=0, every_n_steps=2)
+    x, y = make_data()
+
+    def one_step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    one_step()
+    extra = nn.Parameter(torch.zeros(3))
+    opt.add_param_group({"params": [extra]})
+    with pytest.raises(ValueError):
+        one_step()  # the hook's step() refuses: the optimizer's parameters changed
+    assert (pdt.optimizer_steps, pdt.epoch) == (1, 0)
+    opt.param_groups.pop()
+    one_step()  # the retried second step of the period: PDT steps now
+    assert (pdt.optimizer_steps, pdt.epoch) == (2, 1)

@@ -44,6 +44,7 @@ ALIASES = {"criterion": {"reference": "authors"}, "scheduler": {"reference": "au
 SEED_RANGE = (0, 2**64 - 1)
 """Seeds a ``torch.Generator`` takes."""
 
+
 def is_bool(value: Any) -> bool:
     """Python's and numpy's bools (numpy's is neither a Python bool nor a registered number)."""
     return isinstance(value, bool) or type(value).__name__ == "bool_"

@@ -64,6 +64,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -199,17 +200,15 @@ class DistributedPDT(PDT):
         # Optimizer steps since construction: a rank that skipped or repeated step() has trained
         # a different number of them by the time its step counter meets the others'.
         self._trained_steps = 0
-        self._counter_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
+        self._counter_hook = _register_counter(self)
         # One length for every message (the largest payload), so that two ranks out of step
         # exchange messages that gloo can pair and PDT can tell apart (by their tags).
         h, n, w = self._history.capacity, len(self.params), self.world_size
         self._message_length = max(h * h + w, n + len(CHECKS) + 1, 5 * w, 2 * n * w if verify else 0)
 
-    def _count_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._trained_steps += 1
-
-    def detach(self) -> None:
-        super().detach()
+    def close(self) -> None:
+        """:meth:`torch_pdt.PDT.close`, and stop counting the optimizer's steps."""
+        super().close()
         self._counter_hook.remove()
 
     def _vote(self, failed: bool) -> None:
@@ -290,13 +289,13 @@ class DistributedPDT(PDT):
         """
         error = None
         try:
-            value = self._validate(loss)
+            value = self._validate(loss, predict)
         except ValueError as e:
             error, value = e, None
         # Row r: optimizer steps trained, arguments valid, loss given, loss, predict.
         rows = torch.zeros(self.world_size, 5, dtype=torch.float64)
         rows[self.rank] = torch.tensor(
-            [self._trained_steps, error is None, value is not None, 0.0 if value is None else value, predict],
+            [self._trained_steps, error is None, value is not None, 0.0 if value is None else value, predict is True],
             dtype=torch.float64,
         )
         rows = self._all_reduce("step", rows)
@@ -384,3 +383,17 @@ class DistributedPDT(PDT):
         if not same.all():
             bad = [n for n, ok in zip(self.names, same.tolist()) if not ok]
             raise ReplicaMismatchError(f"PDT ranks disagree after epoch {self.epoch - 1} on {bad}")
+
+
+def _register_counter(pdt: DistributedPDT) -> torch.utils.hooks.RemovableHandle:
+    """The optimizer post-hook counting trained steps, holding ``pdt`` weakly (a dropped PDT is freed)."""
+    ref = weakref.ref(pdt)
+
+    def count(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        owner = ref()
+        if owner is not None:
+            owner._trained_steps += 1
+
+    handle = pdt.optimizer.register_step_post_hook(count)
+    weakref.finalize(pdt, handle.remove)
+    return handle

@@ -52,6 +52,7 @@ Compiling (``torch.compile`` with inductor) needs a C++ compiler on CPU or Trito
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -121,6 +122,16 @@ def gram_update(new: Tensor, older: Sequence[Tensor], dest: Tensor) -> Tensor:
     sums = [(di * s[0]).sum() for di in d] + [(di * d[0]).sum() for di in d] + [(s[0] * s[0]).sum()]
     dest.copy_(new)
     return torch.stack(sums)
+
+
+def overflow_threshold(dtype: torch.dtype) -> float:
+    """The smallest magnitude that rounds to inf in ``dtype`` (round to nearest, ties to even: the
+    largest finite value plus half its spacing, a tie that rounds up since its last bit is odd);
+    inf for float32 and float64, where the working precision is the parameter's own."""
+    if dtype in (torch.float32, torch.float64):
+        return math.inf
+    info = torch.finfo(dtype)
+    return info.max + info.eps * 2.0 ** math.floor(math.log2(info.max)) / 2
 
 
 def _order_key(x: Tensor) -> Tensor:
@@ -194,11 +205,13 @@ def predict_mask_assemble(
         delta = last - rows[-2].to(dtype)
     else:
         delta = param.to(dtype) - last
-    # Finite in the parameter's dtype: float16 overflows where float32 does not.
+    # Finite in the parameter's dtype: float16 overflows where float32 does not. Compared in the
+    # working precision against the smallest value that rounds to inf, because inductor elided a
+    # round trip through the parameter's dtype (an fp16 55,000 + 5 * 5,000 was written as inf).
     new = (param.to(dtype) if origin_is_param else last) + displacement
+    finite = new.abs() < overflow_threshold(param.dtype)
     if param.dtype != dtype:
         new = new.to(param.dtype)
-    finite = new.abs() < float("inf")
     checks: dict[str, Tensor] = {}
     if criterion in ("pdt", "consistency_only"):
         keys = [_order_key(combination(k)) for k in range(tau)]
@@ -257,6 +270,7 @@ _OPTIONS = {
     # multiply-adds per element, and fused ones are both faster and more accurate.
     "cpp.enable_floating_point_contract_flag": "fast",
 }
+
 
 def compiles(device: torch.device) -> bool:
     """Whether ``torch.compile`` can build kernels for ``device``: a C++ compiler on CPU, Triton on GPU."""
@@ -431,8 +445,15 @@ class FusedPasses:
                 if group.staged:
                     accepted = torch.empty(param.shape, dtype=torch.int8, device=param.device)
                 counts = self._predict(
-                    [storage[j] for j in rows], param, coefs[key], tau, criterion, mirrored, write,
-                    origin_is_param, accepted,
+                    [storage[j] for j in rows],
+                    param,
+                    coefs[key],
+                    tau,
+                    criterion,
+                    mirrored,
+                    write,
+                    origin_is_param,
+                    accepted,
                 )
                 counts = counts.to(torch.int64)
                 totals[param.device] = totals[param.device] + counts if param.device in totals else counts

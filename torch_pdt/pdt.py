@@ -183,7 +183,7 @@ class PDT:
                 another shape, dtype or device), or when ``on_jump`` would have to change
                 optimizer state it cannot (sparse, or laid out unlike its parameter).
         """
-        value = self._validate(loss)
+        value = self._validate(loss, predict)
         decision = self.pacing.observe(value)
         stats: dict[str, Any] = {
             "epoch": self.epoch,
@@ -226,8 +226,10 @@ class PDT:
             return {"reason": f"insufficient history ({len(self._history)} of {cfg.history} snapshots)"}
         return self._predict()
 
-    def _validate(self, loss: Any) -> float | None:
+    def _validate(self, loss: Any, predict: Any) -> float | None:
         """Everything :meth:`step` can check before it changes anything; the loss as a float (or ``None``)."""
+        if not isinstance(predict, bool):
+            raise ValueError(f"predict must be True or False, got {predict!r}")
         params.check_unchanged(self.optimizer, self.names, self.params, self._layouts)
         value = self._loss_value(loss)
         if self.config.on_jump != "keep":
@@ -419,7 +421,11 @@ class PDT:
         """The optimizer's step post-hook in step mode: :meth:`step` after every K-th optimizer step."""
         self.optimizer_steps += 1
         if self.optimizer_steps % self.config.every_n_steps == 0:
-            self.step()
+            try:
+                self.step()
+            except Exception:
+                self.optimizer_steps -= 1  # a step that raised changed nothing: the next one retries it
+                raise
 
     def close(self) -> None:
         """Leave step mode: remove the optimizer hook that steps PDT (idempotent).
