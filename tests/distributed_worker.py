@@ -90,8 +90,8 @@ def replicated(rank: int, world: int) -> dict:
     return out
 
 
-def sharded(rank: int, world: int) -> dict:
-    """FSDP2 with uneven shards (33 and 5 rows over 2 ranks); then the reduced Gram of the last h snapshots."""
+def fsdp_mlp(world: int) -> nn.Module:
+    """The 16-33-5 MLP under FSDP2 over ``world`` CPU ranks: 33 and 5 rows give uneven shards."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -100,6 +100,12 @@ def sharded(rank: int, world: int) -> dict:
     for layer in (model[0], model[2]):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    return model
+
+
+def sharded(rank: int, world: int) -> dict:
+    """FSDP2 with uneven shards (33 and 5 rows over 2 ranks); then the reduced Gram of the last h snapshots."""
+    model = fsdp_mlp(world)
     x, y = data(16, 5)
     pdt, out = run(model, lambda opt: DistributedPDT(opt, **PDT_ARGS), x, y, rank, world)
     # The Gram matrix of the newest h snapshots, summed over the ranks as in a prediction.
@@ -164,14 +170,7 @@ def ddp_adaptive(rank: int, world: int) -> dict:
 
 def fsdp_adaptive(rank: int, world: int) -> dict:
     """FSDP2 (uneven shards), rank-local losses, rollback, ``on_jump="reset"``."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh("cpu", (world,))
-    model = mlp(16, 33, 5)
-    for layer in (model[0], model[2]):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = fsdp_mlp(world)
     x, y = data(16, 5)
     return adaptive(model, rank, world, x, y, on_jump="reset")
 
