@@ -35,7 +35,6 @@ from torch import nn
 
 from torch_pdt import PDT, reference
 
-
 __all__ = [
     "PAPER_TABLE_8",
     "add_command",

@@ -16,7 +16,7 @@ from typing import Any
 from .metrics import best, by_method, time_to_target
 from .records import Run, save_json
 
-__all__ = ["SAME", "format_table", "verdict", "write_report", "write_summary"]
+__all__ = ["SAME", "format_table", "markdown_table", "no_effect", "verdict", "write_report", "write_summary"]
 
 _PERCENT = "percent"
 """A fraction shown in percent with one decimal (reductions, ratios of elements or time)."""
@@ -128,7 +128,7 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     align = ["---"] + ["---:"] * (len(headers) - 1)
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, align, *rows])
 
@@ -245,7 +245,7 @@ def _settings(runs: list[Run]) -> str:
     # identity repeats the settings for run reuse; the code version is listed on its own below.
     keys = sorted({k for c in configs for k in c} - {"seed", "method", "identity", "code_version"})
     shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
-    lines = [_markdown_table(["setting", "value"], [[k, _cell(configs[0].get(k))] for k in shared])]
+    lines = [markdown_table(["setting", "value"], [[k, _cell(configs[0].get(k))] for k in shared])]
     own = [k for k in keys if k not in shared]
     if own:
         for method, group in by_method(runs).items():
@@ -295,7 +295,7 @@ def _overheads(runs: list[Run], reference: str) -> str:
             ]
         )
     kind = runs[0]["overhead"]["peak_memory_kind"]
-    return f"Peak memory is the {kind} of the run's own process.\n\n" + _markdown_table(
+    return f"Peak memory is the {kind} of the run's own process.\n\n" + markdown_table(
         [
             "method",
             "model FLOPs/epoch",
@@ -318,7 +318,7 @@ def write_report(out_dir: Path, runs: list[Run], summary: dict[str, Any], comman
     seeds = ", ".join(str(s) for s in summary["seeds"])
     verdicts = [f"- {verdict(n, m, reference, ref_name)}" for n, m in methods.items() if n != ref_name]
     ratios = [f"- {n}: {_stat(m['final_loss_ratio'])}" for n, m in methods.items() if n != ref_name]
-    timing = _markdown_table(
+    timing = markdown_table(
         ["method", "train time s", "eval time s", "PDT time %"],
         [
             [n, _stat(m["train_time_s"]), _stat(m["eval_time_s"]), _stat(m["pdt_time_share"], _PERCENT)]
@@ -351,7 +351,7 @@ the median counts runs that never reached the target as infinitely late). The cl
 training and all PDT work and stops during evaluation. "reached" says how many runs got there;
 "n/r": none did.
 
-{_markdown_table(*_rows(summary))}
+{markdown_table(*_rows(summary))}
 
 ### Final-loss ratio
 
@@ -366,7 +366,7 @@ together with this ratio.
 
 The mean of the batch losses during an epoch instead of a full pass after it.
 
-{_markdown_table(*_rows(summary, "batch_loss", full=False))}
+{markdown_table(*_rows(summary, "batch_loss", full=False))}
 
 ## Where it helped
 

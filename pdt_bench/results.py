@@ -29,7 +29,7 @@ from typing import Any
 
 from .metrics import by_method
 from .records import load_runs
-from .report import no_effect
+from .report import markdown_table, no_effect
 
 __all__ = ["add_command", "load_targets", "write_results"]
 
@@ -243,12 +243,7 @@ def _study_table(summary: dict[str, Any]) -> str:
         "accepted %",
         "diverged",
     ]
-    return _table(headers, rows)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "| --- |" + " ---: |" * (len(headers) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return markdown_table(headers, rows)
 
 
 def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
@@ -272,7 +267,7 @@ def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
                 _sentence(summary),
             ]
         )
-    return _table(headers, rows)
+    return markdown_table(headers, rows)
 
 
 def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None, preamble: str = "") -> Path:
