@@ -21,10 +21,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .metrics import by_method
+from .metrics import best, by_method, cumulative_flops
 from .records import Run
 
-__all__ = ["plot_sweep", "write_plots"]
+__all__ = ["loss_against_flops", "plot_sweep", "write_plots"]
 
 REASONS = ("consistency", "lower_bound", "upper_bound", "nonfinite")
 """The checks counted in ``epochs[i].pdt["rejected"]``."""
@@ -289,6 +289,7 @@ def write_plots(out_dir: Path, runs: list[Run], mask_epoch: int | None = None) -
     paths = [
         _curve_plot(plots / "train_loss.png", runs, "train_loss", "training loss (full pass)", log=True),
         _curve_plot(plots / "val_acc.png", runs, "val_acc", "validation accuracy", log=False),
+        *loss_against_flops(plots / "train_loss_flops.png", runs),
     ]
     groups = _pdt_groups(runs)
     if groups:
@@ -332,3 +333,44 @@ def plot_sweep(out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, 
     ax.set_title(value)
     fig.colorbar(image, ax=ax)
     return _save(fig, Path(out_path))
+
+
+def _by_flops(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
+    """Training losses interpolated on a common grid of cumulative FLOPs, over the span every run covers."""
+    flops = [cumulative_flops(r) for r in runs]
+    grid = np.linspace(max(f[0] for f in flops), min(f[-1] for f in flops), _TIME_POINTS)
+    losses = [np.interp(grid, f, [e["train_loss"] for e in r["epochs"]]) for f, r in zip(flops, runs)]
+    return grid, np.array(losses)
+
+
+def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline") -> list[Path]:
+    """Paper Fig. 9(b): training loss against cumulative FLOPs (:func:`~pdt_bench.metrics.cumulative_flops`).
+
+    One colour per method, geometric mean ± geometric std over its successful seeds; a dashed line
+    at the ``reference``'s best loss (geometric mean of its seeds' best). Runs recorded without FLOP
+    counts are left out; with none, nothing is drawn (``[]``).
+    """
+    counted = [r for r in runs if "model_flops_per_epoch" in r["overhead"]]
+    if not counted:
+        return []
+    groups = _successful(counted)
+    names = list(by_method(runs))
+    colors = _colors(names)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for method, (ok, diverged) in groups.items():
+        label = method + (f" ({diverged} diverged, not shown)" if diverged else "")
+        _band(ax, *_by_flops(ok), colors[method], label, log=True)
+        # The colours repeat after ten methods: the next ten are dashed.
+        ax.lines[-1].set_linestyle(("-", "--", ":")[names.index(method) // 10 % 3])
+    if reference in groups:
+        level = 10 ** np.mean([np.log10(best(r["epochs"], "train_loss")) for r in groups[reference][0]])
+        ax.axhline(level, color="k", linestyle="--", linewidth=0.8, label=f"{reference}'s best loss ({level:.3g})")
+    ax.set_yscale("log")
+    ax.set_xlabel("cumulative FLOPs (model forward + backward, plus PDT's predictions)")
+    ax.set_ylabel("training loss (full pass)")
+    ax.set_title("Training loss against compute (geometric mean ± std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return [_save(fig, path)]
+
