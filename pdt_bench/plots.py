@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .metrics import best, by_method, cumulative_flops
-from .records import Run
+from .records import Landscape, Run
 
-__all__ = ["loss_against_flops", "plot_sweep", "write_plots"]
+__all__ = ["loss_against_flops", "plot_landscape", "plot_sweep", "write_plots"]
 
 REASONS = ("consistency", "lower_bound", "upper_bound", "nonfinite")
 """The checks counted in ``epochs[i].pdt["rejected"]``."""
@@ -374,3 +376,62 @@ def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline")
     ax.legend(fontsize=8)
     return [_save(fig, path)]
 
+
+def _plane_words(landscape: Landscape) -> tuple[str, str, str]:
+    """The figure's subtitle and axis labels, which say what the plane is."""
+    if landscape["plane"] == "pca":
+        pc1, pc2 = (100 * f for f in landscape["explained"])
+        return (
+            "plane: top two principal directions of both trajectories, centred on their mean",
+            f"PC1 ({pc1:.1f} % of the variance)",
+            f"PC2 ({pc2:.1f} % of the variance)",
+        )
+    reference, method = landscape["methods"]
+    return (
+        f"plane through the common start and the ends of {reference} and {method}",
+        f"towards {reference}'s end",
+        f"towards {method}'s end (part orthogonal to the x axis)",
+    )
+
+
+def plot_landscape(path: Path, landscape: Landscape) -> Path:
+    """Paper Fig. 1: both weight trajectories over a contour map of the training loss on their plane.
+
+    Dots mark each epoch's weights, stars the epochs where PDT's prediction was accepted; the dashed
+    white contour is the loss of the baseline's best weights. With the PCA plane the weights lie off
+    the plane, so a dot's own loss can differ from the contour under it.
+    """
+    alphas, betas = np.array(landscape["alphas"]), np.array(landscape["betas"])
+    losses = np.ma.masked_invalid(np.array(landscape["losses"], dtype=float))
+    low, high = float(losses.min()), float(losses.max())
+    fig = Figure(figsize=(7, 5.6), layout="constrained")
+    ax = fig.subplots()
+    log = low > 0  # a self-supervised loss can be negative
+    levels = (np.geomspace if log else np.linspace)(low, high, 25) if high > low else None
+    image = ax.contourf(alphas, betas, losses, levels=levels, norm=LogNorm(low, high) if log else None, cmap="viridis")
+    fig.colorbar(image, ax=ax, label=f"training loss on {landscape['subset']} training samples", format="%.3g")
+    handles = []
+    level = landscape["best_loss"]
+    reference, method = landscape["methods"]
+    if level is not None and low < level < high:
+        ax.contour(alphas, betas, losses, levels=[level], colors="white", linestyles="--", linewidths=1)
+        handles.append(Line2D([], [], color="white", linestyle="--", label=f"{reference}'s best loss ({level:.3g})"))
+    for i, name in enumerate(landscape["methods"]):
+        xy = np.array(landscape["paths"][name])
+        color = ("white", "tab:red")[i]  # both visible over every shade of viridis
+        (line,) = ax.plot(xy[:, 0], xy[:, 1], marker=".", markersize=4, linewidth=1, color=color, label=name)
+        ax.plot(*xy[-1], marker="o", markersize=8, color=line.get_color(), markeredgecolor="white")
+        handles.append(line)
+    jumps = landscape["jumps"]
+    jumped = np.array(landscape["paths"][method])[jumps].reshape(-1, 2)
+    label = f"{method}'s accepted predictions ({len(jumps)})"
+    handles.append(ax.scatter(*jumped.T, marker="*", s=110, color="gold", edgecolors="black", zorder=3, label=label))
+    start = landscape["paths"][reference][0]
+    handles.append(ax.scatter(*start, marker="s", s=40, color="black", zorder=3, label="common start"))
+    handles.append(Line2D([], [], marker="o", color="gray", linestyle="", markeredgecolor="white", label="end"))
+    subtitle, xlabel, ylabel = _plane_words(landscape)
+    ax.set_title(f"{landscape['task']}, seed {landscape['seed']}: {reference} and {method}\n{subtitle}", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
+    return _save(fig, Path(path))
