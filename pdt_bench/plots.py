@@ -427,11 +427,12 @@ def plot_landscape(path: Path, landscape: Landscape) -> Path:
     label = f"{method}'s accepted predictions ({len(jumps)})"
     handles.append(ax.scatter(*jumped.T, marker="*", s=110, color="gold", edgecolors="black", zorder=3, label=label))
     start = landscape["paths"][reference][0]
-    handles.append(ax.scatter(*start, marker="s", s=40, color="black", zorder=3, label="common start"))
+    handles.append(ax.scatter(*start, marker="s", s=40, color="black", edgecolors="white", zorder=3, label="start"))
     handles.append(Line2D([], [], marker="o", color="gray", linestyle="", markeredgecolor="white", label="end"))
     subtitle, xlabel, ylabel = _plane_words(landscape)
     ax.set_title(f"{landscape['task']}, seed {landscape['seed']}: {reference} and {method}\n{subtitle}", fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
+    # A dark legend: the baseline's line and the best-loss contour are white.
+    ax.legend(handles=handles, fontsize=7, loc="best", facecolor="0.3", labelcolor="white", framealpha=0.85)
     return _save(fig, Path(path))
