@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +133,7 @@ def project(plane: Plane, points: Tensor) -> Tensor:
     return (points.to(torch.float64) - plane.origin) @ plane.directions.T
 
 
-def losses_at(model: nn.Module, weights: list[Tensor], loss: Callable[[nn.Module], float]) -> list[float]:
+def losses_at(model: nn.Module, weights: Iterable[Tensor], loss: Callable[[nn.Module], float]) -> list[float]:
     """``loss(model)`` with each flattened weight vector of ``weights`` in turn; the model's own are put back."""
     params = list(model.parameters())
     kept = parameters_to_vector(params).detach().clone()
@@ -158,7 +158,8 @@ def loss_grid(
            [2., 3.]])
     """
     u, v = plane.directions
-    weights = [plane.origin + float(a) * u + float(b) * v for b in betas for a in alphas]
+    # One point at a time: the whole lattice of an MNIST-1D MLP's weights would take 2 GB.
+    weights = (plane.origin + float(a) * u + float(b) * v for b in betas for a in alphas)
     return np.array(losses_at(model, weights, loss)).reshape(len(betas), len(alphas))
 
 
