@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from . import compare, overhead, results, sweep, toy
+from . import compare, landscape, overhead, results, sweep, toy
 from .tasks import DataMissing
 
 
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pdt-bench", description="Benchmarks of Predictive Differential Training against baselines and peers."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for study in (compare, sweep, toy, overhead, results):
+    for study in (compare, sweep, toy, overhead, results, landscape):
         study.add_command(sub)
     return parser
 

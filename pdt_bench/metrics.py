@@ -28,7 +28,9 @@ __all__ = [
     "TARGETS",
     "best",
     "by_method",
+    "cumulative_flops",
     "describe",
+    "jump_epochs",
     "run_row",
     "summarize",
     "time_to_target",
@@ -73,14 +75,39 @@ def _mean_accepted_ratio(run: Run) -> float | None:
     return statistics.fmean(ratios) if ratios else None
 
 
+def jump_epochs(run: Run) -> list[int]:
+    """The epochs whose PDT step moved the weights: it predicted and accepted at least one element."""
+    return [e["epoch"] for e in run["epochs"] if e["pdt"] and e["pdt"]["predicted"] and e["pdt"].get("accepted", 0) > 0]
+
+
 def predictions(run: Run) -> tuple[int, int] | None:
     """``(epochs that predicted, of those, epochs that accepted at least one element)``; ``None`` for a
     run without PDT."""
     steps = [e["pdt"] for e in run["epochs"] if e["pdt"] is not None]
     if not steps:  # PDT's statistics are recorded every epoch of a run with PDT
         return None
-    predicted = [s for s in steps if s["predicted"]]
-    return len(predicted), sum(1 for s in predicted if s.get("accepted", 0) > 0)
+    return sum(1 for s in steps if s["predicted"]), len(jump_epochs(run))
+
+
+def cumulative_flops(run: Run) -> list[float]:
+    r"""Floating-point operations spent by the end of each epoch (paper App. A.3).
+
+    :math:`F_e = e \, F_\text{model} + P_e \, F_\text{PDT}`: the model's FLOPs per epoch (forward and
+    backward of every batch, counted by ``FlopCounterMode``) times the epochs, plus PDT's analytic
+    FLOPs per prediction times :math:`P_e`, the predictions up to epoch :math:`e`. Evaluation is not
+    counted, nor the extra work of other methods (an EMA, Lookahead).
+
+    >>> rows = [{"epoch": e, "pdt": {"predicted": e >= 2}} for e in (1, 2, 3)]
+    >>> overhead = {"model_flops_per_epoch": 100, "pdt_flops_per_prediction": 7}
+    >>> cumulative_flops({"epochs": rows, "overhead": overhead})
+    [100, 207, 314]
+    """
+    o = run["overhead"]
+    flops, predicted = [], 0
+    for e in run["epochs"]:
+        predicted += bool(e["pdt"] and e["pdt"]["predicted"])
+        flops.append(o["model_flops_per_epoch"] * e["epoch"] + o["pdt_flops_per_prediction"] * predicted)
+    return flops
 
 
 def run_row(run: Run, reference: Run | None) -> dict[str, Any]:

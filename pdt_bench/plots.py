@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .metrics import by_method
-from .records import Run
+from .metrics import best, by_method, cumulative_flops
+from .records import Landscape, Run
 
-__all__ = ["plot_sweep", "write_plots"]
+__all__ = ["loss_against_flops", "plot_landscape", "plot_sweep", "write_plots"]
 
 REASONS = ("consistency", "lower_bound", "upper_bound", "nonfinite")
 """The checks counted in ``epochs[i].pdt["rejected"]``."""
@@ -289,6 +291,7 @@ def write_plots(out_dir: Path, runs: list[Run], mask_epoch: int | None = None) -
     paths = [
         _curve_plot(plots / "train_loss.png", runs, "train_loss", "training loss (full pass)", log=True),
         _curve_plot(plots / "val_acc.png", runs, "val_acc", "validation accuracy", log=False),
+        *loss_against_flops(plots / "train_loss_flops.png", runs),
     ]
     groups = _pdt_groups(runs)
     if groups:
@@ -332,3 +335,107 @@ def plot_sweep(out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, 
     ax.set_title(value)
     fig.colorbar(image, ax=ax)
     return _save(fig, Path(out_path))
+
+
+def _by_flops(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
+    """Training losses interpolated on a common grid of cumulative FLOPs, over the span every run covers."""
+    flops = [cumulative_flops(r) for r in runs]
+    grid = np.linspace(max(f[0] for f in flops), min(f[-1] for f in flops), _TIME_POINTS)
+    losses = [np.interp(grid, f, [e["train_loss"] for e in r["epochs"]]) for f, r in zip(flops, runs)]
+    return grid, np.array(losses)
+
+
+def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline") -> list[Path]:
+    """Paper Fig. 9(b): training loss against cumulative FLOPs (:func:`~pdt_bench.metrics.cumulative_flops`).
+
+    One colour per method, geometric mean ± geometric std over its successful seeds; a dashed line
+    at the ``reference``'s best loss (geometric mean of its seeds' best). Runs recorded without FLOP
+    counts are left out; with none, nothing is drawn (``[]``).
+    """
+    counted = [r for r in runs if "model_flops_per_epoch" in r["overhead"]]
+    if not counted:
+        return []
+    groups = _successful(counted)
+    names = list(by_method(runs))
+    colors = _colors(names)
+    fig = Figure(figsize=(6.8, 4.3), layout="constrained")
+    ax = fig.subplots()
+    for method, (ok, diverged) in groups.items():
+        label = method + (f" ({diverged} diverged, not shown)" if diverged else "")
+        _band(ax, *_by_flops(ok), colors[method], label, log=True)
+        line = ax.lines[-1]
+        # The colours repeat after ten methods: the next ten are dashed.
+        line.set_linestyle(("-", "--", ":")[names.index(method) // 10 % 3])
+        if method in (reference, "pdt"):  # the comparison of the figure, on top of a dozen controls
+            line.set(linewidth=2.5, zorder=3)
+    if reference in groups:
+        level = 10 ** np.mean([np.log10(best(r["epochs"], "train_loss")) for r in groups[reference][0]])
+        ax.axhline(level, color="k", linestyle="--", linewidth=0.8, label=f"{reference}'s best loss ({level:.3g})")
+    ax.set_yscale("log")
+    ax.set_xlabel("cumulative FLOPs (model forward + backward, plus PDT's predictions)")
+    ax.set_ylabel("training loss (full pass)")
+    ax.set_title("Training loss against compute (geometric mean ± std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return [_save(fig, Path(path))]
+
+
+def _plane_words(landscape: Landscape) -> tuple[str, str, str]:
+    """The figure's subtitle and axis labels, which say what the plane is."""
+    if landscape["plane"] == "pca":
+        pc1, pc2 = (100 * f for f in landscape["explained"])
+        return (
+            "plane: top two principal directions of both trajectories, centred on their mean",
+            f"PC1 ({pc1:.1f} % of the variance)",
+            f"PC2 ({pc2:.1f} % of the variance)",
+        )
+    reference, method = landscape["methods"]
+    return (
+        f"plane through the common start and the ends of {reference} and {method}",
+        f"towards {reference}'s end",
+        f"towards {method}'s end (part orthogonal to the x axis)",
+    )
+
+
+def plot_landscape(path: Path, landscape: Landscape) -> Path:
+    """Paper Fig. 1: both weight trajectories over a contour map of the training loss on their plane.
+
+    Dots mark each epoch's weights, stars the epochs where PDT's prediction was accepted; the dashed
+    white contour is the loss of the baseline's best weights. With the PCA plane the weights lie off
+    the plane, so a dot's own loss can differ from the contour under it.
+    """
+    alphas, betas = np.array(landscape["alphas"]), np.array(landscape["betas"])
+    losses = np.ma.masked_invalid(np.array(landscape["losses"], dtype=float))
+    low, high = float(losses.min()), float(losses.max())
+    fig = Figure(figsize=(7, 5.6), layout="constrained")
+    ax = fig.subplots()
+    log = low > 0  # a self-supervised loss can be negative
+    levels = (np.geomspace if log else np.linspace)(low, high, 25) if high > low else None
+    image = ax.contourf(alphas, betas, losses, levels=levels, norm=LogNorm(low, high) if log else None, cmap="viridis")
+    fig.colorbar(image, ax=ax, label=f"training loss on {landscape['subset']} training samples", format="%.3g")
+    handles = []
+    level = landscape["best_loss"]
+    reference, method = landscape["methods"]
+    if level is not None and low < level < high:
+        ax.contour(alphas, betas, losses, levels=[level], colors="white", linestyles="--", linewidths=1)
+        handles.append(Line2D([], [], color="white", linestyle="--", label=f"{reference}'s best loss ({level:.3g})"))
+    for i, name in enumerate(landscape["methods"]):
+        xy = np.array(landscape["paths"][name])
+        color = ("white", "tab:red")[i]  # both visible over every shade of viridis
+        (line,) = ax.plot(xy[:, 0], xy[:, 1], marker=".", markersize=4, linewidth=1, color=color, label=name)
+        ax.plot(*xy[-1], marker="o", markersize=8, color=line.get_color(), markeredgecolor="white")
+        handles.append(line)
+    jumps = landscape["jumps"]
+    jumped = np.array(landscape["paths"][method])[jumps].reshape(-1, 2)
+    label = f"{method}'s accepted predictions ({len(jumps)})"
+    handles.append(ax.scatter(*jumped.T, marker="*", s=110, color="gold", edgecolors="black", zorder=3, label=label))
+    start = landscape["paths"][reference][0]
+    handles.append(ax.scatter(*start, marker="s", s=40, color="black", edgecolors="white", zorder=3, label="start"))
+    handles.append(Line2D([], [], marker="o", color="gray", linestyle="", markeredgecolor="white", label="end"))
+    subtitle, xlabel, ylabel = _plane_words(landscape)
+    ax.set_title(f"{landscape['task']}, seed {landscape['seed']}: {reference} and {method}\n{subtitle}", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    # A dark legend: the baseline's line and the best-loss contour are white.
+    ax.legend(handles=handles, fontsize=7, loc="best", facecolor="0.3", labelcolor="white", framealpha=0.85)
+    return _save(fig, Path(path))

@@ -3,6 +3,8 @@
 A run file ``DIR/runs/<method>-seed<seed>.json`` holds a :class:`Run`. Times are seconds.
 ``train_time`` is the run's clock: training plus all PDT work, stopped while evaluating; it is
 cumulative, so the row of epoch ``e`` says how long training took to get there.
+
+``pdt-bench landscape`` writes a :class:`Landscape` to ``DIR/landscape.json`` beside its figure.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypedDict
 
-__all__ = ["Epoch", "Run", "load_run", "load_runs", "save_json"]
+__all__ = ["Epoch", "Landscape", "Run", "load_run", "load_runs", "save_json"]
 
 
 class Epoch(TypedDict):
@@ -50,6 +52,33 @@ class Run(TypedDict):
     """FLOPs and memory: ``model_flops_per_epoch``, ``pdt_flops_per_prediction``, ``peak_memory_bytes``..."""
     diverged: bool
     """The training loss became non-finite; later epochs are not run."""
+
+
+class Landscape(TypedDict):
+    """Two weight trajectories projected on a plane, over the training loss on that plane."""
+
+    task: str
+    seed: int
+    methods: list[str]
+    """The reference (the baseline) first, then the PDT method."""
+    plane: str
+    """``pca`` (top two principal directions) or ``ends`` (through the start and both end points)."""
+    explained: list[float] | None
+    """PCA: the fraction of the trajectories' variance along each axis; ``None`` for ``ends``."""
+    paths: dict[str, list[list[float]]]
+    """Method -> plane coordinates ``[alpha, beta]`` of its weights at epochs 0 (the start), 1, 2..."""
+    jumps: list[int]
+    """Epochs where the PDT method's prediction was accepted (at least one element)."""
+    alphas: list[float]
+    betas: list[float]
+    losses: list[list[float]]
+    """Training loss at ``origin + alpha u + beta v``: one row per beta, one column per alpha."""
+    subset: int
+    """The loss is measured on the first ``subset`` training samples."""
+    best_loss: float | None
+    """The baseline's best weights (by its recorded training loss) scored on that subset."""
+    seconds: dict[str, float]
+    """Wall-clock seconds of the training runs and of the loss grid."""
 
 
 def save_json(path: Path, data: Any) -> None:

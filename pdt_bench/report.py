@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .metrics import best, by_method, time_to_target
+from .metrics import best, by_method, cumulative_flops, time_to_target
 from .records import Run, save_json
 
 __all__ = ["SAME", "format_table", "markdown_table", "no_effect", "verdict", "write_report", "write_summary"]
@@ -266,12 +266,7 @@ def _best_at_end(runs: list[Run], reference: str) -> str:
 def _flops_to_target(run: Run, target: float | None) -> float | None:
     """Model FLOPs of the epochs up to the loss target plus PDT's FLOPs of the predictions among them."""
     reached = time_to_target(run["epochs"], "train_loss", target) if target is not None else None
-    if reached is None:
-        return None
-    o = run["overhead"]
-    epochs = run["epochs"][: reached[1]]
-    predictions = sum(1 for e in epochs if e["pdt"] and e["pdt"]["predicted"])
-    return o["model_flops_per_epoch"] * reached[1] + o["pdt_flops_per_prediction"] * predictions
+    return cumulative_flops(run)[reached[1] - 1] if reached is not None else None
 
 
 def _overheads(runs: list[Run], reference: str) -> str:

@@ -306,6 +306,8 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             f"## {name}\n\nSeeds {seeds}; full report with settings and plots: [{rel}/report.md]({rel}/report.md)\n\n"
             + "\n".join(f"- {c}" for c in checks)
             + f"\n\n{_study_table(summary)}\n\n![training loss]({rel}/plots/train_loss.png)"
+            + (f"\n![loss against FLOPs]({rel}/plots/train_loss_flops.png)"
+               if (directory / "plots" / "train_loss_flops.png").exists() else "")
         )
     toy = study / "toy.txt"
     if toy.exists():

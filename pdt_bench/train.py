@@ -12,6 +12,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,11 +192,18 @@ def _jsonable_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) -> Run:
+def run(
+    config: RunConfig,
+    out_dir: Path | None = None,
+    progress: bool = False,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> Run:
     """Train ``config.task`` with ``config.method``; return the :class:`~pdt_bench.records.Run`.
 
     With ``out_dir``, also save the accepted-element masks at ``config.mask_epoch`` to
-    ``out_dir/masks/<method>-seed<seed>.pt``.
+    ``out_dir/masks/<method>-seed<seed>.pt``. ``on_epoch(epoch, model)`` is called off the clock
+    with the evaluated model before training (epoch 0) and after each epoch's PDT step (the
+    weight trajectories of ``pdt-bench landscape``).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -240,6 +248,8 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    if on_epoch is not None:
+        on_epoch(0, evaluated)
     rows: list[Epoch] = []
     clock = 0.0
     diverged = False
@@ -311,6 +321,8 @@ def run(config: RunConfig, out_dir: Path | None = None, progress: bool = False) 
                 pdt=_jsonable_stats(stats) if stats is not None else None,
             )
         )
+        if on_epoch is not None:
+            on_epoch(epoch, evaluated)
         if not math.isfinite(train_loss):
             diverged = True
             break

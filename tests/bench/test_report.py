@@ -134,6 +134,7 @@ def test_every_plot_is_written(study):
         [
             "train_loss.png",
             "val_acc.png",
+            "train_loss_flops.png",
             "accepted_ratio.png",
             "accepted_ratio_per_layer.png",
             "accepted_ratio_per_layer_type.png",
@@ -148,7 +149,7 @@ def test_every_plot_is_written(study):
 def test_plots_without_pdt_or_masks(tmp_path):
     runs = [synthetic_run("baseline", s) for s in range(2)]
     paths = plots.write_plots(tmp_path, runs)
-    assert [p.name for p in paths] == ["train_loss.png", "val_acc.png"]
+    assert [p.name for p in paths] == ["train_loss.png", "val_acc.png", "train_loss_flops.png"]
 
 
 def test_sweep_heatmap(tmp_path):

@@ -37,6 +37,7 @@ def test_results_page_over_a_study(tmp_path, capsys):
     assert "at epoch 2, PDT's training loss" in section and "PDT lower on" in section
     # Links point at the compare directories themselves, relative to the page.
     assert "(../study/mlp/report.md)" in text and "(../study/waited/plots/train_loss.png)" in text
+    assert "(../study/waited/plots/train_loss_flops.png)" in text
     assert text.rstrip().endswith("pdt  30\n```")
 
     capsys.readouterr()
