@@ -151,6 +151,28 @@ def test_step_again_without_an_optimizer_step_is_said_once():
     assert caught[0].filename == __file__  # the warning points at the user's call
 
 
+def test_distributed_pdt_warns_once_at_the_users_line():
+    import torch.distributed as dist
+
+    from torch_pdt.distributed import DistributedPDT
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model, data = make_model(), make_data()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.warns(PDTMisuseWarning, match="tolerance") as caught:
+            pdt = DistributedPDT(opt, history=3, tolerance=0.1)
+        train_epoch(model, opt, data)
+        with pytest.warns(PDTMisuseWarning, match="no optimizer step") as repeated:
+            pdt.step()
+            pdt.step()
+            pdt.step()
+        assert len(repeated) == 1 and caught[0].filename == repeated[0].filename == __file__
+        check_epochs([pdt.last_stats], pdt.names)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_step_after_every_optimizer_step_points_to_every_n_steps():
     model, data = make_model(), make_data()
     x, y = data

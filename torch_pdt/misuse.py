@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 __all__ = ["EVERY_STEP_CALLS", "PDTMisuseWarning", "StepWatch", "warn_once"]
@@ -39,6 +41,8 @@ EVERY_STEP_CALLS = 100
 """``step()`` calls in a row, each after exactly one optimizer step, that make PDT say it is being
 stepped every batch. An epoch of 100 batches or more shows this within its first epoch; full-batch
 training (one optimizer step per epoch) for more than 100 epochs sees the warning too."""
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class PDTMisuseWarning(UserWarning):
@@ -49,14 +53,19 @@ class PDTMisuseWarning(UserWarning):
     """
 
 
-def warn_once(said: set[str], kind: str, message: str, stacklevel: int = 1) -> None:
+def warn_once(said: set[str], kind: str, message: str) -> None:
     """Warn ``message`` unless ``kind`` is in ``said`` (one PDT's record); then record it.
 
-    ``stacklevel`` as for ``warnings.warn``, counted from the caller of this function.
+    The warning points at the first caller outside :mod:`torch_pdt`: the user's line (or the
+    training framework's), whichever class and how many layers of PDT it went through.
     """
-    if kind not in said:
-        said.add(kind)
-        warnings.warn(message, PDTMisuseWarning, stacklevel=stacklevel + 1)
+    if kind in said:
+        return
+    said.add(kind)
+    frame, level = sys._getframe(), 1  # this function's frame is warnings.warn's stacklevel 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PDTMisuseWarning, stacklevel=level)
 
 
 class StepWatch:
@@ -89,7 +98,6 @@ class StepWatch:
                 "PDT.step() was called again with no optimizer step in between: unless the weights were changed "
                 "otherwise, its snapshot repeats the last one, so the optimizer's step is zero and a prediction "
                 "accepts nothing. Call step() once per epoch, after the epoch's optimizer steps.",
-                stacklevel=3,
             )
         self._single_steps = self._single_steps + 1 if between == 1 else 0
         if not step_mode and self._single_steps >= EVERY_STEP_CALLS:
@@ -100,5 +108,4 @@ class StepWatch:
                 "per epoch (after every batch it predicts from batch-to-batch noise, and runs slower). Call it at "
                 "the end of each epoch, or construct PDT with every_n_steps=K to step it every K optimizer steps. "
                 "If one epoch is one optimizer step (full-batch training), ignore this warning.",
-                stacklevel=3,
             )

@@ -146,7 +146,7 @@ class PDT:
         ignored = cfg.ignored(options)
         if ignored:
             message = f"PDT ignores {'; '.join(ignored)}: leave it out, or choose the setting it applies to"
-            misuse.warn_once(self._watch.said, "ignored", message, stacklevel=2)
+            misuse.warn_once(self._watch.said, "ignored", message)
 
     @property
     def schedule(self) -> pacing.FixedPacing:
