@@ -36,7 +36,7 @@ class Epoch(TypedDict):
     val_acc: float
     lr: float
     pdt: dict[str, Any] | None
-    """What ``PDT.step()`` returned (without eigenvalues' complex numbers: ``[re, im]`` pairs)."""
+    """What ``PDT.step()`` returned (a :class:`torch_pdt.PDTStatistics`, plain JSON)."""
 
 
 class Run(TypedDict):

@@ -185,13 +185,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _jsonable_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    out = dict(stats)
-    if "eigenvalues" in out:
-        out["eigenvalues"] = [[z.real, z.imag] for z in out["eigenvalues"]]
-    return out
-
-
 def run(
     config: RunConfig,
     out_dir: Path | None = None,
@@ -294,7 +287,7 @@ def run(
             optimizer_weights = [p.detach().clone() for p in pdt.params] if linear is not None else None
             stats = pdt.step(loss=torch.stack(batch_losses).mean(), predict=predict)
             if linear is not None:
-                linear.step(optimizer_weights, stats.get("horizon", cfg.horizon))
+                linear.step(optimizer_weights, stats["horizon"])
             _sync(device)
             pdt_time = time.perf_counter() - start
             clock += pdt_time
@@ -318,7 +311,7 @@ def run(
                 val_loss=val_loss,
                 val_acc=val_acc,
                 lr=opt.param_groups[0]["lr"],
-                pdt=_jsonable_stats(stats) if stats is not None else None,
+                pdt=stats,
             )
         )
         if on_epoch is not None:

@@ -157,6 +157,19 @@ def test_lost_snapshot_makes_all_ranks_skip_together(results):
             assert min(s["rejected"].values()) >= 0
 
 
+def test_statistics_of_every_epoch_and_rank_have_the_same_keys_and_are_plain_json(results):
+    """Warm-up, predictions, a lost snapshot (a failed decomposition) and rollbacks, DDP and FSDP2."""
+    from test_statistics import check_epochs
+
+    scenarios = ("ddp", "fsdp", "lost", "ddp_adaptive", "fsdp_adaptive")
+    for r in results:
+        for scenario in scenarios:
+            stats = r[scenario]["stats"]
+            check_epochs(stats, list(stats[0]["accepted_ratio_per_param"]))
+    reasons = {str(s["reason"]).split(":")[0] for r in results for k in scenarios for s in r[k]["stats"]}
+    assert {"warm-up", "None", "decomposition failed", "rolled back"} <= reasons
+
+
 def test_exception_in_one_rank_fails_the_other_within_the_timeout(launched):
     """The last scenario: rank 1 raises in its prediction pass; rank 0 fails in the all_reduce (no hang)."""
     runs, _ = launched
@@ -284,7 +297,7 @@ def test_a_closed_or_dropped_distributed_pdt_stops_counting_and_stepping():
         pdt.close()
         p.grad = torch.ones(4)
         opt.step()
-        assert (pdt.optimizer_steps, pdt._trained_steps) == (0, 0)
+        assert (pdt.optimizer_steps, pdt._watch.optimizer_steps) == (0, 0)
         dropped = weakref.ref(DistributedPDT(opt, history=3, every_n_steps=2))
         gc.collect()
         assert dropped() is None  # no hook keeps it alive

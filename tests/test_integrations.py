@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 import torch
+from test_statistics import check_epochs
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -131,6 +132,7 @@ def test_lightning_step_mode_steps_with_the_optimizer():
     _, callback = fit(2, pdt_kwargs=dict(every_n_steps=2), accelerator="cpu")
     assert (callback.pdt.optimizer_steps, callback.pdt.epoch) == (8, 4)
     assert callback.pdt.last_stats["predicted"]
+    check_epochs([callback.pdt.last_stats], callback.pdt.names)  # all keys, plain JSON
 
 
 @contextmanager
@@ -233,6 +235,7 @@ def test_hf_trainer_step_mode_steps_with_the_optimizer(tmp_path):
     _, callback = hf_train(tmp_path, epochs=2, every_n_steps=2)
     assert (callback.pdt.optimizer_steps, callback.pdt.epoch) == (8, 4)
     assert callback.pdt.last_stats["predicted"]
+    check_epochs([callback.pdt.last_stats], callback.pdt.names)  # all keys, plain JSON
 
 
 def test_hf_trainer_train_twice_steps_with_one_pdt(tmp_path):

@@ -111,6 +111,8 @@ def test_a_bad_prediction_is_rolled_back_to_the_optimizers_weights(caplog):
     assert plan[1]["horizon"] == 2 and plan[0]["reason"] == "interval"
 
 
+# The weights are broken by hand, with no optimizer step: PDT's misuse warning is expected.
+@pytest.mark.filterwarnings("ignore::torch_pdt.PDTMisuseWarning")
 def test_diverged_weights_after_a_jump_are_restored():
     """The next epoch's loss is NaN: the rollback brings back finite weights."""
     model, opt, pdt, data = _setup(criterion="none", horizon=2)
@@ -149,7 +151,7 @@ def test_reference_scheduler_shrinks_the_horizon_in_use():
         train_epoch(model, opt, data)
         stats = pdt.step(loss=loss)
         horizons.append(stats.get("horizon"))
-    assert horizons == [None, None, 4, 4, 2]
+    assert horizons == [0, 0, 4, 4, 2]  # 0: nothing predicted
 
 
 def test_resume_with_a_pending_judgement_is_bit_identical():

@@ -17,10 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -28,7 +29,7 @@ import torch
 from .dmd import CHUNK_SIZE
 from .dmd import Forecast as ForecastForm
 
-__all__ = ["ALIASES", "SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "is_bool"]
+__all__ = ["ALIASES", "SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "check_names", "is_bool"]
 
 CriterionName = Literal["pdt", "authors", "accel_only", "consistency_only", "none", "random"]
 Modes = Literal["projected", "exact"]
@@ -84,6 +85,22 @@ def as_loss(value: Any) -> float:
     raise ValueError(f"loss must be a real number or a one-element real tensor, got {value!r}")
 
 
+def check_names(names: Iterable[str]) -> None:
+    """``TypeError`` naming every name in ``names`` that is not an option, with the valid ones.
+
+    >>> check_names(["horizn"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    TypeError: unknown PDT option 'horizn' (did you mean 'horizon'?); the options are: history, horizon, ...
+    """
+    valid = [f.name for f in fields(PDTConfig)]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        hints = [difflib.get_close_matches(n, valid, n=1) for n in unknown]
+        said = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in zip(unknown, hints))
+        raise TypeError(f"unknown PDT option {said}; the options are: {', '.join(valid)}")
+
+
 def _choice(name: str, value: Any, kind: Any) -> str:
     value = ALIASES.get(name, {}).get(value, value) if isinstance(value, str) else value
     choices = get_args(kind)
@@ -109,7 +126,8 @@ class PDTConfig:
             ``None`` means ``"increment"`` for ``"authors"``, else ``"paper"``.
         modes: ``"projected"`` (:math:`U\Psi`, the paper) or ``"exact"`` DMD modes.
         rank, rtol: SVD truncation (:func:`torch_pdt.dmd.fit_factor`): an int rank or an energy
-            fraction in (0, 1]; a relative singular-value tolerance (>= 0).
+            fraction in (0, 1]; a relative singular-value tolerance (finite, >= 0; from 1 on
+            it keeps no singular value, so every decomposition fails).
         history_after_jump: the newest snapshot after an accepted prediction: the optimizer's
             weights (``"optimizer"``) or the assembled ones (``"assembled"``).
         random_ratio: ``"random"``: the fraction accepted, or ``"measured"`` (the fraction
@@ -171,7 +189,9 @@ class PDTConfig:
             ("kernel", Kernel),
         ]:
             set_(self, name, _choice(name, getattr(self, name), kind))
-        forecast = self.forecast or ("increment" if self.criterion == "authors" else "paper")
+        forecast = self.forecast
+        if forecast is None:  # only None means the default: an empty string is a typo, refused below
+            forecast = "increment" if self.criterion == "authors" else "paper"
         set_(self, "forecast", _choice("forecast", forecast, ForecastForm))
         if self.random_ratio != "measured":
             ratio = as_real("random_ratio", self.random_ratio)
@@ -207,9 +227,31 @@ class PDTConfig:
             object.__setattr__(self, "rank", rank if isinstance(rank, int) else float(rank))
         if rtol is not None:
             rtol = as_real("rtol", rtol)
-            if not rtol >= 0.0:
-                raise ValueError(f"rtol must be >= 0, got {rtol}")
+            if not 0.0 <= rtol < math.inf:
+                raise ValueError(f"rtol must be a finite float >= 0, got {rtol}")
             object.__setattr__(self, "rtol", rtol)
+
+    def ignored(self, given: Iterable[str]) -> list[str]:
+        """Which of the options named in ``given`` this configuration ignores, each with why.
+
+        ``seed`` is not reported, though only ``criterion="random"`` draws: a run's seed is
+        commonly passed to everything, and ignoring it changes nothing a user expects.
+
+        >>> PDTConfig(scheduler="fixed").ignored(["tolerance", "horizon"])
+        ["tolerance (it applies to scheduler='adaptive' only; got scheduler='fixed')"]
+        """
+        rules = {
+            "tolerance": ("scheduler='adaptive'", self.scheduler == "adaptive", f"scheduler={self.scheduler!r}"),
+            "patience": ("scheduler='adaptive'", self.scheduler == "adaptive", f"scheduler={self.scheduler!r}"),
+            "random_ratio": ("criterion='random'", self.criterion == "random", f"criterion={self.criterion!r}"),
+            # Start-of-epoch snapshots are taken after the jump: the assembled weights, whatever this says.
+            "history_after_jump": ("criteria other than 'authors'", not self.start_of_epoch, "criterion='authors'"),
+        }
+        return [
+            f"{name} (it applies to {where} only; got {got})"
+            for name, (where, applies, got) in rules.items()
+            if name in given and not applies
+        ]
 
     @property
     def start_of_epoch(self) -> bool:

@@ -64,7 +64,6 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-import weakref
 from typing import Any
 
 import torch
@@ -197,19 +196,10 @@ class DistributedPDT(PDT):
             dist.all_reduce(parts, group=self.group)
             self._numels = [p.numel() if isinstance(p, DTensor) else int(n) for p, n in zip(self.params, parts.cpu())]
             self.numel = sum(self._numels)
-        # Optimizer steps since construction: a rank that skipped or repeated step() has trained
-        # a different number of them by the time its step counter meets the others'.
-        self._trained_steps = 0
-        self._counter_hook = _register_counter(self)
         # One length for every message (the largest payload), so that two ranks out of step
         # exchange messages that gloo can pair and PDT can tell apart (by their tags).
         h, n, w = self._history.capacity, len(self.params), self.world_size
         self._message_length = max(h * h + w, n + len(CHECKS) + 1, 5 * w, 2 * n * w if verify else 0)
-
-    def close(self) -> None:
-        """:meth:`torch_pdt.PDT.close`, and stop counting the optimizer's steps."""
-        super().close()
-        self._counter_hook.remove()
 
     def _vote(self, failed: bool) -> None:
         """Raise ``ValueError`` on every rank that constructed if another rank's construction raised."""
@@ -292,10 +282,18 @@ class DistributedPDT(PDT):
             value = self._validate(loss, predict)
         except ValueError as e:
             error, value = e, None
-        # Row r: optimizer steps trained, arguments valid, loss given, loss, predict.
+        # Row r: optimizer steps since construction, arguments valid, loss given, loss, predict.
+        # A rank that skipped or repeated step() has trained a different number of optimizer steps
+        # by the time its step counter meets the others'.
         rows = torch.zeros(self.world_size, 5, dtype=torch.float64)
         rows[self.rank] = torch.tensor(
-            [self._trained_steps, error is None, value is not None, 0.0 if value is None else value, predict is True],
+            [
+                self._watch.optimizer_steps,
+                error is None,
+                value is not None,
+                0.0 if value is None else value,
+                predict is True,
+            ],
             dtype=torch.float64,
         )
         rows = self._all_reduce("step", rows)
@@ -383,17 +381,3 @@ class DistributedPDT(PDT):
         if not same.all():
             bad = [n for n, ok in zip(self.names, same.tolist()) if not ok]
             raise ReplicaMismatchError(f"PDT ranks disagree after epoch {self.epoch - 1} on {bad}")
-
-
-def _register_counter(pdt: DistributedPDT) -> torch.utils.hooks.RemovableHandle:
-    """The optimizer post-hook counting trained steps, holding ``pdt`` weakly (a dropped PDT is freed)."""
-    ref = weakref.ref(pdt)
-
-    def count(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        owner = ref()
-        if owner is not None:
-            owner._trained_steps += 1
-
-    handle = pdt.optimizer.register_step_post_hook(count)
-    weakref.finalize(pdt, handle.remove)
-    return handle

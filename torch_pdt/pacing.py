@@ -55,7 +55,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .config import ALIASES, as_int, as_real
@@ -68,7 +68,8 @@ MAX_BACKED_OFF_INTERVAL = 15
 
 @dataclass
 class Decision:
-    """What a pacing rule decided at one epoch end (``stats["schedule"]``, as a dict)."""
+    """What a pacing rule decided at one epoch end (in the statistics as ``stats["schedule"]``,
+    a :class:`~torch_pdt.statistics.ScheduleStatistics`)."""
 
     loss: float | None
     """The loss the user passed, if any."""
@@ -82,9 +83,6 @@ class Decision:
     """Horizon for predictions from this epoch on (after the decision)."""
     interval: int = 0
     """Interval from this epoch on (after the decision)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class FixedPacing:

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import criteria, dmd, jump, kernel, pacing, params, prediction
-from .config import PDTConfig, as_int, as_loss
+from . import criteria, dmd, jump, kernel, misuse, pacing, params, prediction, statistics
+from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
 from .snapshots import SnapshotHistory
+from .statistics import PDTStatistics
 
 __all__ = ["PDT", "DTensor", "local_shard"]
 
@@ -74,7 +75,11 @@ class PDT:
 
     With ``every_n_steps=K`` (step mode) PDT steps itself after every ``K`` optimizer steps
     (an ``Optimizer.register_step_post_hook`` that holds PDT weakly: a PDT that is dropped, or
-    closed with :meth:`close`, stops stepping). :meth:`step` never writes a non-finite value: such
+    closed with :meth:`close`, stops stepping). In epoch mode the same hook only counts the
+    optimizer's steps, so that misuse is said once per PDT as a
+    :class:`~torch_pdt.misuse.PDTMisuseWarning`: :meth:`step` again with no optimizer step in
+    between, :meth:`step` after every optimizer step, an option the chosen scheduler or criterion
+    ignores (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
     predicted elements are rejected, and a decomposition that fails (rank 0, non-finite
     snapshots) skips the prediction, with the reason in the returned statistics. When
     :meth:`step` or :meth:`load_state_dict` raises, nothing has changed.
@@ -106,6 +111,7 @@ class PDT:
         model: nn.Module | None = None,
         **options: Any,
     ) -> None:
+        check_names(options)
         self.config = cfg = PDTConfig(history, horizon, start_epoch, interval, **options)
         if not hasattr(optimizer, "param_groups"):
             raise ValueError(f"optimizer must expose param_groups, got {type(optimizer).__name__}")
@@ -128,12 +134,19 @@ class PDT:
         self.epoch = 0
         self.plain_epochs = 0
         self.optimizer_steps = 0
-        self.last_stats: dict[str, Any] = {}
+        self.last_stats: PDTStatistics | dict[str, Any] = {}
+        """The statistics of the latest :meth:`step` (empty before the first)."""
         self._warned_untouched = False
-        self._hook = None if cfg.every_n_steps is None else _register_step_hook(self)
+        self._watch = misuse.StepWatch()
+        self._hook = _register_step_hook(self, required=cfg.every_n_steps is not None)
+        self._watch.counting = self._hook is not None
         self._choose_kernel()
         if cfg.start_of_epoch:
             self._snapshot()
+        ignored = cfg.ignored(options)
+        if ignored:
+            message = f"PDT ignores {'; '.join(ignored)}: leave it out, or choose the setting it applies to"
+            misuse.warn_once(self._watch.said, "ignored", message)
 
     @property
     def schedule(self) -> pacing.FixedPacing:
@@ -155,7 +168,7 @@ class PDT:
 
     # --- the epoch state machine ----------------------------------------------------------
 
-    def step(self, loss: float | Tensor | None = None, *, predict: bool = True) -> dict[str, Any]:
+    def step(self, loss: float | Tensor | None = None, *, predict: bool = True) -> PDTStatistics:
         """Call once at the end of every epoch, after the optimizer's (and LR scheduler's) steps.
 
         Args:
@@ -167,15 +180,9 @@ class PDT:
                 the loss) but no prediction runs (the epoch counts as a plain one): a caller's
                 own rule can switch PDT off and on.
 
-        Returns the statistics of this epoch (also kept in :attr:`last_stats`): ``epoch``,
-        ``predicted``, ``reason`` (why no prediction ran, else ``None``), ``accepted_ratio``,
-        ``accepted`` and ``numel``, ``rejected`` (counts per check: ``consistency``,
-        ``lower_bound``, ``upper_bound``, ``nonfinite``), ``accepted_ratio_per_param`` (by
-        name; 0.0 for an empty parameter), ``eigenvalues`` (complex), ``rank``,
-        ``gram_passes``, ``horizon``; with ``criterion="random"`` also the ``random_ratio``
-        used; ``schedule`` (the pacing rule's :class:`~torch_pdt.pacing.Decision` as a dict),
-        ``rolled_back`` and the running count ``rollbacks``; with ``on_jump`` other than
-        ``"keep"``, the optimizer state keys left untouched (``optimizer_state_untouched``).
+        Returns the statistics of this epoch, a :class:`~torch_pdt.statistics.PDTStatistics`
+        (also kept in :attr:`last_stats`): the same keys every epoch, every value plain JSON
+        (``json.dumps`` takes it), with ``predicted`` and ``reason`` saying what happened.
 
         Raises:
             ValueError: before anything changes, on a missing or non-numeric ``loss``, when the
@@ -185,13 +192,7 @@ class PDT:
         """
         value = self._validate(loss, predict)
         decision = self.pacing.observe(value)
-        stats: dict[str, Any] = {
-            "epoch": self.epoch,
-            "predicted": False,
-            "reason": None,
-            "accepted_ratio": 0.0,
-            "rolled_back": decision.rollback,
-        }
+        stats = statistics.nothing_predicted(self.epoch, self.names, self.numel, decision, self.pacing.rollbacks)
         if decision.rollback:
             self._roll_back(decision)
             stats["reason"] = "rolled back"
@@ -199,8 +200,6 @@ class PDT:
             if not self.config.start_of_epoch:
                 self._snapshot()
             stats.update(self._predict_if_due(predict))
-        stats["schedule"] = decision.as_dict()
-        stats["rollbacks"] = self.pacing.rollbacks
 
         jumped = stats["predicted"] and stats["accepted"]
         self.plain_epochs = 0 if stats["predicted"] or decision.rollback else self.plain_epochs + 1
@@ -212,6 +211,7 @@ class PDT:
             self._history.replace_newest(self._flat_params())
         self.epoch += 1
         self.last_stats = stats
+        self._watch.pdt_stepped(self.config.every_n_steps is not None)
         return stats
 
     def _predict_if_due(self, predict: bool) -> dict[str, Any]:
@@ -284,7 +284,12 @@ class PDT:
         tau = self.pacing.horizon
         steps = fit.step_coefficients(tau, cfg.forecast)
         if not torch.isfinite(steps).all():
-            return {"reason": "decomposition failed: non-finite forecast", "eigenvalues": fit.eigenvalues.tolist()}
+            return {
+                "reason": "decomposition failed: non-finite forecast",
+                "eigenvalues": statistics.complex_pairs(fit.eigenvalues),
+                "rank": fit.rank,
+                "gram_passes": passes[0],
+            }
         ratio = cfg.random_ratio
         if cfg.criterion == "random" and ratio == "measured":
             ratio = self._pass(steps, "pdt", write=False)["accepted"] / self.numel
@@ -295,7 +300,7 @@ class PDT:
             "horizon": tau,
             "predicted": True,
             "accepted_ratio": result["accepted"] / self.numel,
-            "eigenvalues": fit.eigenvalues.tolist(),
+            "eigenvalues": statistics.complex_pairs(fit.eigenvalues),
             "rank": fit.rank,
             "gram_passes": passes[0],
         }
@@ -418,7 +423,10 @@ class PDT:
     # --- step mode -----------------------------------------------------------------------
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """The optimizer's step post-hook in step mode: :meth:`step` after every K-th optimizer step."""
+        """The optimizer's step post-hook: count the step; in step mode, :meth:`step` after every K-th."""
+        self._watch.optimizer_stepped()
+        if self.config.every_n_steps is None:
+            return
         self.optimizer_steps += 1
         if self.optimizer_steps % self.config.every_n_steps == 0:
             try:
@@ -428,13 +436,16 @@ class PDT:
                 raise
 
     def close(self) -> None:
-        """Leave step mode: remove the optimizer hook that steps PDT (idempotent).
+        """Detach from the optimizer: remove the hook that counts its steps and, in step mode,
+        steps PDT (idempotent).
 
-        Explicit :meth:`step` calls still work. A PDT that is garbage-collected is detached too.
+        Explicit :meth:`step` calls still work (unwatched by :mod:`~torch_pdt.misuse`). A PDT
+        that is garbage-collected is detached too.
         """
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._watch.counting = False
 
     # --- state ---------------------------------------------------------------------------
 
@@ -475,8 +486,13 @@ class PDT:
         self._draws = draws
 
 
-def _register_step_hook(pdt: PDT) -> torch.utils.hooks.RemovableHandle:
-    """Step mode's optimizer post-hook, holding ``pdt`` only weakly: a PDT that is dropped stops stepping."""
+def _register_step_hook(pdt: PDT, required: bool) -> torch.utils.hooks.RemovableHandle | None:
+    """The optimizer post-hook, holding ``pdt`` only weakly: a PDT that is dropped stops counting and stepping.
+
+    Step mode (``required``) needs it; epoch mode only counts steps for :mod:`~torch_pdt.misuse`,
+    and goes without where the optimizer cannot take a hook (no ``register_step_post_hook``, or
+    a subclass that skipped ``Optimizer.__init__``): ``None`` then.
+    """
     ref = weakref.ref(pdt)
 
     def after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -484,6 +500,11 @@ def _register_step_hook(pdt: PDT) -> torch.utils.hooks.RemovableHandle:
         if owner is not None:
             owner._after_optimizer_step(optimizer, args, kwargs)
 
-    handle = pdt.optimizer.register_step_post_hook(after_optimizer_step)
+    try:
+        handle = pdt.optimizer.register_step_post_hook(after_optimizer_step)
+    except AttributeError:
+        if required:
+            raise
+        return None
     weakref.finalize(pdt, handle.remove)
     return handle
