@@ -467,3 +467,26 @@ def test_a_step_mode_step_that_raises_leaves_the_counter_for_a_retry():
     opt.param_groups.pop()
     one_step()  # the retried second step of the period: PDT steps now
     assert (pdt.optimizer_steps, pdt.epoch) == (2, 1)
+
+
+@pytest.mark.parametrize("every_n_steps", [None, 2])
+def test_the_whole_optimizer_pickles_with_pdt_attached(every_n_steps):
+    # torch.save(optimizer) of the object, not its state_dict, with PDT's step hook registered:
+    # the loaded optimizer steps and counts for no PDT.
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, every_n_steps=every_n_steps)
+    train_epoch(model, opt, make_data())
+    steps = pdt.optimizer_steps  # counted in step mode only
+    buffer = io.BytesIO()
+    torch.save(opt, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    before = [p.detach().clone() for g in loaded.param_groups for p in g["params"]]
+    for g in loaded.param_groups:
+        for p in g["params"]:
+            p.grad = torch.ones_like(p)
+    loaded.step()
+    after = [p for g in loaded.param_groups for p in g["params"]]
+    assert all(not torch.equal(a, b) for a, b in zip(after, before))
+    assert pdt.optimizer_steps == steps  # the copy's hook counts for no PDT
