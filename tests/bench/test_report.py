@@ -2,12 +2,12 @@
 
 import json
 import math
-import re
 
 import pytest
 import torch
 
 from pdt_bench import metrics, plots, report
+from tables import table_rows
 
 PARAMS = {"conv.weight": "Conv2d", "conv.bias": "Conv2d", "fc.weight": "Linear", "fc.bias": "Linear"}
 EPOCHS = 12
@@ -101,20 +101,42 @@ def study(tmp_path_factory):
 def test_table_has_fixed_columns_and_counts(study):
     _, _, summary, _ = study
     table = report.format_table(summary)
-    print(table)
     lines = table.splitlines()
     assert len(lines) == 2 + 4
     assert len({len(line) for line in lines}) == 1
-    # Columns are separated by two or more spaces (cells hold single ones: "8.40 ± 0.00").
-    spans = [[m.span() for m in re.finditer(r"\S+(?: \S+)*", line)] for line in [lines[0], *lines[2:]]]
-    assert len({len(s) for s in spans}) == 1
-    assert len({s[0][0] for s in spans}) == 1  # method: left-aligned
-    for column in range(1, len(spans[0])):  # numbers: right-aligned
-        assert len({s[column][1] for s in spans}) == 1
-    rows = {line.split()[0]: line for line in lines[2:]}
-    assert "n/r" in rows["slow"] and " 0/3 " in rows["slow"]
-    assert " 3/3 " in rows["pdt"] and "1/3" in rows["nonselective"]  # diverged 1 of 3
-    assert "±" in rows["pdt"]
+    # Aligned as plain text too: every row's column borders at the same places.
+    assert len({tuple(i for i, c in enumerate(line) if c == "|") for line in lines}) == 1
+    assert lines[1].split("|")[1].strip().endswith("-") and lines[1].split("|")[2].strip().endswith(":")
+    rows = {row[0]: row for row in table_rows(table)[1:]}
+    assert "n/r" in rows["slow"] and "0/3" in rows["slow"]
+    assert "3/3" in rows["pdt"] and rows["nonselective"][-1] == "1/3"  # diverged 1 of 3
+    assert any("±" in cell for cell in rows["pdt"])
+
+
+def _long_named_study():
+    """The synthetic study with the long method names a budget and an lr sweep give."""
+    runs = synthetic_study()
+    for seed in range(3):
+        runs.append(synthetic_run("baseline@epochs=32", seed, rate=0.31))
+        runs.append(synthetic_run("schedule-free@lr=0.5", seed, rate=0.29))
+    return metrics.summarize(runs)
+
+
+def test_the_compact_table_fits_a_100_column_terminal():
+    summary = _long_named_study()
+    text = report.compact_table(summary)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    header, *body = table_rows(text)
+    assert header == ["method", "epochs to target", "reduction", "final acc %", "accepted %", "PDT time %"]
+    rows = {row[0]: row for row in body}
+    assert set(rows) == set(summary["methods"])
+    assert rows["pdt"][1:3] == ["8 (3/3)", "+33%"] and rows["slow"][1:3] == ["n/r (0/3)", "n/r"]
+    assert rows["pdt"][3] == "98.77 (+1.16)" and rows["pdt"][4] == "33.0" and rows["baseline"][4] == "-"
+    # One verdict line per compared method, the report's judgement in short words.
+    verdicts = {line.split(":")[0]: line for line in text.splitlines() if ": " in line and not line.startswith("|")}
+    assert set(summary["methods"]) - {"baseline"} <= set(verdicts)
+    assert verdicts["pdt"] == "pdt: helped epochs to loss, epochs to acc, final loss, final acc."
+    assert verdicts["nonselective"].endswith("; worse stability.")
 
 
 def test_summary_json(study, tmp_path):
@@ -166,7 +188,8 @@ def test_report(study):
     command = "pdt-bench compare --task synthetic --methods baseline,pdt,slow,nonselective --seeds 0,1,2"
     text = report.write_report(out, runs, summary, command, paths).read_text()
     assert command in text
-    assert "| lr | 0.05 |" in text and "| epochs | 12 |" in text
+    settings = {row[0]: row[1] for row in table_rows(text[text.index("## Settings") :])[1:]}
+    assert settings["lr"] == "0.05" and settings["epochs"] == "12"
     assert "![train_loss](plots/train_loss.png)" in text and "![mask-pdt](plots/mask-pdt.png)" in text
     assert "its best loss at its last epoch on 3/3 seeds" in text
     assert "### Final-loss ratio" in text and "authors' loss definition" in text
@@ -196,9 +219,9 @@ def test_verdict_reads_small_differences_as_about_the_same():
 def test_flops_to_the_reference_best_count_model_and_pdt_work(study):
     out, runs, summary, paths = study
     text = report.write_report(out, runs, summary, "pdt-bench compare", paths).read_text()
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    rows = {row[0]: row for row in table_rows(text[text.index("## Overheads") :])[1:]}
     # The baseline reaches its own best at its last epoch: 12 epochs of 1e9 FLOPs.
-    assert "| 1.2e+10 (3/3) |" in rows["baseline"]
+    assert "1.2e+10 (3/3)" in rows["baseline"]
     # pdt's loss exp(-0.45 e)(1 + 0.02 s) first reaches exp(-0.3 * 12)(1 + 0.02 s) at epoch 8,
     # after predictions at epochs 5 to 8 (START = 5): 8e9 + 4e7 FLOPs.
-    assert "| 8.04e+09 (3/3) |" in rows["pdt"]
+    assert "8.04e+09 (3/3)" in rows["pdt"]
