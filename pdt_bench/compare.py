@@ -14,7 +14,7 @@ import math
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, fields, replace
 from multiprocessing import get_context
@@ -59,6 +59,12 @@ def _positive(kind: type) -> Any:
         return value
 
     return parse
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 0 (runs in this process) or a number of processes, got {text!r}")
+    return int(text)
 
 
 def _float_list(low: float, high: float) -> Any:
@@ -109,7 +115,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tiny", action="store_true", help="tiny data and model (smoke tests)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    g.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process; 0: in this one")
+    g.add_argument(
+        "--jobs", type=_jobs, default=1, help="runs in parallel, each in its own process; 0: in this one (default 1)"
+    )
     g.add_argument("--rerun", action="store_true", help="run again even when a result file exists")
     g.add_argument("--existing", action="store_true", help="run nothing: table and report of the finished runs only")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -277,8 +285,7 @@ def execute(
     if todo:
         progress = None if quiet else _Progress(len(todo))
         try:
-            for _ in _launch(todo, jobs, progress):
-                pass
+            _launch(todo, jobs, progress)
         finally:
             if progress is not None:
                 progress.close()
@@ -323,11 +330,12 @@ class _Progress:
         self.runs.close()
 
 
-def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: _Progress | None) -> Iterator[Path]:
+def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: _Progress | None) -> None:
+    """Run every ``(config, path)`` of ``todo``: here (``jobs=0``) or in ``jobs`` worker processes."""
     if jobs == 0:
         for config, path in todo:
             on_epoch = None if progress is None else lambda row, total, name=path.stem: progress.epoch(name, row, total)
-            yield _run_to_file(config, path, on_epoch)
+            _run_to_file(config, path, on_epoch)
             if progress is not None:
                 progress.finished(path.stem)
         return
@@ -346,7 +354,6 @@ def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: _Progress |
                 path = future.result()
                 if progress is not None:
                     progress.finished(path.stem)
-                yield path
 
 
 def _tensorboard(out_dir: Path, runs: list[Run]) -> None:
