@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -35,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("pdt-bench: interrupted (compare and sweep keep every finished run: the same command continues)", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Exit now: after its workers were stopped mid-run, the process pool's threads can wait forever
+        # at interpreter exit; every finished run is already on disk (written atomically).
+        os._exit(130)
 
 
 def _run(argv: list[str]) -> int:

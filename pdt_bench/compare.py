@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import signal
 import subprocess
 import sys
 import textwrap
@@ -232,6 +233,8 @@ _epochs_queue: Any = None
 def _worker_init(queue: Any) -> None:
     global _epochs_queue
     _epochs_queue = queue
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself (see _launch).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_in_worker(config: RunConfig, path: Path) -> Path:
@@ -342,9 +345,8 @@ def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: _Progress |
     ctx = get_context("spawn")
     queue = ctx.Queue() if progress is not None else None
     # A fresh process per run: peak memory is the run's own, and nothing leaks between runs.
-    with ProcessPoolExecutor(
-        jobs, mp_context=ctx, max_tasks_per_child=1, initializer=_worker_init, initargs=(queue,)
-    ) as pool:
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1, initializer=_worker_init, initargs=(queue,))
+    try:
         pending = {pool.submit(_run_in_worker, config, path) for config, path in todo}
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -354,6 +356,18 @@ def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: _Progress |
                 path = future.result()
                 if progress is not None:
                     progress.finished(path.stem)
+    except KeyboardInterrupt:
+        # Stop now: no queued run starts, the runs in flight end (their files are not written, so
+        # the same command runs them again); the executor has no public way to end its workers.
+        workers = list(pool._processes.values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.terminate()
+        raise
+    except BaseException:
+        pool.shutdown()  # a run failed: the others finish, and are kept, before the error is said
+        raise
+    pool.shutdown()
 
 
 def _tensorboard(out_dir: Path, runs: list[Run]) -> None:
