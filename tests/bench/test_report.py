@@ -2,7 +2,9 @@
 
 import json
 import math
+import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -225,3 +227,41 @@ def test_flops_to_the_reference_best_count_model_and_pdt_work(study):
     # pdt's loss exp(-0.45 e)(1 + 0.02 s) first reaches exp(-0.3 * 12)(1 + 0.02 s) at epoch 8,
     # after predictions at epochs 5 to 8 (START = 5): 8e9 + 4e7 FLOPs.
     assert "8.04e+09 (3/3)" in rows["pdt"]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plots draw, kept instead of written: ``(figure, title)`` pairs."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, title=None: figures.append((fig, title)) or path)
+    return figures
+
+
+def test_the_mask_heatmap_shows_sparse_acceptance_on_a_colour_scale(drawn, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    masks = {"big.weight": torch.rand(256, 4096, generator=g) < 0.1, "none.weight": torch.zeros(10, 64, dtype=bool)}
+    plots._mask_plot(tmp_path / "m.png", "pdt", 0, {"epoch": 6, "masks": masks}, "synthetic, study s")
+    (fig, title), = drawn
+    big, none, bar = fig.axes
+    assert title == "synthetic, study s"
+    image = big.images[0]
+    cells = image.get_array()
+    # A layer with 10 % accepted is visibly coloured (a linear block mean showed it as none), and a block of
+    # 64 weights with a single accepted one is an eighth up the scale, not 1/64.
+    assert cells.shape == (32, 512) and float(np.median(image.norm(cells))) > 0.25
+    assert image.norm(cells[cells > 0]).min() >= 0.125
+    assert none.images[0].get_array().max() == 0
+    assert "accepted fraction" in bar.get_ylabel() and "a cell: the fraction of its block" in big.get_title()
+
+
+def test_the_training_loss_plot_marks_the_reference_best_and_names_the_study(drawn, tmp_path):
+    runs = synthetic_study()
+    plots._curve_plot(tmp_path / "l.png", runs, "train_loss", "loss", True, "synthetic, study s", "baseline")
+    (fig, title), = drawn
+    target = statistics.fmean(metrics.best(r["epochs"], "train_loss") for r in runs if r["method"] == "baseline")
+    for ax in fig.axes:
+        flat = [line.get_ydata() for line in ax.get_lines() if len(line.get_ydata()) == 2]
+        marks = [y for y in flat if y[0] == y[1] == pytest.approx(target)]
+        assert len(marks) == 1
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert f"baseline's best: {target:.4g}" in labels and title == "synthetic, study s"
