@@ -137,10 +137,9 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
     )
     if args.augment and args.task not in tasks.AUGMENTABLE:
         raise ValueError(f"--augment: task {args.task} has no augmentation (only {', '.join(tasks.AUGMENTABLE)})")
-    _check_pdt_keys(dict(args.pdt), "--pdt")  # fail before any run starts, whichever methods run
+    _check_pdt_keys(dict(args.pdt))  # fail before any run starts, whichever methods run
     for name in methods:
         method = parse_method(name)
-        _check_pdt_keys(method.pdt or {}, name)
         peers.check_method(method, args.optimizer, dict(args.pdt))
         if method.pdt is not None:
             _check_pdt_options(args, method)
@@ -172,15 +171,14 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
 _PDT_KEYS = ("history", "horizon", "start_epoch", "interval", "pdt_options")
 
 
-def _check_pdt_keys(options: dict[str, Any], where: str) -> None:
-    """Refuse a key (of ``--pdt`` or a method name) that is not an option of :class:`torch_pdt.PDTConfig`,
-    naming the valid ones."""
+def _check_pdt_keys(options: dict[str, Any]) -> None:
+    """Refuse a ``--pdt`` key that is not an option of :class:`torch_pdt.PDTConfig`, naming the valid ones."""
     known = [f.name for f in fields(PDTConfig)]
     for key in options:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(f"{where}: {key!r} is not a PDT option{hint}; the options are {', '.join(known)}")
+            raise ValueError(f"--pdt: {key!r} is not a PDT option{hint}; the options are {', '.join(known)}")
 
 
 def _check_pdt_options(args: argparse.Namespace, method: Any) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from torch_pdt import PDTConfig
 
 __all__ = ["METHODS", "OPTIMIZERS", "SCHEDULES", "Method", "literal", "make_optimizer", "make_schedule", "parse_method"]
 
@@ -101,6 +103,7 @@ _SUFFIXES = {
     "decay": re.compile(r"^decay=(?P<value>[0-9.eE+-]+)$"),
     "pdt": re.compile(r"^(?P<key>[a-z_]+)=(?P<value>.+)$"),
 }
+_PDT_OPTIONS = {f.name for f in fields(PDTConfig)}
 _SUFFIX_HELP = "@lrx<scale>, @lr=<value>, @epochs=<int>, @decay=<value> (ema) or @<PDT option>=<value> (PDT methods)"
 
 
@@ -124,6 +127,8 @@ def _apply(method: Method, suffix: str, name: str) -> Method:
                     raise ValueError
                 return replace(method, epochs=epochs)
             if key == "pdt":
+                if match["key"] not in _PDT_OPTIONS:
+                    continue
                 if method.pdt is None:
                     raise ValueError
                 return replace(method, pdt=method.pdt | {match["key"]: literal(match["value"])})

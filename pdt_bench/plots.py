@@ -330,7 +330,9 @@ def write_plots(
     return paths
 
 
-def plot_sweep(out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, value: str) -> Path:
+def plot_sweep(
+    out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, value: str, title: str | None = None
+) -> Path:
     """Heatmap of ``value`` over the grid of ``x`` and ``y`` (paper App. A.9), each cell annotated.
 
     Cells without a row, or whose value is ``None`` or not finite (a target never reached, a
@@ -358,4 +360,4 @@ def plot_sweep(out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, 
     ax.set_ylabel(y)
     ax.set_title(value)
     fig.colorbar(image, ax=ax)
-    return _save(fig, Path(out_path))
+    return _save(fig, Path(out_path), title)

@@ -95,9 +95,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if len(keys) == 2:
         for method in methods[1:]:
             path = out / f"sweep-{method}.png"
-            plots.plot_sweep(
-                path, [r for r in rows if r["method"] == method], keys[0], keys[1], "ttb_loss_reduction_median"
-            )
+            points = [r for r in rows if r["method"] == method]
+            title = f"{args.task}, sweep {out.resolve().name}: {method}"
+            plots.plot_sweep(path, points, keys[0], keys[1], "ttb_loss_reduction_median", title)
             figures.append(path)
     write_text(
         out / "sweep.md",

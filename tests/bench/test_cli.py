@@ -22,7 +22,7 @@ def _pdt_bench(*args, prelude=""):
     [
         (["--methods", "baseline", "--pdt", "histroy=3"], "--pdt: 'histroy' is not a PDT option (did you mean history?)"),
         (["--methods", "baseline,pdt", "--pdt", "bogus=1", "--jobs", "2"], "--pdt: 'bogus' is not a PDT option;"),
-        (["--methods", "pdt@shceduler=adaptive"], "pdt@shceduler=adaptive: 'shceduler' is not a PDT option"),
+        (["--methods", "pdt@shceduler=adaptive"], "bad suffix 'shceduler=adaptive' in 'pdt@shceduler=adaptive'"),
         (["--methods", "pdt@scheduler=adaptve"], "pdt@scheduler=adaptve: scheduler must be one of"),
     ],
 )
