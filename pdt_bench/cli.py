@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pdt-bench: error: {module} is missing: pip install 'torch-pdt[bench]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pdt-bench: interrupted (compare and sweep keep every finished run: the same command continues)", file=sys.stderr)
+        words = "compare and sweep keep every finished run: the same command continues"
+        print(f"pdt-bench: interrupted ({words})", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         # Exit now: after its workers were stopped mid-run, the process pool's threads can wait forever

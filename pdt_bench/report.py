@@ -17,7 +17,18 @@ from typing import Any
 from .metrics import best, by_method, time_to_target
 from .records import Run, save_json, write_text
 
-__all__ = ["SAME", "compact_table", "format_table", "markdown_table", "no_effect", "no_effect_cell", "verdict", "write_report", "write_summary"]
+__all__ = [
+    "SAME",
+    "compact_table",
+    "format_table",
+    "markdown_table",
+    "no_effect",
+    "no_effect_cell",
+    "percent_change",
+    "verdict",
+    "write_report",
+    "write_summary",
+]
 
 _PERCENT = "percent"
 """A fraction shown in percent with one decimal (reductions, ratios of elements or time)."""
@@ -126,7 +137,8 @@ def _epochs_reached(m: dict[str, Any]) -> str:
     return f"{median} ({e['n']}/{e['of']})"
 
 
-def _signed(fraction: float | None) -> str:
+def percent_change(fraction: float | None) -> str:
+    """A reduction as a signed whole percentage (``+40%``); ``n/r`` for none (a target not reached)."""
     return "n/r" if fraction is None else f"{100 * fraction:+.0f}%"
 
 
@@ -146,7 +158,7 @@ def compact_table(summary: dict[str, Any]) -> str:
             [
                 name,
                 _epochs_reached(m),
-                _signed(m["reduction_loss_epochs"]["median"]),
+                percent_change(m["reduction_loss_epochs"]["median"]),
                 "-" if acc is None else f"{100 * acc:.2f}{delta}",
                 "-" if accepted is None else f"{100 * accepted:.1f}",
                 "-" if m["pdt_time_share"]["mean"] is None else f"{100 * m['pdt_time_share']['mean']:.1f}",
@@ -158,10 +170,11 @@ def compact_table(summary: dict[str, Any]) -> str:
         f"reduction: median, in epochs; final acc: mean (difference). Verdicts against the {summary['reference']}, "
         "in epochs over seeds:"
     )
-    verdicts = [
-        verdict(n, m, reference, summary["reference"], brief=True) for n, m in methods.items() if n != summary["reference"]
-    ]
-    lines = [*textwrap.wrap(legend, 100), *(line for v in verdicts for line in textwrap.wrap(v, 100, subsequent_indent="  "))]
+    lines = textwrap.wrap(legend, 100)
+    for name, m in methods.items():
+        if m is not reference:
+            line = verdict(name, m, reference, summary["reference"], brief=True)
+            lines += textwrap.wrap(line, 100, subsequent_indent="  ")
     return markdown_table(headers, rows) + "\n\n" + "\n".join(lines)
 
 
@@ -179,7 +192,8 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     rule = ["-" * widths[0]] + ["-" * (w - 1) + ":" for w in widths[1:]]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "| " + " | ".join(padded) + " |"
 
     return "\n".join(line(cells) for cells in [headers, rule, *rows])
 

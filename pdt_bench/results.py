@@ -30,7 +30,7 @@ from typing import Any
 
 from .metrics import by_method
 from .records import load_runs, write_text
-from .report import markdown_table, no_effect, no_effect_cell
+from .report import markdown_table, no_effect, no_effect_cell, percent_change
 
 __all__ = ["add_command", "load_targets", "write_results"]
 
@@ -75,10 +75,6 @@ def load_targets(path: Path) -> dict[str, Any]:
             if not ok:
                 raise ValueError(f"targets file {path}: {study}.{key} must be a {kind.__name__}, got {value!r}")
     return data
-
-
-def _pct(x: float | None) -> str:
-    return "n/r" if x is None else f"{100 * x:+.0f}%"
 
 
 def _epochs(m: dict[str, Any]) -> str:
@@ -151,7 +147,8 @@ def _checks(name: str, directory: Path, summary: dict[str, Any], targets: dict[s
         lines.append(
             f"PDT ≥ {100 * want:.0f}% fewer epochs to the {reference}'s best training loss (median of "
             f"{got['of']} seeds) with final accuracy at most {100 * tolerance:.1f} points lower: measured "
-            f"{_pct(got['median'])} (seeds {_pct(got['min'])} to {_pct(got['max'])}; {_pct(seconds)} in seconds), "
+            f"{percent_change(got['median'])} (seeds {percent_change(got['min'])} to {percent_change(got['max'])}; "
+            f"{percent_change(seconds)} in seconds), "
             f"accuracy {100 * acc_gap:+.2f} points: " + ("**reached**" if ok else "**not reached**")
         )
     for peer in targets.get("ahead_of", []):
@@ -161,7 +158,7 @@ def _checks(name: str, directory: Path, summary: dict[str, Any], targets: dict[s
         theirs = methods[peer]["reduction_loss_epochs"]["median"]
         ok = got["median"] is not None and (theirs is None or got["median"] > theirs)
         lines.append(
-            f"PDT ahead of `{peer}`: {_pct(got['median'])} against {_pct(theirs)}: "
+            f"PDT ahead of `{peer}`: {percent_change(got['median'])} against {percent_change(theirs)}: "
             + ("**reached**" if ok else "**not reached**")
         )
     if targets.get("budget"):
@@ -220,8 +217,8 @@ def _study_table(summary: dict[str, Any]) -> str:
             [
                 name,
                 _epochs(m),
-                _pct(red["median"]),
-                _pct(m["reduction_loss"]["median"]),
+                percent_change(red["median"]),
+                percent_change(m["reduction_loss"]["median"]),
                 "-" if ratio is None else f"{ratio:.3f}",
                 _acc(m),
                 "-" if gap is None or base_acc is None else f"{100 * (gap - base_acc):+.2f}",
@@ -289,7 +286,8 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             f"({study}/<name>/summary.json)"
             + (f"; {study} itself is a single compare output" if (study / "summary.json").exists() else "")
         )
-    head = f"# Results of the study under `{study.as_posix()}`\n\nEvery table and target line below is computed from the runs by `pdt-bench results`."
+    head = f"# Results of the study under `{study.as_posix()}`\n\n"
+    head += "Every table and target line below is computed from the runs by `pdt-bench results`."
     if notes is not None:
         link = Path(os.path.relpath(notes, out.parent)).as_posix()
         head += f" How the study was run, its protocols and what it does not cover yet: [{notes.name}]({link})."

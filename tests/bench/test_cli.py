@@ -20,7 +20,7 @@ def _pdt_bench(*args, prelude=""):
 @pytest.mark.parametrize(
     "args, named",
     [
-        (["--methods", "baseline", "--pdt", "histroy=3"], "--pdt: 'histroy' is not a PDT option (did you mean history?)"),
+        (["--methods", "baseline", "--pdt", "histroy=3"], "'histroy' is not a PDT option (did you mean history?)"),
         (["--methods", "baseline,pdt", "--pdt", "bogus=1", "--jobs", "2"], "--pdt: 'bogus' is not a PDT option;"),
         (["--methods", "pdt@shceduler=adaptive"], "bad suffix 'shceduler=adaptive' in 'pdt@shceduler=adaptive'"),
         (["--methods", "pdt@scheduler=adaptve"], "pdt@scheduler=adaptve: scheduler must be one of"),

@@ -27,7 +27,8 @@ def test_results_page_over_a_study(tmp_path, capsys):
     assert cli.main(argv) == 0
     text = out.read_text()
     # The notes are linked, not copied: one source for that text.
-    assert text.startswith("# Results of the study under") and "[notes.md](../notes.md)" in text and "was run." not in text
+    assert text.startswith("# Results of the study under") and "[notes.md](../notes.md)" in text
+    assert "was run." not in text
     assert "## Headline" in text
     headline = text.split("## Headline")[1].split("## mlp")[0]
     rows = {line.split("|")[1].strip(): line for line in headline.splitlines() if line.startswith("| ")}
