@@ -1,7 +1,10 @@
 """The front door of ``pdt-bench``: errors before any run, a missing extra named, progress, the compact table."""
 
+import importlib.util
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +68,16 @@ def test_compare_prints_the_compact_table_and_the_full_one_when_asked(tmp_path, 
     assert "| epochs to target |" in compact and "\npdt (one seed): " in compact and "TTB-Loss s" not in compact
     assert cli.main([*args, "--wide"]) == 0  # the runs exist: only the table is printed again
     assert "TTB-Loss s" in capsys.readouterr().out
+
+
+def test_the_stress_example_runs_its_setting_and_variants_through_compare(tmp_path, capsys):
+    example = importlib.util.spec_from_file_location("stress", Path(__file__).parents[2] / "examples/stress_mnist1d.py")
+    stress = importlib.util.module_from_spec(example)
+    example.loader.exec_module(stress)
+    args = ["--setting", "tau9", "--variants", "fixed,adaptive-reset", *QUICK, "--seeds", "0", "--jobs", "0"]
+    assert stress.main([*args, "--quiet", "--out", str(tmp_path)]) == 0
+    runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").iterdir()}
+    assert set(runs) == {"baseline-seed0", "pdt-seed0", "pdt@scheduler=adaptive@on_jump=reset-seed0"}
+    config = runs["pdt@scheduler=adaptive@on_jump=reset-seed0"]["config"]
+    assert (config["horizon"], config["lr"], config["batch_size"], config["optimizer"]) == (9, 0.05, 128, "sgd")
+    assert "pdt@scheduler=adaptive@on_jump=reset" in capsys.readouterr().out
