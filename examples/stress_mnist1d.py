@@ -1,155 +1,61 @@
-"""Stress PDT's schedulers and optimizer-state policies on MNIST-1D, in a plain training loop.
+"""Stress PDT's schedulers and optimizer-state policies on MNIST-1D, through ``pdt-bench compare``.
 
-    python examples/stress_mnist1d.py --setting sgd-lr0.1 --seeds 0,1,2 --epochs 30
-    python examples/stress_mnist1d.py --setting sgd-momentum --variants fixed,fixed-reset,fixed-rescale
+    python examples/stress_mnist1d.py --setting sgd-lr0.1
+    python examples/stress_mnist1d.py --setting sgd-momentum --variants fixed,fixed-reset,fixed-rescale --seeds 0
+    python examples/stress_mnist1d.py --setting tau9 --wide --pdt criterion=authors   # any compare option
 
-MNIST-1D is generated locally by the `mnist1d` package (9,600 train / 2,400 test samples);
-the model is the 40-512-512-512-10 ReLU MLP. Settings:
-
-- ``sgd-lr0.1``: plain SGD, lr 0.1, batch 256, no LR schedule, tau 5 (paper Table 5's hard case);
-- ``tau9``: SGD lr 0.05, batch 128, cosine to 1e-3, tau 9 (App. A.9: tau >= 9 explodes);
-- ``momentum-lr0.1``: SGD momentum 0.9, lr 0.1, batch 256, no LR schedule, tau 5;
-- ``sgd-momentum``: SGD momentum 0.9, lr 0.02, batch 128, cosine, tau 5;
-- ``adam``: Adam lr 1e-3, batch 128, cosine, tau 5.
-
-Each variant's ``PDT.step`` gets the epoch's mean training loss. Printed per run (one JSON
-line per run with ``--json``): TTB-Loss as the first epoch whose full-pass training loss
-reaches the baseline's best (and the wall seconds to it, PDT included), final training loss,
-final test accuracy, predictions made and rolled back, and whether any weight went non-finite.
+Each setting is a hard case for PDT; each variant is a PDT method with its scheduler and what
+happens to the optimizer's velocities after a jump (``adaptive-reset`` runs
+``pdt@scheduler=adaptive@on_jump=reset``).
+Every variant gets the epoch's mean training loss (the harness passes it to ``PDT.step``). The
+table says how many epochs each variant needs to reach the baseline's best training loss and its
+final accuracy; ``--wide`` adds the seconds, the final-loss ratio, the predictions made and rolled
+back, and the diverged runs (a weight gone non-finite). Runs, report and plots go to
+``results/stress-<setting>/`` and resume there.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import time
+import sys
 
-import torch
-from torch import nn
-
-from pdt_bench import tasks
-from pdt_bench.tasks import mnist1d
-from torch_pdt import PDT
+from pdt_bench import cli
 
 SETTINGS = {
-    "sgd-lr0.1": dict(optimizer="sgd", lr=0.1, momentum=0.0, batch=256, cosine=False, horizon=5),
-    "tau9": dict(optimizer="sgd", lr=0.05, momentum=0.0, batch=128, cosine=True, horizon=9),
-    "momentum-lr0.1": dict(optimizer="sgd", lr=0.1, momentum=0.9, batch=256, cosine=False, horizon=5),
-    "sgd-momentum": dict(optimizer="sgd", lr=0.02, momentum=0.9, batch=128, cosine=True, horizon=5),
-    "adam": dict(optimizer="adam", lr=1e-3, momentum=0.0, batch=128, cosine=True, horizon=5),
+    "sgd-lr0.1": "--optimizer sgd --lr 0.1 --batch-size 256 --schedule constant",  # paper Table 5's hard case
+    "tau9": "--optimizer sgd --lr 0.05 --batch-size 128 --eta-min 1e-3 --horizon 9",  # App. A.9: tau >= 9 explodes
+    "momentum-lr0.1": "--optimizer sgd-momentum --lr 0.1 --batch-size 256 --schedule constant",
+    "sgd-momentum": "--optimizer sgd-momentum --lr 0.02 --batch-size 128 --eta-min 4e-4",
+    "adam": "--optimizer adam --lr 1e-3 --batch-size 128 --eta-min 2e-5",
 }
+"""Setting -> compare options; without ``--schedule constant`` the learning rate follows a cosine to lr / 50."""
 
-VARIANTS: dict[str, dict | None] = {"baseline": None}
-for _scheduler in ("fixed", "reference", "adaptive"):
-    for _policy in ("keep", "reset", "rescale"):
-        _name = _scheduler if _policy == "keep" else f"{_scheduler}-{_policy}"
-        VARIANTS[_name] = {"scheduler": _scheduler, "on_jump": _policy}
+VARIANTS = {
+    (scheduler if policy == "keep" else f"{scheduler}-{policy}"): "pdt"
+    + ("" if scheduler == "fixed" else f"@scheduler={scheduler}")
+    + ("" if policy == "keep" else f"@on_jump={policy}")
+    for scheduler in ("fixed", "reference", "adaptive")
+    for policy in ("keep", "reset", "rescale")
+}
+"""Variant -> the PDT method that runs it (PDT's defaults, scheduler ``fixed`` and ``keep``, left out of the name;
+``reference`` is PDT's earlier name of the ``authors`` scheduler)."""
 
 
-def load_mnist1d() -> tuple[torch.Tensor, ...]:
-    task = tasks.build("mnist1d-mlp")  # the harness's copy: generated locally, cached
-    return task.x_train, task.y_train, task.x_val, task.y_val
-
-
-def train(data, setting: dict, seed: int, epochs: int, pdt_kwargs: dict | None) -> dict:
-    x, y, x_test, y_test = data
-    torch.manual_seed(seed)
-    model = mnist1d.mlp()
-    if setting["optimizer"] == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=setting["lr"])
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=setting["lr"], momentum=setting["momentum"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, epochs, eta_min=setting["lr"] / 50
-    )  # 1e-3 at lr 0.05, as the paper
-    pdt = None
-    if pdt_kwargs is not None:
-        pdt = PDT(opt, history=5, horizon=setting["horizon"], start_epoch=5, interval=1, **pdt_kwargs)
-    order = torch.Generator().manual_seed(seed)
-    losses, seconds, elapsed = [], [], 0.0
-    predictions = 0
-    for _ in range(epochs):
-        start = time.perf_counter()
-        batch_losses = []
-        for idx in torch.randperm(len(x), generator=order).split(setting["batch"]):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            batch_losses.append(loss.detach())
-        if setting["cosine"]:
-            sched.step()
-        if pdt is not None:
-            predictions += pdt.step(loss=torch.stack(batch_losses).mean())["predicted"]
-        elapsed += time.perf_counter() - start
-        seconds.append(elapsed)
-        with torch.no_grad():
-            losses.append(nn.functional.cross_entropy(model(x), y).item())
-    with torch.no_grad():
-        accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    return dict(
-        losses=losses,
-        seconds=seconds,
-        accuracy=accuracy,
-        predictions=predictions,
-        rollbacks=pdt.schedule.rollbacks if pdt else 0,
-        finite=all(bool(torch.isfinite(p).all()) for p in model.parameters()),
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Other options go to compare.")
+    parser.add_argument("--setting", choices=SETTINGS, default="sgd-lr0.1", help="default sgd-lr0.1")
+    parser.add_argument("--variants", default="fixed,reference,adaptive", help=f"subset of {','.join(VARIANTS)}")
+    args, compare_options = parser.parse_known_args(argv)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {','.join(VARIANTS)}")
+    methods = ",".join(["baseline", *(VARIANTS[n] for n in names)])
+    return cli.main(
+        ["compare", "--task", "mnist1d-mlp", "--epochs", "30", "--seeds", "0,1,2", *SETTINGS[args.setting].split()]
+        + ["--methods", methods, "--out", f"results/stress-{args.setting}", *compare_options]
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setting", choices=SETTINGS, default="sgd-lr0.1")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--variants", default="fixed,reference,adaptive", help=f"subset of {','.join(VARIANTS)}")
-    parser.add_argument("--horizon", type=int, help="override the setting's tau")
-    parser.add_argument("--criterion", default="pdt", help="PDT's masking criterion for every variant")
-    parser.add_argument("--json", action="store_true", help="one JSON line per run instead of a table")
-    args = parser.parse_args()
-    names = list(dict.fromkeys(["baseline", *args.variants.split(",")]))
-    unknown = set(names) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {','.join(VARIANTS)}")
-    setting = SETTINGS[args.setting] | ({"horizon": args.horizon} if args.horizon else {})
-    torch.set_num_threads(1)  # comparable wall times on a shared machine
-    data = load_mnist1d()
-    if not args.json:
-        print(
-            f"{'seed':>4}  {'variant':<18}{'TTB-Loss ep':>12}{'TTB s':>8}{'final loss':>12}{'test acc':>10}"
-            f"{'pred':>6}{'rolled':>8}"
-        )
-    for seed in (int(s) for s in args.seeds.split(",")):
-        base = None
-        for name in names:
-            kwargs = None if VARIANTS[name] is None else VARIANTS[name] | {"criterion": args.criterion}
-            run = train(data, setting, seed, args.epochs, kwargs)
-            base = base or run
-            target = min(v for v in base["losses"] if math.isfinite(v))
-            reached = next((i for i, v in enumerate(run["losses"]) if v <= target), None)
-            row = {
-                "setting": args.setting,
-                "horizon": setting["horizon"],
-                "criterion": args.criterion,
-                "seed": seed,
-                "variant": name,
-                "epochs": args.epochs,
-                "ttb_epoch": None if reached is None else reached + 1,
-                "ttb_seconds": None if reached is None else round(run["seconds"][reached], 2),
-            } | {k: run[k] for k in ("accuracy", "predictions", "rollbacks", "finite")}
-            row["final_loss"] = run["losses"][-1]
-            if args.json:
-                print(json.dumps(row), flush=True)
-            else:
-                ttb = "never" if reached is None else f"{row['ttb_epoch']}"
-                secs = "-" if reached is None else f"{row['ttb_seconds']:.1f}"
-                print(
-                    f"{seed:>4}  {name:<18}{ttb:>12}{secs:>8}{row['final_loss']:>12.4f}{row['accuracy']:>10.4f}"
-                    f"{row['predictions']:>6}{row['rollbacks']:>8}",
-                    flush=True,
-                )
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

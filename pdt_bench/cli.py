@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
-from . import compare, landscape, overhead, results, sweep, toy
-from .tasks import DataMissing
+BENCH_EXTRA = ("numpy", "mnist1d", "matplotlib", "tqdm", "PIL", "pytorch_optimizer", "schedulefree")
+"""Modules of the ``bench`` extra (``pyproject.toml``): a missing one is named with the install command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: a missing extra is then reported by main(), not a traceback.
+    from . import compare, landscape, overhead, results, sweep, toy
+
     parser = argparse.ArgumentParser(
         prog="pdt-bench", description="Benchmarks of Predictive Differential Training against baselines and peers."
     )
@@ -22,6 +26,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _run(argv)
+    except ModuleNotFoundError as e:
+        module = (e.name or "").split(".")[0]
+        if module not in BENCH_EXTRA:
+            raise
+        print(f"pdt-bench: error: {module} is missing: pip install 'torch-pdt[bench]'", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        words = "compare and sweep keep every finished run: the same command continues"
+        print(f"pdt-bench: interrupted ({words})", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Exit now: after its workers were stopped mid-run, the process pool's threads can wait forever
+        # at interpreter exit; every finished run is already on disk (written atomically).
+        os._exit(130)
+
+
+def _run(argv: list[str]) -> int:
+    from .tasks import DataMissing
+
     args = build_parser().parse_args(argv)
     args.command_line = "pdt-bench " + shlex.join(argv)  # recorded in reports
     try:

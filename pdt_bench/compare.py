@@ -9,25 +9,26 @@ peak-memory figures), N at a time; ``--jobs 0`` runs them in this process.
 from __future__ import annotations
 
 import argparse
-import ast
+import difflib
 import math
+import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, replace
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from torch_pdt import PDT
+from torch_pdt import PDT, PDTConfig
 
 from . import metrics, peers, plots, report, tasks
-from .methods import OPTIMIZERS, SCHEDULES, parse_method
-from .records import Run, load_run, save_json
+from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method
+from .records import Epoch, Run, load_run, save_json
 from .train import RunConfig, run
 
 __all__ = ["add_command", "add_run_arguments", "execute", "run_configs"]
@@ -37,10 +38,7 @@ def _pdt_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+    return key, literal(value)
 
 
 def _int_list(text: str) -> list[int]:
@@ -62,6 +60,12 @@ def _positive(kind: type) -> Any:
         return value
 
     return parse
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 0 (runs in this process) or a number of processes, got {text!r}")
+    return int(text)
 
 
 def _float_list(low: float, high: float) -> Any:
@@ -112,7 +116,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tiny", action="store_true", help="tiny data and model (smoke tests)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    g.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process; 0: in this one")
+    g.add_argument(
+        "--jobs", type=_jobs, default=1, help="runs in parallel, each in its own process; 0: in this one (default 1)"
+    )
     g.add_argument("--rerun", action="store_true", help="run again even when a result file exists")
     g.add_argument("--existing", action="store_true", help="run nothing: table and report of the finished runs only")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -131,7 +137,8 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
     )
     if args.augment and args.task not in tasks.AUGMENTABLE:
         raise ValueError(f"--augment: task {args.task} has no augmentation (only {', '.join(tasks.AUGMENTABLE)})")
-    for name in methods:  # fail before any run starts
+    _check_pdt_keys(dict(args.pdt))  # fail before any run starts, whichever methods run
+    for name in methods:
         method = parse_method(name)
         peers.check_method(method, args.optimizer, dict(args.pdt))
         if method.pdt is not None:
@@ -164,14 +171,25 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
 _PDT_KEYS = ("history", "horizon", "start_epoch", "interval", "pdt_options")
 
 
+def _check_pdt_keys(options: dict[str, Any]) -> None:
+    """Refuse a ``--pdt`` key that is not an option of :class:`torch_pdt.PDTConfig`, naming the valid ones."""
+    known = [f.name for f in fields(PDTConfig)]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"--pdt: {key!r} is not a PDT option{hint}; the options are {', '.join(known)}")
+
+
 def _check_pdt_options(args: argparse.Namespace, method: Any) -> None:
-    """Build the run's PDT on a one-weight model: a bad ``--pdt`` key or value fails here, before any run."""
+    """Build the run's PDT on a one-weight model: a bad value (of ``--pdt``, a method suffix or a PDT flag)
+    fails here, before any run."""
     kwargs = dict(history=args.history, horizon=args.horizon, start_epoch=args.start_epoch, interval=args.interval)
     kwargs |= method.pdt | dict(args.pdt)
     try:
         PDT(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), **kwargs)
-    except TypeError as e:
-        raise ValueError(f"--pdt: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{method.name}: {e}") from None
 
 
 _UNSET = ("None", "False")
@@ -198,12 +216,29 @@ def _code_version() -> str | None:
     return out.stdout.strip() or None
 
 
-def _run_to_file(config: RunConfig, path: Path, progress: bool) -> Path:
-    record = run(config, out_dir=path.parent.parent, progress=progress)
+def _run_to_file(config: RunConfig, path: Path, on_epoch: Callable[[Epoch, int], None] | None = None) -> Path:
+    record = run(config, out_dir=path.parent.parent, on_epoch=on_epoch)
     record["config"]["identity"] = _identity(config)
     record["config"]["code_version"] = _code_version()
     save_json(path, record)
     return path
+
+
+_epochs_queue: Any = None
+"""In a worker process: where its run's epochs are reported to the parent's progress bars (or ``None``)."""
+
+
+def _worker_init(queue: Any) -> None:
+    global _epochs_queue
+    _epochs_queue = queue
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself (see _launch).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_in_worker(config: RunConfig, path: Path) -> Path:
+    queue = _epochs_queue
+    on_epoch = None if queue is None else lambda row, total: queue.put((path.stem, row, total))
+    return _run_to_file(config, path, on_epoch)
 
 
 def _same_run(path: Path, config: RunConfig) -> bool:
@@ -249,32 +284,88 @@ def execute(
             print(f"--existing: not run yet, left out: {names}", file=sys.stderr)
         return [load_run(p) for p in paths if p not in missing]
     if todo:
-        bar = None if quiet else _progress(len(todo))
-        for done in _launch(todo, jobs, progress=not quiet and jobs == 0):
-            if bar is not None:
-                bar.set_postfix_str(done.stem)
-                bar.update()
-        if bar is not None:
-            bar.close()
+        progress = None if quiet else Progress(len(todo))
+        try:
+            _launch(todo, jobs, progress)
+        finally:
+            if progress is not None:
+                progress.close()
     return [load_run(p) for p in paths]
 
 
-def _progress(total: int):
-    from tqdm.auto import tqdm
+class Progress:
+    """On stderr: a bar of finished runs, and an epoch bar for each run in progress."""
 
-    return tqdm(total=total, desc="runs", unit="run", file=sys.stderr)
+    def __init__(self, runs: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.runs = tqdm(total=runs, desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
+        self.epochs: dict[str, Any] = {}
+        self.done: set[str] = set()
+
+    def epoch(self, name: str, row: Epoch, total: int) -> None:
+        if name in self.done:  # a worker's last message can arrive after its result
+            return
+        bar = self.epochs.get(name)
+        if bar is None:
+            # Every epoch drawn (mininterval 0): an epoch takes seconds, and a skipped draw would show none.
+            bar = self._tqdm(
+                total=total, desc=name, unit="epoch", leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0
+            )
+            self.epochs[name] = bar
+        bar.set_postfix_str(f"train loss {row['train_loss']:.4g}, val acc {row['val_acc']:.4f}", refresh=False)
+        bar.update(row["epoch"] - bar.n)
+
+    def finished(self, name: str) -> None:
+        self.done.add(name)
+        bar = self.epochs.pop(name, None)
+        if bar is not None:
+            bar.close()
+        self.runs.set_postfix_str(name)
+        self.runs.update()
+
+    def close(self) -> None:
+        for bar in self.epochs.values():
+            bar.close()
+        self.runs.close()
 
 
-def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: bool) -> Iterator[Path]:
+def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: Progress | None) -> None:
+    """Run every ``(config, path)`` of ``todo``: here (``jobs=0``) or in ``jobs`` worker processes."""
     if jobs == 0:
         for config, path in todo:
-            yield _run_to_file(config, path, progress)
+            on_epoch = None if progress is None else lambda row, total, name=path.stem: progress.epoch(name, row, total)
+            _run_to_file(config, path, on_epoch)
+            if progress is not None:
+                progress.finished(path.stem)
         return
+    ctx = get_context("spawn")
+    queue = ctx.Queue() if progress is not None else None
     # A fresh process per run: peak memory is the run's own, and nothing leaks between runs.
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = [pool.submit(_run_to_file, config, path, False) for config, path in todo]
-        for future in as_completed(futures):
-            yield future.result()
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1, initializer=_worker_init, initargs=(queue,))
+    try:
+        pending = {pool.submit(_run_in_worker, config, path) for config, path in todo}
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while progress is not None and not queue.empty():
+                progress.epoch(*queue.get())
+            for future in done:
+                path = future.result()
+                if progress is not None:
+                    progress.finished(path.stem)
+    except KeyboardInterrupt:
+        # Stop now: no queued run starts, the runs in flight end (their files are not written, so
+        # the same command runs them again); the executor has no public way to end its workers.
+        workers = list(pool._processes.values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.terminate()
+        raise
+    except BaseException:
+        pool.shutdown()  # a run failed: the others finish, and are kept, before the error is said
+        raise
+    pool.shutdown()
 
 
 def _tensorboard(out_dir: Path, runs: list[Run]) -> None:
@@ -323,10 +414,10 @@ def _compare(args: argparse.Namespace) -> int:
     if not runs:
         raise ValueError(f"no finished runs of these settings under {out}/runs")
     summary = metrics.summarize(runs, reference=args.reference)
-    table = report.format_table(summary)
+    table = report.format_table(summary) if args.wide else report.compact_table(summary)
     command = args.command_line
     report.write_summary(out, summary)
-    figures = plots.write_plots(out, runs, mask_epoch=configs[0].mask_epoch)
+    figures = plots.write_plots(out, runs, mask_epoch=configs[0].mask_epoch, reference=args.reference)
     path = report.write_report(out, runs, summary, command, figures)
     if args.tensorboard:
         _tensorboard(out, runs)
@@ -356,6 +447,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, help="output directory (default results/<task>)")
     p.add_argument("--mask-epoch", type=int, help="epoch whose PDT mask is saved for the heatmap (default T0+1)")
+    p.add_argument("--wide", action="store_true", help="print every figure of report.md's table, not the compact one")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs under OUT/tensorboard")
     add_run_arguments(p)
     p.set_defaults(func=_compare)

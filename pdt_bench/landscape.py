@@ -1,7 +1,7 @@
 r"""``pdt-bench landscape``: the weight trajectories of the baseline and of PDT over the loss (paper Fig. 1).
 
 For one task and seed, the baseline and a PDT method are trained by :func:`pdt_bench.train.run`
-while its ``on_epoch`` hook keeps each epoch's weights as one flattened vector: :math:`w_0` (the
+while its ``on_weights`` hook keeps each epoch's weights as one flattened vector: :math:`w_0` (the
 common start), :math:`w_1, \dots, w_E`. Both trajectories are projected onto a plane
 :math:`\{o + \alpha u + \beta v\}` with orthonormal :math:`u, v \in \mathbb{R}^N`:
 
@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from . import tasks
-from .compare import run_configs
+from .compare import Progress, run_configs
 from .metrics import best, jump_epochs, time_to_target
 from .plots import plot_landscape
 from .records import Landscape, save_json
@@ -68,7 +69,7 @@ class Plane:
 
 
 class Snapshots:
-    """An ``on_epoch`` hook of :func:`pdt_bench.train.run`: every epoch's weights as one float32 vector.
+    """An ``on_weights`` hook of :func:`pdt_bench.train.run`: every epoch's weights as one float32 vector.
 
     It also keeps the model it was handed, which ends the run with the last epoch's weights.
     """
@@ -179,9 +180,17 @@ def _draw(args: argparse.Namespace) -> Landscape:
     task = tasks.build(args.task, configs[0].task_options)
     start = time.perf_counter()
     runs, snapshots = [], []
-    for config in configs:
-        snapshots.append(Snapshots())
-        runs.append(run(config, progress=not args.quiet, on_epoch=snapshots[-1]))
+    progress = None if args.quiet else Progress(len(configs))
+    try:
+        for config in configs:
+            snapshots.append(Snapshots())
+            on_epoch = None if progress is None else partial(progress.epoch, config.method)
+            runs.append(run(config, on_epoch=on_epoch, on_weights=snapshots[-1]))
+            if progress is not None:
+                progress.finished(config.method)
+    finally:
+        if progress is not None:
+            progress.close()
     trained = time.perf_counter() - start
     # A diverged run's last weights are not finite: its trajectory stops before them.
     paths = [torch.stack([v for v in s.vectors if torch.isfinite(v).all()]) for s in snapshots]

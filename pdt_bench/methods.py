@@ -3,21 +3,25 @@
 A method name is one of :data:`METHODS`, optionally followed by changes, each after an ``@``:
 ``baseline@lrx2`` (or ``@lr×2``) scales the run's learning rate, ``pdt@lr=0.1`` sets it,
 ``baseline@epochs=30`` trains 30 epochs with the whole learning-rate schedule compressed into
-them (the budget-matched control), ``ema@decay=0.999`` sets the EMA's decay. They combine:
-``schedule-free@lr=0.5@epochs=30``.
+them (the budget-matched control), ``ema@decay=0.999`` sets the EMA's decay, and on a PDT method
+any other ``@KEY=VALUE`` sets a :class:`torch_pdt.PDT` option (``pdt@scheduler=adaptive``). They
+combine: ``schedule-free@lr=0.5@epochs=30``, ``pdt@scheduler=adaptive@on_jump=reset``.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["METHODS", "OPTIMIZERS", "SCHEDULES", "Method", "make_optimizer", "make_schedule", "parse_method"]
+from torch_pdt import PDTConfig
+
+__all__ = ["METHODS", "OPTIMIZERS", "SCHEDULES", "Method", "literal", "make_optimizer", "make_schedule", "parse_method"]
 
 EMA_DECAY = 0.99
 """Default decay of the ``ema`` method, per optimizer step: an average over about 100 steps (2-3 epochs
@@ -97,8 +101,18 @@ _SUFFIXES = {
     "lr": re.compile(r"^lr(?:(?P<op>[x×*])(?P<scale>[0-9.]+)|=(?P<value>[0-9.eE+-]+))$"),
     "epochs": re.compile(r"^epochs=(?P<value>[0-9]+)$"),
     "decay": re.compile(r"^decay=(?P<value>[0-9.eE+-]+)$"),
+    "pdt": re.compile(r"^(?P<key>[a-z_]+)=(?P<value>.+)$"),
 }
-_SUFFIX_HELP = "@lrx<scale>, @lr=<value>, @epochs=<int> or @decay=<value> (ema)"
+_PDT_OPTIONS = {f.name for f in fields(PDTConfig)}
+_SUFFIX_HELP = "@lrx<scale>, @lr=<value>, @epochs=<int>, @decay=<value> (ema) or @<PDT option>=<value> (PDT methods)"
+
+
+def literal(text: str) -> Any:
+    """A Python literal (``3``, ``0.1``, ``None``), else the text itself (``adaptive``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _apply(method: Method, suffix: str, name: str) -> Method:
@@ -112,6 +126,12 @@ def _apply(method: Method, suffix: str, name: str) -> Method:
                 if epochs < 1:
                     raise ValueError
                 return replace(method, epochs=epochs)
+            if key == "pdt":
+                if match["key"] not in _PDT_OPTIONS:
+                    continue
+                if method.pdt is None:
+                    raise ValueError
+                return replace(method, pdt=method.pdt | {match["key"]: literal(match["value"])})
             if key == "decay":
                 decay = float(match["value"])
                 if method.ema_decay is None or not 0.0 < decay < 1.0:

@@ -59,8 +59,20 @@ def best(epochs: list[Epoch], key: str) -> float | None:
 def time_to_target(epochs: list[Epoch], key: str, target: float) -> tuple[float, int] | None:
     """``(train_time, epoch)`` of the first epoch whose ``key`` reaches ``target``, or ``None``.
 
-    A loss reaches the target when ``<= target``, an accuracy when ``>= target``. With
-    ``target = best(epochs, key)`` this is the run's own best epoch (the first one, on ties).
+    A loss reaches the target when ``<= target``, an accuracy when ``>= target`` (a key ending in
+    ``_acc``). With ``target = best(epochs, key)`` this is the run's own best epoch (the first one,
+    on ties). Non-finite values never reach a target.
+
+    In an own training loop, record one dict per epoch with ``epoch``, the cumulative
+    ``train_time`` and the measured values, then compare a PDT run with a plain one (TTB-Loss):
+
+    >>> plain = [{"epoch": e, "train_time": 2.0 * e, "train_loss": 1 / e} for e in range(1, 11)]
+    >>> with_pdt = [{"epoch": e, "train_time": 2.1 * e, "train_loss": 1 / e**1.5} for e in range(1, 11)]
+    >>> target = best(plain, "train_loss")  # the plain run's best: 0.1, at epoch 10
+    >>> time_to_target(with_pdt, "train_loss", target)  # (seconds, epoch): PDT gets there at epoch 5
+    (10.5, 5)
+    >>> time_to_target(plain, "train_loss", 0.01) is None  # never reached
+    True
     """
     higher = _higher_is_better(key)
     for e in _finite(epochs, key):
@@ -80,13 +92,14 @@ def jump_epochs(run: Run) -> list[int]:
     return [e["epoch"] for e in run["epochs"] if e["pdt"] and e["pdt"]["predicted"] and e["pdt"].get("accepted", 0) > 0]
 
 
-def predictions(run: Run) -> tuple[int, int] | None:
-    """``(epochs that predicted, of those, epochs that accepted at least one element)``; ``None`` for a
-    run without PDT."""
+def predictions(run: Run) -> tuple[int, int, int] | None:
+    """``(epochs that predicted, of those, epochs that accepted at least one element, predictions rolled
+    back)``; ``None`` for a run without PDT. The one place that reads PDT's counts from the records."""
     steps = [e["pdt"] for e in run["epochs"] if e["pdt"] is not None]
     if not steps:  # PDT's statistics are recorded every epoch of a run with PDT
         return None
-    return sum(1 for s in steps if s["predicted"]), len(jump_epochs(run))
+    rolled_back = sum(1 for s in steps if s.get("rolled_back"))  # only loss-driven schedulers roll back
+    return sum(1 for s in steps if s["predicted"]), len(jump_epochs(run)), rolled_back
 
 
 def cumulative_flops(run: Run) -> list[float]:
@@ -132,10 +145,11 @@ def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
         "final_loss_ratio": None,
         "predictions": None,
         "accepting_predictions": None,
+        "rollbacks": None,
     }
     counted = predictions(run)
     if counted is not None:
-        row["predictions"], row["accepting_predictions"] = counted
+        row["predictions"], row["accepting_predictions"], row["rollbacks"] = counted
     for name, key in TARGETS.items():
         row[f"ttb_{name}_s"] = row[f"ttb_{name}_epochs"] = row[f"reduction_{name}"] = None
         row[f"reduction_{name}_epochs"] = None
@@ -209,6 +223,7 @@ def _method_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary["pdt"] = bool(with_pdt)
     summary["predictions"] = describe([r["predictions"] for r in with_pdt])
     summary["accepting_predictions"] = describe([r["accepting_predictions"] for r in with_pdt])
+    summary["rollbacks"] = describe([r["rollbacks"] for r in with_pdt])
     summary["per_seed"] = rows
     return summary
 
@@ -224,7 +239,8 @@ def summarize(runs: list[Run], reference: str = "baseline") -> dict[str, Any]:
     :func:`describe`) and ``never_reached_<name>`` (a count), then statistics of
     ``final_loss_ratio``, ``final_val_acc``, ``best_val_acc``, ``final_train_loss``,
     ``best_train_loss``, ``pdt_time_share``, ``train_time_s``, ``eval_time_s``,
-    ``accepted_ratio``, and ``per_seed``: the rows of :func:`run_row`.
+    ``accepted_ratio``; for methods with PDT (``pdt``) ``predictions``, ``accepting_predictions`` and
+    ``rollbacks`` (counts per run); and ``per_seed``: the rows of :func:`run_row`.
     """
     groups = by_method(runs)
     if reference not in groups:

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import resource
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from torch_pdt import PDT, reference
+
+from . import memory
+from .report import markdown_table
 
 __all__ = [
     "PAPER_TABLE_8",
@@ -88,28 +91,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def _reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS count (Linux: ``clear_refs`` 5), so peaks are per phase."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:  # elsewhere the peak is since process start: deltas are then lower bounds
-        pass
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _timed(fn: Callable, log: list[float], device: torch.device) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _sync(device)
@@ -159,11 +140,8 @@ def measure(
     copies = copy_seconds(trajectory.weights, param.data, repeat)
     opt = torch.optim.SGD([param], lr=0.0)
     gc.collect()
-    _reset_peak_rss()
-    rss_before = _rss()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        allocated_before = torch.cuda.memory_allocated(dev)
+    memory.reset_peak(dev)
+    before = memory.current(dev)
     kwargs = {"chunk_size": chunk_size} if chunk_size else {}
     pdt = PDT(
         opt,
@@ -206,24 +184,18 @@ def measure(
         "gram_passes": [s.get("gram_passes", 0) for s in stats],
         "snapshot_bytes": pdt.snapshot_bytes,
     }
-    if dev.type == "cuda":
-        result["memory"] = torch.cuda.max_memory_allocated(dev) - allocated_before
-        result["memory_kind"] = "CUDA allocator peak delta"
-    else:
-        result["memory"] = _peak_rss() - rss_before
-        result["memory_held"] = _rss() - rss_before
-        result["memory_kind"] = "peak RSS delta"
+    result["memory"] = memory.peak(dev) - before
+    result["memory_kind"] = f"{memory.kind(dev)} peak delta"
+    if dev.type != "cuda":
+        result["memory_held"] = memory.current(dev) - before
     if with_naive:
         snapshots = [s.to(dev, torch.float32) for s in pdt.state_dict()["history"]["snapshots"][0]]
         del pdt
         gc.collect()
         weights = snapshots[-1].clone()
         naive_times = []
-        _reset_peak_rss()
-        rss_naive = _rss()
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-            allocated_before = torch.cuda.memory_allocated(dev)
+        memory.reset_peak(dev)
+        before = memory.current(dev)
         for _ in range(repeat):
             weights.copy_(snapshots[-1])
             _sync(dev)
@@ -232,16 +204,49 @@ def measure(
             _sync(dev)
             naive_times.append(time.perf_counter() - start)
         result["naive"] = naive_times
-        if dev.type == "cuda":
-            result["naive_memory"] = torch.cuda.max_memory_allocated(dev) - allocated_before
-        else:
-            result["naive_memory"] = _peak_rss() - rss_naive
+        result["naive_memory"] = memory.peak(dev) - before
     return result
 
 
 def _ms(times: list[float]) -> str:
     """Median and spread (min-max) in milliseconds."""
     return f"{1e3 * statistics.median(times):9.1f} ms  [{1e3 * min(times):.1f} - {1e3 * max(times):.1f}]"
+
+
+ASSUMED_CACHE = 32 * 2**20
+"""Last-level cache assumed when the machine does not say (sysfs, CUDA): 32 MiB, a server CPU's L3
+slice or a large GPU's L2 (an H100 has 50 MB)."""
+
+
+def last_level_cache(device: torch.device) -> tuple[int, str]:
+    """Bytes of the last-level cache serving ``device`` and where the figure comes from."""
+    if device.type == "cuda":
+        size = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)
+        return (size, "CUDA L2") if size else (ASSUMED_CACHE, "assumed")
+    levels = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = (index / "level").read_text(), (index / "size").read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
+        levels.append((int(level), int(size.rstrip("KMG")) * scale))
+    if not levels:
+        return ASSUMED_CACHE, "assumed"
+    level, size = max(levels)
+    return size, f"L{level}, sysfs"
+
+
+def _cache_words(r: dict[str, Any]) -> str | None:
+    """When the copy that sets the floor fits in the last-level cache, the floor is the cache's, not memory's."""
+    size, source = last_level_cache(torch.device(r["device"]))
+    moved = 2 * 4 * r["n"]
+    if moved > size:
+        return None
+    return (
+        f"  (a cache floor: the copy of 2 N 4 B = {moved / 2**20:.1f} MB fits in the {size / 2**20:.0f} MB "
+        f"last-level cache ({source}); memory bandwidth sets the floor only for larger N)"
+    )
 
 
 def floor_seconds(r: dict[str, Any]) -> float:
@@ -266,6 +271,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"    predict+mask+assemble   {_ms(r['pass'])}",
         f"  copy bandwidth            {bandwidth / 1e9:9.2f} GB/s (bytes read + written)",
         f"  floor (h+3) N 4 B / bw    {1e3 * floor:9.1f} ms",
+        *filter(None, [_cache_words(r)]),
         f"  step / floor              {step / floor:9.2f}",
         f"  extra memory              {r['memory'] / 2**20:9.0f} MB ({r['memory_kind']}); snapshots h N 4 B = "
         f"{h * vector / 2**20:.0f} MB; budget h N 4 B + N 4 B + 64 MB = {((h + 1) * vector) / 2**20 + 64:.0f} MB",
@@ -285,30 +291,33 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def format_comparison(results: list[dict[str, Any]]) -> str:
-    """One line per kernel: the step, its parts and the floor, all medians in ms."""
-    lines = [
-        f"{'kernel':<10}{'step':>9}{'copy-in+Gram':>14}{'algebra':>9}{'pass':>9}{'floor':>9}{'step/floor':>12}"
-    ]
+    """One row per kernel: the step, its parts and the floor, all medians in ms."""
+    rows = []
     for r in results:
         parts = [statistics.median(r[k]) for k in ("step", "copy_in_gram", "algebra", "pass")]
         floor = floor_seconds(r)
-        lines.append(
-            f"{r['kernel']:<10}" + "".join(f"{1e3 * t:>{w}.1f}" for t, w in zip(parts, (9, 14, 9, 9)))
-            + f"{1e3 * floor:>9.1f}{parts[0] / floor:>12.2f}"
-        )
-    return "\n".join(lines)
+        rows.append([r["kernel"], *(f"{1e3 * t:.1f}" for t in [*parts, floor]), f"{parts[0] / floor:.2f}"])
+    return markdown_table(["kernel", "step", "copy-in+Gram", "algebra", "pass", "floor", "step/floor"], rows)
 
 
 def format_sweep(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'N':>12}{'kernel':>10}{'step ms':>10}{'floor ms':>10}{'ratio':>8}{'ns / param':>12}{'extra MB':>10}"]
+    rows = []
     for r in results:
         step = statistics.median(r["step"])
         floor = floor_seconds(r)
-        lines.append(
-            f"{r['n']:>12,}{r['kernel']:>10}{1e3 * step:>10.1f}{1e3 * floor:>10.1f}{step / floor:>8.2f}"
-            f"{1e9 * step / r['n']:>12.2f}{r['memory'] / 2**20:>10.0f}"
+        rows.append(
+            [
+                f"{r['n']:,}",
+                r["kernel"],
+                f"{1e3 * step:.1f}",
+                f"{1e3 * floor:.1f}" + (" (cache)" if _cache_words(r) else ""),
+                f"{step / floor:.2f}",
+                f"{1e9 * step / r['n']:.2f}",
+                f"{r['memory'] / 2**20:.0f}",
+            ]
         )
-    return "\n".join(lines)
+    table = markdown_table(["N", "kernel", "step ms", "floor ms", "ratio", "ns / param", "extra MB"], rows)
+    return table + "\n(cache): a cache floor, the copy of 2 N 4 B fits in the last-level cache."
 
 
 def _overhead(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -36,7 +36,10 @@ _MASK_ROWS, _MASK_COLS = 32, 512
 """A mask is block-averaged to at most this many pixels per layer band: big layers stay legible."""
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, title: str | None = None) -> Path:
+    """Write ``fig`` as PNG; ``title`` (the task and the study, see :func:`write_plots`) heads it."""
+    if title:
+        fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
@@ -86,8 +89,9 @@ def _successful(runs: list[Run]) -> dict[str, tuple[list[Run], int]]:
     return out
 
 
-def _curve_plot(path: Path, runs: list[Run], key: str, ylabel: str, log: bool) -> Path:
-    """``key`` against training time (left) and against epoch (right), one colour per method."""
+def _curve_plot(path: Path, runs: list[Run], key: str, ylabel: str, log: bool, title: str, reference: str) -> Path:
+    """``key`` against training time (left) and against epoch (right), one colour per method; a dotted
+    line marks the ``reference`` method's best value (the mean over its seeds' bests: the TTB targets)."""
     groups = _successful(runs)
     colors = _colors(list(by_method(runs)))
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -100,12 +104,18 @@ def _curve_plot(path: Path, runs: list[Run], key: str, ylabel: str, log: bool) -
     ax_epoch.set_xlabel("epoch")
     ax_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_time.set_ylabel(ylabel)
+    if reference in groups:
+        bests = [best(r["epochs"], key) for r in groups[reference][0]]
+        target = float(np.mean([b for b in bests if b is not None]))
+        for ax in (ax_time, ax_epoch):
+            ax.axhline(target, color=colors[reference], linestyle=":", linewidth=1)
+        ax_epoch.plot([], [], color=colors[reference], linestyle=":", label=f"{reference}'s best: {target:.4g}")
     for ax in (ax_time, ax_epoch):
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     ax_epoch.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def _predicting(run: Run) -> list[tuple[int, dict[str, Any]]]:
@@ -145,7 +155,7 @@ def _epoch_band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, colo
     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
 
-def _accepted_plot(path: Path, groups: dict[str, list[Run]], colors: dict[str, str]) -> Path:
+def _accepted_plot(path: Path, groups: dict[str, list[Run]], colors: dict[str, str], title: str) -> Path:
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for method, ok in groups.items():
@@ -155,7 +165,7 @@ def _accepted_plot(path: Path, groups: dict[str, list[Run]], colors: dict[str, s
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def _grid(groups: dict[str, Any], height: float, width: float = 8) -> tuple[Figure, list[Axes]]:
@@ -165,7 +175,7 @@ def _grid(groups: dict[str, Any], height: float, width: float = 8) -> tuple[Figu
     return fig, list(axes)
 
 
-def _per_layer_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
+def _per_layer_plot(path: Path, groups: dict[str, list[Run]], title: str) -> Path:
     """Paper Fig. 11(a): accepted ratio of every parameter (rows) at every predicting epoch (columns)."""
     names = _param_names(next(iter(groups.values())))
     fig, axes = _grid(groups, height=1.0 + 0.18 * len(names))
@@ -182,10 +192,10 @@ def _per_layer_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
         ax.set_title(f"{method}: accepted ratio per parameter (mean over seeds)", fontsize=9)
         ax.set_xlabel("epoch")
         fig.colorbar(image, ax=ax)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def _per_type_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
+def _per_type_plot(path: Path, groups: dict[str, list[Run]], title: str) -> Path:
     """Paper Fig. 11(b): accepted ratio per layer type, beside the overall ratio.
 
     A type's ratio is the unweighted mean over its parameters (the run records hold ratios per
@@ -209,18 +219,18 @@ def _per_type_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def _rejection_plots(path: Path, groups: dict[str, list[Run]]) -> list[Path]:
+def _rejection_plots(path: Path, groups: dict[str, list[Run]], title: str) -> list[Path]:
     """The rejection-reason plot of the methods whose criterion rejects anything (not ``random-mask``)."""
     checked = {
         m: ok for m, ok in groups.items() if any(sum(s["rejected"].values()) for r in ok for _, s in _predicting(r))
     }
-    return [_rejection_plot(path, checked)] if checked else []
+    return [_rejection_plot(path, checked, title)] if checked else []
 
 
-def _rejection_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
+def _rejection_plot(path: Path, groups: dict[str, list[Run]], title: str) -> Path:
     """Paper Fig. 16: the fraction of elements each check rejects, per epoch, and the accepted fraction.
 
     Drawn as separate lines rather than stacked: one element can fail several checks, so the
@@ -238,7 +248,7 @@ def _rejection_plot(path: Path, groups: dict[str, list[Run]]) -> Path:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def _mask_files(out_dir: Path, runs: list[Run], epoch: int | None) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -256,57 +266,75 @@ def _mask_files(out_dir: Path, runs: list[Run], epoch: int | None) -> dict[str, 
     return found
 
 
-def _mask_plot(path: Path, method: str, seed: int, saved: dict[str, Any]) -> Path:
-    """Paper Fig. 12: one horizontal band per layer, blue where SGD's update stands, red where the prediction does.
+def _mask_plot(path: Path, method: str, seed: int, saved: dict[str, Any], title: str) -> Path:
+    """Paper Fig. 12: one horizontal band per layer, coloured where the prediction was accepted.
 
-    Large layers are block-averaged, so mixed blocks show as shades between the two.
+    A layer larger than :data:`_MASK_ROWS` x :data:`_MASK_COLS` is shown in blocks, each cell the
+    fraction of its block's elements that took the prediction. The colour scale is a square root,
+    so that a block with a few accepted elements stands out from one with none (a linear mean
+    hid ~10 % acceptance as "none").
     """
     masks = saved["masks"]
-    fig = Figure(figsize=(10, 0.6 + 0.5 * len(masks)), layout="constrained")
+    fig = Figure(figsize=(10, 1.0 + 0.5 * len(masks)), layout="constrained")
     axes = fig.subplots(len(masks), 1, squeeze=False)[:, 0]
+    norm = PowerNorm(gamma=0.5, vmin=0, vmax=1)
+    blocked = False
     for ax, (name, mask) in zip(axes, masks.items()):
         size = (min(mask.shape[0], _MASK_ROWS), min(mask.shape[1], _MASK_COLS))
+        blocked |= size != tuple(mask.shape)
         blocks = torch.nn.functional.adaptive_avg_pool2d(mask.float()[None], size)[0]
-        ax.imshow(blocks.numpy(), aspect="auto", cmap="coolwarm", vmin=0, vmax=1, interpolation="nearest")
+        image = ax.imshow(blocks.numpy(), aspect="auto", cmap="Reds", norm=norm, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+        share = mask.float().mean().item()
+        ax.set_ylabel(f"{name}\n{100 * share:.1f} %", rotation=0, ha="right", va="center", fontsize=7)
+    fig.colorbar(image, ax=list(axes), label="accepted fraction (square-root scale)", ticks=[0, 0.05, 0.2, 0.5, 1])
     share = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    cell = "a cell: the fraction of its block of weights" if blocked else "a cell: one weight"
     axes[0].set_title(
-        f"{method}, seed {seed}, epoch {saved['epoch']}: predicted (red, {100 * share:.1f} %) and SGD (blue) weights"
+        f"{method}, seed {seed}, epoch {saved['epoch']}: weights that took the prediction ({100 * share:.1f} %; "
+        f"white: the optimizer's); {cell}",
+        fontsize=9,
     )
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def write_plots(out_dir: Path, runs: list[Run], mask_epoch: int | None = None) -> list[Path]:
+def write_plots(
+    out_dir: Path, runs: list[Run], mask_epoch: int | None = None, reference: str = "baseline"
+) -> list[Path]:
     """Write the study's PNGs under ``out_dir/plots``; return their paths.
 
-    Training loss (log scale) and validation accuracy against time and epoch; for methods that
+    Every figure is titled with the task and the study (``out_dir``'s name). Training loss (log
+    scale) and validation accuracy against time and epoch, with the ``reference`` method's best
+    marked; for methods that
     predicted: accepted ratio per epoch, per parameter and per layer type, and rejection reasons;
     a mask heatmap per method from ``out_dir/masks/<method>-seed<seed>.pt`` where the runner
     saved one (the lowest seed; only masks of ``mask_epoch`` when given).
     """
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
+    title = f"{runs[0]['task']}, study {Path(out_dir).resolve().name}"
     paths = [
-        _curve_plot(plots / "train_loss.png", runs, "train_loss", "training loss (full pass)", log=True),
-        _curve_plot(plots / "val_acc.png", runs, "val_acc", "validation accuracy", log=False),
-        *loss_against_flops(plots / "train_loss_flops.png", runs),
+        _curve_plot(plots / "train_loss.png", runs, "train_loss", "training loss (full pass)", True, title, reference),
+        _curve_plot(plots / "val_acc.png", runs, "val_acc", "validation accuracy", False, title, reference),
+        *loss_against_flops(plots / "train_loss_flops.png", runs, reference, title),
     ]
     groups = _pdt_groups(runs)
     if groups:
         paths += [
-            _accepted_plot(plots / "accepted_ratio.png", groups, _colors(list(by_method(runs)))),
-            _per_layer_plot(plots / "accepted_ratio_per_layer.png", groups),
-            _per_type_plot(plots / "accepted_ratio_per_layer_type.png", groups),
-            *_rejection_plots(plots / "rejection_reasons.png", groups),
+            _accepted_plot(plots / "accepted_ratio.png", groups, _colors(list(by_method(runs))), title),
+            _per_layer_plot(plots / "accepted_ratio_per_layer.png", groups, title),
+            _per_type_plot(plots / "accepted_ratio_per_layer_type.png", groups, title),
+            *_rejection_plots(plots / "rejection_reasons.png", groups, title),
         ]
     for method, (seed, saved) in _mask_files(out_dir, runs, mask_epoch).items():
-        paths.append(_mask_plot(plots / f"mask-{method}.png", method, seed, saved))
+        paths.append(_mask_plot(plots / f"mask-{method}.png", method, seed, saved, title))
     return paths
 
 
-def plot_sweep(out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, value: str) -> Path:
+def plot_sweep(
+    out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, value: str, title: str | None = None
+) -> Path:
     """Heatmap of ``value`` over the grid of ``x`` and ``y`` (paper App. A.9), each cell annotated.
 
     Cells without a row, or whose value is ``None`` or not finite (a target never reached, a
@@ -334,7 +362,7 @@ def plot_sweep(out_path: Path, grid_rows: list[dict[str, Any]], x: str, y: str, 
     ax.set_ylabel(y)
     ax.set_title(value)
     fig.colorbar(image, ax=ax)
-    return _save(fig, Path(out_path))
+    return _save(fig, Path(out_path), title)
 
 
 def _by_flops(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +373,7 @@ def _by_flops(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
     return grid, np.array(losses)
 
 
-def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline") -> list[Path]:
+def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline", title: str | None = None) -> list[Path]:
     """Paper Fig. 9(b): training loss against cumulative FLOPs (:func:`~pdt_bench.metrics.cumulative_flops`).
 
     One colour per method, geometric mean ± geometric std over its successful seeds; a dashed line
@@ -377,7 +405,7 @@ def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline")
     ax.set_title("Training loss against compute (geometric mean ± std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return [_save(fig, Path(path))]
+    return [_save(fig, Path(path), title)]
 
 
 def _plane_words(landscape: Landscape) -> tuple[str, str, str]:

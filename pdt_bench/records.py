@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, TypedDict
 
-__all__ = ["Epoch", "Landscape", "Run", "load_run", "load_runs", "save_json"]
+__all__ = ["Epoch", "Landscape", "Run", "load_run", "load_runs", "save_json", "write_text"]
 
 
 class Epoch(TypedDict):
@@ -81,17 +80,23 @@ class Landscape(TypedDict):
     """Wall-clock seconds of the training runs and of the loss grid."""
 
 
-def save_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader (or a crash) never sees a half-written file."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically: a reader (or a crash) never sees a half-written file. (Binary
+    files go through :func:`torch_pdt.save_atomic`.)"""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # beside it: the rename stays atomic
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON with :func:`write_text`."""
+    write_text(path, json.dumps(data, indent=1, allow_nan=True))
 
 
 def load_run(path: Path) -> Run:

@@ -10,13 +10,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from .metrics import best, by_method, cumulative_flops, time_to_target
-from .records import Run, save_json
+from .records import Run, save_json, write_text
 
-__all__ = ["SAME", "format_table", "markdown_table", "no_effect", "verdict", "write_report", "write_summary"]
+__all__ = [
+    "SAME",
+    "compact_table",
+    "format_table",
+    "markdown_table",
+    "no_effect",
+    "no_effect_cell",
+    "percent_change",
+    "verdict",
+    "write_report",
+    "write_summary",
+]
 
 _PERCENT = "percent"
 """A fraction shown in percent with one decimal (reductions, ratios of elements or time)."""
@@ -71,12 +83,12 @@ def _loss_columns(m: dict[str, Any], loss: str) -> list[tuple[str, str]]:
         ("reached", _reached(m[f"ttb_{loss}_s"])),
         ("reduction %", _stat(m[f"reduction_{loss}"], _PERCENT)),
         ("median %", _median(m[f"reduction_{loss}"], _PERCENT)),
-        ("median % (epochs)", _no_effect_cell(m) or _median(m[f"reduction_{loss}_epochs"], _PERCENT)),
+        ("median % (epochs)", no_effect_cell(m) or _median(m[f"reduction_{loss}_epochs"], _PERCENT)),
         ("final loss ratio", _stat(m["final_loss_ratio"])),
     ]
 
 
-def _no_effect_cell(m: dict[str, Any]) -> str | None:
+def no_effect_cell(m: dict[str, Any]) -> str | None:
     reason = no_effect(m)
     if reason is None:
         return None
@@ -95,6 +107,8 @@ def _other_columns(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("best acc %", _stat(m["best_val_acc"], _POINTS)),
         ("best loss", _stat(m["best_train_loss"])),
         ("accepted %", _stat(m["accepted_ratio"], _PERCENT)),
+        ("predictions", _stat(m["predictions"], _EPOCHS) if m["pdt"] else "-"),
+        ("rolled back", _stat(m["rollbacks"], _EPOCHS) if m["pdt"] else "-"),
         ("PDT time %", _stat(m["pdt_time_share"], _PERCENT)),
         ("diverged", f"{m['diverged']}/{m['runs']}"),
     ]
@@ -110,15 +124,58 @@ def _rows(summary: dict[str, Any], loss: str = "loss", full: bool = True) -> tup
 
 
 def format_table(summary: dict[str, Any], loss: str = "loss") -> str:
-    """The study as a fixed-width table, one line per method (method left-aligned, numbers right)."""
-    headers, rows = _rows(summary, loss)
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    """Every figure of the study, one row per method (``pdt-bench compare --wide``; report.md)."""
+    return markdown_table(*_rows(summary, loss))
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    rule = "-" * len(line(headers))
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+def _epochs_reached(m: dict[str, Any]) -> str:
+    """Median epochs to the reference's best train loss and the seeds that got there: ``12 (3/5)``."""
+    if (cell := no_effect_cell(m)) is not None:
+        return cell
+    e = m["ttb_loss_epochs"]
+    median = "n/r" if e["median"] is None else f"{e['median']:g}"
+    return f"{median} ({e['n']}/{e['of']})"
+
+
+def percent_change(fraction: float | None) -> str:
+    """A reduction as a signed whole percentage (``+40%``); ``n/r`` for none (a target not reached)."""
+    return "n/r" if fraction is None else f"{100 * fraction:+.0f}%"
+
+
+def compact_table(summary: dict[str, Any]) -> str:
+    """The study in a terminal (under 100 columns for method names up to ~20 characters): per method the
+    median epochs to the reference's best train loss with the seeds that reached it, the median
+    reduction in epochs, the final accuracy and its difference from the reference's, the accepted
+    share and PDT's share of the time (means over seeds)."""
+    methods, reference = summary["methods"], summary["methods"][summary["reference"]]
+    base_acc = reference["final_val_acc"]["mean"]
+    rows = []
+    for name, m in methods.items():
+        acc = m["final_val_acc"]["mean"]
+        delta = "" if acc is None or base_acc is None else f" ({100 * (acc - base_acc):+.2f})"
+        accepted = m["accepted_ratio"]["mean"]
+        rows.append(
+            [
+                name,
+                _epochs_reached(m),
+                percent_change(m["reduction_loss_epochs"]["median"]),
+                "-" if acc is None else f"{100 * acc:.2f}{delta}",
+                "-" if accepted is None else f"{100 * accepted:.1f}",
+                "-" if m["pdt_time_share"]["mean"] is None else f"{100 * m['pdt_time_share']['mean']:.1f}",
+            ]
+        )
+    headers = ["method", "epochs to target", "reduction", "final acc %", "accepted %", "PDT time %"]
+    legend = (
+        f"epochs to target: median epochs to the {summary['reference']}'s best train loss (seeds reached); "
+        f"reduction: median, in epochs; final acc: mean (difference). Verdicts against the {summary['reference']}, "
+        "in epochs over seeds:"
+    )
+    lines = textwrap.wrap(legend, 100)
+    for name, m in methods.items():
+        if m is not reference:
+            line = verdict(name, m, reference, summary["reference"], brief=True)
+            lines += textwrap.wrap(line, 100, subsequent_indent="  ")
+    return markdown_table(headers, rows) + "\n\n" + "\n".join(lines)
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
@@ -129,8 +186,16 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    align = ["---"] + ["---:"] * (len(headers) - 1)
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, align, *rows])
+    """A Markdown table, padded so that it also reads aligned as plain text: the first column
+    left-aligned, the others right-aligned (numbers)."""
+    widths = [max(3, *(len(r[i]) for r in [headers, *rows])) for i in range(len(headers))]
+    rule = ["-" * widths[0]] + ["-" * (w - 1) + ":" for w in widths[1:]]
+
+    def line(cells: list[str]) -> str:
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "| " + " | ".join(padded) + " |"
+
+    return "\n".join(line(cells) for cells in [headers, rule, *rows])
 
 
 def _sooner_or_later(fraction: float) -> str:
@@ -187,7 +252,17 @@ def no_effect(m: dict[str, Any]) -> str | None:
     return None
 
 
-def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_name: str) -> str:
+_ASPECTS = {
+    "epochs to the best train loss": "epochs to loss",
+    "epochs to the best accuracy": "epochs to acc",
+    "final train loss": "final loss",
+    "final accuracy": "final acc",
+    "stability": "stability",
+}
+"""What a verdict judges, in the report's words and in the terminal's (``brief``)."""
+
+
+def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_name: str, brief: bool = False) -> str:
     """One plain-words line: where method ``name`` did and did not help relative to the reference.
 
     The targets are judged in epochs over seeds: the median reduction in epochs to the reference's
@@ -197,15 +272,17 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
     accuracy by the difference of means. Changes within :data:`SAME` are "about the same"; a
     diverged run counts against stability. A PDT method whose predictions never ran or never
     accepted anything is said to have had no effect, whatever its numbers; one seed is said too.
+    ``brief``: the judgement only, in short words and without Markdown (the terminal's line).
     """
+    title = name if brief else f"**{name}**"
     if m["compared"] == 0:
         if m["runs"] and m["diverged"] == m["runs"]:
-            return f"**{name}**: diverged on {m['diverged']}/{m['runs']} runs."
-        return f"**{name}**: not compared (no successful {reference_name} run of the same seed)."
-    caveat = " (one seed: no spread, read with care)" if m["compared"] == 1 else ""
+            return f"{title}: diverged on {m['diverged']}/{m['runs']} runs."
+        return f"{title}: not compared (no successful {reference_name} run of the same seed)."
+    caveat = (" (one seed)" if brief else " (one seed: no spread, read with care)") if m["compared"] == 1 else ""
     nothing = no_effect(m)
     if nothing is not None:
-        return f"**{name}**: no effect to report: {nothing}{caveat}."
+        return f"{title}: no effect to report: {nothing}{caveat}."
     ratio = m["final_loss_ratio"]["mean"]
     acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
     sides = {
@@ -218,8 +295,11 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
         sides["stability"] = "worse"
 
     def listed(side: str) -> str:
-        return ", ".join(a for a, s in sides.items() if s == side) or "nothing"
+        return ", ".join(_ASPECTS[a] if brief else a for a, s in sides.items() if s == side) or "nothing"
 
+    if brief:  # the groups that have something, so that the line fits a terminal
+        groups = [f"{side} {listed(side)}" for side in ("helped", "same", "worse") if side in sides.values()]
+        return f"{title}{caveat}: {'; '.join(groups)}."
     facts = [
         _epochs_words(m, "loss", "best train loss", reference_name),
         _epochs_words(m, "acc", "best validation accuracy", reference_name),
@@ -229,7 +309,7 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
     if m["diverged"]:
         facts.append(f"diverged on {m['diverged']}/{m['runs']} runs")
     return (
-        f"**{name}**{caveat} helped with: {listed('helped')}; about the same: {listed('same')}; "
+        f"{title}{caveat} helped with: {listed('helped')}; about the same: {listed('same')}; "
         f"did not help with: {listed('worse')}. It {'; '.join(facts)}."
     )
 
@@ -380,8 +460,5 @@ The mean of the batch losses during an epoch instead of a full pass after it.
 {chr(10).join(images)}
 """
     path = out_dir / "report.md"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
     return path

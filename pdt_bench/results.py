@@ -23,13 +23,14 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from .metrics import by_method
-from .records import load_runs
-from .report import markdown_table, no_effect
+from .records import load_runs, write_text
+from .report import markdown_table, no_effect, no_effect_cell, percent_change
 
 __all__ = ["add_command", "load_targets", "write_results"]
 
@@ -45,6 +46,9 @@ CONTROLS = (
 )
 """Columns of the headline table after PDT, when a study has them."""
 
+
+ACCURACY_TOLERANCE = 0.003
+"""How far PDT's final accuracy may fall below the baseline's when a study's targets do not say."""
 
 TARGET_KEYS = {"reduction": float, "accuracy_tolerance": float, "ahead_of": list, "budget": bool}
 
@@ -73,13 +77,9 @@ def load_targets(path: Path) -> dict[str, Any]:
     return data
 
 
-def _pct(x: float | None) -> str:
-    return "n/r" if x is None else f"{100 * x:+.0f}%"
-
-
 def _epochs(m: dict[str, Any]) -> str:
     """Median epochs to the target with the seeds' range and how many reached it: ``12 (10–14) 3/3``."""
-    if (cell := _no_effect_words(m)) is not None:
+    if (cell := no_effect_cell(m)) is not None:
         return cell
     e = m["ttb_loss_epochs"]
     if e["n"] == 0:
@@ -88,13 +88,6 @@ def _epochs(m: dict[str, Any]) -> str:
     high = "n/r" if e["max"] is None else f"{e['max']:g}"
     spread = f" ({e['min']:g}–{high})" if e["of"] > 1 else ""
     return f"{median}{spread} {e['n']}/{e['of']}"
-
-
-def _no_effect_words(m: dict[str, Any]) -> str | None:
-    reason = no_effect(m)
-    if reason is None:
-        return None
-    return "no prediction" if reason.startswith("no prediction") else "none accepted"
 
 
 def _acc(m: dict[str, Any]) -> str:
@@ -149,12 +142,13 @@ def _checks(name: str, directory: Path, summary: dict[str, Any], targets: dict[s
     seconds = pdt["reduction_loss"]["median"]
     acc_gap = pdt["final_val_acc"]["mean"] - base["final_val_acc"]["mean"]
     if "reduction" in targets:
-        want, tolerance = targets["reduction"], targets.get("accuracy_tolerance", 0.003)
+        want, tolerance = targets["reduction"], targets.get("accuracy_tolerance", ACCURACY_TOLERANCE)
         ok = got["median"] is not None and got["median"] >= want and acc_gap >= -tolerance
         lines.append(
             f"PDT ≥ {100 * want:.0f}% fewer epochs to the {reference}'s best training loss (median of "
             f"{got['of']} seeds) with final accuracy at most {100 * tolerance:.1f} points lower: measured "
-            f"{_pct(got['median'])} (seeds {_pct(got['min'])} to {_pct(got['max'])}; {_pct(seconds)} in seconds), "
+            f"{percent_change(got['median'])} (seeds {percent_change(got['min'])} to {percent_change(got['max'])}; "
+            f"{percent_change(seconds)} in seconds), "
             f"accuracy {100 * acc_gap:+.2f} points: " + ("**reached**" if ok else "**not reached**")
         )
     for peer in targets.get("ahead_of", []):
@@ -164,7 +158,7 @@ def _checks(name: str, directory: Path, summary: dict[str, Any], targets: dict[s
         theirs = methods[peer]["reduction_loss_epochs"]["median"]
         ok = got["median"] is not None and (theirs is None or got["median"] > theirs)
         lines.append(
-            f"PDT ahead of `{peer}`: {_pct(got['median'])} against {_pct(theirs)}: "
+            f"PDT ahead of `{peer}`: {percent_change(got['median'])} against {percent_change(theirs)}: "
             + ("**reached**" if ok else "**not reached**")
         )
     if targets.get("budget"):
@@ -223,8 +217,8 @@ def _study_table(summary: dict[str, Any]) -> str:
             [
                 name,
                 _epochs(m),
-                _pct(red["median"]),
-                _pct(m["reduction_loss"]["median"]),
+                percent_change(red["median"]),
+                percent_change(m["reduction_loss"]["median"]),
                 "-" if ratio is None else f"{ratio:.3f}",
                 _acc(m),
                 "-" if gap is None or base_acc is None else f"{100 * (gap - base_acc):+.2f}",
@@ -270,8 +264,9 @@ def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
     return markdown_table(headers, rows)
 
 
-def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None, preamble: str = "") -> Path:
-    """Write ``out`` (Markdown) over every ``compare`` directory under ``study``; links point at them."""
+def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None, notes: Path | None = None) -> Path:
+    """Write ``out`` (Markdown) over every ``compare`` directory under ``study``; links point at them and at
+    ``notes``, the hand-written account of how the study was run (linked, not copied: one source)."""
     targets = targets or {}
     studies = []
     for summary_path in sorted(study.glob("*/summary.json")):
@@ -291,8 +286,13 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             f"({study}/<name>/summary.json)"
             + (f"; {study} itself is a single compare output" if (study / "summary.json").exists() else "")
         )
+    head = f"# Results of the study under `{study.as_posix()}`\n\n"
+    head += "Every table and target line below is computed from the runs by `pdt-bench results`."
+    if notes is not None:
+        link = Path(os.path.relpath(notes, out.parent)).as_posix()
+        head += f" How the study was run, its protocols and what it does not cover yet: [{notes.name}]({link})."
     parts = [
-        preamble.strip(),
+        head,
         "## Headline\n\nEpochs to the reference's (the baseline's) best training loss: median over seeds "
         "(min–max), then how many seeds reached it; 'n/r': not reached; 'no prediction': PDT never predicted. "
         "'budget-matched': the baseline with its whole learning-rate schedule compressed to E epochs "
@@ -312,15 +312,35 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
     toy = study / "toy.txt"
     if toy.exists():
         parts.append(f"## Toy problem (`pdt-bench toy`)\n\n```\n{toy.read_text().strip()}\n```")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n\n".join(p for p in parts if p) + "\n")
+    write_text(out, "\n\n".join(parts) + "\n")
     return out
 
 
+DEFAULT_PAGE = "README.md"
+"""The page's name inside the study directory when no ``--out`` is given (shown when browsing it)."""
+
+
+def _tracked(path: Path) -> bool:
+    """Whether git tracks ``path`` (``False`` outside a checkout or without git)."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent, capture_output=True, text=True
+        )
+    except OSError:
+        return False
+    return out.returncode == 0
+
+
 def _results(args: argparse.Namespace) -> int:
-    preamble = args.preamble.read_text() if args.preamble else ""
+    out = args.out
+    if out is None:
+        out = args.study / DEFAULT_PAGE
+        if out.exists() and _tracked(out):
+            raise ValueError(f"{out} is tracked by git: pass --out {out} to replace it")
+    if args.notes is not None and not args.notes.is_file():
+        raise ValueError(f"--notes {args.notes}: no such file")
     targets = load_targets(args.targets) if args.targets else {}
-    print(f"results: {write_results(args.study, args.out, targets, preamble)}")
+    print(f"results: {write_results(args.study, out, targets, args.notes)}")
     return 0
 
 
@@ -328,7 +348,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     """The ``pdt-bench results`` sub-command."""
     p = sub.add_parser("results", help="one Markdown page over a study's compare directories")
     p.add_argument("study", type=Path, help="directory holding one compare output per sub-directory")
-    p.add_argument("--out", type=Path, required=True, help="page to write (e.g. docs/results.md)")
+    p.add_argument(
+        "--out", type=Path, help=f"page to write (default STUDY/{DEFAULT_PAGE}, never replaced while git tracks it)"
+    )
     p.add_argument("--targets", type=Path, help="JSON: study name -> targets (see pdt_bench.results)")
-    p.add_argument("--preamble", type=Path, help="Markdown placed at the top (how the study was run)")
+    p.add_argument("--notes", type=Path, help="Markdown on how the study was run, linked from the page's head")
     p.set_defaults(func=_results)

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import metrics, plots, report
 from .compare import add_run_arguments, execute, run_configs
-from .records import save_json
+from .records import save_json, write_text
 
 __all__ = ["GRID_KEYS", "add_command"]
 
@@ -95,13 +95,14 @@ def _sweep(args: argparse.Namespace) -> int:
     if len(keys) == 2:
         for method in methods[1:]:
             path = out / f"sweep-{method}.png"
-            plots.plot_sweep(
-                path, [r for r in rows if r["method"] == method], keys[0], keys[1], "ttb_loss_reduction_median"
-            )
+            points = [r for r in rows if r["method"] == method]
+            title = f"{args.task}, sweep {out.resolve().name}: {method}"
+            plots.plot_sweep(path, points, keys[0], keys[1], "ttb_loss_reduction_median", title)
             figures.append(path)
-    (out / "sweep.md").write_text(
-        f"# Sweep on {args.task}\n\n```\n{command}\n```\n\n```\n{table}\n```\n"
-        + "".join(f"\n![{p.stem}]({p.name})\n" for p in figures)
+    write_text(
+        out / "sweep.md",
+        f"# Sweep on {args.task}\n\n```\n{command}\n```\n\n{table}\n"
+        + "".join(f"\n![{p.stem}]({p.name})\n" for p in figures),
     )
     print(table)
     print(f"report: {out / 'sweep.md'}")
@@ -109,18 +110,19 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _table(keys: list[str], rows: list[dict[str, Any]]) -> str:
-    head = (
-        "".join(f"{k:>12}" for k in keys)
-        + f"  {'method':<20}{'TTB-Loss red.':>14}{'n/r':>6}{'final/base':>12}{'acc':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            "".join(f"{r[k]:>12g}" for k in keys)
-            + f"  {r['method']:<20}{_fmt(r['ttb_loss_reduction_median'], '>14.1%')}{r['never_reached']:>6}"
-            + f"{_fmt(r['final_loss_ratio_median'], '>12.3f')}{_fmt(r['final_val_acc_mean'], '>8.3f')}"
-        )
-    return "\n".join(lines)
+    headers = [*keys, "method", "TTB-Loss red.", "n/r", "final/base", "acc"]
+    cells = [
+        [
+            *(f"{r[k]:g}" for k in keys),
+            r["method"],
+            _fmt(r["ttb_loss_reduction_median"], ".1%"),
+            str(r["never_reached"]),
+            _fmt(r["final_loss_ratio_median"], ".3f"),
+            _fmt(r["final_val_acc_mean"], ".3f"),
+        ]
+        for r in rows
+    ]
+    return report.markdown_table(headers, cells)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,8 @@ import torch
 
 from torch_pdt import PDT, PDTMisuseWarning
 
+from .report import markdown_table
+
 __all__ = ["METHODS", "ToyResult", "compare", "format_table", "loss", "run"]
 
 START = (2.0, 2.0, 1.0, 0.5, -0.5, 1.5)
@@ -117,29 +119,27 @@ def compare(methods: list[str] | None = None, steps: int = 100, **pdt_kwargs: An
 
 
 def format_table(results: list[ToyResult]) -> str:
-    """Fixed-width table: steps to reach f < -0.1, final loss, stability, predictions, accepted ratio.
+    """Steps to reach f < -0.1, final loss, stability, predictions, accepted ratio; one row per method.
 
     A run is unstable when its loss ends non-finite or above where it started.
     """
     base = next((r.steps_to_threshold for r in results if r.method == "gd"), None)
-    header = (
-        f"{'method':<18}{'steps to f<-0.1':>16}{'saved':>8}{'final f':>11}{'stable':>8}"
-        f"{'predictions':>13}{'accepted':>10}"
-    )
-    lines = [header]
-    lines.append("-" * len(header))
+    rows = []
     for r in results:
-        steps = "never" if r.steps_to_threshold is None else str(r.steps_to_threshold)
-        gain = (
-            f"{1 - r.steps_to_threshold / base:+.0%}"
-            if base and r.steps_to_threshold is not None and r.method != "gd"
-            else ""
+        reached = r.steps_to_threshold
+        rows.append(
+            [
+                r.method,
+                "never" if reached is None else str(reached),
+                f"{1 - reached / base:+.0%}" if base and reached is not None and r.method != "gd" else "",
+                f"{r.final_loss:.4f}" if math.isfinite(r.final_loss) else "inf/nan",
+                "no" if r.diverged else "yes",
+                str(r.predictions),
+                f"{r.mean_accepted_ratio:.2f}" if r.predictions else "",
+            ]
         )
-        final = f"{r.final_loss:.4f}" if math.isfinite(r.final_loss) else "inf/nan"
-        stable = "no" if r.diverged else "yes"
-        ratio = f"{r.mean_accepted_ratio:.2f}" if r.predictions else ""
-        lines.append(f"{r.method:<18}{steps:>16}{gain:>8}{final:>11}{stable:>8}{r.predictions:>13}{ratio:>10}")
-    return "\n".join(lines)
+    headers = ["method", "steps to f<-0.1", "saved", "final f", "stable", "predictions", "accepted"]
+    return markdown_table(headers, rows)
 
 
 def _toy(args: argparse.Namespace) -> int:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torch_pdt import PDT
 
-from . import peers, tasks
+from . import memory, peers, tasks
 from .methods import Method, make_optimizer, make_schedule, parse_method
 from .records import Epoch, Run
 
@@ -173,13 +171,6 @@ def _matrix_views(pdt: PDT) -> dict[str, Tensor]:
     return {n: p.detach().reshape(p.shape[0], -1) for n, p in zip(pdt.names, pdt.params) if p.dim() >= 2}
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -188,15 +179,16 @@ def _sync(device: torch.device) -> None:
 def run(
     config: RunConfig,
     out_dir: Path | None = None,
-    progress: bool = False,
-    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    on_epoch: Callable[[Epoch, int], None] | None = None,
+    on_weights: Callable[[int, nn.Module], None] | None = None,
 ) -> Run:
     """Train ``config.task`` with ``config.method``; return the :class:`~pdt_bench.records.Run`.
 
     With ``out_dir``, also save the accepted-element masks at ``config.mask_epoch`` to
-    ``out_dir/masks/<method>-seed<seed>.pt``. ``on_epoch(epoch, model)`` is called off the clock
-    with the evaluated model before training (epoch 0) and after each epoch's PDT step (the
-    weight trajectories of ``pdt-bench landscape``).
+    ``out_dir/masks/<method>-seed<seed>.pt``. ``on_epoch(row, epochs)`` is called after every
+    epoch with its record and the run's number of epochs (progress display). ``on_weights(epoch,
+    model)`` is called off the clock with the evaluated model before training (epoch 0) and after
+    each epoch's PDT step (the weight trajectories of ``pdt-bench landscape``).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -238,20 +230,15 @@ def run(
     order = torch.Generator().manual_seed(cfg.seed)
     n_eval = min(len(task.y_train), TRAIN_EVAL_SAMPLES)
     x_eval, y_eval = task.x_train[:n_eval], task.y_train[:n_eval]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":  # on CPU, the run's own process holds nothing else
+        memory.reset_peak(device)
 
-    if on_epoch is not None:
-        on_epoch(0, evaluated)
+    if on_weights is not None:
+        on_weights(0, evaluated)
     rows: list[Epoch] = []
     clock = 0.0
     diverged = False
-    epochs = range(1, epochs_total + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc=f"{cfg.method} seed {cfg.seed}", leave=False, file=sys.stderr)
-    for epoch in epochs:
+    for epoch in range(1, epochs_total + 1):
         _sync(device)
         start = time.perf_counter()
         if method.schedule_free:
@@ -314,8 +301,10 @@ def run(
                 pdt=stats,
             )
         )
+        if on_weights is not None:
+            on_weights(epoch, evaluated)
         if on_epoch is not None:
-            on_epoch(epoch, evaluated)
+            on_epoch(rows[-1], epochs_total)
         if not math.isfinite(train_loss):
             diverged = True
             break
@@ -329,8 +318,8 @@ def run(
         "predictions": sum(1 for r in rows if r["pdt"] and r["pdt"]["predicted"]),
         "pdt_time": sum(r["pdt_time"] for r in rows),
         "snapshot_bytes": pdt.snapshot_bytes if pdt else 0,
-        "peak_memory_bytes": _peak_memory(device),
-        "peak_memory_kind": "cuda allocator" if device.type == "cuda" else "process RSS",
+        "peak_memory_bytes": memory.peak(device),
+        "peak_memory_kind": memory.kind(device),
     }
     run_config = asdict(cfg) | {
         "task_options": {k: str(v) for k, v in asdict(cfg.task_options).items()},

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 from collections.abc import Callable, Iterator
@@ -39,6 +38,8 @@ import numpy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from torch_pdt import save_atomic
 
 from . import DataMissing, Task, TaskOptions, cache_root, data_root
 
@@ -179,10 +180,8 @@ def _cached(source: Path, cache: Path, decode: Callable[[], Arrays]) -> Arrays:
         return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
     arrays = decode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so that concurrent runs never read a half-written cache.
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)), tmp)
-    os.replace(tmp, path)
+    # Atomic, so that concurrent runs never read a half-written cache.
+    save_atomic(dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)), path)
     return arrays
 
 

@@ -7,11 +7,12 @@ package's own split. Two models: the paper-style MLP 40-512-512-512-10 and a sma
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from torch_pdt import save_atomic
 
 from . import Task, TaskOptions, cache_root
 
@@ -30,10 +31,7 @@ def _data(num_samples: int, cache: Path) -> tuple[Tensor, Tensor, Tensor, Tensor
     path = cache / f"mnist1d-{num_samples}.pt"
     if path.exists():
         return torch.load(path)
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError("mnist1d tasks need the mnist1d package: pip install 'torch-pdt[bench]'") from e
+    from mnist1d.data import get_dataset_args, make_dataset  # the bench extra; pdt-bench says so when missing
     args = get_dataset_args()
     args.num_samples = num_samples
     d = make_dataset(args)
@@ -44,9 +42,7 @@ def _data(num_samples: int, cache: Path) -> tuple[Tensor, Tensor, Tensor, Tensor
         torch.tensor(d["y_test"], dtype=torch.int64),
     )
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)  # concurrent runs never read a half-written file
+    save_atomic(data, path)  # concurrent runs never read a half-written file
     return data
 
 

@@ -5,6 +5,7 @@ import torch
 
 from pdt_bench import cli
 from pdt_bench import overhead as bench
+from tables import table_rows
 from torch_pdt import kernel
 
 needs_compiler = pytest.mark.skipif(
@@ -17,10 +18,12 @@ def test_overhead_reports_the_compiled_step_beside_the_eager_one_and_the_floor(c
     assert cli.main(["overhead", "--params", "20k", "--repeat", "2", "--history", "3", "--horizon", "2"]) == 0
     out = capsys.readouterr().out
     assert "PDT step, eager passes" in out and "PDT step, compiled passes" in out
-    table = out[out.index("kernel ") :].splitlines()
-    assert table[0].split() == ["kernel", "step", "copy-in+Gram", "algebra", "pass", "floor", "step/floor"]
-    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table[1:3]}
+    header, *body = table_rows(out[out.index("| kernel") :])
+    assert header == ["kernel", "step", "copy-in+Gram", "algebra", "pass", "floor", "step/floor"]
+    rows = {row[0]: [float(x) for x in row[1:]] for row in body}
     assert set(rows) == {"eager", "compiled"}
+    # 20k parameters fit in any last-level cache: the report says its floor is the cache's.
+    assert "a cache floor" in out
     for step, copy_in, algebra, passes, floor, ratio in rows.values():
         assert step > 0 and ratio > 0  # (milliseconds to one decimal: the floor of 20k values prints as 0.0)
 
@@ -31,3 +34,11 @@ def test_the_compiled_measurement_predicts_as_the_eager_one():
     assert (eager["kernel"], compiled["kernel"]) == ("eager", "compiled")
     assert compiled["accepted_ratio"] == pytest.approx(eager["accepted_ratio"], abs=1e-4)
     assert 0 < eager["accepted_ratio"][0] < 1
+
+
+def test_the_floor_is_a_memory_floor_once_the_copy_outgrows_the_last_level_cache():
+    size, source = bench.last_level_cache(torch.device("cpu"))
+    assert size > 0 and source
+    fits, outgrows = ({"device": "cpu", "n": n} for n in (size // 8, size // 8 + 1))
+    assert "cache floor" in bench._cache_words(fits)
+    assert bench._cache_words(outgrows) is None

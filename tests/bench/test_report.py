@@ -2,12 +2,14 @@
 
 import json
 import math
-import re
+import statistics
 
+import numpy as np
 import pytest
 import torch
 
 from pdt_bench import metrics, plots, report
+from tables import table_rows
 
 PARAMS = {"conv.weight": "Conv2d", "conv.bias": "Conv2d", "fc.weight": "Linear", "fc.bias": "Linear"}
 EPOCHS = 12
@@ -101,20 +103,42 @@ def study(tmp_path_factory):
 def test_table_has_fixed_columns_and_counts(study):
     _, _, summary, _ = study
     table = report.format_table(summary)
-    print(table)
     lines = table.splitlines()
     assert len(lines) == 2 + 4
     assert len({len(line) for line in lines}) == 1
-    # Columns are separated by two or more spaces (cells hold single ones: "8.40 ± 0.00").
-    spans = [[m.span() for m in re.finditer(r"\S+(?: \S+)*", line)] for line in [lines[0], *lines[2:]]]
-    assert len({len(s) for s in spans}) == 1
-    assert len({s[0][0] for s in spans}) == 1  # method: left-aligned
-    for column in range(1, len(spans[0])):  # numbers: right-aligned
-        assert len({s[column][1] for s in spans}) == 1
-    rows = {line.split()[0]: line for line in lines[2:]}
-    assert "n/r" in rows["slow"] and " 0/3 " in rows["slow"]
-    assert " 3/3 " in rows["pdt"] and "1/3" in rows["nonselective"]  # diverged 1 of 3
-    assert "±" in rows["pdt"]
+    # Aligned as plain text too: every row's column borders at the same places.
+    assert len({tuple(i for i, c in enumerate(line) if c == "|") for line in lines}) == 1
+    assert lines[1].split("|")[1].strip().endswith("-") and lines[1].split("|")[2].strip().endswith(":")
+    rows = {row[0]: row for row in table_rows(table)[1:]}
+    assert "n/r" in rows["slow"] and "0/3" in rows["slow"]
+    assert "3/3" in rows["pdt"] and rows["nonselective"][-1] == "1/3"  # diverged 1 of 3
+    assert any("±" in cell for cell in rows["pdt"])
+
+
+def _long_named_study():
+    """The synthetic study with the long method names a budget and an lr sweep give."""
+    runs = synthetic_study()
+    for seed in range(3):
+        runs.append(synthetic_run("baseline@epochs=32", seed, rate=0.31))
+        runs.append(synthetic_run("schedule-free@lr=0.5", seed, rate=0.29))
+    return metrics.summarize(runs)
+
+
+def test_the_compact_table_fits_a_100_column_terminal():
+    summary = _long_named_study()
+    text = report.compact_table(summary)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    header, *body = table_rows(text)
+    assert header == ["method", "epochs to target", "reduction", "final acc %", "accepted %", "PDT time %"]
+    rows = {row[0]: row for row in body}
+    assert set(rows) == set(summary["methods"])
+    assert rows["pdt"][1:3] == ["8 (3/3)", "+33%"] and rows["slow"][1:3] == ["n/r (0/3)", "n/r"]
+    assert rows["pdt"][3] == "98.77 (+1.16)" and rows["pdt"][4] == "33.0" and rows["baseline"][4] == "-"
+    # One verdict line per compared method, the report's judgement in short words.
+    verdicts = {line.split(":")[0]: line for line in text.splitlines() if ": " in line and not line.startswith("|")}
+    assert set(summary["methods"]) - {"baseline"} <= set(verdicts)
+    assert verdicts["pdt"] == "pdt: helped epochs to loss, epochs to acc, final loss, final acc."
+    assert verdicts["nonselective"].endswith("; worse stability.")
 
 
 def test_summary_json(study, tmp_path):
@@ -167,7 +191,8 @@ def test_report(study):
     command = "pdt-bench compare --task synthetic --methods baseline,pdt,slow,nonselective --seeds 0,1,2"
     text = report.write_report(out, runs, summary, command, paths).read_text()
     assert command in text
-    assert "| lr | 0.05 |" in text and "| epochs | 12 |" in text
+    settings = {row[0]: row[1] for row in table_rows(text[text.index("## Settings") :])[1:]}
+    assert settings["lr"] == "0.05" and settings["epochs"] == "12"
     assert "![train_loss](plots/train_loss.png)" in text and "![mask-pdt](plots/mask-pdt.png)" in text
     assert "its best loss at its last epoch on 3/3 seeds" in text
     assert "### Final-loss ratio" in text and "authors' loss definition" in text
@@ -197,9 +222,47 @@ def test_verdict_reads_small_differences_as_about_the_same():
 def test_flops_to_the_reference_best_count_model_and_pdt_work(study):
     out, runs, summary, paths = study
     text = report.write_report(out, runs, summary, "pdt-bench compare", paths).read_text()
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    rows = {row[0]: row for row in table_rows(text[text.index("## Overheads") :])[1:]}
     # The baseline reaches its own best at its last epoch: 12 epochs of 1e9 FLOPs.
-    assert "| 1.2e+10 (3/3) |" in rows["baseline"]
+    assert "1.2e+10 (3/3)" in rows["baseline"]
     # pdt's loss exp(-0.45 e)(1 + 0.02 s) first reaches exp(-0.3 * 12)(1 + 0.02 s) at epoch 8,
     # after predictions at epochs 5 to 8 (START = 5): 8e9 + 4e7 FLOPs.
-    assert "| 8.04e+09 (3/3) |" in rows["pdt"]
+    assert "8.04e+09 (3/3)" in rows["pdt"]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plots draw, kept instead of written: ``(figure, title)`` pairs."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, title=None: figures.append((fig, title)) or path)
+    return figures
+
+
+def test_the_mask_heatmap_shows_sparse_acceptance_on_a_colour_scale(drawn, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    masks = {"big.weight": torch.rand(256, 4096, generator=g) < 0.1, "none.weight": torch.zeros(10, 64, dtype=bool)}
+    plots._mask_plot(tmp_path / "m.png", "pdt", 0, {"epoch": 6, "masks": masks}, "synthetic, study s")
+    (fig, title), = drawn
+    big, none, bar = fig.axes
+    assert title == "synthetic, study s"
+    image = big.images[0]
+    cells = image.get_array()
+    # A layer with 10 % accepted is visibly coloured (a linear block mean showed it as none), and a block of
+    # 64 weights with a single accepted one is an eighth up the scale, not 1/64.
+    assert cells.shape == (32, 512) and float(np.median(image.norm(cells))) > 0.25
+    assert image.norm(cells[cells > 0]).min() >= 0.125
+    assert none.images[0].get_array().max() == 0
+    assert "accepted fraction" in bar.get_ylabel() and "a cell: the fraction of its block" in big.get_title()
+
+
+def test_the_training_loss_plot_marks_the_reference_best_and_names_the_study(drawn, tmp_path):
+    runs = synthetic_study()
+    plots._curve_plot(tmp_path / "l.png", runs, "train_loss", "loss", True, "synthetic, study s", "baseline")
+    (fig, title), = drawn
+    target = statistics.fmean(metrics.best(r["epochs"], "train_loss") for r in runs if r["method"] == "baseline")
+    for ax in fig.axes:
+        flat = [line.get_ydata() for line in ax.get_lines() if len(line.get_ydata()) == 2]
+        marks = [y for y in flat if y[0] == y[1] == pytest.approx(target)]
+        assert len(marks) == 1
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert f"baseline's best: {target:.4g}" in labels and title == "synthetic, study s"

@@ -1,0 +1,83 @@
+"""The front door of ``pdt-bench``: errors before any run, a missing extra named, progress, the compact table."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pdt_bench import cli
+
+QUICK = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "2", "--history", "2", "--start-epoch", "1", "--interval", "0"]
+
+
+def _pdt_bench(*args, prelude=""):
+    """``pdt-bench ARGS`` in a fresh interpreter, after ``prelude`` (Python) has run: exit code, stderr."""
+    code = f"import sys\n{prelude}\nfrom pdt_bench import cli\nsys.exit(cli.main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--methods", "baseline", "--pdt", "histroy=3"], "'histroy' is not a PDT option (did you mean history?)"),
+        (["--methods", "baseline,pdt", "--pdt", "bogus=1", "--jobs", "2"], "--pdt: 'bogus' is not a PDT option;"),
+        (["--methods", "pdt@shceduler=adaptive"], "bad suffix 'shceduler=adaptive' in 'pdt@shceduler=adaptive'"),
+        (["--methods", "pdt@scheduler=adaptve"], "pdt@scheduler=adaptve: scheduler must be one of"),
+    ],
+)
+def test_a_bad_pdt_option_is_one_line_before_any_run(args, named, tmp_path):
+    out = tmp_path / "x"
+    code, err = _pdt_bench("compare", *QUICK, "--seeds", "0", "--out", str(out), *args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("pdt-bench: error: ") and named in err
+    if "not a PDT option" in named:
+        assert "the options are history, horizon," in err and "on_jump" in err
+    assert not out.exists()  # refused before the baseline ran
+
+
+@pytest.mark.parametrize("module", ["numpy", "matplotlib", "tqdm"])
+def test_a_missing_extra_names_the_install_command(module, tmp_path):
+    blocked = f"for m in [{module!r}, {module + '.auto'!r}]: sys.modules[m] = None  # as if not installed"
+    out = tmp_path / "x"
+    code, err = _pdt_bench("compare", *QUICK, "--seeds", "0", "--jobs", "0", "--out", str(out), prelude=blocked)
+    assert code == 2
+    assert f"pdt-bench: error: {module} is missing: pip install 'torch-pdt[bench]'" in err
+    assert "Traceback" not in err
+    assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize("jobs", ["0", "1"])
+def test_every_jobs_value_shows_the_epochs_of_the_run_in_progress(jobs, tmp_path, capsys):
+    args = ["compare", *QUICK, "--methods", "baseline", "--seeds", "0", "--jobs", jobs]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "baseline-seed0" in err and "epoch" in err and "train loss" in err and "runs: 100%" in err
+    assert cli.main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_compare_prints_the_compact_table_and_the_full_one_when_asked(tmp_path, capsys):
+    args = ["compare", *QUICK, "--methods", "pdt", "--seeds", "0", "--jobs", "0", "--quiet", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    compact = capsys.readouterr().out
+    assert max(len(line) for line in compact.splitlines()) <= 100
+    assert "| epochs to target |" in compact and "\npdt (one seed): " in compact and "TTB-Loss s" not in compact
+    assert cli.main([*args, "--wide"]) == 0  # the runs exist: only the table is printed again
+    assert "TTB-Loss s" in capsys.readouterr().out
+
+
+def test_the_stress_example_runs_its_setting_and_variants_through_compare(tmp_path, capsys):
+    example = importlib.util.spec_from_file_location("stress", Path(__file__).parents[2] / "examples/stress_mnist1d.py")
+    stress = importlib.util.module_from_spec(example)
+    example.loader.exec_module(stress)
+    args = ["--setting", "tau9", "--variants", "fixed,adaptive-reset", *QUICK, "--seeds", "0", "--jobs", "0"]
+    assert stress.main([*args, "--quiet", "--out", str(tmp_path)]) == 0
+    runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").iterdir()}
+    assert set(runs) == {"baseline-seed0", "pdt-seed0", "pdt@scheduler=adaptive@on_jump=reset-seed0"}
+    config = runs["pdt@scheduler=adaptive@on_jump=reset-seed0"]["config"]
+    assert (config["horizon"], config["lr"], config["batch_size"], config["optimizer"]) == (9, 0.05, 128, "sgd")
+    assert "pdt@scheduler=adaptive@on_jump=reset" in capsys.readouterr().out
