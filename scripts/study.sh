@@ -78,4 +78,4 @@ run_study() {
 for name in ${STUDIES:-cifar10-fcn-paper mnist1d-mlp-sgd agnews-lstm-paper mnist1d-cnn-sgd mnist1d-mlp-adam cifar10-fcn-practical toy}; do
   [ "$name" = none ] || run_study "$name"
 done
-pdt-bench results "$out" --out docs/results.md --targets scripts/study-targets.json --notes scripts/study-notes.md
+pdt-bench results "$out" --out docs/results.md --targets scripts/study-targets.json --notes docs/results/notes.md
