@@ -290,7 +290,7 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
     head += "Every table and target line below is computed from the runs by `pdt-bench results`."
     if notes is not None:
         link = Path(os.path.relpath(notes, out.parent)).as_posix()
-        head += f" How the study was run, its protocols and what it does not cover yet: [{notes.name}]({link})."
+        head += f" What the numbers say, how the study ran and what it does not cover yet: [{notes.name}]({link})."
     parts = [
         head,
         "## Headline\n\nEpochs to the reference's (the baseline's) best training loss: median over seeds "
