@@ -6,13 +6,15 @@ sharded), :mod:`~torch_pdt.snapshots` (the ring buffer and its Gram matrix),
 :mod:`~torch_pdt.dmd` (DMD from a Gram matrix), :mod:`~torch_pdt.prediction` (predict, mask,
 assemble), :mod:`~torch_pdt.criteria` (the masks), :mod:`~torch_pdt.pacing` (how far and how often
 to predict: the horizon and interval), :mod:`~torch_pdt.jump` (optimizer state after a jump),
+:mod:`~torch_pdt.batchnorm` (fresh BatchNorm statistics after a jump),
 :mod:`~torch_pdt.checkpoint` (atomic saves), and :mod:`~torch_pdt.reference` (a readable
 float64 twin of one step, for tests and benchmarks).
 
 >>> from torch_pdt import PDT
 """
 
-from . import checkpoint, config, criteria, dmd, jump, pacing, params, prediction, reference, schedule
+from . import batchnorm, checkpoint, config, criteria, dmd, jump, pacing, params, prediction, reference, schedule
+from .batchnorm import recompute_batch_norm
 from .checkpoint import save_atomic
 from .config import PDTConfig
 from .pdt import PDT
@@ -20,6 +22,7 @@ from .pdt import PDT
 __all__ = [
     "PDT",
     "PDTConfig",
+    "batchnorm",
     "checkpoint",
     "config",
     "criteria",
@@ -28,6 +31,7 @@ __all__ = [
     "pacing",
     "params",
     "prediction",
+    "recompute_batch_norm",
     "reference",
     "save_atomic",
     "schedule",
