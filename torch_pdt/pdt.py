@@ -58,8 +58,14 @@ class PDT:
         **options: the other options, each a field of :class:`~torch_pdt.config.PDTConfig`
             (``criterion``, ``forecast``, ``modes``, ``rank``, ``rtol``, ``history_after_jump``,
             ``random_ratio``, ``seed``, ``chunk_size``, ``storage``, ``every_n_steps``,
-            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``). Every invalid
-            value raises a ``ValueError`` naming it.
+            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
+            ``graded``). Every invalid value raises a ``ValueError`` naming it.
+
+    ``scope="layer"`` fits one DMD per parameter tensor to that tensor's own snapshots (as the
+    authors' layerwise trainer does) instead of one for the whole model, whose at most ``h - 1``
+    modes must then serve every layer. ``graded=True`` lets each element jump to the largest
+    ``k <= tau`` whose checks pass (the criterion with ``tau`` replaced by ``k``, on the forecast
+    ``k`` epochs ahead) rather than to ``tau`` or not at all. Both run the eager passes.
 
     ``kernel`` chooses how the two passes over the snapshots run: ``"compiled"``
     (:mod:`torch_pdt.kernel`: one ``torch.compile``\ d loop per parameter and pass, near the
@@ -178,6 +184,11 @@ class PDT:
         used; ``schedule`` (the pacing rule's :class:`~torch_pdt.pacing.Decision` as a dict),
         ``rolled_back`` and the running count ``rollbacks``; with ``on_jump`` other than
         ``"keep"``, the optimizer state keys left untouched (``optimizer_state_untouched``).
+        With ``graded=True`` also ``accepted_per_horizon`` (elements accepted at ``k = 1..tau``;
+        ``rejected`` counts the checks at ``tau``). With ``scope="layer"`` also ``layers`` (per
+        parameter: ``rank``, ``eigenvalues`` as ``{"real": [...], "imag": [...]}``, and the
+        ``reason`` its fit failed or ``None``) and ``rejected["unfitted"]`` (elements of
+        parameters without a fit, kept); ``rank`` is then the largest and ``eigenvalues`` empty.
 
         Raises:
             ValueError: before anything changes, on a missing or non-numeric ``loss``, when the
