@@ -50,6 +50,8 @@ class Method:
     """Evaluate an EMA of the weights (``torch.optim.swa_utils.AveragedModel``) with this decay."""
     schedule_free: bool = False
     """Replace the optimizer by its schedule-free twin (``schedulefree``), without an LR schedule."""
+    fresh_batch_norm: bool = False
+    """Recompute BatchNorm statistics after every accepted prediction (on the clock)."""
     description: str = field(default="", compare=False)
 
     def learning_rate(self, lr: float) -> float:
@@ -67,6 +69,27 @@ METHODS: dict[str, Method] = {
             "random-mask",
             {"criterion": "random", "random_ratio": "measured"},
             description="a random mask at the ratio PDT's criteria accept at the same step",
+        ),
+        Method(
+            "pdt-layer",
+            {"criterion": "pdt", "scope": "layer"},
+            description="PDT with one DMD per parameter tensor (scope='layer')",
+        ),
+        Method(
+            "pdt-graded",
+            {"criterion": "pdt", "graded": True},
+            description="PDT, each element to the largest horizon k <= tau whose checks pass (graded=True)",
+        ),
+        Method(
+            "pdt-layer-graded",
+            {"criterion": "pdt", "scope": "layer", "graded": True},
+            description="PDT with one DMD per parameter tensor and graded horizons",
+        ),
+        Method(
+            "pdt-fresh-bn",
+            {"criterion": "pdt"},
+            fresh_batch_norm=True,
+            description="PDT, BatchNorm statistics recomputed after every accepted prediction",
         ),
         Method("accel-only", {"criterion": "accel_only"}, description="acceleration bounds only (Eq. 6)"),
         Method("consistency-only", {"criterion": "consistency_only"}, description="sign consistency only (Eq. 7)"),

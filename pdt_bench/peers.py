@@ -9,6 +9,9 @@
   package's ``train()``/``eval()`` protocol. Its evaluation point :math:`x` is not the point the
   gradients were taken at, so BatchNorm statistics are recomputed at :math:`x` before evaluating
   (the package's documented recipe), on the clock.
+* **Fresh BatchNorm statistics** (``pdt-fresh-bn``): PDT, and after every accepted prediction the running
+  statistics recomputed at the new weights from :data:`BN_BATCHES` of the epoch's training batches
+  (:func:`torch_pdt.recompute_batch_norm`), on the clock as part of PDT's time.
 * **Same mask, plain forecast** (``pdt-linear``): PDT decides which elements jump; those elements
   get :math:`w + \\tau\\Delta` (the optimizer's last epoch step, extrapolated linearly) instead of the
   DMD forecast. PDT keeps the optimizer's weights in its history (``history_after_jump="optimizer"``,
@@ -21,14 +24,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .methods import Method
 
-__all__ = ["LinearForecast", "check_method", "recompute_batch_norm", "schedule_free_optimizer"]
+__all__ = ["LinearForecast", "check_method", "schedule_free_optimizer"]
 
 BN_BATCHES = 20
-"""Training batches that re-estimate BatchNorm statistics for schedule-free evaluation."""
+"""Training batches that re-estimate BatchNorm statistics (:func:`torch_pdt.recompute_batch_norm`) for
+schedule-free evaluation and after an accepted prediction (``pdt-fresh-bn``)."""
 SCHEDULE_FREE_LR_SCALE = {"sgd": 10.0, "sgd-momentum": 10.0, "adam": 1.0, "adamw": 1.0}
 """The schedule-free learning rate over the task's, unless the method sets its own: the low end of the
 package's guidance (SGD 10-50x, AdamW 1-10x the scheduled rate)."""
@@ -78,17 +82,6 @@ def schedule_free_optimizer(
     if name in ("adam", "adamw"):
         return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
     raise ValueError(f"schedule-free has no twin of optimizer {name!r}; use sgd, sgd-momentum, adam or adamw")
-
-
-def has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@torch.no_grad()
-def recompute_batch_norm(model: nn.Module, batches: Sequence[Tensor]) -> None:
-    """Re-estimate every BatchNorm's running statistics from ``batches`` (prepared inputs) at the current
-    weights, as :func:`torch.optim.swa_utils.update_bn` does, leaving the model's mode as it was."""
-    torch.optim.swa_utils.update_bn(batches, model)
 
 
 class LinearForecast:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from torch_pdt import PDT
+from torch_pdt import PDT, recompute_batch_norm
+from torch_pdt.batchnorm import has_batch_norm
 
 from . import memory, peers, tasks
 from .methods import Method, make_optimizer, make_schedule, parse_method
@@ -109,6 +110,14 @@ def _loss(task: tasks.Task, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def _bn_batches(task: tasks.Task, batches: list[Tensor], model: nn.Module, device: torch.device) -> list[Tensor]:
+    """The first :data:`~pdt_bench.peers.BN_BATCHES` of the epoch's batches, prepared, where the model has
+    BatchNorm (else none: nothing to recompute)."""
+    if not has_batch_norm(model):
+        return []
+    return [_inputs(task, task.x_train[idx], True, device) for idx in batches[: peers.BN_BATCHES]]
+
+
 def _evaluate(model: nn.Module, task: tasks.Task, x: Tensor, y: Tensor, device: torch.device) -> tuple[float, float]:
     """Mean loss and accuracy over ``(x, y)`` in eval mode.
 
@@ -258,9 +267,7 @@ def run(
             schedule.step()
         if method.schedule_free:
             opt.eval()
-            if peers.has_batch_norm(model):
-                bn_batches = [_inputs(task, task.x_train[idx], True, device) for idx in batches[: peers.BN_BATCHES]]
-                peers.recompute_batch_norm(model, bn_batches)
+            recompute_batch_norm(model, _bn_batches(task, batches, model, device))
         _sync(device)
         clock += time.perf_counter() - start
 
@@ -275,6 +282,8 @@ def run(
             stats = pdt.step(loss=torch.stack(batch_losses).mean(), predict=predict)
             if linear is not None:
                 linear.step(optimizer_weights, stats["horizon"])
+            if method.fresh_batch_norm and stats["accepted"]:
+                recompute_batch_norm(model, _bn_batches(task, batches, model, device))
             _sync(device)
             pdt_time = time.perf_counter() - start
             clock += pdt_time

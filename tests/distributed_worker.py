@@ -1,7 +1,7 @@
 """One rank of the distributed tests (run by tests/test_distributed.py, two processes, gloo on CPU).
 
 ``python tests/distributed_worker.py OUT_DIR`` with ``RANK`` and ``WORLD_SIZE`` set. Each rank
-runs DDP, FSDP2, a lost snapshot, adaptive rollbacks with rank-local losses (DDP and FSDP2),
+runs DDP, FSDP2 (also layerwise and graded), a lost snapshot, adaptive rollbacks with rank-local losses (DDP and FSDP2),
 ranks with different settings, ranks out of step and the replica check with NaNs, saves what
 it saw to ``OUT_DIR/rank{r}.pt`` (rank 0 also the single-process references), and last runs an
 exception in rank 1's prediction pass, which must make both processes fail (one launch for
@@ -113,6 +113,25 @@ def sharded(rank: int, world: int) -> dict:
     out["snapshot_bytes"] = pdt.snapshot_bytes
     if rank == 0:
         out["single_snapshot_bytes"] = PDT(torch.optim.SGD(mlp(16, 33, 5).parameters()), **PDT_ARGS).snapshot_bytes
+    return out
+
+
+def sharded_layerwise(rank: int, world: int) -> dict:
+    """FSDP2 with scope='layer' and graded horizons; the Gram all_reduces of each step counted."""
+    model = fsdp_mlp(world)
+    x, y = data(16, 5)
+    calls: list[str] = []
+
+    def make(opt):
+        pdt = DistributedPDT(opt, **PDT_ARGS, scope="layer", graded=True)
+        reduce = pdt._all_reduce
+        pdt._all_reduce = lambda kind, payload: calls.append(kind) or reduce(kind, payload)
+        return pdt
+
+    counted = []
+    pdt, out = run(model, make, x, y, rank, world, every_epoch=lambda pdt, epoch: counted.append(len(calls)))
+    counted.append(len(calls))
+    out["gram_reduces"] = [calls[a:b].count("gram") for a, b in zip(counted, counted[1:])]  # per step
     return out
 
 
@@ -296,6 +315,7 @@ def main() -> None:
     result = {
         "ddp": replicated(rank, world),
         "fsdp": sharded(rank, world),
+        "fsdp_layer": sharded_layerwise(rank, world),
         "lost": lost_snapshot(rank, world),
         "ddp_adaptive": ddp_adaptive(rank, world),
         "fsdp_adaptive": fsdp_adaptive(rank, world),

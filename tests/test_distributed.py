@@ -133,6 +133,38 @@ def test_fsdp2_prediction_is_the_single_process_prediction(results, replay):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_fsdp2_layerwise_graded_is_the_single_process_prediction(results):
+    """scope='layer', graded=True under FSDP2: every layer's Gram block in one all_reduce per Gram pass, and
+    the same predictions as one process replaying the gathered optimizer weights."""
+    stats = [r["fsdp_layer"]["stats"] for r in results]
+    assert stats[0] == stats[1] and sum(predicted(stats[0])) == 6
+    for s, reduces in zip(stats[0], results[0]["fsdp_layer"]["gram_reduces"]):
+        assert reduces == (s["gram_passes"] if s["predicted"] else 0)
+    model = worker.mlp(16, 33, 5)
+    single = PDT(torch.optim.SGD(model.parameters(), lr=0.1), **worker.PDT_ARGS, scope="layer", graded=True)
+    for epoch in range(worker.EPOCHS):
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), gather(results, "before", epoch, "fsdp_layer")):
+                p.copy_(value.view_as(p))
+        mine, theirs = single.step(), stats[0][epoch]
+        assert mine["predicted"] == theirs["predicted"]
+        if mine["predicted"]:
+            assert (
+                set(mine["layers"])
+                == set(theirs["layers"])
+                == {"group0.param0", "group0.param1", "group0.param2", "group0.param3"}
+            )
+            for name, layer in mine["layers"].items():
+                assert layer["rank"] == theirs["layers"][name]["rank"]
+                torch.testing.assert_close(layer["eigenvalues"], theirs["layers"][name]["eigenvalues"])
+            assert abs(mine["accepted"] - theirs["accepted"]) <= 1e-3 * single.numel
+            diff = [abs(a - b) for a, b in zip(mine["accepted_per_horizon"], theirs["accepted_per_horizon"])]
+            assert sum(diff) <= 2e-3 * single.numel
+        after = [p.detach().reshape(-1) for p in model.parameters()]
+        for a, b in zip(after, gather(results, "after", epoch, "fsdp_layer")):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fsdp2_snapshot_memory_is_split(results):
     total = results[0]["fsdp"]["single_snapshot_bytes"]
     per_rank = [r["fsdp"]["snapshot_bytes"] for r in results]

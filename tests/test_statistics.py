@@ -88,6 +88,8 @@ def test_every_epoch_has_the_same_keys_and_is_plain_json():
         dict(criterion="random", random_ratio=0.25),
         dict(criterion="authors", on_jump="reset"),
         dict(every_n_steps=4, kernel="eager"),
+        dict(scope="layer"),
+        dict(graded=True),
     ],
 )
 def test_the_keys_are_the_same_for_every_option(options):

@@ -7,13 +7,15 @@ sharded), :mod:`~torch_pdt.snapshots` (the ring buffer and its Gram matrix),
 assemble), :mod:`~torch_pdt.criteria` (the masks), :mod:`~torch_pdt.pacing` (how far and how often
 to predict: the horizon and interval), :mod:`~torch_pdt.jump` (optimizer state after a jump),
 :mod:`~torch_pdt.statistics` (what ``step()`` returns), :mod:`~torch_pdt.misuse` (the warnings
-on misuse), :mod:`~torch_pdt.checkpoint` (atomic saves), and :mod:`~torch_pdt.reference` (a readable
+on misuse), :mod:`~torch_pdt.batchnorm` (fresh BatchNorm statistics after a jump),
+:mod:`~torch_pdt.checkpoint` (atomic saves), and :mod:`~torch_pdt.reference` (a readable
 float64 twin of one step, for tests and benchmarks).
 
 >>> from torch_pdt import PDT
 """
 
 from . import (
+    batchnorm,
     checkpoint,
     config,
     criteria,
@@ -27,6 +29,7 @@ from . import (
     schedule,
     statistics,
 )
+from .batchnorm import recompute_batch_norm
 from .checkpoint import save_atomic
 from .config import PDTConfig
 from .misuse import PDTMisuseWarning
@@ -38,6 +41,7 @@ __all__ = [
     "PDTConfig",
     "PDTMisuseWarning",
     "PDTStatistics",
+    "batchnorm",
     "checkpoint",
     "config",
     "criteria",
@@ -47,6 +51,7 @@ __all__ = [
     "pacing",
     "params",
     "prediction",
+    "recompute_batch_norm",
     "reference",
     "save_atomic",
     "schedule",

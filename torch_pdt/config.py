@@ -29,7 +29,7 @@ import torch
 from .dmd import CHUNK_SIZE
 from .dmd import Forecast as ForecastForm
 
-__all__ = ["ALIASES", "SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "check_names", "is_bool"]
+__all__ = ["ADDED", "ALIASES", "SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "check_names", "is_bool"]
 
 CriterionName = Literal["pdt", "authors", "accel_only", "consistency_only", "none", "random"]
 Modes = Literal["projected", "exact"]
@@ -38,6 +38,10 @@ Storage = Literal["same", "cpu", "bf16"]
 Scheduler = Literal["fixed", "authors", "adaptive"]
 OnJump = Literal["keep", "reset", "rescale"]
 Kernel = Literal["auto", "compiled", "eager"]
+Scope = Literal["model", "layer"]
+
+ADDED = {"scope": "model", "graded": False}
+"""Options added after checkpoints were first saved: a checkpoint without one was saved at its default."""
 
 ALIASES = {"criterion": {"reference": "authors"}, "scheduler": {"reference": "authors"}}
 """Earlier names of choices, still accepted: ``"reference"`` was the authors' criterion and scheduler."""
@@ -148,6 +152,11 @@ class PDTConfig:
         kernel: how the passes over the snapshots run (:mod:`torch_pdt.kernel`):
             ``"compiled"``, ``"eager"`` or ``"auto"``. Not saved in checkpoints: both kernels
             make the same decisions (up to rounding, :data:`torch_pdt.kernel.DECISION_BOUND`).
+        scope: one DMD operator for the whole model (``"model"``, the paper) or one per
+            parameter tensor, fitted to that tensor's own snapshots (``"layer"``).
+        graded: each element jumps to the largest ``k <= tau`` whose checks pass (the criterion
+            with ``tau`` replaced by ``k``, on the forecast ``k`` epochs ahead) instead of to
+            ``tau`` or not at all. Not with ``criterion="random"``.
     """
 
     history: int = 5
@@ -170,6 +179,8 @@ class PDTConfig:
     patience: int = 3
     on_jump: OnJump = "keep"
     kernel: Kernel = "auto"
+    scope: Scope = "model"
+    graded: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the validated values replace the given ones once, here
@@ -187,6 +198,7 @@ class PDTConfig:
             ("scheduler", Scheduler),
             ("on_jump", OnJump),
             ("kernel", Kernel),
+            ("scope", Scope),
         ]:
             set_(self, name, _choice(name, getattr(self, name), kind))
         forecast = self.forecast
@@ -198,6 +210,11 @@ class PDTConfig:
             if not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"random_ratio must be 'measured' or a float in [0, 1], got {self.random_ratio!r}")
             set_(self, "random_ratio", ratio)
+        if not is_bool(self.graded):
+            raise ValueError(f"graded must be True or False, got {self.graded!r}")
+        set_(self, "graded", bool(self.graded))
+        if self.graded and self.criterion == "random":
+            raise ValueError("graded=True needs checks to grade by; criterion='random' has none")
         self._check_truncation()
         tolerance = as_real("tolerance", self.tolerance)
         if not 0 <= tolerance < math.inf:
@@ -274,7 +291,7 @@ class PDTConfig:
             raise ValueError(f"saved config must be a dict, got {type(saved).__name__}")
         diff = []
         for key, value in self.saved().items():
-            theirs = saved.get(key)
+            theirs = saved.get(key, ADDED.get(key))
             if (ALIASES.get(key, {}).get(theirs, theirs) if isinstance(theirs, str) else theirs) != value:
                 diff.append(f"{key}={theirs!r} (saved) vs {value!r} (now)")
         if diff:

@@ -17,7 +17,8 @@ So a prediction is one ``all_reduce`` of ``h x h`` numbers (each rank keeps its 
 matrix up to date as snapshots enter; a second Gram pass, made only when the first factor is
 not accurate enough, is a second one); every rank then fits the same DMD, predicts, masks and
 writes its own shard, and one ``all_reduce`` of the acceptance counts makes the statistics
-global.
+global. With ``scope="layer"`` the message holds every parameter's ``h x h`` block, stacked:
+still one ``all_reduce`` per Gram pass.
 
 **Agreement.** The ranks must take every decision together, or they drift apart (DDP) or pair
 collectives of different epochs (FSDP2). So:
@@ -199,7 +200,9 @@ class DistributedPDT(PDT):
         # One length for every message (the largest payload), so that two ranks out of step
         # exchange messages that gloo can pair and PDT can tell apart (by their tags).
         h, n, w = self._history.capacity, len(self.params), self.world_size
-        self._message_length = max(h * h + w, n + len(CHECKS) + 1, 5 * w, 2 * n * w if verify else 0)
+        blocks = n if self.config.scope == "layer" else 1  # one h x h Gram block per fitted operator
+        graded = self.config.horizon if self.config.graded else 0  # the counts per horizon
+        self._message_length = max(blocks * h * h + w, n + len(CHECKS) + 1 + graded, 5 * w, 2 * n * w if verify else 0)
 
     def _vote(self, failed: bool) -> None:
         """Raise ``ValueError`` on every rank that constructed if another rank's construction raised."""
@@ -342,17 +345,18 @@ class DistributedPDT(PDT):
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         if not self.sharded:
             return gram
-        q = gram.shape[0]
-        # One message per Gram pass: the q x q local Gram, then one failure flag per rank.
-        message = torch.zeros(q * q + self.world_size, dtype=torch.float64)
-        message[: q * q] = gram.reshape(-1)
+        n = gram.numel()
+        # One message per Gram pass: the local Gram (q x q, or every layer's stacked), then one
+        # failure flag per rank.
+        message = torch.zeros(n + self.world_size, dtype=torch.float64)
+        message[:n] = gram.reshape(-1)
         if not torch.isfinite(gram).all():
-            message[q * q + self.rank] = 1.0
+            message[n + self.rank] = 1.0
         message = self._all_reduce("gram", message)
-        failed = torch.nonzero(message[q * q :]).flatten().tolist()
+        failed = torch.nonzero(message[n:]).flatten().tolist()
         if failed:
             raise dmd.DMDError(f"rank(s) {failed} lost a snapshot or hold non-finite snapshot values")
-        return message[: q * q].reshape(q, q)
+        return message[:n].reshape(gram.shape)
 
     def _model_numels(self) -> list[int]:
         return self._numels

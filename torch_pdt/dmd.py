@@ -98,6 +98,8 @@ __all__ = [
     "DMDError",
     "consecutive_basis",
     "difference_basis",
+    "finish_factor",
+    "first_factor",
     "fit",
     "fit_factor",
     "matrix_chunks",
@@ -223,6 +225,20 @@ def orthogonal_factor(
         DMDError: the snapshots are not finite or all zero.
     """
     K1 = gram_of(torch.eye(m, dtype=torch.float64)) if gram is None else gram
+    R1, W1, enough = first_factor(K1, m, resolution)
+    return finish_factor(R1, W1, m, None if enough else gram_of(W1))
+
+
+def first_factor(K1: Tensor, m: int, resolution: float = 0.0) -> tuple[Tensor, Tensor, bool]:
+    r"""The first Cholesky-QR pass of :func:`orthogonal_factor` from :math:`K_1 = B^\top B`.
+
+    Returns ``(R1, W1, enough)``: ``enough`` when the pass's loss of orthogonality is at most
+    ``resolution`` (no second pass needed). Split from :func:`orthogonal_factor` so that PDT's
+    layerwise fit can make the second Gram pass of every layer in one pass over the snapshots.
+
+    Raises:
+        DMDError: the snapshots are not finite or all zero.
+    """
     if not torch.isfinite(K1).all():
         raise DMDError("non-finite snapshot values")
     if not K1.diagonal().max() > 0:
@@ -234,9 +250,18 @@ def orthogonal_factor(
     # directions are inaccurate, and the second pass, now well conditioned, sorts them out.
     scale = K1.diagonal().sqrt()
     R1, W1 = _eigen_factor(K1, scale, floor=m * _EPS)
-    if _orthogonality_loss(K1, scale) <= resolution:
+    return R1, W1, _orthogonality_loss(K1, scale) <= resolution
+
+
+def finish_factor(R1: Tensor, W1: Tensor, m: int, K2: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""``(R, W)`` of :func:`orthogonal_factor` from :func:`first_factor`'s ``R1, W1`` and, where it
+    was not enough, the second pass :math:`K_2 = (BW_1)^\top (BW_1)` (``m x m``).
+
+    Raises:
+        DMDError: ``K2`` is not finite.
+    """
+    if K2 is None:
         return _trim(R1, W1, m)
-    K2 = gram_of(W1)
     if not torch.isfinite(K2).all():
         raise DMDError("non-finite snapshot values")
     R2, W2 = _eigen_factor((K2 + K2.T) / 2, torch.ones(K2.shape[0], dtype=K2.dtype), drop=_GRAM_RTOL * m)
@@ -317,17 +342,19 @@ class DMD:
             return C
         return self.lift @ Z
 
-    def step_coefficients(self, tau: int, form: Forecast = "paper") -> Tensor:
+    def step_coefficients(self, tau: int, form: Forecast = "paper", graded: bool = False) -> Tensor:
         r"""Float64 ``(tau + 1) x m`` matrix mapping the snapshots to the predicted steps and the displacement.
 
         Row ``k - 1`` gives :math:`\hat s_{m-1+k} - \hat s_{m-2+k}` for ``k = 1..tau``, with
         :math:`\hat s_{m-1} := s_{m-1}` (the newest snapshot itself, not its reconstruction);
         the last row gives their sum, the displacement :math:`\hat s_{m-1+\tau} - s_{m-1}`.
+        With ``graded`` the matrix is ``2 tau x m``: the ``tau`` steps, then the displacement
+        :math:`D_k = \hat s_{m-1+k} - s_{m-1}` of every ``k = 1..tau`` (the last row as above).
         """
         C = self.coefficients(range(1, tau + 1), form)
         C[-1] -= 1.0  # displacements from the newest snapshot
         steps = torch.diff(C.T, dim=0, prepend=torch.zeros(1, C.shape[0], dtype=C.dtype))
-        return torch.cat([steps, C[:, -1:].T])
+        return torch.cat([steps, C.T if graded else C[:, -1:].T])
 
     def modes(self, snapshots: Tensor) -> Tensor:
         r"""The DMD modes :math:`\Phi = S M`, complex ``N x r`` (for analysis; PDT never forms them)."""

@@ -59,8 +59,14 @@ class PDT:
         **options: the other options, each a field of :class:`~torch_pdt.config.PDTConfig`
             (``criterion``, ``forecast``, ``modes``, ``rank``, ``rtol``, ``history_after_jump``,
             ``random_ratio``, ``seed``, ``chunk_size``, ``storage``, ``every_n_steps``,
-            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``). Every invalid
-            value raises a ``ValueError`` naming it.
+            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
+            ``graded``). Every invalid value raises a ``ValueError`` naming it.
+
+    ``scope="layer"`` fits one DMD per parameter tensor to that tensor's own snapshots (as the
+    authors' layerwise trainer does) instead of one for the whole model, whose at most ``h - 1``
+    modes must then serve every layer. ``graded=True`` lets each element jump to the largest
+    ``k <= tau`` whose checks pass (the criterion with ``tau`` replaced by ``k``, on the forecast
+    ``k`` epochs ahead) rather than to ``tau`` or not at all. Both run the eager passes.
 
     ``kernel`` chooses how the two passes over the snapshots run: ``"compiled"``
     (:mod:`torch_pdt.kernel`: one ``torch.compile``\ d loop per parameter and pass, near the
@@ -123,7 +129,9 @@ class PDT:
         self.numel = sum(p.numel() for p in self.params)
         self._layouts = [params.Layout.of(p) for p in self.params]
         # Snapshots hold what this process updates: the local shards of sharded parameters.
-        self._history = SnapshotHistory(self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size)
+        self._history = SnapshotHistory(
+            self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size, per_tensor=cfg.scope == "layer"
+        )
         if cfg.scheduler == "adaptive" and not self._history.exact:
             raise ValueError(
                 f"scheduler='adaptive' restores weights from the snapshots, which storage={cfg.storage!r} rounds; "
@@ -266,6 +274,26 @@ class PDT:
     def _predict(self) -> dict[str, Any]:
         """Fit DMD to the history, turn the forecast into step coefficients, run the pass."""
         cfg = self.config
+        tau = self.pacing.horizon
+        fitted = self._fit_layers(tau) if cfg.scope == "layer" else self._fit_model(tau)
+        if "reason" in fitted:
+            return fitted
+        steps = fitted.pop("steps")
+        ratio = cfg.random_ratio
+        if cfg.criterion == "random" and ratio == "measured":
+            ratio = self._pass(steps, "pdt", write=False)["accepted"] / self.numel
+        result = self._pass(steps, cfg.criterion, write=True, ratio=ratio)
+        if cfg.criterion == "random":
+            result["random_ratio"] = ratio
+        # Elements of layers without a fit (scope="layer") are kept, and counted apart.
+        numels = self._model_numels()
+        layers = fitted.get("layers", {})
+        result["rejected"]["unfitted"] = sum(n for n, layer in zip(numels, layers.values()) if layer["reason"])
+        return result | {"horizon": tau, "predicted": True, "accepted_ratio": result["accepted"] / self.numel} | fitted
+
+    def _fit_model(self, tau: int) -> dict[str, Any]:
+        """One DMD of all parameters: its step coefficients and statistics, or the reason it failed."""
+        cfg = self.config
         m = len(self._history)
         passes = [1]  # the first Gram pass is the history's incremental Gram
         second_pass = self._history.gram_of(cfg.chunk_size)
@@ -281,8 +309,7 @@ class PDT:
             fit = dmd.fit_factor(R, W, basis=basis, exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol)
         except dmd.DMDError as e:
             return {"reason": f"decomposition failed: {e}", "gram_passes": passes[0]}
-        tau = self.pacing.horizon
-        steps = fit.step_coefficients(tau, cfg.forecast)
+        steps = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
         if not torch.isfinite(steps).all():
             return {
                 "reason": "decomposition failed: non-finite forecast",
@@ -290,26 +317,77 @@ class PDT:
                 "rank": fit.rank,
                 "gram_passes": passes[0],
             }
-        ratio = cfg.random_ratio
-        if cfg.criterion == "random" and ratio == "measured":
-            ratio = self._pass(steps, "pdt", write=False)["accepted"] / self.numel
-        result = self._pass(steps, cfg.criterion, write=True, ratio=ratio)
-        if cfg.criterion == "random":
-            result["random_ratio"] = ratio
-        return result | {
-            "horizon": tau,
-            "predicted": True,
-            "accepted_ratio": result["accepted"] / self.numel,
-            "eigenvalues": statistics.complex_pairs(fit.eigenvalues),
-            "rank": fit.rank,
-            "gram_passes": passes[0],
-        }
+        eigenvalues = statistics.complex_pairs(fit.eigenvalues)
+        return {"steps": steps, "eigenvalues": eigenvalues, "rank": fit.rank, "gram_passes": passes[0]}
 
-    def _pass(self, steps: Tensor, criterion: str, write: bool, ratio: float = 0.0) -> dict[str, Any]:
+    def _fit_layers(self, tau: int) -> dict[str, Any]:
+        r"""``scope="layer"``: one DMD per parameter tensor, from its own ``h x h`` Gram matrix.
+
+        All tensors' Gram matrices are reduced together (one collective where sharded), and the
+        second Gram pass, for the tensors whose first factor is not accurate enough
+        (:func:`torch_pdt.dmd.first_factor`), is one pass over the snapshots for all of them.
+        A tensor whose fit fails (rank 0, a non-finite forecast) is kept as the optimizer left
+        it; its reason is in ``layers``. Returns the per-tensor step coefficients (``None``
+        where no fit) and the statistics ``layers`` (per tensor: ``rank``, ``eigenvalues`` as
+        ``[re, im]`` pairs, ``reason``), ``rank`` (the largest),
+        ``eigenvalues`` (empty: they are per tensor) and ``gram_passes``; or the reason no
+        tensor could be fitted.
+        """
+        cfg = self.config
+        history = self._history
+        m = len(history)
+        try:
+            grams = self._reduce_gram(history.grams())
+        except dmd.DMDError as e:
+            return {"reason": f"decomposition failed: {e}", "gram_passes": 1}
+        firsts: list[tuple[Tensor, Tensor, bool] | str] = []
+        for K in grams:
+            try:
+                firsts.append(dmd.first_factor(K, m, history.resolution))
+            except dmd.DMDError as e:
+                firsts.append(str(e))
+        refine = [None if isinstance(f, str) or f[2] else f[1] for f in firsts]
+        passes = 1
+        second = None
+        if any(w is not None for w in refine):
+            passes += 1
+            try:
+                second = self._reduce_gram(history.tensor_gram_of(cfg.chunk_size)(refine))
+            except dmd.DMDError as e:
+                return {"reason": f"decomposition failed: {e}", "gram_passes": passes}
+        steps: list[Tensor | None] = []
+        layers: dict[str, dict[str, Any]] = {}
+        for i, (name, first) in enumerate(zip(self.names, firsts)):
+            try:
+                if isinstance(first, str):
+                    raise dmd.DMDError(first)
+                R1, W1, _ = first
+                R, W = dmd.finish_factor(R1, W1, m, None if refine[i] is None else second[i])
+                fit = dmd.fit_factor(
+                    R, W, basis=dmd.consecutive_basis(m), exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol
+                )
+                coefficients = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
+                if not torch.isfinite(coefficients).all():
+                    raise dmd.DMDError("non-finite forecast")
+            except dmd.DMDError as e:
+                steps.append(None)
+                layers[name] = {"rank": 0, "eigenvalues": [], "reason": str(e)}
+                continue
+            steps.append(coefficients)
+            layers[name] = {"rank": fit.rank, "eigenvalues": statistics.complex_pairs(fit.eigenvalues), "reason": None}
+        if all(s is None for s in steps):
+            return {"reason": "decomposition failed: no layer could be fitted", "gram_passes": passes, "layers": layers}
+        rank = max(layer["rank"] for layer in layers.values())
+        return {"steps": steps, "eigenvalues": [], "rank": rank, "gram_passes": passes, "layers": layers}
+
+    def _pass(
+        self, steps: Tensor | list[Tensor | None], criterion: str, write: bool, ratio: float = 0.0
+    ) -> dict[str, Any]:
         """One prediction pass (:func:`torch_pdt.prediction.predict_pass`) and its statistics.
 
-        ``steps`` (``(tau + 1) x h``, snapshots oldest first) maps the snapshots to the ``tau``
-        predicted steps and, in its last row, to the displacement.
+        ``steps`` (``(tau + 1) x h``, snapshots oldest first; ``2 tau x h`` where graded) maps
+        the snapshots to the ``tau`` predicted steps and the displacement; with ``scope="layer"``
+        there is one per parameter (``None``: not predicted).
         """
         on_jump = self.config.on_jump if write else "keep"
         on_chunk, untouched = jump.prepare(self.optimizer, self.params, on_jump)
@@ -330,6 +408,7 @@ class PDT:
                 # The newest snapshot is w_opt exactly unless the storage rounds it.
                 origin_is_param=not history.exact and not self.config.start_of_epoch,
                 on_chunk=on_chunk,
+                graded=self.config.graded,
             )
         stats = counts.statistics(self._reduce_counts(counts.counts()), self.names, self._model_numels())
         return ({"optimizer_state_untouched": sorted(untouched)} if on_jump != "keep" else {}) | stats
@@ -366,6 +445,8 @@ class PDT:
             reason
             for reason, applies in (
                 ("criterion='random'", cfg.criterion not in kernel.KERNEL_CRITERIA),
+                ("scope='layer'", cfg.scope == "layer"),
+                ("graded=True", cfg.graded),
                 (f"on_jump={cfg.on_jump!r}", cfg.on_jump != "keep"),
                 ("snapshots on another device", {s.device for s in storage} != devices),
                 ("no compiler for " + ", ".join(sorted(map(str, devices))), not all(map(kernel.compiles, devices))),

@@ -19,6 +19,8 @@ The predicted steps are :math:`\hat w_k - \hat w_{k-1}`, the displacement
 (or, with start-of-epoch snapshots as in the authors' code, :math:`\delta = w - s_{m-1}`). The
 criteria are those of :mod:`torch_pdt.criteria`, written out again here; an element is
 accepted when it passes them and :math:`s_{m-1} + D` is finite in the weights' dtype.
+Graded (``graded=True``): an element goes to :math:`\hat w_k` for the largest ``k <= tau``
+that passes the criterion judged on the first ``k`` steps with ``tau = k`` (and is finite).
 
 PDT's own path (:mod:`torch_pdt.dmd`, :mod:`torch_pdt.prediction`) gets the same numbers from an
 ``h x h`` Gram matrix and one pass over the snapshots. This one costs ``O(N m)`` complex memory
@@ -62,6 +64,8 @@ class Result:
     """Elements failing each check (``consistency``, ``lower_bound``, ``upper_bound``, ``nonfinite``)."""
     ratio: float | None = None
     """The random criterion's acceptance probability, if it ran."""
+    levels: Tensor | None = None
+    """Graded: each element's horizon ``k`` (int64, 0 where none passed)."""
 
 
 def forecasts(
@@ -153,12 +157,17 @@ def _assemble(
     weights: Tensor,
     criterion: str,
     write: bool,
+    graded: bool = False,
     **draw,
 ) -> Result:
-    """Mask and assemble: accepted elements get ``origin + D`` (finite in the weights' dtype)."""
+    """Mask and assemble: accepted elements get ``origin + D`` (finite in the weights' dtype).
+
+    Graded: ``origin + D_k`` (``D_k`` the sum of the first ``k`` steps) for the largest passing ``k``.
+    """
+    tau = increments.shape[0]
     new = (origin + displacement).to(weights.dtype)
     finite = torch.isfinite(new)
-    passed = judge(increments, displacement, delta, increments.shape[0], criterion, **draw)
+    passed = judge(increments, displacement, delta, tau, criterion, **draw)
     accept = finite.clone()
     for mask in passed.values():
         accept &= mask
@@ -166,10 +175,23 @@ def _assemble(
     checks = ("consistency", "lower_bound", "upper_bound")
     rejected = {c: n - int(passed[c].sum()) if c in passed else 0 for c in checks}
     rejected["nonfinite"] = n - int(finite.sum())
+    levels = None
+    if graded:
+        levels = torch.zeros(n, dtype=torch.int64, device=weights.device)
+        new = torch.zeros_like(new)
+        for k in range(1, tau + 1):  # the largest k wins: later ones overwrite
+            D_k = increments[:k].sum(0)
+            candidate = (origin + D_k).to(weights.dtype)
+            ok = torch.isfinite(candidate)
+            for mask in judge(increments[:k], D_k, delta, k, criterion).values():
+                ok &= mask
+            levels[ok] = k
+            new[ok] = candidate[ok]
+        accept = levels > 0
     assembled = torch.where(accept, new, weights)
     if write:
         weights.copy_(assembled)
-    return Result(accept, assembled, int(accept.sum()), rejected, draw.get("ratio"))
+    return Result(accept, assembled, int(accept.sum()), rejected, draw.get("ratio"), levels)
 
 
 def step(
@@ -187,6 +209,7 @@ def step(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     write: bool = True,
+    graded: bool = False,
 ) -> Result:
     """One PDT prediction from ``snapshots`` (flat, oldest first) for the flat ``weights``.
 
@@ -194,7 +217,7 @@ def step(
     ``"authors"``, else ``"paper"``; ``start_of_epoch`` to ``criterion == "authors"``). With
     end-of-epoch snapshots the newest is the optimizer's result, ``weights`` itself. ``"random"``
     draws from a fresh generator seeded with ``seed``. Writes the assembled weights into
-    ``weights`` when ``write``. Computes in ``dtype``.
+    ``weights`` when ``write``. Computes in ``dtype``. ``graded``: see the module docstring.
     """
     criterion = ALIASES["criterion"].get(criterion, criterion)
     if criterion not in CRITERIA:
@@ -212,18 +235,27 @@ def step(
         if ratio == "measured":  # the fraction the paper's criterion accepts at this step
             ratio = _assemble(increments, D, origin, delta, weights, "pdt", False).accepted / weights.numel()
         draw = {"ratio": ratio, "generator": torch.Generator(device=weights.device).manual_seed(seed)}
-    return _assemble(increments, D, origin, delta, weights, criterion, write, **draw)
+    if graded and criterion == "random":
+        raise ValueError("graded needs checks to grade by; criterion 'random' has none")
+    return _assemble(increments, D, origin, delta, weights, criterion, write, graded, **draw)
 
 
 def apply_steps(
-    snapshots: Tensor, weights: Tensor, steps: Tensor, criterion: str, *, start_of_epoch: bool = False
+    snapshots: Tensor,
+    weights: Tensor,
+    steps: Tensor,
+    criterion: str,
+    *,
+    start_of_epoch: bool = False,
+    graded: bool = False,
 ) -> Result:
     """The prediction pass given its coefficients: ``steps`` (``(tau + 1) x m``) maps the snapshots
     (rows of the ``m x N`` matrix ``snapshots``, oldest first) to the ``tau`` predicted steps and
-    the displacement, as :func:`torch_pdt.prediction.predict_pass` takes them. In float64; does
-    not write."""
+    the displacement, as :func:`torch_pdt.prediction.predict_pass` takes them (graded:
+    ``2 tau x m``, whose displacements past the steps this twin recomputes as their sums). In
+    float64; does not write."""
     P = steps.to(torch.float64) @ snapshots.to(torch.float64)
-    tau = steps.shape[0] - 1
+    tau = steps.shape[0] // 2 if graded else steps.shape[0] - 1
     origin = snapshots[-1].to(torch.float64)
     delta = weights.to(torch.float64) - origin if start_of_epoch else origin - snapshots[-2].to(torch.float64)
-    return _assemble(P[:tau], P[tau], origin, delta, weights, criterion, False)
+    return _assemble(P[:tau], P[-1], origin, delta, weights, criterion, False, graded)

@@ -11,11 +11,15 @@ row ``j`` minus the one in the row before it (cyclically), and index ``capacity`
 the newest snapshot itself. A new snapshot changes only its own difference and the newest
 snapshot, so :meth:`push` copies the parameters in and computes those ``2 capacity`` inner
 products in the same pass over the rows: :math:`O(N h)` work per epoch, not :math:`O(N h^2)`.
+
+With ``per_tensor=True`` (PDT's ``scope="layer"``) the same pass sums the inner products of
+each tensor apart, keeping one such Gram matrix per tensor (:meth:`grams`); the whole
+snapshot's Gram matrix is then their sum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -53,12 +57,18 @@ class SnapshotHistory:
             ``"bf16"`` in bfloat16 on the tensors' device (half the memory of float32, but
             differences below 2^-8 of a weight are lost: see the README).
         chunk_size: elements per chunk of the copy-in pass (bounds its working memory).
+        per_tensor: keep one Gram matrix per tensor (:meth:`grams`) rather than one in all.
 
     Arithmetic on snapshots happens in float64 chunks on the tensors' own devices.
     """
 
     def __init__(
-        self, tensors: Sequence[Tensor], capacity: int, storage: str = "same", chunk_size: int = dmd.CHUNK_SIZE
+        self,
+        tensors: Sequence[Tensor],
+        capacity: int,
+        storage: str = "same",
+        chunk_size: int = dmd.CHUNK_SIZE,
+        per_tensor: bool = False,
     ) -> None:
         if storage not in STORAGE:
             raise ValueError(f"storage must be one of {STORAGE}, got {storage!r}")
@@ -91,7 +101,10 @@ class SnapshotHistory:
         ]
         self.count = 0
         self._next = 0
-        self._gram = torch.zeros(capacity + 1, capacity + 1, dtype=torch.float64)
+        self.per_tensor = per_tensor
+        # One Gram matrix per tensor, or one (in a leading dimension of 1) for all of them.
+        blocks = len(self._slots) if per_tensor else 1
+        self._gram = torch.zeros(blocks, capacity + 1, capacity + 1, dtype=torch.float64)
         # When set, snapshots enter through its fused copy-in pass (one call per parameter group).
         self.fused: kernel.FusedPasses | None = None
 
@@ -146,22 +159,24 @@ class SnapshotHistory:
         """
         h = self.capacity
         if self.fused is not None:
-            self._set_gram(row, self.fused.copy_in(tensors, row))
+            self._set_gram(row, self.fused.copy_in(tensors, row)[None])
             return
+        blocks = self._gram.shape[0]
         work: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         with torch.no_grad():
-            for slot, t in zip(self._slots, tensors, strict=True):
+            for i, (slot, t) in enumerate(zip(self._slots, tensors, strict=True)):
                 storage = self._storage[slot.bucket]
                 device = t.device
                 flat = t.reshape(-1)
                 if device not in work:
                     size = min(self.chunk_size, max(s.numel for s in self._slots))
                     work[device] = (
-                        torch.zeros(h + 1, 2, dtype=torch.float64, device=device),
+                        torch.zeros(blocks, h + 1, 2, dtype=torch.float64, device=device),
                         torch.empty(h, size, dtype=torch.float64, device=device),
                         torch.empty(h + 2, size, dtype=torch.float64, device=device),
                     )
                 sums, Ybuf, Zbuf = work[device]
+                sums = sums[i if self.per_tensor else 0]
                 for start in range(0, slot.numel, self.chunk_size):
                     stop = min(start + self.chunk_size, slot.numel)
                     rows = storage[:, slot.offset + start : slot.offset + stop]
@@ -176,13 +191,14 @@ class SnapshotHistory:
                     Z[h].copy_(Y[row])
                     Z[h + 1].copy_(Z[row])
                     sums.addmm_(Z[: h + 1], Z[h:].T)
-        self._set_gram(row, sum((w[0].cpu() for w in work.values()), torch.zeros(h + 1, 2, dtype=torch.float64)))
+        zero = torch.zeros(blocks, h + 1, 2, dtype=torch.float64)
+        self._set_gram(row, sum((w[0].cpu() for w in work.values()), zero))
 
     def _set_gram(self, row: int, dots: Tensor) -> None:
-        """Enter the ``(capacity + 1) x 2`` inner products of the snapshot now in ``row``."""
+        """Enter the ``blocks x (capacity + 1) x 2`` inner products of the snapshot now in ``row``."""
         h = self.capacity
-        self._gram[h, :] = self._gram[:, h] = dots[:, 0]
-        self._gram[row, :] = self._gram[:, row] = dots[:, 1]
+        self._gram[:, h, :] = self._gram[:, :, h] = dots[:, :, 0]
+        self._gram[:, row, :] = self._gram[:, :, row] = dots[:, :, 1]
 
     def push(self, tensors: Sequence[Tensor]) -> None:
         """Append a snapshot, dropping the oldest one when full."""
@@ -206,8 +222,43 @@ class SnapshotHistory:
 
     def gram(self) -> Tensor:
         r"""Float64 :math:`C^\top C` of the consecutive basis of the current snapshots (``count x count``)."""
+        grams = self.grams()
+        return grams[0] if grams.shape[0] == 1 else grams.sum(0)
+
+    def grams(self) -> Tensor:
+        r"""The Gram matrices :math:`C^\top C`, one per tensor with ``per_tensor`` (else one):
+        float64 ``blocks x count x count``."""
         index = [self.capacity, *self.rows()[1:]]
-        return self._gram[index][:, index].clone()
+        return self._gram[:, index][:, :, index].clone()
+
+    def tensor_gram_of(self, chunk_size: int) -> Callable[[Sequence[Tensor | None]], Tensor]:
+        """``gram_of`` of every tensor at once, for the second Gram pass of a layerwise fit: given
+        one basis change ``W[i]`` (``count x q``) per tensor, or ``None`` to skip it, the
+        ``len(tensors) x q x q`` Gram matrices (zero where skipped) from one pass over the
+        snapshots (:func:`torch_pdt.dmd.snapshot_gram_of` over each tensor's chunks)."""
+        rows = self.rows()
+        T = dmd.consecutive_basis(self.count)
+
+        def gram_of(W: Sequence[Tensor | None]) -> Tensor:
+            q = next(w for w in W if w is not None).shape[1]
+            K = torch.zeros(len(self._slots), q, q, dtype=torch.float64)
+            for i, (slot, w) in enumerate(zip(self._slots, W, strict=True)):
+                if w is None:
+                    continue
+                storage = self._storage[slot.bucket]
+                index = torch.tensor(rows, device=storage.device)
+                stop = slot.offset + slot.numel
+
+                def chunks(index=index, storage=storage, offset=slot.offset, stop=stop) -> Iterator[Tensor]:
+                    return (
+                        storage[index, start : min(start + chunk_size, stop)]
+                        for start in range(offset, stop, chunk_size)
+                    )
+
+                K[i] = dmd.snapshot_gram_of(chunks, self.count, basis=T)(w)
+            return K
+
+        return gram_of
 
     def row_chunks(self, chunk_size: int) -> Iterator[Tensor]:
         """All snapshots, oldest first, as ``(count, c)`` chunks of the flat storage."""
@@ -235,8 +286,12 @@ class SnapshotHistory:
             "next": self._next,
             # Saved rather than recomputed on load: another summation order would change the
             # last bits, and resuming must be exact.
-            "gram": self._gram[index][:, index].clone(),
+            "gram": self._saved_gram(self._gram[:, index][:, :, index].clone()),
         }
+
+    def _saved_gram(self, grams: Tensor) -> Tensor:
+        """As checkpoints hold it: one matrix for the whole model (as before ``per_tensor``), else a stack."""
+        return grams if self.per_tensor else grams[0]
 
     def check_state(self, state: Any) -> dict[str, Any]:
         """Validate a :meth:`state_dict` for this history (``ValueError`` naming the field); nothing changes."""
@@ -258,8 +313,9 @@ class SnapshotHistory:
             or any(t.shape != (count, s.shape[1]) or t.dtype != s.dtype for t, s in zip(saved, self._storage))
         ):
             raise ValueError("saved snapshots do not match this history's layout (device/dtype groups)")
-        if not isinstance(gram, Tensor) or not gram.is_floating_point() or gram.shape != (count + 1, count + 1):
-            raise ValueError(f"saved gram must be a ({count + 1}, {count + 1}) floating-point tensor")
+        shape = self._saved_gram(torch.empty(self._gram.shape[0], count + 1, count + 1)).shape
+        if not isinstance(gram, Tensor) or not gram.is_floating_point() or gram.shape != shape:
+            raise ValueError(f"saved gram must be a {tuple(shape)} floating-point tensor")
         return {"count": count, "next": as_int("saved ring position 'next'", state["next"], 0, self.capacity - 1)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -272,4 +328,7 @@ class SnapshotHistory:
             s[rows] = t.to(s.device)
         index = [self.capacity, *rows]
         self._gram.zero_()
-        self._gram[torch.tensor(index)[:, None], torch.tensor(index)[None, :]] = state["gram"].to(torch.float64)
+        gram = state["gram"].to(torch.float64)
+        self._gram[:, torch.tensor(index)[:, None], torch.tensor(index)[None, :]] = (
+            gram if self.per_tensor else gram[None]
+        )

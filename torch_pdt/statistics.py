@@ -40,6 +40,7 @@ from torch import Tensor
 from .pacing import Decision
 
 __all__ = [
+    "LayerStatistics",
     "PDTStatistics",
     "RejectionCounts",
     "ScheduleStatistics",
@@ -64,6 +65,20 @@ class RejectionCounts(TypedDict):
     """Predicted displacement beyond ``tau`` (``"authors"``: ``tau + 1``) times the optimizer's step (Eq. 6, right)."""
     nonfinite: int
     """Predicted value not finite in the parameter's dtype (never written)."""
+    unfitted: int
+    """``scope="layer"``: elements of parameters whose own DMD could not be fitted (kept as the
+    optimizer left them); else 0."""
+
+
+class LayerStatistics(TypedDict):
+    """``scope="layer"``: the DMD of one parameter tensor."""
+
+    rank: int
+    """Modes its DMD kept; 0 when it could not be fitted."""
+    eigenvalues: list[list[float | None]]
+    """Its DMD eigenvalues as ``[a, b]`` pairs; ``[]`` when it could not be fitted."""
+    reason: str | None
+    """Why it could not be fitted (then it is not predicted); ``None`` when it was."""
 
 
 class ScheduleStatistics(TypedDict):
@@ -124,6 +139,12 @@ class PDTStatistics(TypedDict):
     random_ratio: float | None
     """``criterion="random"``: the fraction it accepted at random; else, or with nothing
     predicted, ``None``."""
+    accepted_per_horizon: list[int]
+    """``graded=True``: elements accepted at each horizon ``k = 1..tau`` (``rejected`` counts the
+    checks at ``tau``); else, or with nothing predicted, ``[]``."""
+    layers: dict[str, LayerStatistics]
+    """``scope="layer"``: parameter name -> its own DMD (then ``rank`` is the largest and
+    ``eigenvalues`` is ``[]``); else, or with no decomposition attempted, ``{}``."""
     optimizer_state_untouched: list[str]
     """``on_jump="reset"``/``"rescale"``: optimizer state keys it left unchanged; else ``[]``."""
     schedule: ScheduleStatistics
@@ -164,13 +185,15 @@ def nothing_predicted(
         "accepted_ratio": 0.0,
         "accepted": 0,
         "numel": numel,
-        "rejected": {"consistency": 0, "lower_bound": 0, "upper_bound": 0, "nonfinite": 0},
+        "rejected": {"consistency": 0, "lower_bound": 0, "upper_bound": 0, "nonfinite": 0, "unfitted": 0},
         "accepted_ratio_per_param": dict.fromkeys(names, 0.0),
         "eigenvalues": [],
         "rank": 0,
         "gram_passes": 0,
         "horizon": 0,
         "random_ratio": None,
+        "accepted_per_horizon": [],
+        "layers": {},
         "optimizer_state_untouched": [],
         "schedule": {
             "loss": finite(decision.loss),

@@ -12,7 +12,7 @@ from pdt_bench import metrics, peers, report, results, tasks
 from pdt_bench.compare import budget_methods
 from pdt_bench.methods import EMA_DECAY, parse_method
 from pdt_bench.train import RunConfig, run
-from torch_pdt import PDT
+from torch_pdt import PDT, recompute_batch_norm
 
 TINY = tasks.TaskOptions(tiny=True)
 QUICK = dict(epochs=3, history=2, start_epoch=1, interval=0, task_options=TINY)
@@ -128,7 +128,7 @@ def test_schedule_free_recomputes_batch_norm_statistics_at_the_evaluation_point(
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     batches = [torch.randn(16, 4) * 3 + 1 for _ in range(3)]
     model.eval()
-    peers.recompute_batch_norm(model, batches)
+    recompute_batch_norm(model, batches)
     with torch.no_grad():
         out = torch.cat([model[0](b) for b in batches])
     torch.testing.assert_close(model[1].running_mean, out.mean(0))
