@@ -7,20 +7,21 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
-stamp="$venv/.installed"
 extras="${EXTRAS:-bench}"
-# The stamp names what was installed: a change of pyproject.toml, constraints.txt or the extras reinstalls.
-want="$( (cat "$root/pyproject.toml" "$root/constraints.txt"; echo "extras=$extras") | sha256sum | cut -c1-16)"
+# A stamp per extra names the pyproject.toml and constraints.txt it was installed from; a change
+# reinstalls. The "test" extra holds "bench" (pyproject.toml), so its stamp serves both.
+want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -c1-16)"
+installed() { [ "$(cat "$venv/.installed-$1" 2>/dev/null)" = "$want" ]; }
 if [ ! -x "$venv/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$venv"
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if ! installed "$extras" && ! { [ "$extras" = bench ] && installed test; }; then
   pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/constraints.txt")
   if [ -n "${TORCH_INDEX_URL:-}" ] && ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "${pip[@]}" --index-url "$TORCH_INDEX_URL" torch
   fi
   "${pip[@]}" -e "$root[$extras]"
-  echo "$want" > "$stamp"
+  echo "$want" > "$venv/.installed-$extras"
 fi
 export PATH="$venv/bin:$PATH"
 cd "$root"
