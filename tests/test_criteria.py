@@ -403,7 +403,7 @@ def test_pdt_plugin_paper_criterion_hand_worked():
     assert p.detach()[[0, 1, 3, 4]].tolist() == [4, 4, 8, 0]
     assert stats["accepted"] == 2 and stats["numel"] == 6
     assert stats["accepted_ratio"] == pytest.approx(2 / 6)
-    assert stats["rejected"] == {"consistency": 1, "lower_bound": 2, "upper_bound": 2, "nonfinite": 0}
+    assert stats["rejected"] == {"consistency": 1, "lower_bound": 2, "upper_bound": 2, "nonfinite": 0, "unfitted": 0}
     assert stats["accepted_ratio_per_param"] == {"group0.param0": pytest.approx(2 / 6)}
     assert stats["rank"] == 2
     eig = sorted(re for re, _ in stats["eigenvalues"])
@@ -447,7 +447,7 @@ def test_pdt_plugin_reference_criterion_hand_worked():
     torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-9)
     assert p.detach()[[1, 2, 3, 4]].tolist() == [3.5, -14, 28, 0]
     assert stats["accepted"] == 3 and stats["accepted_ratio"] == pytest.approx(0.5)
-    assert stats["rejected"] == {"consistency": 1, "lower_bound": 1, "upper_bound": 1, "nonfinite": 0}
+    assert stats["rejected"] == {"consistency": 1, "lower_bound": 1, "upper_bound": 1, "nonfinite": 0, "unfitted": 0}
     assert stats["rank"] == 2
     # the newest snapshot is now the assembled start of epoch 3
     newest = pdt.state_dict()["history"]["snapshots"][0][-1]
