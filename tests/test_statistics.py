@@ -154,6 +154,21 @@ def misuse(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, PDTMisuseWarning)]
 
 
+
+def test_step_mode_with_an_explicit_step_says_that_pdt_steps_itself():
+    """every_n_steps=K and the user's own step() at the epoch's end: the advice is not "once per epoch"."""
+    model, data = make_model(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, model=model, every_n_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            train_epoch(model, opt, data)  # 4 optimizer steps: the hook steps PDT after the 4th
+            pdt.step()
+    said = misuse(caught)
+    assert len(said) == 1 and "no optimizer step in between" in said[0], said
+    assert "every_n_steps" in said[0] and "once per epoch" not in said[0], said
+
 def test_step_again_without_an_optimizer_step_is_said_once():
     model, data = make_model(), make_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
