@@ -47,3 +47,38 @@ def test_after_an_accepted_prediction_the_statistics_follow_the_predicted_weight
     torch.testing.assert_close(model[1].running_mean, expected)
     assert not torch.allclose(stale, expected)
     assert not recompute_batch_norm(frozen, batches)  # no BatchNorm: nothing to do
+
+
+def test_an_empty_batch_list_is_refused_and_leaves_the_statistics_as_they_were():
+    """update_bn on no batches resets the running statistics to 0 and 1: refused before that."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    for _ in range(5):
+        model(torch.randn(8, 3) + 5.0)
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    model.eval()
+    for empty in ([], iter([])):
+        try:
+            recompute_batch_norm(model, empty)
+        except ValueError as error:
+            assert "batches is empty" in str(error)
+        else:
+            raise AssertionError("an empty batch list was accepted")
+    for k, v in model[1].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not model.training
+    assert recompute_batch_norm(model, iter([torch.randn(8, 3)]))  # a one-shot iterator: its first batch counts
+    assert model[1].num_batches_tracked == 1
+
+
+def test_each_module_keeps_its_own_training_mode():
+    """A model in training with one BatchNorm frozen in eval mode (fine-tuning) keeps it in eval."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 4), nn.BatchNorm1d(4))
+    model.train()
+    model[1].eval()
+    assert recompute_batch_norm(model, [torch.randn(8, 3)])
+    assert [m.training for m in model] == [True, False, True, True]
+    model.eval()
+    model[3].train()
+    assert recompute_batch_norm(model, [torch.randn(8, 3)])
+    assert [m.training for m in model] == [False, False, False, True] and not model.training

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,12 +129,45 @@ def test_scalars_are_named_numbers_the_same_every_epoch():
     assert flat[2]["rejected/upper_bound"] == stats[2]["rejected"]["upper_bound"]
 
 
+
+@pytest.mark.parametrize("criterion", ["pdt", "random"])
+def test_scalar_names_vary_only_by_the_documented_ones(criterion):
+    """The names outside docs/statistics.md's exceptions are the same every epoch, whatever the criterion."""
+    varying = {"schedule/loss", "schedule/reference_loss", "random_ratio"}
+    page = (Path(__file__).resolve().parents[1] / "docs" / "statistics.md").read_text()
+    sentence = page[page.index("The names are the same") :].split(".\n")[0]
+    assert all(f"`{name}`" in sentence for name in varying), sentence
+    model, data = make_model(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=1, model=model, criterion=criterion)
+    flat = []
+    for _ in range(6):
+        train_epoch(model, opt, data)
+        flat.append(set(scalars(pdt.step())))
+    assert len({frozenset(f - varying) for f in flat}) == 1
+    assert any("random_ratio" in f for f in flat) == (criterion == "random")
+
 # --- misuse ------------------------------------------------------------------------------
 
 
 def misuse(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, PDTMisuseWarning)]
 
+
+
+def test_step_mode_with_an_explicit_step_says_that_pdt_steps_itself():
+    """every_n_steps=K and the user's own step() at the epoch's end: the advice is not "once per epoch"."""
+    model, data = make_model(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, model=model, every_n_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            train_epoch(model, opt, data)  # 4 optimizer steps: the hook steps PDT after the 4th
+            pdt.step()
+    said = misuse(caught)
+    assert len(said) == 1 and "no optimizer step in between" in said[0], said
+    assert "every_n_steps" in said[0] and "once per epoch" not in said[0], said
 
 def test_step_again_without_an_optimizer_step_is_said_once():
     model, data = make_model(), make_data()

@@ -27,6 +27,7 @@ False
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import torch
@@ -45,11 +46,29 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[Tensor | tuple | li
     """Re-estimate every BatchNorm's running statistics from ``batches`` at the current weights.
 
     ``batches`` are model inputs, or tuples and lists whose first element is (a loader's
-    ``(x, y)``), already on the model's device. The model's training mode is restored.
+    ``(x, y)``), already on the model's device. Every module's training mode is restored as
+    it was (a model with some layers in eval mode keeps them so).
     Returns whether there was a BatchNorm to refresh (``False``: nothing ran).
+
+    Raises:
+        ValueError: when ``batches`` is empty (and the model has a BatchNorm), before anything
+            changes: the running statistics would be reset to mean 0, variance 1 with nothing
+            to average.
     """
     if not has_batch_norm(model):
         return False
-    # torch's own: reset, momentum=None (cumulative average), one forward pass per batch.
-    torch.optim.swa_utils.update_bn(batches, model)
+    it = iter(batches)
+    first = next(it, _NONE)
+    if first is _NONE:
+        raise ValueError("batches is empty: recompute_batch_norm needs at least one batch to average over")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        # torch's own: reset, momentum=None (cumulative average), one forward pass per batch.
+        torch.optim.swa_utils.update_bn(itertools.chain([first], it), model)
+    finally:
+        for m, training in modes:  # update_bn restores only the top module's mode, on every child
+            m.training = training
     return True
+
+
+_NONE = object()

@@ -92,12 +92,17 @@ class StepWatch:
             return
         between = self.optimizer_steps - last
         if between == 0:
+            advice = (
+                "With every_n_steps=K, PDT steps itself after every K-th optimizer step: do not call step() too."
+                if step_mode
+                else "Call step() once per epoch, after the epoch's optimizer steps."
+            )
             warn_once(
                 self.said,
                 "repeated",
                 "PDT.step() was called again with no optimizer step in between: unless the weights were changed "
                 "otherwise, its snapshot repeats the last one, so the optimizer's step is zero and a prediction "
-                "accepts nothing. Call step() once per epoch, after the epoch's optimizer steps.",
+                f"accepts nothing. {advice}",
             )
         self._single_steps = self._single_steps + 1 if between == 1 else 0
         if not step_mode and self._single_steps >= EVERY_STEP_CALLS:

@@ -214,7 +214,8 @@ def scalars(stats: PDTStatistics) -> dict[str, float]:
     loggers that take only scalars (TensorBoard's ``add_scalar``, Lightning's ``log_dict``).
 
     Strings, lists and ``None`` values are left out, so the set of names is the same every epoch
-    except for ``schedule/loss`` and ``schedule/reference_loss``, which appear when known.
+    except for ``schedule/loss`` and ``schedule/reference_loss``, which appear when known, and
+    ``random_ratio`` (``criterion="random"``), which appears in epochs that predicted.
     """
     out: dict[str, float] = {}
     for key, value in stats.items():
