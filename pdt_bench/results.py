@@ -264,6 +264,25 @@ def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
     return markdown_table(headers, rows)
 
 
+def _landscape(directory: Path, rel: str) -> str:
+    """The study's ``pdt-bench landscape`` picture (in ``STUDY/landscape/``), with what it shows; "" if none."""
+    path = directory / "landscape" / "landscape.json"
+    if not path.exists():
+        return ""
+    drawn = json.loads(path.read_text())
+    reference, method = drawn["methods"]
+    plane = "the top two principal directions of both trajectories" if drawn["plane"] == "pca" else (
+        "the plane through the common start and both end points"
+    )
+    return (
+        f"\n\n![landscape]({rel}/landscape/landscape.png)\n\n"
+        f"Seed {drawn['seed']}'s weights of {reference} and {method}, epoch by epoch, on {plane}, over the "
+        f"training loss on that plane ({drawn['subset']} training samples; stars: epochs whose prediction was "
+        f"accepted). Drawn by `pdt-bench landscape --task {drawn['task']} --seed {drawn['seed']} --plane "
+        f"{drawn['plane']} --out {directory.as_posix()}/landscape`."
+    )
+
+
 def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None, notes: Path | None = None) -> Path:
     """Write ``out`` (Markdown) over every ``compare`` directory under ``study``; links point at them and at
     ``notes``, the hand-written account of how the study was run (linked, not copied: one source)."""
@@ -308,6 +327,7 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             + f"\n\n{_study_table(summary)}\n\n![training loss]({rel}/plots/train_loss.png)"
             + (f"\n![loss against FLOPs]({rel}/plots/train_loss_flops.png)"
                if (directory / "plots" / "train_loss_flops.png").exists() else "")
+            + _landscape(directory, rel)
         )
     toy = study / "toy.txt"
     if toy.exists():

@@ -17,6 +17,9 @@ def test_results_page_over_a_study(tmp_path, capsys):
     waited = [a if a != "1" else "5" for a in QUICK]
     assert cli.main(["compare", *waited, "--methods", "pdt,lookahead", "--out", str(study / "waited")]) == 0
     (study / "toy.txt").write_text("method  steps\npdt  30\n")
+    (study / "mlp" / "landscape").mkdir()
+    drawn = {"task": "mnist1d-mlp", "seed": 1, "plane": "ends", "subset": 64, "methods": ["baseline", "pdt"]}
+    (study / "mlp" / "landscape" / "landscape.json").write_text(json.dumps(drawn))
     notes = tmp_path / "notes.md"
     notes.write_text("How the study was run.\n")
     targets = tmp_path / "targets.json"
@@ -42,6 +45,9 @@ def test_results_page_over_a_study(tmp_path, capsys):
     # Links point at the compare directories themselves, relative to the page.
     assert "(../study/mlp/report.md)" in text and "(../study/waited/plots/train_loss.png)" in text
     assert "(../study/waited/plots/train_loss_flops.png)" in text
+    # A study's landscape is shown with the plane it is drawn on and the command that drew it.
+    assert "(../study/mlp/landscape/landscape.png)" in section and "through the common start" in section
+    assert "--seed 1 --plane ends" in section and "landscape" not in text.split("## waited")[1]
     assert text.rstrip().endswith("pdt  30\n```")
 
     capsys.readouterr()
