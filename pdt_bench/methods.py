@@ -131,7 +131,14 @@ _SUFFIX_HELP = "@lrx<scale>, @lr=<value>, @epochs=<int>, @decay=<value> (ema) or
 
 
 def literal(text: str) -> Any:
-    """A Python literal (``3``, ``0.1``, ``None``), else the text itself (``adaptive``)."""
+    """A Python literal (``3``, ``0.1``, ``None``), a boolean in any case (``true``, as a shell user
+    types it), else the text itself (``adaptive``).
+
+    >>> literal("3"), literal("0.1"), literal("true"), literal("FALSE"), literal("adaptive")
+    (3, 0.1, True, False, 'adaptive')
+    """
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

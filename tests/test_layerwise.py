@@ -118,6 +118,16 @@ def test_a_tensor_without_a_fit_is_kept_and_counted():
     assert torch.equal(model[2].bias, torch.zeros(3, dtype=torch.float64))
 
 
+def test_an_empty_tensor_is_said_to_have_no_elements():
+    model = mlp()
+    empty = nn.Parameter(torch.zeros(0, dtype=torch.float64))
+    opt = torch.optim.SGD([*model.parameters(), empty], lr=0.05)
+    pdt = PDT(opt, history=H, horizon=TAU, start_epoch=H, scope="layer", criterion="none")
+    _, stats = snapshots_then_step(model, pdt, H + 1)
+    assert stats["predicted"] and stats["rejected"]["unfitted"] == 0
+    assert [layer["reason"] for layer in stats["layers"].values()] == [None] * 4 + ["no elements"]
+
+
 def test_resume_is_exact_and_checkpoints_name_the_scope(tmp_path):
     """A state_dict round trip mid-run continues bit for bit; a whole-model checkpoint is refused."""
 

@@ -357,8 +357,11 @@ class PDT:
                 return {"reason": f"decomposition failed: {e}", "gram_passes": passes}
         steps: list[Tensor | None] = []
         layers: dict[str, dict[str, Any]] = {}
+        numels = self._model_numels()
         for i, (name, first) in enumerate(zip(self.names, firsts)):
             try:
+                if numels[i] == 0:  # its Gram matrix is zero too: say why, not "rank 0"
+                    raise dmd.DMDError("no elements")
                 if isinstance(first, str):
                     raise dmd.DMDError(first)
                 R1, W1, _ = first
