@@ -656,3 +656,19 @@ def test_fast_oscillating_system_matches_numpy():
     assert rel_err(ref, future) < 1e-11
     got = dmd.fit(torch.from_numpy(S)).forecast(torch.from_numpy(S), TAUS).numpy()
     assert rel_err(got, ref) < TOL
+
+
+def test_a_gram_near_the_float64_limit_is_factored_without_overflow():
+    # Entries near 1e308: the symmetrisation must not add two of them (inf), nor fail in LAPACK.
+    K = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64) * 1.5e308
+    R1, W1, _ = dmd.first_factor(K, 2)
+    assert torch.isfinite(R1).all() and torch.isfinite(W1).all()
+    torch.testing.assert_close(W1 @ R1, torch.eye(2, dtype=torch.float64))
+
+
+def test_a_gram_whose_scaled_form_overflows_is_a_decomposition_error():
+    # Not a valid Gram (off-diagonal far beyond the diagonal), as rounding of huge snapshots can give:
+    # refused as a DMDError, which PDT turns into a skipped prediction, never a LinAlgError.
+    K = torch.tensor([[1e-300, 1e300], [1e300, 1e-300]], dtype=torch.float64)
+    with pytest.raises(dmd.DMDError):
+        dmd.first_factor(K, 2)

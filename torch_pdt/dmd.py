@@ -192,7 +192,13 @@ def _eigen_factor(K: Tensor, scale: Tensor, *, floor: float = 0.0, drop: float |
     ``floor`` times the largest are raised to it, which keeps ``W R`` the identity.
     """
     inv = torch.where(scale > 0, 1 / torch.where(scale > 0, scale, 1), 0)
-    mu, E = torch.linalg.eigh(inv[:, None] * K * inv[None, :])
+    scaled = inv[:, None] * K * inv[None, :]
+    if not torch.isfinite(scaled).all():
+        raise DMDError("the snapshots' Gram matrix overflows float64")
+    try:
+        mu, E = torch.linalg.eigh(scaled)
+    except torch.linalg.LinAlgError as e:  # LAPACK gives up on some ill-conditioned matrices
+        raise DMDError(f"the Gram matrix's eigendecomposition did not converge ({e})") from e
     if drop is not None:
         keep = mu > mu.max() * drop
         mu, E = mu[keep], E[:, keep]
@@ -245,7 +251,7 @@ def first_factor(K1: Tensor, m: int, resolution: float = 0.0) -> tuple[Tensor, T
         raise DMDError("rank 0: every snapshot is zero")
     # A difference no larger than the rounding of the snapshots it comes from is zero.
     noise = (4 * m * _EPS) ** 2 * K1.diagonal().max()
-    K1 = torch.where(K1.diagonal()[:, None].minimum(K1.diagonal()[None, :]) > noise, (K1 + K1.T) / 2, 0)
+    K1 = torch.where(K1.diagonal()[:, None].minimum(K1.diagonal()[None, :]) > noise, K1 / 2 + K1.T / 2, 0)
     # The first factor keeps every direction, so that B W1 R1 = B holds exactly; its small
     # directions are inaccurate, and the second pass, now well conditioned, sorts them out.
     scale = K1.diagonal().sqrt()
