@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from .metrics import best, by_method, cumulative_flops
 from .records import Landscape, Run
 
-__all__ = ["loss_against_flops", "plot_landscape", "plot_sweep", "write_plots"]
+__all__ = ["loss_against_flops", "plane_words", "plot_landscape", "plot_sweep", "write_plots"]
 
 REASONS = ("consistency", "lower_bound", "upper_bound", "nonfinite")
 """The checks counted in ``epochs[i].pdt["rejected"]``."""
@@ -408,7 +408,7 @@ def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline",
     return [_save(fig, Path(path), title)]
 
 
-def _plane_words(landscape: Landscape) -> tuple[str, str, str]:
+def plane_words(landscape: Landscape) -> tuple[str, str, str]:
     """The figure's subtitle and axis labels, which say what the plane is."""
     if landscape["plane"] == "pca":
         pc1, pc2 = (100 * f for f in landscape["explained"])
@@ -460,7 +460,7 @@ def plot_landscape(path: Path, landscape: Landscape) -> Path:
     start = landscape["paths"][reference][0]
     handles.append(ax.scatter(*start, marker="s", s=40, color="black", edgecolors="white", zorder=3, label="start"))
     handles.append(Line2D([], [], marker="o", color="gray", linestyle="", markeredgecolor="white", label="end"))
-    subtitle, xlabel, ylabel = _plane_words(landscape)
+    subtitle, xlabel, ylabel = plane_words(landscape)
     ax.set_title(f"{landscape['task']}, seed {landscape['seed']}: {reference} and {method}\n{subtitle}", fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

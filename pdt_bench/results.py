@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import by_method
+from .plots import plane_words
 from .records import load_runs, write_text
 from .report import markdown_table, no_effect, no_effect_cell, percent_change
 
@@ -271,12 +272,10 @@ def _landscape(directory: Path, rel: str) -> str:
         return ""
     drawn = json.loads(path.read_text())
     reference, method = drawn["methods"]
-    plane = "the top two principal directions of both trajectories" if drawn["plane"] == "pca" else (
-        "the plane through the common start and both end points"
-    )
+    plane = plane_words(drawn)[0]  # the figure's own subtitle: one description of the plane
     return (
         f"\n\n![landscape]({rel}/landscape/landscape.png)\n\n"
-        f"Seed {drawn['seed']}'s weights of {reference} and {method}, epoch by epoch, on {plane}, over the "
+        f"Seed {drawn['seed']}'s weights of {reference} and {method}, epoch by epoch ({plane}), over the "
         f"training loss on that plane ({drawn['subset']} training samples; stars: epochs whose prediction was "
         f"accepted). Drawn by `pdt-bench landscape --task {drawn['task']} --seed {drawn['seed']} --plane "
         f"{drawn['plane']} --out {directory.as_posix()}/landscape`."
