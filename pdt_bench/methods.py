@@ -44,8 +44,6 @@ class Method:
     """Fixed learning rate (overrides the run's and ``lr_scale``)."""
     epochs: int | None = None
     """Train this many epochs, the learning-rate schedule compressed to them (None: the run's)."""
-    linear_forecast: bool = False
-    """PDT's mask, but accepted elements get the linear extrapolation ``w + tau * delta``."""
     ema_decay: float | None = None
     """Evaluate an EMA of the weights (``torch.optim.swa_utils.AveragedModel``) with this decay."""
     schedule_free: bool = False
@@ -102,9 +100,9 @@ METHODS: dict[str, Method] = {
         Method("lookahead", lookahead=True, description="Lookahead (k=5, alpha=0.5) around the optimizer"),
         Method(
             "pdt-linear",
-            {"criterion": "pdt"},
-            linear_forecast=True,
-            description="PDT's mask, accepted elements extrapolated linearly (w + tau * delta) instead of by DMD",
+            {"criterion": "pdt", "jump": "linear"},
+            description="PDT's mask, accepted elements extrapolated linearly (w + tau * delta) instead of by DMD "
+            "(jump='linear')",
         ),
         Method(
             "ema",

@@ -12,15 +12,11 @@
 * **Fresh BatchNorm statistics** (``pdt-fresh-bn``): PDT, and after every accepted prediction the running
   statistics recomputed at the new weights from :data:`BN_BATCHES` of the epoch's training batches
   (:func:`torch_pdt.recompute_batch_norm`), on the clock as part of PDT's time.
-* **Same mask, plain forecast** (``pdt-linear``): PDT decides which elements jump; those elements
-  get :math:`w + \\tau\\Delta` (the optimizer's last epoch step, extrapolated linearly) instead of the
-  DMD forecast. PDT keeps the optimizer's weights in its history (``history_after_jump="optimizer"``,
-  the default), so replacing the assembled values afterwards changes nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -28,7 +24,7 @@ from torch import Tensor
 
 from .methods import Method
 
-__all__ = ["LinearForecast", "check_method", "schedule_free_optimizer"]
+__all__ = ["check_method", "schedule_free_optimizer"]
 
 BN_BATCHES = 20
 """Training batches that re-estimate BatchNorm statistics (:func:`torch_pdt.recompute_batch_norm`) for
@@ -39,13 +35,7 @@ package's guidance (SGD 10-50x, AdamW 1-10x the scheduled rate)."""
 
 
 def check_method(method: Method, optimizer: str | None, pdt_options: dict[str, Any]) -> None:
-    """Refuse, before anything runs, a control that would not measure what it says.
-
-    ``pdt-linear`` replaces the assembled values after PDT's step, which is sound only while PDT's
-    history holds the optimizer's weights, taken at the end of each epoch, and PDT never rolls back:
-    not with the authors' start-of-epoch snapshots (``criterion="reference"``),
-    ``history_after_jump="assembled"`` or a loss-driven scheduler.
-    """
+    """Refuse, before anything runs, a control that would not measure what it says."""
     if method.schedule_free and optimizer is not None and optimizer not in SCHEDULE_FREE_LR_SCALE:
         raise ValueError(f"{method.name}: no schedule-free twin of optimizer {optimizer!r}; use sgd or adam(w)")
     if (method.lr is not None and not method.lr > 0) or not method.lr_scale > 0:
@@ -55,16 +45,6 @@ def check_method(method: Method, optimizer: str | None, pdt_options: dict[str, A
         raise ValueError(
             "--pdt every_n_steps: the harness steps PDT once per epoch itself (step mode is for own loops)"
         )
-    if method.linear_forecast:
-        if (
-            options.get("criterion") in ("reference", "authors")
-            or options.get("history_after_jump", "optimizer") != "optimizer"
-            or options.get("scheduler", "fixed") != "fixed"
-        ):
-            raise ValueError(
-                f"{method.name} needs PDT's history to hold the optimizer's end-of-epoch weights and no rollback: "
-                "not with criterion=reference, history_after_jump=assembled or a scheduler other than fixed"
-            )
 
 
 def schedule_free_optimizer(
@@ -82,20 +62,3 @@ def schedule_free_optimizer(
     if name in ("adam", "adamw"):
         return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
     raise ValueError(f"schedule-free has no twin of optimizer {name!r}; use sgd, sgd-momentum, adam or adamw")
-
-
-class LinearForecast:
-    """Remembers the optimizer's weights of the last epoch; after PDT's step, puts
-    :math:`w^{opt} + \\tau\\,(w^{opt} - w^{opt}_{prev})` where PDT accepted its forecast."""
-
-    def __init__(self, params: Sequence[Tensor]) -> None:
-        self.params = list(params)
-        self.previous = [p.detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def step(self, optimizer_weights: Sequence[Tensor], horizon: int) -> None:
-        """``optimizer_weights``: the parameters as the optimizer left them, before PDT's step."""
-        for p, w, prev in zip(self.params, optimizer_weights, self.previous):
-            accepted = p != w
-            p.copy_(torch.where(accepted, w + horizon * (w - prev), w))
-            prev.copy_(w)

@@ -230,7 +230,6 @@ def run(
     if method.pdt is not None:
         kwargs = dict(history=cfg.history, horizon=cfg.horizon, start_epoch=cfg.start_epoch, interval=cfg.interval)
         pdt = PDT(opt, **(kwargs | method.pdt | cfg.pdt_options | {"seed": cfg.seed}), model=model)
-    linear = peers.LinearForecast(pdt.params) if method.linear_forecast else None
     averaged = None
     if method.ema_decay is not None:
         ema = torch.optim.swa_utils.get_ema_multi_avg_fn(method.ema_decay)
@@ -278,10 +277,7 @@ def run(
             predict = not method.switch_by_val_loss or (len(rows) >= 2 and rows[-1]["val_loss"] < rows[-2]["val_loss"])
             _sync(device)
             start = time.perf_counter()
-            optimizer_weights = [p.detach().clone() for p in pdt.params] if linear is not None else None
             stats = pdt.step(loss=torch.stack(batch_losses).mean(), predict=predict)
-            if linear is not None:
-                linear.step(optimizer_weights, stats["horizon"])
             if method.fresh_batch_norm and stats["accepted"]:
                 recompute_batch_norm(model, _bn_batches(task, batches, model, device))
             _sync(device)

@@ -39,8 +39,9 @@ Scheduler = Literal["fixed", "authors", "adaptive"]
 OnJump = Literal["keep", "reset", "rescale"]
 Kernel = Literal["auto", "compiled", "eager"]
 Scope = Literal["model", "layer"]
+Jump = Literal["forecast", "linear"]
 
-ADDED = {"scope": "model", "graded": False}
+ADDED = {"scope": "model", "graded": False, "jump": "forecast"}
 """Options added after checkpoints were first saved: a checkpoint without one was saved at its default."""
 
 ALIASES = {"criterion": {"reference": "authors"}, "scheduler": {"reference": "authors"}}
@@ -157,6 +158,11 @@ class PDTConfig:
         graded: each element jumps to the largest ``k <= tau`` whose checks pass (the criterion
             with ``tau`` replaced by ``k``, on the forecast ``k`` epochs ahead) instead of to
             ``tau`` or not at all. Not with ``criterion="random"``.
+        jump: where an accepted element goes: the DMD forecast (``"forecast"``, the paper) or
+            :math:`w + \tau\Delta`, the optimizer's last step extrapolated linearly
+            (``"linear"``; :math:`w + k\Delta` where ``graded`` lands at ``k``). The criterion
+            judges the DMD forecast either way: with ``"linear"`` the DMD only chooses which
+            elements jump.
     """
 
     history: int = 5
@@ -181,6 +187,7 @@ class PDTConfig:
     kernel: Kernel = "auto"
     scope: Scope = "model"
     graded: bool = False
+    jump: Jump = "forecast"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the validated values replace the given ones once, here
@@ -199,6 +206,7 @@ class PDTConfig:
             ("on_jump", OnJump),
             ("kernel", Kernel),
             ("scope", Scope),
+            ("jump", Jump),
         ]:
             set_(self, name, _choice(name, getattr(self, name), kind))
         forecast = self.forecast

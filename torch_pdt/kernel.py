@@ -23,7 +23,8 @@ predicted steps ``k = 1..tau`` and, last, the displacement :math:`D` (``h (tau +
 multiply-adds per element, in the parameters' precision: float64 for float64, float32 for the
 rest). The coefficients are a tensor, so new ones never recompile. The mask is the one of
 :mod:`torch_pdt.criteria`; the new weight is :math:`s_{h-1} + D` where it passes and is
-finite in the parameter's dtype, the parameter elsewhere.
+finite in the parameter's dtype (:math:`s_{h-1} + \tau\Delta` with ``linear``), the parameter
+elsewhere.
 
 Three forms keep the compiled loop one loop, and cheap (measured on CPU with inductor):
 
@@ -176,6 +177,7 @@ def predict_mask_assemble(
     write: bool,
     origin_is_param: bool = False,
     accepted: Tensor | None = None,
+    linear: bool = False,
 ) -> Tensor:
     r"""One parameter's prediction: returns integer counts ``[finite, consistency, lower, upper, accepted]``.
 
@@ -188,6 +190,8 @@ def predict_mask_assemble(
     ``origin_is_param``: the forecast starts from ``param`` rather than the newest row (rows
     that round the weights, mirrored). ``accepted``, if given, receives the per-element
     decision as 0/1 (for a bucket of small parameters, whose counts are then split).
+    ``linear``: accepted elements move by ``tau`` times :math:`\Delta` instead of by :math:`D`
+    (``PDT(jump="linear")``).
     """
     h = len(rows)
     dtype = coef.dtype
@@ -208,7 +212,7 @@ def predict_mask_assemble(
     # Finite in the parameter's dtype: float16 overflows where float32 does not. Compared in the
     # working precision against the smallest value that rounds to inf, because inductor elided a
     # round trip through the parameter's dtype (an fp16 55,000 + 5 * 5,000 was written as inf).
-    new = (param.to(dtype) if origin_is_param else last) + displacement
+    new = (param.to(dtype) if origin_is_param else last) + (tau * delta if linear else displacement)
     finite = new.abs() < overflow_threshold(param.dtype)
     if param.dtype != dtype:
         new = new.to(param.dtype)
@@ -419,8 +423,10 @@ class FusedPasses:
         mirrored: bool,
         write: bool,
         origin_is_param: bool = False,
+        linear: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """Predict, mask and (with ``write``) assemble every parameter.
+        """Predict, mask and (with ``write``) assemble every parameter (``linear``: see
+        :func:`predict_mask_assemble`).
 
         ``rows``: the storage rows oldest first; ``steps``: float64 ``(tau + 1) x h``, the
         predicted steps and the displacement as combinations of the snapshots (unmirrored).
@@ -454,6 +460,7 @@ class FusedPasses:
                     write,
                     origin_is_param,
                     accepted,
+                    linear,
                 )
                 counts = counts.to(torch.int64)
                 totals[param.device] = totals[param.device] + counts if param.device in totals else counts

@@ -60,13 +60,16 @@ class PDT:
             (``criterion``, ``forecast``, ``modes``, ``rank``, ``rtol``, ``history_after_jump``,
             ``random_ratio``, ``seed``, ``chunk_size``, ``storage``, ``every_n_steps``,
             ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
-            ``graded``). Every invalid value raises a ``ValueError`` naming it.
+            ``graded``, ``jump``). Every invalid value raises a ``ValueError`` naming it.
 
     ``scope="layer"`` fits one DMD per parameter tensor to that tensor's own snapshots (as the
     authors' layerwise trainer does) instead of one for the whole model, whose at most ``h - 1``
     modes must then serve every layer. ``graded=True`` lets each element jump to the largest
     ``k <= tau`` whose checks pass (the criterion with ``tau`` replaced by ``k``, on the forecast
     ``k`` epochs ahead) rather than to ``tau`` or not at all. Both run the eager passes.
+    ``jump="linear"`` moves an accepted element to :math:`w^{opt}_i + \tau\Delta` instead of
+    to the forecast: the DMD and the criterion choose which elements jump, the optimizer's own
+    last step how far (in the v2 study this was 1-5 epochs ahead of the forecast on every task).
 
     ``kernel`` chooses how the two passes over the snapshots run: ``"compiled"``
     (:mod:`torch_pdt.kernel`: one ``torch.compile``\ d loop per parameter and pass, near the
@@ -412,6 +415,7 @@ class PDT:
                 origin_is_param=not history.exact and not self.config.start_of_epoch,
                 on_chunk=on_chunk,
                 graded=self.config.graded,
+                linear=self.config.jump == "linear",
             )
         stats = counts.statistics(self._reduce_counts(counts.counts()), self.names, self._model_numels())
         return ({"optimizer_state_untouched": sorted(untouched)} if on_jump != "keep" else {}) | stats
@@ -481,7 +485,14 @@ class PDT:
         name = criteria.canonical(criterion)
         try:
             per_param, totals = history.fused.predict(
-                flats, history.rows(), steps, name, mirrored, write, origin_is_param=not history.exact and mirrored
+                flats,
+                history.rows(),
+                steps,
+                name,
+                mirrored,
+                write,
+                origin_is_param=not history.exact and mirrored,
+                linear=self.config.jump == "linear",
             )
         except Exception as e:
             # Parameters written before the failure are restored from the newest snapshot,

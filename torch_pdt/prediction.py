@@ -29,6 +29,10 @@ pass is eager torch; it is the seam a compiled kernel replaces (same arguments, 
 ``None`` for a parameter without a fit, whose elements are kept and counted as passing (PDT
 reports them apart).
 
+**Linear** (``linear=True``, ``PDT(jump="linear")``): the criterion judges the forecast as
+above, but an accepted element gets :math:`s_{last} + \tau\Delta` (graded: :math:`k\Delta`), the
+optimizer's step extrapolated; its finiteness is that of this value.
+
 **Graded** (``graded=True``): ``steps`` is ``2 tau x m`` (:meth:`torch_pdt.dmd.DMD.step_coefficients`):
 the steps, then the displacements :math:`D_k`, ``k = 1..tau``. An element goes to the largest
 ``k`` whose checks pass, the criterion applied with ``tau`` replaced by ``k`` to the first ``k``
@@ -105,6 +109,7 @@ def predict_pass(
     origin_is_param: bool = False,
     on_chunk: OnChunk | None = None,
     graded: bool = False,
+    linear: bool = False,
 ) -> PassCounts:
     """Predict, mask and (if ``write``) assemble every element, chunk by chunk.
 
@@ -125,6 +130,8 @@ def predict_pass(
             (the snapshots round the parameters: bf16 storage).
         on_chunk: called after each chunk (see :data:`OnChunk`).
         graded: each element to the largest horizon whose checks pass (module docstring).
+        linear: accepted elements move by ``tau`` (graded: ``k``) times the optimizer's step
+            instead of by the forecast (module docstring).
     """
     layerwise = not isinstance(steps, Tensor)
     some = next(s for s in steps if s is not None) if layerwise else steps
@@ -187,6 +194,8 @@ def predict_pass(
             low, high = extremes(M[:tau]) if criterion.needs_steps else (None, None)
             passed = criterion(low, high, displacement, delta, tau)
             applied.update(k for k in passed if k in CHECKS)
+            if linear:  # the checks are made: the displacement's buffer takes the linear one
+                torch.mul(delta, tau, out=displacement)
             new = torch.sub(origin, displacement, out=displacement) if mirrored else displacement.add_(origin)
             if flat.dtype != dtype:  # finite in the parameter's dtype: float16 overflows where float32 does not
                 new = new.to(flat.dtype)
@@ -198,14 +207,19 @@ def predict_pass(
                     tally[CHECKS.index(check)] += torch.count_nonzero(mask)
                 accept &= mask
             if graded:
-                level, new = _grade(M, tau, accept, new, origin, delta, criterion, mirrored)
+                level, new = _grade(M, tau, accept, new, origin, delta, criterion, mirrored, linear)
                 levels[device] += torch.bincount(level, minlength=tau + 1)
                 accept = level > 0
             accepted[i] += torch.count_nonzero(accept)
             if write:
                 torch.where(accept, new, flat, out=flat)
             if on_chunk is not None:
-                landing = M[tau - 1] if not graded else M[:tau].gather(0, (level - 1).clamp(min=0)[None])[0]
+                if linear:  # every step of the jump is the optimizer's
+                    landing = delta
+                elif graded:
+                    landing = M[:tau].gather(0, (level - 1).clamp(min=0)[None])[0]
+                else:
+                    landing = M[tau - 1]
                 on_chunk(i, start, accept, landing, delta)
     passing = sum((t.cpu() for t in counts.values()), torch.zeros(len(CHECKS) + 1, dtype=torch.int64))
     per_horizon = None
@@ -223,13 +237,14 @@ def _grade(
     delta: Tensor,
     criterion: Criterion,
     mirrored: bool,
+    linear: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Each element's landing horizon (int64, 0 for none) and its new value.
 
     ``M`` is a graded pass's ``2 tau x c`` product, ``accept`` and ``new`` the decision and value
     at ``tau``. Going down from ``tau - 1``, an element not yet placed lands at ``k`` when the
     criterion passes with ``tau = k`` on the first ``k`` steps and :math:`D_k`, and
-    ``origin + D_k`` is finite in ``new``'s dtype.
+    ``origin + D_k`` (``linear``: ``origin + k delta``) is finite in ``new``'s dtype.
     """
     level = torch.where(accept, tau, 0)
     lows = highs = None
@@ -237,7 +252,8 @@ def _grade(
         lows, highs = torch.cummin(M[:tau], 0).values, torch.cummax(M[:tau], 0).values
     for k in range(tau - 1, 0, -1):
         D = M[tau + k - 1]
-        candidate = (origin - D if mirrored else origin + D).to(new.dtype)
+        move = k * delta if linear else D
+        candidate = (origin - move if mirrored else origin + move).to(new.dtype)
         ok = (level == 0) & (candidate.abs() < math.inf)
         low, high = (lows[k - 1], highs[k - 1]) if lows is not None else (None, None)
         for mask in criterion(low, high, D, delta, k).values():

@@ -21,6 +21,8 @@ criteria are those of :mod:`torch_pdt.criteria`, written out again here; an elem
 accepted when it passes them and :math:`s_{m-1} + D` is finite in the weights' dtype.
 Graded (``graded=True``): an element goes to :math:`\hat w_k` for the largest ``k <= tau``
 that passes the criterion judged on the first ``k`` steps with ``tau = k`` (and is finite).
+Linear (``jump="linear"``): the same judgement, but an accepted element goes to
+:math:`s_{m-1} + \tau\Delta` (graded: :math:`s_{m-1} + k\Delta`) instead of to the forecast.
 
 PDT's own path (:mod:`torch_pdt.dmd`, :mod:`torch_pdt.prediction`) gets the same numbers from an
 ``h x h`` Gram matrix and one pass over the snapshots. This one costs ``O(N m)`` complex memory
@@ -158,14 +160,16 @@ def _assemble(
     criterion: str,
     write: bool,
     graded: bool = False,
+    linear: bool = False,
     **draw,
 ) -> Result:
     """Mask and assemble: accepted elements get ``origin + D`` (finite in the weights' dtype).
 
     Graded: ``origin + D_k`` (``D_k`` the sum of the first ``k`` steps) for the largest passing ``k``.
+    Linear: ``tau * delta`` (graded: ``k * delta``) in place of ``D`` (``D_k``) in the new value.
     """
     tau = increments.shape[0]
-    new = (origin + displacement).to(weights.dtype)
+    new = (origin + (tau * delta if linear else displacement)).to(weights.dtype)
     finite = torch.isfinite(new)
     passed = judge(increments, displacement, delta, tau, criterion, **draw)
     accept = finite.clone()
@@ -181,7 +185,7 @@ def _assemble(
         new = torch.zeros_like(new)
         for k in range(1, tau + 1):  # the largest k wins: later ones overwrite
             D_k = increments[:k].sum(0)
-            candidate = (origin + D_k).to(weights.dtype)
+            candidate = (origin + (k * delta if linear else D_k)).to(weights.dtype)
             ok = torch.isfinite(candidate)
             for mask in judge(increments[:k], D_k, delta, k, criterion).values():
                 ok &= mask
@@ -210,6 +214,7 @@ def step(
     dtype: torch.dtype = torch.float64,
     write: bool = True,
     graded: bool = False,
+    jump: str = "forecast",
 ) -> Result:
     """One PDT prediction from ``snapshots`` (flat, oldest first) for the flat ``weights``.
 
@@ -217,11 +222,13 @@ def step(
     ``"authors"``, else ``"paper"``; ``start_of_epoch`` to ``criterion == "authors"``). With
     end-of-epoch snapshots the newest is the optimizer's result, ``weights`` itself. ``"random"``
     draws from a fresh generator seeded with ``seed``. Writes the assembled weights into
-    ``weights`` when ``write``. Computes in ``dtype``. ``graded``: see the module docstring.
+    ``weights`` when ``write``. Computes in ``dtype``. ``graded``, ``jump``: see the module docstring.
     """
     criterion = ALIASES["criterion"].get(criterion, criterion)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if jump not in ("forecast", "linear"):
+        raise ValueError(f"jump must be 'forecast' or 'linear', got {jump!r}")
     forecast = forecast or ("increment" if criterion == "authors" else "paper")
     start_of_epoch = criterion == "authors" if start_of_epoch is None else start_of_epoch
     S = torch.stack([s.reshape(-1).to(dtype) for s in snapshots], dim=1)
@@ -237,7 +244,7 @@ def step(
         draw = {"ratio": ratio, "generator": torch.Generator(device=weights.device).manual_seed(seed)}
     if graded and criterion == "random":
         raise ValueError("graded needs checks to grade by; criterion 'random' has none")
-    return _assemble(increments, D, origin, delta, weights, criterion, write, graded, **draw)
+    return _assemble(increments, D, origin, delta, weights, criterion, write, graded, jump == "linear", **draw)
 
 
 def apply_steps(
@@ -248,14 +255,15 @@ def apply_steps(
     *,
     start_of_epoch: bool = False,
     graded: bool = False,
+    linear: bool = False,
 ) -> Result:
     """The prediction pass given its coefficients: ``steps`` (``(tau + 1) x m``) maps the snapshots
     (rows of the ``m x N`` matrix ``snapshots``, oldest first) to the ``tau`` predicted steps and
     the displacement, as :func:`torch_pdt.prediction.predict_pass` takes them (graded:
     ``2 tau x m``, whose displacements past the steps this twin recomputes as their sums). In
-    float64; does not write."""
+    float64; does not write; ``linear`` as ``jump="linear"``."""
     P = steps.to(torch.float64) @ snapshots.to(torch.float64)
     tau = steps.shape[0] // 2 if graded else steps.shape[0] - 1
     origin = snapshots[-1].to(torch.float64)
     delta = weights.to(torch.float64) - origin if start_of_epoch else origin - snapshots[-2].to(torch.float64)
-    return _assemble(P[:tau], P[-1], origin, delta, weights, criterion, False, graded)
+    return _assemble(P[:tau], P[-1], origin, delta, weights, criterion, False, graded, linear)
