@@ -15,12 +15,23 @@ A targets file maps a study directory's name to what it must show::
 ``accuracy_tolerance``: how far PDT's mean final accuracy may fall below the baseline's;
 ``ahead_of``: controls PDT's median must beat; ``budget``: at epoch E, PDT's training loss must be
 below that of the baseline compressed to E epochs (``baseline@epochs=E``), seed by seed.
+
+A last section sets PDT's variants (:data:`VARIANTS`, with any ``@`` suffix: ``pdt@horizon=10``)
+against the paper's PDT on the seeds both ran. Their lead is in percentage points of the baseline's
+epochs: :math:`(E_{PDT} - E_{variant}) / E_{baseline}`, per seed, then the median. The key
+``"variants"`` of the targets file (not a study) sets what a variant must show::
+
+    {"variants": {"lead": 0.1, "accuracy_tolerance": 0.003, "studies": 3}}
+
+a lead of at least ``lead`` with a mean final accuracy at most ``accuracy_tolerance`` below PDT's,
+on at least ``studies`` studies.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -53,6 +64,11 @@ ACCURACY_TOLERANCE = 0.003
 
 TARGET_KEYS = {"reduction": float, "accuracy_tolerance": float, "ahead_of": list, "budget": bool}
 
+VARIANTS = ("pdt", "pdt-linear", "pdt-layer", "pdt-graded", "pdt-layer-graded", "pdt-fresh-bn")
+"""Methods that change PDT itself (beyond the paper, :mod:`pdt_bench.methods`); a name whose part
+before any ``@`` is one of these, other than ``pdt`` alone, is a variant."""
+VARIANT_KEYS = {"lead": float, "accuracy_tolerance": float, "studies": int}
+
 
 def load_targets(path: Path) -> dict[str, Any]:
     """The targets file, checked: an object of study names to objects of :data:`TARGET_KEYS`."""
@@ -65,11 +81,14 @@ def load_targets(path: Path) -> dict[str, Any]:
     for study, targets in data.items():
         if not isinstance(targets, dict):
             raise ValueError(f"targets file {path}: {study!r} must be an object")
+        known = VARIANT_KEYS if study == "variants" else TARGET_KEYS
         for key, value in targets.items():
-            kind = TARGET_KEYS.get(key)
+            kind = known.get(key)
             if kind is None:
-                raise ValueError(f"targets file {path}: {study}.{key}: unknown key; known: {', '.join(TARGET_KEYS)}")
-            if kind is float:
+                raise ValueError(f"targets file {path}: {study}.{key}: unknown key; known: {', '.join(known)}")
+            if kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            elif kind is float:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             else:
                 ok = isinstance(value, kind) and (kind is not list or all(isinstance(v, str) for v in value))
@@ -282,6 +301,108 @@ def _landscape(directory: Path, rel: str) -> str:
     )
 
 
+def _lead(pdt: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any] | None:
+    """A variant against PDT on the seeds both ran without diverging: the median lead (module
+    docstring; ``-inf`` for a seed where only PDT reached the target), the mean accuracy difference
+    and the variant's mean accepted ratio and PDT time share; ``None`` if they share no seed."""
+    ours = {s["seed"]: s for s in pdt["per_seed"] if s["compared"]}
+    pairs = [(ours[s["seed"]], s) for s in variant["per_seed"] if s["compared"] and s["seed"] in ours]
+    if not pairs:
+        return None
+    leads = []
+    for p, v in pairs:
+        if p["reduction_loss_epochs"] is None and v["reduction_loss_epochs"] is None:
+            continue
+        if v["reduction_loss_epochs"] is None:
+            leads.append(-math.inf)
+        elif p["reduction_loss_epochs"] is None:
+            leads.append(math.inf)
+        else:
+            leads.append(v["reduction_loss_epochs"] - p["reduction_loss_epochs"])
+
+    def mean(key: str, of: int) -> float | None:
+        values = [pair[of][key] for pair in pairs if pair[of][key] is not None]
+        return statistics.fmean(values) if values else None
+
+    acc_v, acc_p = mean("final_val_acc", 1), mean("final_val_acc", 0)
+    return {
+        "seeds": len(pairs),
+        "lead": statistics.median(leads) if leads else None,
+        "accuracy": None if acc_v is None or acc_p is None else acc_v - acc_p,
+        "accepted": mean("accepted_ratio", 1),
+        "time": mean("pdt_time_share", 1),
+    }
+
+
+def _points(fraction: float | None) -> str:
+    if fraction is None:
+        return "-"
+    if math.isinf(fraction):
+        return "n/r" if fraction < 0 else "PDT n/r"
+    return f"{100 * fraction:+.0f} pp"
+
+
+def _variants(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, Any]) -> str:
+    """The section on PDT's variants: one row per (variant, study), then each variant's count of studies
+    where it meets ``want`` (the targets file's ``"variants"``), or "" when no study ran a variant."""
+    lead, tolerance, needed = want.get("lead"), want.get("accuracy_tolerance", ACCURACY_TOLERANCE), want.get("studies")
+    rows, met = [], {}
+    for name, _, summary in studies:
+        methods = summary["methods"]
+        if PDT not in methods:
+            continue
+        for variant in [m for m in methods if m != PDT and m.split("@")[0] in VARIANTS]:
+            paired = _lead(methods[PDT], methods[variant])
+            if paired is None:
+                continue
+            ok = (
+                lead is not None
+                and paired["lead"] is not None
+                and paired["lead"] >= lead
+                and paired["accuracy"] is not None
+                and paired["accuracy"] >= -tolerance
+            )
+            met.setdefault(variant, [])
+            if ok:
+                met[variant].append(name)
+            rows.append(
+                [
+                    variant,
+                    name,
+                    str(paired["seeds"]),
+                    _epochs(methods[variant]),
+                    _epochs(methods[PDT]),
+                    _points(paired["lead"]),
+                    "-" if paired["accuracy"] is None else f"{100 * paired['accuracy']:+.2f}",
+                    "-" if paired["accepted"] is None else f"{100 * paired['accepted']:.1f}",
+                    "-" if paired["time"] is None else f"{100 * paired['time']:.1f}",
+                ]
+            )
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: (r[0], r[1]))
+    headers = ["variant", "study", "seeds", "epochs", "PDT's epochs", "lead", "acc vs PDT", "accepted %", "PDT time %"]
+    text = (
+        "## Beyond the paper: PDT's variants against PDT\n\n"
+        "On the seeds both ran: epochs to the baseline's best training loss (median (min–max) reached, over the "
+        "variant's seeds), its lead over PDT in percentage points of the baseline's epochs (median over seeds; "
+        "n/r: the variant did not reach the target), final accuracy against PDT's in points (mean), and the "
+        "variant's accepted share and share of the time in its own steps (means).\n\n" + markdown_table(headers, rows)
+    )
+    if lead is not None:
+        lines = []
+        for variant, names in sorted(met.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            verdict = "**reached**" if needed is not None and len(names) >= needed else "**not reached**"
+            where = f": {', '.join(names)}" if names else ""
+            ran = sum(r[0] == variant for r in rows)
+            lines.append(f"- `{variant}`: {len(names)} of {ran} studies{where}; {verdict}")
+        text += (
+            f"\n\nTarget: a lead of at least {100 * lead:.0f} pp with accuracy at most {100 * tolerance:.1f} points "
+            f"below PDT's, on at least {needed} studies.\n\n" + "\n".join(lines)
+        )
+    return text
+
+
 def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None, notes: Path | None = None) -> Path:
     """Write ``out`` (Markdown) over every ``compare`` directory under ``study``; links point at them and at
     ``notes``, the hand-written account of how the study was run (linked, not copied: one source)."""
@@ -295,7 +416,7 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
         if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
             raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
         studies.append((summary_path.parent.name, summary_path.parent, summary))
-    unknown = sorted(set(targets) - {name for name, _, _ in studies})
+    unknown = sorted(set(targets) - {name for name, _, _ in studies} - {"variants"})
     if unknown and studies:
         print(f"targets for studies not under {study}: {', '.join(unknown)}", file=sys.stderr)
     if not studies:
@@ -324,10 +445,15 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             f"## {name}\n\nSeeds {seeds}; full report with settings and plots: [{rel}/report.md]({rel}/report.md)\n\n"
             + "\n".join(f"- {c}" for c in checks)
             + f"\n\n{_study_table(summary)}\n\n![training loss]({rel}/plots/train_loss.png)"
-            + (f"\n![loss against FLOPs]({rel}/plots/train_loss_flops.png)"
-               if (directory / "plots" / "train_loss_flops.png").exists() else "")
+            + (
+                f"\n![loss against FLOPs]({rel}/plots/train_loss_flops.png)"
+                if (directory / "plots" / "train_loss_flops.png").exists()
+                else ""
+            )
             + _landscape(directory, rel)
         )
+    if variants := _variants(studies, targets.get("variants", {})):
+        parts.append(variants)
     toy = study / "toy.txt"
     if toy.exists():
         parts.append(f"## Toy problem (`pdt-bench toy`)\n\n```\n{toy.read_text().strip()}\n```")

@@ -83,3 +83,82 @@ def test_results_refuses_a_missing_notes_file(tmp_path, capsys):
     (study / "a").mkdir(parents=True)
     assert cli.main(["results", str(study), "--notes", str(tmp_path / "nope.md")]) == 2
     assert "--notes" in capsys.readouterr().err
+
+
+def _summary(methods: dict) -> dict:
+    """A compare summary with the keys the page reads, from per-seed (reduction, final accuracy) pairs."""
+    out = {}
+    for name, seeds in methods.items():
+        per_seed = [
+            {
+                "seed": s,
+                "compared": True,
+                "reduction_loss_epochs": r,
+                "final_val_acc": acc,
+                "accepted_ratio": 0.2,
+                "pdt_time_share": 0.01,
+            }
+            for s, (r, acc) in enumerate(seeds)
+        ]
+        reached = [r for r, _ in seeds if r is not None]
+        stat = {"median": 10, "min": 10, "max": 10, "n": len(reached), "of": len(seeds), "mean": 0.5}
+        out[name] = {
+            "per_seed": per_seed,
+            "ttb_loss_epochs": stat,
+            "reduction_loss_epochs": stat | {"median": max(reached) if reached else None},
+            "reduction_loss": stat,
+            "final_val_acc": {"mean": sum(a for _, a in seeds) / len(seeds)},
+            "final_loss_ratio": {"median": 0.5},
+            "accepted_ratio": {"mean": 0.2},
+            "runs": len(seeds),
+            "compared": len(seeds),
+            "diverged": 0,
+            "pdt": name != "baseline",
+            "predictions": {"max": 0 if name == "baseline" else 5},
+            "accepting_predictions": {"max": 0 if name == "baseline" else 5},
+        }
+    return {"methods": out, "reference": "baseline", "seeds": [0, 1]}
+
+
+def test_variants_are_set_against_pdt_seed_by_seed(tmp_path):
+    """Leads in percentage points of the baseline's epochs, median over the seeds both ran; a variant counts
+    for a study only with the lead and the accuracy; seeds where it missed the target are n/r."""
+    from pdt_bench.results import write_results
+
+    base = [(0.0, 0.70), (0.0, 0.70)]
+    studies = {
+        "a": {
+            "baseline": base,
+            "pdt": [(0.50, 0.72), (0.55, 0.72)],
+            "pdt-linear@horizon=10": [(0.62, 0.73), (0.65, 0.72)],
+        },
+        "b": {
+            "baseline": base,
+            "pdt": [(0.40, 0.80), (0.40, 0.80)],
+            "pdt-linear@horizon=10": [(0.60, 0.75), (0.60, 0.75)],
+        },
+        "c": {
+            "baseline": base,
+            "pdt": [(0.40, 0.80), (0.40, 0.80)],
+            "pdt-linear@horizon=10": [(None, 0.80), (0.6, 0.8)],
+        },
+        "d": {
+            "baseline": base,
+            "pdt": [(0.40, 0.80), (0.40, 0.80)],
+            "pdt-graded": [(0.45, 0.80), (0.45, 0.80)],
+            "random-mask": [(0.9, 0.8), (0.9, 0.8)],
+        },
+    }
+    for name, methods in studies.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(_summary(methods)))
+    want = {"variants": {"lead": 0.1, "accuracy_tolerance": 0.003, "studies": 1}}
+    text = write_results(tmp_path, tmp_path / "page.md", want).read_text()
+    section = text.split("## Beyond the paper")[1]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in section.splitlines() if "| pdt" in line}
+    assert "+11 pp" in rows[("pdt-linear@horizon=10", "a")]  # median of +12 and +10
+    assert "+20 pp" in rows[("pdt-linear@horizon=10", "b")] and "-5.00" in rows[("pdt-linear@horizon=10", "b")]
+    assert "n/r" in rows[("pdt-linear@horizon=10", "c")]
+    assert "+5 pp" in rows[("pdt-graded", "d")] and not any("random-mask" in k for k in rows)  # a control
+    assert "- `pdt-linear@horizon=10`: 1 of 3 studies: a; **reached**" in section
+    assert "- `pdt-graded`: 0 of 1 studies; **not reached**" in section
