@@ -13,13 +13,13 @@ BENCH_EXTRA = ("numpy", "mnist1d", "matplotlib", "tqdm", "PIL", "pytorch_optimiz
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: a missing extra is then reported by main(), not a traceback.
-    from . import compare, landscape, overhead, results, sweep, toy
+    from . import compare, landscape, overhead, results, steps, sweep, toy
 
     parser = argparse.ArgumentParser(
         prog="pdt-bench", description="Benchmarks of Predictive Differential Training against baselines and peers."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for study in (compare, sweep, toy, overhead, results, landscape):
+    for study in (compare, sweep, steps, toy, overhead, results, landscape):
         study.add_command(sub)
     return parser
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pdt-bench: error: {module} is missing: pip install 'torch-pdt[bench]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        words = "compare and sweep keep every finished run: the same command continues"
+        words = "compare, sweep and steps keep every finished run: the same command continues"
         print(f"pdt-bench: interrupted ({words})", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()

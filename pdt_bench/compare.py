@@ -18,6 +18,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, fields, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method
 from .records import Epoch, Run, load_run, save_json
 from .train import RunConfig, run
 
-__all__ = ["add_command", "add_run_arguments", "execute", "run_configs"]
+__all__ = ["Progress", "add_command", "add_run_arguments", "check_pdt", "execute", "launch", "run_configs"]
 
 
 def _pdt_option(text: str) -> tuple[str, Any]:
@@ -185,11 +186,16 @@ def _check_pdt_options(args: argparse.Namespace, method: Any) -> None:
     """Build the run's PDT on a one-weight model: a bad value (of ``--pdt``, a method suffix or a PDT flag)
     fails here, before any run."""
     kwargs = dict(history=args.history, horizon=args.horizon, start_epoch=args.start_epoch, interval=args.interval)
-    kwargs |= method.pdt | dict(args.pdt)
+    check_pdt(method.name, kwargs | method.pdt | dict(args.pdt))
+
+
+def check_pdt(name: str, kwargs: dict[str, Any]) -> None:
+    """Build ``PDT(**kwargs)`` on a one-weight model: a bad value fails here, as a ``ValueError`` naming
+    method ``name``, before any run."""
     try:
         PDT(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), **kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{method.name}: {e}") from None
+        raise ValueError(f"{name}: {e}") from None
 
 
 _UNSET = ("None", "False")
@@ -216,7 +222,17 @@ def _code_version() -> str | None:
     return out.stdout.strip() or None
 
 
-def _run_to_file(config: RunConfig, path: Path, on_epoch: Callable[[Epoch, int], None] | None = None) -> Path:
+Report = Callable[[int, int, str], None]
+"""A run's progress: ``report(done, total, words)`` (epochs or steps done of the run's total, and the
+figures the bar shows beside them)."""
+
+
+def _epoch_words(row: Epoch) -> str:
+    return f"train loss {row['train_loss']:.4g}, val acc {row['val_acc']:.4f}"
+
+
+def _run_to_file(config: RunConfig, path: Path, report: Report | None = None) -> Path:
+    on_epoch = None if report is None else lambda row, total: report(row["epoch"], total, _epoch_words(row))
     record = run(config, out_dir=path.parent.parent, on_epoch=on_epoch)
     record["config"]["identity"] = _identity(config)
     record["config"]["code_version"] = _code_version()
@@ -225,20 +241,20 @@ def _run_to_file(config: RunConfig, path: Path, on_epoch: Callable[[Epoch, int],
 
 
 _epochs_queue: Any = None
-"""In a worker process: where its run's epochs are reported to the parent's progress bars (or ``None``)."""
+"""In a worker process: where its run's progress is reported to the parent's progress bars (or ``None``)."""
 
 
 def _worker_init(queue: Any) -> None:
     global _epochs_queue
     _epochs_queue = queue
-    # Ctrl-C reaches the whole process group: the parent stops the workers itself (see _launch).
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself (see launch).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_in_worker(config: RunConfig, path: Path) -> Path:
+def _run_in_worker(work: Callable[[Any, Path, Report | None], Path], config: Any, path: Path) -> Path:
     queue = _epochs_queue
-    on_epoch = None if queue is None else lambda row, total: queue.put((path.stem, row, total))
-    return _run_to_file(config, path, on_epoch)
+    report = None if queue is None else lambda done, total, words: queue.put((path.stem, done, total, words))
+    return work(config, path, report)
 
 
 def _same_run(path: Path, config: RunConfig) -> bool:
@@ -251,18 +267,24 @@ def _same_run(path: Path, config: RunConfig) -> bool:
 
 
 def execute(
-    configs: Sequence[RunConfig],
+    configs: Sequence[Any],
     out_dir: Path,
     jobs: int = 1,
     rerun: bool = False,
     quiet: bool = False,
     reuse: Sequence[Path] = (),
     existing: bool = False,
-) -> list[Run]:
+    work: Callable[[Any, Path, Report | None], Path] = _run_to_file,
+    finished: Callable[[Path, Any], bool] = _same_run,
+    unit: str = "epoch",
+) -> list[Any]:
     """Run every config not yet on disk under ``out_dir/runs``; return all their records.
 
     A run already done under one of the ``reuse`` directories' ``runs/`` is copied, not rerun.
     With ``existing``, nothing runs: the records are those of the finished runs only.
+    Another study's runs (``pdt-bench steps``) come with their own ``work(config, path, report)``,
+    which writes the record of one config (a module-level function: it goes to a worker process),
+    ``finished(path, config)``, whether that record is on disk already, and the ``unit`` of its progress.
     """
     paths = [out_dir / "runs" / f"{c.method}-seed{c.seed}.json" for c in configs]
     todo = []
@@ -270,9 +292,9 @@ def execute(
         if rerun:
             todo.append((config, path))
             continue
-        if _same_run(path, config):
+        if finished(path, config):
             continue
-        source = next((d / "runs" / path.name for d in reuse if _same_run(d / "runs" / path.name, config)), None)
+        source = next((d / "runs" / path.name for d in reuse if finished(d / "runs" / path.name, config)), None)
         if source is not None:
             save_json(path, load_run(source))
         else:
@@ -284,9 +306,9 @@ def execute(
             print(f"--existing: not run yet, left out: {names}", file=sys.stderr)
         return [load_run(p) for p in paths if p not in missing]
     if todo:
-        progress = None if quiet else Progress(len(todo))
+        progress = None if quiet else Progress(len(todo), unit)
         try:
-            _launch(todo, jobs, progress)
+            launch(todo, jobs, progress, work)
         finally:
             if progress is not None:
                 progress.close()
@@ -294,28 +316,33 @@ def execute(
 
 
 class Progress:
-    """On stderr: a bar of finished runs, and an epoch bar for each run in progress."""
+    """On stderr: a bar of finished runs, and a bar of epochs (or another ``unit``) for each run in progress."""
 
-    def __init__(self, runs: int) -> None:
+    def __init__(self, runs: int, unit: str = "epoch") -> None:
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
+        self.unit = unit
         self.runs = tqdm(total=runs, desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
         self.epochs: dict[str, Any] = {}
         self.done: set[str] = set()
 
     def epoch(self, name: str, row: Epoch, total: int) -> None:
+        self.advance(name, row["epoch"], total, _epoch_words(row))
+
+    def advance(self, name: str, done: int, total: int, words: str) -> None:
+        """Run ``name`` is at ``done`` of ``total`` (epochs or steps), with ``words`` beside the bar."""
         if name in self.done:  # a worker's last message can arrive after its result
             return
         bar = self.epochs.get(name)
         if bar is None:
-            # Every epoch drawn (mininterval 0): an epoch takes seconds, and a skipped draw would show none.
+            # Every report drawn (mininterval 0): reports come seconds apart, and a skipped draw would show none.
             bar = self._tqdm(
-                total=total, desc=name, unit="epoch", leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0
+                total=total, desc=name, unit=self.unit, leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0
             )
             self.epochs[name] = bar
-        bar.set_postfix_str(f"train loss {row['train_loss']:.4g}, val acc {row['val_acc']:.4f}", refresh=False)
-        bar.update(row["epoch"] - bar.n)
+        bar.set_postfix_str(words, refresh=False)
+        bar.update(done - bar.n)
 
     def finished(self, name: str) -> None:
         self.done.add(name)
@@ -331,12 +358,17 @@ class Progress:
         self.runs.close()
 
 
-def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: Progress | None) -> None:
-    """Run every ``(config, path)`` of ``todo``: here (``jobs=0``) or in ``jobs`` worker processes."""
+def launch(
+    todo: list[tuple[Any, Path]],
+    jobs: int,
+    progress: Progress | None,
+    work: Callable[[Any, Path, Report | None], Path] = _run_to_file,
+) -> None:
+    """``work(config, path, report)`` for every ``(config, path)`` of ``todo``: here (``jobs=0``) or in
+    ``jobs`` worker processes."""
     if jobs == 0:
         for config, path in todo:
-            on_epoch = None if progress is None else lambda row, total, name=path.stem: progress.epoch(name, row, total)
-            _run_to_file(config, path, on_epoch)
+            work(config, path, None if progress is None else partial(progress.advance, path.stem))
             if progress is not None:
                 progress.finished(path.stem)
         return
@@ -345,11 +377,11 @@ def _launch(todo: list[tuple[RunConfig, Path]], jobs: int, progress: Progress | 
     # A fresh process per run: peak memory is the run's own, and nothing leaks between runs.
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1, initializer=_worker_init, initargs=(queue,))
     try:
-        pending = {pool.submit(_run_in_worker, config, path) for config, path in todo}
+        pending = {pool.submit(_run_in_worker, work, config, path) for config, path in todo}
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             while progress is not None and not queue.empty():
-                progress.epoch(*queue.get())
+                progress.advance(*queue.get())
             for future in done:
                 path = future.result()
                 if progress is not None:

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from .metrics import best, by_method, cumulative_flops
 from .records import Landscape, Run
 
-__all__ = ["loss_against_flops", "plane_words", "plot_landscape", "plot_sweep", "write_plots"]
+__all__ = ["loss_against_flops", "plane_words", "plot_landscape", "plot_steps", "plot_sweep", "write_plots"]
 
 REASONS = ("consistency", "lower_bound", "upper_bound", "nonfinite")
 """The checks counted in ``epochs[i].pdt["rejected"]``."""
@@ -406,6 +406,36 @@ def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline",
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return [_save(fig, Path(path), title)]
+
+
+def plot_steps(
+    path: Path, records: list[dict[str, Any]], reference: str = "baseline", title: str | None = None
+) -> Path:
+    """``pdt-bench steps``: held-out loss against optimizer steps, one colour per method, mean ± std over
+    its runs that did not diverge (over the evaluations every one of them reached); a dotted line at
+    the ``reference``'s best held-out loss (the mean over its seeds' bests: the targets)."""
+    methods = by_method(records)
+    groups = {m: [r for r in g if not r["diverged"]] for m, g in methods.items()}
+    colors = _colors(list(groups))
+    fig = Figure(figsize=(7, 4.3), layout="constrained")
+    ax = fig.subplots()
+    for method, ok in groups.items():
+        if not ok:
+            continue
+        n = min(len(r["curve"]) for r in ok)
+        steps = np.array([step for step, _ in ok[0]["curve"][:n]])
+        diverged = len(methods[method]) - len(ok)
+        label = method + (f" ({diverged} diverged, not shown)" if diverged else "")
+        _band(ax, steps, np.array([[loss for _, loss in r["curve"][:n]] for r in ok]), colors[method], label)
+    if groups.get(reference):
+        level = float(np.mean([min(loss for _, loss in r["curve"]) for r in groups[reference]]))
+        label = f"{reference}'s best: {level:.4g}"
+        ax.axhline(level, color=colors[reference], linestyle=":", linewidth=1, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out loss (nats per byte)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path), title)
 
 
 def plane_words(landscape: Landscape) -> tuple[str, str, str]:
