@@ -198,16 +198,11 @@ def _schedule(optimizer: torch.optim.Optimizer, config: StepsConfig, lr: float) 
 
 def check_method(method: Method) -> None:
     """Refuse, before anything runs, a method this study cannot run as it says."""
-    if method.linear_forecast:
-        raise ValueError(
-            f"{method.name}: cannot run in step mode: it replaces the values PDT assembled after pdt.step(), "
-            "and in step mode pdt.step() runs inside optimizer.step(), out of the harness's reach"
-        )
     changed = [f.name for f in fields(Method) if f.name not in _PDT_ONLY and getattr(method, f.name) != f.default]
     if changed:
         raise ValueError(
             f"{method.name}: pdt-bench steps runs the baseline and the methods that only change PDT's options "
-            f"(pdt, pdt-graded, pdt-layer, nonselective, random-mask...), with @lr; not {', '.join(changed)}"
+            f"(pdt, pdt-linear, pdt-graded, pdt-layer, nonselective, random-mask...), with @lr; not {', '.join(changed)}"
         )
     if not method.learning_rate(1.0) > 0:
         raise ValueError(f"{method.name}: the learning rate must be positive")

@@ -110,7 +110,6 @@ def test_steps_to_target_is_the_first_evaluation_at_the_baselines_best_of_the_sa
 @pytest.mark.parametrize(
     "methods, message",
     [
-        ("pdt-linear", "pdt-linear: cannot run in step mode"),
         ("ema", "ema: pdt-bench steps runs the baseline and the methods that only change PDT's options"),
         ("baseline@epochs=3", "not epochs"),
         ("pdt@every_n_steps=0", "every_n_steps"),
