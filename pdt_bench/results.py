@@ -25,6 +25,10 @@ epochs: :math:`(E_{PDT} - E_{variant}) / E_{baseline}`, per seed, then the media
 
 a lead of at least ``lead`` with a mean final accuracy at most ``accuracy_tolerance`` below PDT's,
 on at least ``studies`` studies.
+
+The step-mode studies of ``pdt-bench steps`` under ``STUDY/steps/<name>/`` get a section of their
+own; the targets file's ``"steps"`` key, ``{"fewer": 0.15}``, is the median share of fewer steps
+to the baseline's best held-out loss that a method run on at least three seeds must reach.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ VARIANTS = ("pdt", "pdt-linear", "pdt-layer", "pdt-graded", "pdt-layer-graded", 
 """Methods that change PDT itself (beyond the paper, :mod:`pdt_bench.methods`); a name whose part
 before any ``@`` is one of these, other than ``pdt`` alone, is a variant."""
 VARIANT_KEYS = {"lead": float, "accuracy_tolerance": float, "studies": int}
+STEPS_KEYS = {"fewer": float}
+SECTIONS = {"variants": VARIANT_KEYS, "steps": STEPS_KEYS}
+"""Keys of the targets file that are not studies but sections of the page, with their own keys."""
 
 
 def load_targets(path: Path) -> dict[str, Any]:
@@ -81,7 +88,7 @@ def load_targets(path: Path) -> dict[str, Any]:
     for study, targets in data.items():
         if not isinstance(targets, dict):
             raise ValueError(f"targets file {path}: {study!r} must be an object")
-        known = VARIANT_KEYS if study == "variants" else TARGET_KEYS
+        known = SECTIONS.get(study, TARGET_KEYS)
         for key, value in targets.items():
             kind = known.get(key)
             if kind is None:
@@ -403,6 +410,42 @@ def _variants(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, A
     return text
 
 
+def _step_mode(study: Path, out: Path, want: dict[str, Any]) -> str:
+    """The section on the ``pdt-bench steps`` studies under ``study/steps/``: each one's table, plot and
+    link, and the best method on three seeds or more against ``want["fewer"]``; "" when there are none."""
+    from . import steps  # the step-mode study's own table; imported only when there is one
+
+    parts = []
+    for path in sorted((study / "steps").glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        rel = Path(os.path.relpath(path.parent, out.parent)).as_posix()
+        seeded = {
+            name: m["fewer_steps"]["median"]
+            for name, m in summary["methods"].items()
+            if name != summary["reference"] and m["compared"] >= 3 and m["fewer_steps"]["median"] is not None
+        }
+        lines = ""
+        if seeded and "fewer" in want:
+            best = max(seeded, key=seeded.get)
+            ok = seeded[best] >= want["fewer"]
+            lines = (
+                f"- At least {100 * want['fewer']:.0f}% fewer steps (median, three seeds or more): best `{best}`, "
+                f"{percent_change(seeded[best])}: " + ("**reached**" if ok else "**not reached**") + "\n\n"
+            )
+        parts.append(
+            f"### {path.parent.name}\n\nSeeds {', '.join(map(str, summary['seeds']))} (each method on the seeds it "
+            f"ran); full report: [{rel}/report.md]({rel}/report.md)\n\n{lines}{steps.table(summary)}\n\n"
+            f"![held-out loss]({rel}/plots/heldout_loss.png)"
+        )
+    if not parts:
+        return ""
+    return (
+        "## Step mode: PDT every K optimizer steps on a small language model (`pdt-bench steps`)\n\n"
+        "Steps to the baseline's best held-out loss of the same seed: median (min-max) over seeds.\n\n"
+        + "\n\n".join(parts)
+    )
+
+
 def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None, notes: Path | None = None) -> Path:
     """Write ``out`` (Markdown) over every ``compare`` directory under ``study``; links point at them and at
     ``notes``, the hand-written account of how the study was run (linked, not copied: one source)."""
@@ -416,7 +459,7 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
         if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
             raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
         studies.append((summary_path.parent.name, summary_path.parent, summary))
-    unknown = sorted(set(targets) - {name for name, _, _ in studies} - {"variants"})
+    unknown = sorted(set(targets) - {name for name, _, _ in studies} - set(SECTIONS))
     if unknown and studies:
         print(f"targets for studies not under {study}: {', '.join(unknown)}", file=sys.stderr)
     if not studies:
@@ -454,6 +497,8 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
         )
     if variants := _variants(studies, targets.get("variants", {})):
         parts.append(variants)
+    if step_mode := _step_mode(study, out, targets.get("steps", {})):
+        parts.append(step_mode)
     toy = study / "toy.txt"
     if toy.exists():
         parts.append(f"## Toy problem (`pdt-bench toy`)\n\n```\n{toy.read_text().strip()}\n```")

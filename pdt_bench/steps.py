@@ -202,7 +202,8 @@ def check_method(method: Method) -> None:
     if changed:
         raise ValueError(
             f"{method.name}: pdt-bench steps runs the baseline and the methods that only change PDT's options "
-            f"(pdt, pdt-linear, pdt-graded, pdt-layer, nonselective, random-mask...), with @lr; not {', '.join(changed)}"
+            f"(pdt, pdt-linear, pdt-graded, pdt-layer, nonselective, random-mask...), with @lr; "
+            f"not {', '.join(changed)}"
         )
     if not method.learning_rate(1.0) > 0:
         raise ValueError(f"{method.name}: the learning rate must be positive")
@@ -415,7 +416,8 @@ def _number(stat: dict[str, Any], spec: str, scale: float = 1.0) -> str:
     return "-" if stat["mean"] is None else format(scale * stat["mean"], spec)
 
 
-def _table(summary: dict[str, Any]) -> str:
+def table(summary: dict[str, Any]) -> str:
+    """The Markdown table of a steps summary, one row per method (the report's and the results page's)."""
     rows = [
         [
             name,
@@ -489,7 +491,7 @@ def compact_table(summary: dict[str, Any]) -> str:
     for name, m in summary["methods"].items():
         if name != ref:
             lines += textwrap.wrap(verdict(name, m, ref, brief=True), 100, subsequent_indent="  ")
-    return _table(summary) + "\n\n" + "\n".join(lines)
+    return table(summary) + "\n\n" + "\n".join(lines)
 
 
 def write_report(out: Path, records: list[dict[str, Any]], summary: dict[str, Any], command: str, figure: Path) -> Path:
@@ -518,7 +520,7 @@ best. Best and final held-out loss, the accepted ratio (acc %, over PDT's predic
 share of the clock (PDT %): means over seeds. s/1k: clock seconds per 1,000 steps, training and
 PDT, no evaluation.
 
-{_table(summary)}
+{table(summary)}
 
 ## Verdicts
 
@@ -608,20 +610,24 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--methods", default="baseline,pdt", help="comma-separated method names (default baseline,pdt)")
     p.add_argument("--reference", default="baseline", help="the method whose best held-out loss is the target")
-    p.add_argument("--every", type=_positive(int), default=25, help="K of a PDT method without @every_n_steps "
-                   "(default 25)")
+    p.add_argument(
+        "--every", type=_positive(int), default=25, help="K of a PDT method without @every_n_steps (default 25)"
+    )
     p.add_argument("--lr-sweep", type=_float_list(0.0, float("inf")), help="also run the reference at these lrs")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
-    p.add_argument("--out", type=Path, default=Path("results") / "steps", help="output directory (default "
-                   "results/steps)")
+    p.add_argument(
+        "--out", type=Path, default=Path("results") / "steps", help="output directory (default results/steps)"
+    )
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=_positive(int), default=3000, help="optimizer steps per run (default 3000)")
-    g.add_argument("--eval-every", type=_positive(int), default=50, help="steps between held-out evaluations "
-                   "(default 50)")
+    g.add_argument(
+        "--eval-every", type=_positive(int), default=50, help="steps between held-out evaluations (default 50)"
+    )
     g.add_argument("--optimizer", choices=["adamw", "sgd-momentum"], default="adamw")
     g.add_argument("--lr", type=_positive(float), default=3e-3, help="default 3e-3")
-    g.add_argument("--schedule", choices=list(SCHEDULES), default="cosine", help="per step, after the warm-up "
-                   "(default cosine)")
+    g.add_argument(
+        "--schedule", choices=list(SCHEDULES), default="cosine", help="per step, after the warm-up (default cosine)"
+    )
     g.add_argument("--eta-min", type=float, default=0.0, help="final learning rate of the cosine (default 0)")
     g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, either schedule (default 100)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
@@ -629,8 +635,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("data and machine")
     g.add_argument("--data", type=Path, help=f"the AG News CSV (default $PDT_DATA/{FILE}, else ../shared/data/{FILE})")
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    g.add_argument("--jobs", type=_jobs, default=1, help="runs in parallel, each in its own process; 0: in this one "
-                   "(default 1)")
+    g.add_argument(
+        "--jobs", type=_jobs, default=1, help="runs in parallel, each in its own process; 0: in this one (default 1)"
+    )
     g.add_argument("--rerun", action="store_true", help="run again even when a result file exists")
     g.add_argument("--existing", action="store_true", help="run nothing: summary, report and plot of the finished runs")
     g.add_argument("--quiet", action="store_true", help="no progress bars")

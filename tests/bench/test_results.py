@@ -162,3 +162,32 @@ def test_variants_are_set_against_pdt_seed_by_seed(tmp_path):
     assert "+5 pp" in rows[("pdt-graded", "d")] and not any("random-mask" in k for k in rows)  # a control
     assert "- `pdt-linear@horizon=10`: 1 of 3 studies: a; **reached**" in section
     assert "- `pdt-graded`: 0 of 1 studies; **not reached**" in section
+
+
+def test_step_mode_studies_get_their_section_and_target(tmp_path):
+    """A `pdt-bench steps` summary under STUDY/steps/<name>/: its table and link, and the best method run on three
+    seeds against the target; a method on one seed does not count, however fast."""
+    from pdt_bench.results import write_results
+
+    (tmp_path / "mlp").mkdir()
+    (tmp_path / "mlp" / "summary.json").write_text(
+        json.dumps(_summary({"baseline": [(0.0, 0.7)], "pdt": [(0.5, 0.7)]}))
+    )
+
+    def method(fewer, seeds):
+        stat = {"median": fewer, "min": fewer, "max": fewer, "mean": 2.5, "of": seeds, "n": seeds}
+        same = {"median": 3000, "min": 3000, "max": 3000, "mean": 2.5, "of": seeds, "n": seeds}
+        keys = ("best_loss", "final_loss", "accepted_ratio", "pdt_time_share", "seconds_per_1k_steps")
+        return {"compared": seeds, "fewer_steps": stat, "steps_to_target": same} | {k: {"mean": 0.1} for k in keys}
+
+    summary = {
+        "reference": "baseline",
+        "seeds": [0, 1, 2],
+        "methods": {"baseline": method(0.0, 3), "pdt": method(0.12, 3), "pdt@horizon=20": method(0.5, 1)},
+    }
+    (tmp_path / "steps" / "adamw").mkdir(parents=True)
+    (tmp_path / "steps" / "adamw" / "summary.json").write_text(json.dumps(summary))
+    text = write_results(tmp_path, tmp_path / "page.md", {"steps": {"fewer": 0.15}}).read_text()
+    section = text.split("## Step mode")[1]
+    assert "### adamw" in section and "(steps/adamw/report.md)" in section and "| pdt@horizon=20" in section
+    assert "best `pdt`, +12%: **not reached**" in section
