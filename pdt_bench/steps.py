@@ -209,8 +209,8 @@ def check_method(method: Method) -> None:
             "(pdt, pdt-linear, pdt-graded, pdt-layer, nonselective, random-mask...), with @lr; "
             f"not {', '.join(changed)}"
         )
-    if not method.learning_rate(1.0) > 0:
-        raise ValueError(f"{method.name}: the learning rate must be positive")
+    if not 0 < method.learning_rate(1.0) < math.inf:  # @lr=1e999 parses as inf
+        raise ValueError(f"{method.name}: the learning rate must be positive and finite")
 
 
 def pdt_options(config: StepsConfig) -> dict[str, Any] | None:

@@ -113,6 +113,7 @@ def test_steps_to_target_is_the_first_evaluation_at_the_baselines_best_of_the_sa
         ("ema", "ema: pdt-bench steps runs the baseline and the methods that only change PDT's options"),
         ("baseline@epochs=3", "not epochs"),
         ("pdt@every_n_steps=0", "every_n_steps"),
+        ("pdt@lr=1e999", "pdt@lr=1e999: the learning rate must be positive and finite"),
     ],
 )
 def test_methods_that_cannot_run_in_step_mode_are_refused_before_any_run(methods, message, data, tmp_path, capsys):
