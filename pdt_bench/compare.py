@@ -29,7 +29,7 @@ from torch_pdt import PDT, PDTConfig
 
 from . import metrics, peers, plots, report, tasks
 from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method
-from .records import Epoch, Run, load_run, save_json
+from .records import Epoch, Run, load_run, save_json, stored_config
 from .train import RunConfig, run
 
 __all__ = ["Progress", "add_command", "add_run_arguments", "check_pdt", "execute", "launch", "run_configs"]
@@ -43,11 +43,14 @@ def _pdt_option(text: str) -> tuple[str, Any]:
 
 
 def _int_list(text: str) -> list[int]:
-    """Comma-separated integers, duplicates dropped (a seed run twice is not two seeds)."""
+    """Comma-separated integers, at least one, duplicates dropped (a seed run twice is not two seeds)."""
     try:
-        return list(dict.fromkeys(int(s) for s in text.split(",") if s))
+        values = list(dict.fromkeys(int(s) for s in text.split(",") if s))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = []
+    if not values:  # an empty list would run nothing, and fail later with less to say
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
 
 
 def _positive(kind: type) -> Any:
@@ -258,9 +261,10 @@ def _run_in_worker(work: Callable[[Any, Path, Report | None], Path], config: Any
 
 
 def _same_run(path: Path, config: RunConfig) -> bool:
-    if not path.exists():
+    recorded = stored_config(path)
+    if recorded is None:
         return False
-    stored = dict(load_run(path)["config"].get("identity") or {})
+    stored = dict(recorded.get("identity") or {})
     options = stored.get("task_options", {})
     stored["task_options"] = {k: v for k, v in options.items() if v not in _UNSET}
     return stored == _identity(config)

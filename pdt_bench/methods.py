@@ -182,7 +182,13 @@ def parse_method(name: str) -> Method:
     if base not in METHODS:
         raise ValueError(f"unknown method {base!r}; choose from {', '.join(METHODS)} (optionally {_SUFFIX_HELP})")
     method = replace(METHODS[base], name=name)
+    given: set[str] = set()
     for suffix in suffixes:
+        # A setting given twice would be decided silently by the last (@lrx2@lr=0.1: by @lr=).
+        setting = "lr" if suffix.startswith("lr") else suffix.split("=")[0]
+        if setting in given:
+            raise ValueError(f"{name!r} sets {setting} twice: give each setting once")
+        given.add(setting)
         method = _apply(method, suffix, name)
     return method
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, TypedDict
 
-__all__ = ["Epoch", "Landscape", "Run", "load_run", "load_runs", "save_json", "write_text"]
+__all__ = ["Epoch", "Landscape", "Run", "load_run", "load_runs", "save_json", "stored_config", "write_text"]
 
 
 class Epoch(TypedDict):
@@ -102,6 +103,25 @@ def save_json(path: Path, data: Any) -> None:
 def load_run(path: Path) -> Run:
     with open(path) as f:
         return json.load(f)
+
+
+def stored_config(path: Path) -> dict[str, Any] | None:
+    """The ``config`` of the run record at ``path``; ``None`` where there is none.
+
+    A file that is not a run record (truncated or edited by hand: the harness writes runs
+    atomically) counts as no record, said on stderr, so that the study runs it again (or
+    ``--existing`` leaves it out) instead of stopping on it.
+    """
+    if not path.exists():
+        return None
+    try:
+        config = load_run(path)["config"]
+        if not isinstance(config, dict):
+            raise TypeError(f"its config is a {type(config).__name__}")
+    except (OSError, ValueError, LookupError, TypeError) as e:  # unreadable, not JSON, not a record
+        print(f"{path}: not a readable run record ({type(e).__name__}: {e}); counted as not run", file=sys.stderr)
+        return None
+    return config
 
 
 def load_runs(directory: Path) -> list[Run]:

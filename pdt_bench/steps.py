@@ -58,7 +58,7 @@ from . import plots, report, tasks
 from .compare import Report, _code_version, _float_list, _int_list, _jobs, _positive, check_pdt, execute
 from .methods import SCHEDULES, Method, make_optimizer, parse_method
 from .metrics import by_method, describe
-from .records import load_run, save_json, write_text
+from .records import save_json, stored_config, write_text
 from .tasks.agnews import FILE
 
 __all__ = ["ByteGPT", "StepsConfig", "add_command", "load_text", "run", "steps_to_target", "summarize"]
@@ -150,13 +150,17 @@ def load_text(path: str) -> tuple[Tensor, Tensor]:
     """The UTF-8 bytes of the training rows and of the held-out rows: ``title. description``, one row a line."""
     file = Path(path)
     if not file.is_file():
+        said = "is not a file" if file.exists() else "does not exist"  # a directory given as --data
         raise tasks.DataMissing(
-            f"AG News not found: {file} does not exist. Provide the AG News CSV ({FILE}, rows "
+            f"AG News not found: {file} {said}. Provide the AG News CSV ({FILE}, rows "
             '"class","title","description", no header) there, or name it with --data FILE or its '
             "directory with the PDT_DATA environment variable."
         )
-    with file.open(newline="", encoding="utf-8") as f:
-        rows = [f"{row[1]}. {' '.join(row[2:])}\n" for row in csv.reader(f) if len(row) >= 2]
+    try:
+        with file.open(newline="", encoding="utf-8") as f:
+            rows = [f"{row[1]}. {' '.join(row[2:])}\n" for row in csv.reader(f) if len(row) >= 2]
+    except UnicodeDecodeError as e:  # a ValueError, but one that does not name the file
+        raise ValueError(f"{file}: not UTF-8 text ({e})") from None
     cut = round(len(rows) * (1 - HELD_OUT))
     train, held_out = ("".join(part).encode() for part in (rows[:cut], rows[cut:]))
     if min(len(train), len(held_out)) <= CONTEXT + 1:
@@ -202,11 +206,11 @@ def check_method(method: Method) -> None:
     if changed:
         raise ValueError(
             f"{method.name}: pdt-bench steps runs the baseline and the methods that only change PDT's options "
-            f"(pdt, pdt-linear, pdt-graded, pdt-layer, nonselective, random-mask...), with @lr; "
+            "(pdt, pdt-linear, pdt-graded, pdt-layer, nonselective, random-mask...), with @lr; "
             f"not {', '.join(changed)}"
         )
-    if not method.learning_rate(1.0) > 0:
-        raise ValueError(f"{method.name}: the learning rate must be positive")
+    if not 0 < method.learning_rate(1.0) < math.inf:  # @lr=1e999 parses as inf
+        raise ValueError(f"{method.name}: the learning rate must be positive and finite")
 
 
 def pdt_options(config: StepsConfig) -> dict[str, Any] | None:
@@ -315,10 +319,8 @@ def _identity(config: StepsConfig) -> dict[str, Any]:
 
 
 def _finished(path: Path, config: StepsConfig) -> bool:
-    if not path.exists():
-        return False
-    stored = load_run(path)["config"]
-    return all(stored.get(k) == v for k, v in _identity(config).items())
+    stored = stored_config(path)
+    return stored is not None and all(stored.get(k) == v for k, v in _identity(config).items())
 
 
 def _run_to_file(config: StepsConfig, path: Path, report: Report | None = None) -> Path:
@@ -544,6 +546,8 @@ def _steps(args: argparse.Namespace) -> int:
         raise ValueError(f"--width {args.width}: the 4 attention heads need a multiple of 4")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+    if not 0 <= args.eta_min < math.inf:  # a negative floor would turn the cosine's last steps into ascent
+        raise ValueError(f"--eta-min must be a finite learning rate, 0 or more, got {args.eta_min}")
     if args.schedule == "cosine" and args.warmup >= args.steps:
         raise ValueError(f"--warmup {args.warmup} leaves no step of --steps {args.steps} to decay over")
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
@@ -634,7 +638,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--width", type=_positive(int), default=64, help="model width, a multiple of 4 (default 64)")
     g = p.add_argument_group("data and machine")
     g.add_argument("--data", type=Path, help=f"the AG News CSV (default $PDT_DATA/{FILE}, else ../shared/data/{FILE})")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    g.add_argument("--threads", type=_positive(int), default=1, help="torch threads per run (default 1)")
     g.add_argument(
         "--jobs", type=_jobs, default=1, help="runs in parallel, each in its own process; 0: in this one (default 1)"
     )

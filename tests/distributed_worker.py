@@ -1,12 +1,13 @@
 """One rank of the distributed tests (run by tests/test_distributed.py, two processes, gloo on CPU).
 
 ``python tests/distributed_worker.py OUT_DIR`` with ``RANK`` and ``WORLD_SIZE`` set. Each rank
-runs DDP, FSDP2 (also layerwise and graded), a lost snapshot, adaptive rollbacks with rank-local losses (DDP and FSDP2),
-ranks with different settings, ranks out of step and the replica check with NaNs, saves what
-it saw to ``OUT_DIR/rank{r}.pt`` (rank 0 also the single-process references), and last runs an
-exception in rank 1's prediction pass, which must make both processes fail (one launch for
-all: starting two processes costs seconds). Every scenario that must raise raises on both ranks
-after the same collective, so the process group stays usable for the next one.
+runs DDP, FSDP2 (also layerwise and graded, and with the linear jump), a lost snapshot,
+adaptive rollbacks with rank-local losses (DDP and FSDP2), ranks with different settings, ranks
+out of step and the replica check with NaNs, saves what it saw to ``OUT_DIR/rank{r}.pt`` (rank
+0 also the single-process references), and last runs an exception in rank 1's prediction pass,
+which must make both processes fail (one launch for all: starting two processes costs seconds).
+Every scenario that must raise raises on both ranks after the same collective, so the process
+group stays usable for the next one.
 """
 
 from __future__ import annotations
@@ -132,6 +133,14 @@ def sharded_layerwise(rank: int, world: int) -> dict:
     pdt, out = run(model, make, x, y, rank, world, every_epoch=lambda pdt, epoch: counted.append(len(calls)))
     counted.append(len(calls))
     out["gram_reduces"] = [calls[a:b].count("gram") for a, b in zip(counted, counted[1:])]  # per step
+    return out
+
+
+def sharded_linear(rank: int, world: int) -> dict:
+    """FSDP2 with uneven shards and ``jump="linear"``."""
+    model = fsdp_mlp(world)
+    x, y = data(16, 5)
+    _, out = run(model, lambda opt: DistributedPDT(opt, **PDT_ARGS, jump="linear"), x, y, rank, world)
     return out
 
 
@@ -316,6 +325,7 @@ def main() -> None:
         "ddp": replicated(rank, world),
         "fsdp": sharded(rank, world),
         "fsdp_layer": sharded_layerwise(rank, world),
+        "fsdp_linear": sharded_linear(rank, world),
         "lost": lost_snapshot(rank, world),
         "ddp_adaptive": ddp_adaptive(rank, world),
         "fsdp_adaptive": fsdp_adaptive(rank, world),

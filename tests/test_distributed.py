@@ -165,6 +165,26 @@ def test_fsdp2_layerwise_graded_is_the_single_process_prediction(results):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_fsdp2_linear_jump_is_the_single_process_prediction(results):
+    """jump='linear' under FSDP2: each shard jumps to w + tau * delta where one process replaying the gathered
+    optimizer weights does, and the statistics agree."""
+    stats = [r["fsdp_linear"]["stats"] for r in results]
+    assert stats[0] == stats[1] and sum(predicted(stats[0])) == 6
+    assert all(0 < s["accepted"] for s in stats[0][2:])
+    model = worker.mlp(16, 33, 5)
+    single = PDT(torch.optim.SGD(model.parameters(), lr=0.1), **worker.PDT_ARGS, jump="linear")
+    for epoch in range(worker.EPOCHS):
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), gather(results, "before", epoch, "fsdp_linear")):
+                p.copy_(value.view_as(p))
+        mine, theirs = single.step(), stats[0][epoch]
+        assert mine["predicted"] == theirs["predicted"]
+        assert abs(mine.get("accepted", 0) - theirs.get("accepted", 0)) <= 1e-3 * single.numel
+        after = [p.detach().reshape(-1) for p in model.parameters()]
+        for a, b in zip(after, gather(results, "after", epoch, "fsdp_linear")):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fsdp2_snapshot_memory_is_split(results):
     total = results[0]["fsdp"]["single_snapshot_bytes"]
     per_rank = [r["fsdp"]["snapshot_bytes"] for r in results]

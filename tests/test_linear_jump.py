@@ -183,3 +183,21 @@ def test_the_compiled_kernel_jumps_as_the_eager_pass():
     assert sum(s["accepted"] for s in e_stats) > 0
     for a, b in zip(eager.parameters(), fused.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_measured_random_ratio_counts_a_linear_jump_that_overflows_as_rejected():
+    """criterion='random' accepts the fraction 'pdt' accepts at the same step: with the linear jump, not the
+    element whose forecast stays below float16's largest value (64,256) but whose s + tau delta does not
+    (60,000 + 4 x 1,500). PDT and its float64 twin measure the same ratio, 2 of 3."""
+    c, b = torch.tensor([73500.0, 1.0, 2.0]), torch.tensor([18500.0, 0.5, -0.3])
+    snapshots = [(c - b * 0.9**k).to(torch.float16) for k in range(4)]  # a constant and a decaying mode
+    twin = reference.step(snapshots, snapshots[-1].clone(), 4, criterion="random", jump="linear", write=False)
+    assert twin.ratio == pytest.approx(2 / 3)
+    p = nn.Parameter(snapshots[0].clone())
+    options = dict(history=4, horizon=4, start_epoch=3, interval=0, criterion="random", jump="linear")
+    pdt = PDT(torch.optim.SGD([p], lr=0.1), **options)
+    for s in snapshots:  # the weights set by hand, epoch by epoch
+        with torch.no_grad():
+            p.copy_(s)
+        stats = pdt.step()
+    assert stats["predicted"] and stats["random_ratio"] == pytest.approx(2 / 3)

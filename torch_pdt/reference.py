@@ -240,7 +240,9 @@ def step(
     if criterion == "random":
         ratio = random_ratio
         if ratio == "measured":  # the fraction the paper's criterion accepts at this step
-            ratio = _assemble(increments, D, origin, delta, weights, "pdt", False).accepted / weights.numel()
+            # ... with this step's landing: where a linear jump overflows, "pdt" does not accept
+            measured = _assemble(increments, D, origin, delta, weights, "pdt", False, linear=jump == "linear")
+            ratio = measured.accepted / weights.numel()
         draw = {"ratio": ratio, "generator": torch.Generator(device=weights.device).manual_seed(seed)}
     if graded and criterion == "random":
         raise ValueError("graded needs checks to grade by; criterion 'random' has none")

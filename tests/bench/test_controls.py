@@ -33,6 +33,8 @@ def test_method_suffixes_combine_and_bad_ones_are_named():
         ("pdt@tau=3", "bad suffix"),  # not a PDT option
         ("baseline@scheduler=adaptive", "bad value"),  # a PDT option, on a method without PDT
         ("nope@lrx2", "unknown method"),
+        ("pdt@horizon=2@horizon=3", "'pdt@horizon=2@horizon=3' sets horizon twice"),
+        ("baseline@lrx2@lr=0.1", "sets lr twice"),  # the scale would be ignored
     ]:
         with pytest.raises(ValueError, match=words):
             parse_method(bad)

@@ -113,6 +113,7 @@ def test_steps_to_target_is_the_first_evaluation_at_the_baselines_best_of_the_sa
         ("ema", "ema: pdt-bench steps runs the baseline and the methods that only change PDT's options"),
         ("baseline@epochs=3", "not epochs"),
         ("pdt@every_n_steps=0", "every_n_steps"),
+        ("pdt@lr=1e999", "pdt@lr=1e999: the learning rate must be positive and finite"),
     ],
 )
 def test_methods_that_cannot_run_in_step_mode_are_refused_before_any_run(methods, message, data, tmp_path, capsys):
@@ -128,4 +129,52 @@ def test_missing_data_names_what_to_provide(tmp_path, capsys):
     assert cli.main(_study(missing, out, "--jobs", "0")) == 2
     err = capsys.readouterr().err
     assert f"pdt-bench: error: AG News not found: {missing} does not exist" in err and "--data FILE" in err
+    assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize("content", ['{"method": "pdt", "con', "{}", "[1]", '{"config": null}'])
+def test_a_run_file_that_is_not_a_record_is_named_and_run_again(content, data, tmp_path, capsys):
+    """A truncated or hand-edited runs/ file neither stops the study with a traceback nor counts as finished."""
+    out = tmp_path / "study"
+    args = _study(data, out, "--methods", "baseline,pdt", "--jobs", "0", "--quiet")
+    assert cli.main(args) == 0
+    broken = out / "runs" / "pdt-seed0.json"
+    broken.write_text(content)
+    capsys.readouterr()
+    assert cli.main([*args, "--existing"]) == 0  # left out, and said why
+    err = capsys.readouterr().err
+    assert f"{broken}: not a readable run record" in err and "left out: pdt-seed0" in err
+    assert cli.main(args) == 0
+    assert f"{broken}: not a readable run record" in capsys.readouterr().err
+    assert json.loads(broken.read_text())["config"]["every"] == 2  # run again, the file replaced
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--seeds", "", "argument --seeds: expected comma-separated integers, got ''"),
+        ("--seeds", ",", "argument --seeds: expected comma-separated integers, got ','"),
+        ("--threads", "0", "argument --threads: expected a positive int, got '0'"),
+        ("--eta-min", "-1e-3", "--eta-min must be a finite learning rate, 0 or more, got -0.001"),
+        ("--eta-min", "nan", "--eta-min must be a finite learning rate, 0 or more, got nan"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_run(option, value, message, data, tmp_path, capsys):
+    out = tmp_path / "study"
+    try:
+        code = cli.main(_study(data, out, "--jobs", "0", f"{option}={value}"))
+    except SystemExit as e:  # argparse's refusal
+        code = e.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (out / "runs").exists()
+
+
+def test_data_that_is_a_directory_or_not_text_is_named(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert cli.main(_study(tmp_path, out, "--jobs", "0")) == 2
+    assert f"AG News not found: {tmp_path} is not a file" in capsys.readouterr().err
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe1,title,text\n" * 50)
+    assert cli.main(_study(binary, out, "--jobs", "0")) == 2
+    assert f"pdt-bench: error: {binary}: not UTF-8 text" in capsys.readouterr().err
     assert not (out / "runs").exists()
