@@ -325,7 +325,8 @@ def _lead(pdt: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any] | None
         elif p["reduction_loss_epochs"] is None:
             leads.append(math.inf)
         else:
-            leads.append(v["reduction_loss_epochs"] - p["reduction_loss_epochs"])
+            # Rounded: a difference of two float ratios lands a few ulps either side of the exact lead (3/30).
+            leads.append(round(v["reduction_loss_epochs"] - p["reduction_loss_epochs"], 12))
 
     def mean(key: str, of: int) -> float | None:
         values = [pair[of][key] for pair in pairs if pair[of][key] is not None]
