@@ -3,7 +3,7 @@
 # skeptic asks for, at the paper's protocols. Runs are written under docs/results/<study>/runs and
 # committed, so the study resumes on a new machine: a finished run is never run again. The order is
 # by priority (the headline studies and their controls first), so a study stopped early has its most
-# important numbers. On 2 idle CPU cores the whole script takes about 10 hours (CIFAR-10 runs take
+# important numbers. On 2 idle CPU cores the whole script takes about 15 hours (CIFAR-10 runs take
 # ~10 min each); `JOBS` sets how many runs go at once (default 2).
 #   bash scripts/study.sh                                  # everything, then docs/results.md
 #   STUDIES="mnist1d-mlp-sgd toy" bash scripts/study.sh     # some studies, then the page
