@@ -24,7 +24,8 @@ epochs: :math:`(E_{PDT} - E_{variant}) / E_{baseline}`, per seed, then the media
     {"variants": {"lead": 0.1, "accuracy_tolerance": 0.003, "studies": 3}}
 
 a lead of at least ``lead`` with a mean final accuracy at most ``accuracy_tolerance`` below PDT's,
-on at least ``studies`` studies.
+on at least ``studies`` studies; ``not_counted`` names studies shown but not counted (a search
+on the seeds of another study is not one more study).
 
 The step-mode studies of ``pdt-bench steps`` under ``STUDY/steps/<name>/`` get a section of their
 own; the targets file's ``"steps"`` key, ``{"fewer": 0.15}``, is the median share of fewer steps
@@ -71,7 +72,7 @@ TARGET_KEYS = {"reduction": float, "accuracy_tolerance": float, "ahead_of": list
 VARIANTS = ("pdt", "pdt-linear", "pdt-layer", "pdt-graded", "pdt-layer-graded", "pdt-fresh-bn")
 """Methods that change PDT itself (beyond the paper, :mod:`pdt_bench.methods`); a name whose part
 before any ``@`` is one of these, other than ``pdt`` alone, is a variant."""
-VARIANT_KEYS = {"lead": float, "accuracy_tolerance": float, "studies": int}
+VARIANT_KEYS = {"lead": float, "accuracy_tolerance": float, "studies": int, "not_counted": list}
 STEPS_KEYS = {"fewer": float}
 SECTIONS = {"variants": VARIANT_KEYS, "steps": STEPS_KEYS}
 """Keys of the targets file that are not studies but sections of the page, with their own keys."""
@@ -354,6 +355,7 @@ def _variants(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, A
     """The section on PDT's variants: one row per (variant, study), then each variant's count of studies
     where it meets ``want`` (the targets file's ``"variants"``), or "" when no study ran a variant."""
     lead, tolerance, needed = want.get("lead"), want.get("accuracy_tolerance", ACCURACY_TOLERANCE), want.get("studies")
+    shown_only = set(want.get("not_counted", []))
     rows, met = [], {}
     for name, _, summary in studies:
         methods = summary["methods"]
@@ -371,7 +373,7 @@ def _variants(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, A
                 and paired["accuracy"] >= -tolerance
             )
             met.setdefault(variant, [])
-            if ok:
+            if ok and name not in shown_only:
                 met[variant].append(name)
             rows.append(
                 [
@@ -402,11 +404,16 @@ def _variants(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, A
         for variant, names in sorted(met.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             verdict = "**reached**" if needed is not None and len(names) >= needed else "**not reached**"
             where = f": {', '.join(names)}" if names else ""
-            ran = sum(r[0] == variant for r in rows)
+            ran = sum(r[0] == variant and r[1] not in shown_only for r in rows)
+            if not ran:  # run only where it is not counted (the search): its rows say it all
+                continue
             lines.append(f"- `{variant}`: {len(names)} of {ran} studies{where}; {verdict}")
         text += (
             f"\n\nTarget: a lead of at least {100 * lead:.0f} pp with accuracy at most {100 * tolerance:.1f} points "
-            f"below PDT's, on at least {needed} studies.\n\n" + "\n".join(lines)
+            f"below PDT's, on at least {needed} studies"
+            + (f" ({', '.join(sorted(shown_only))} shown, not counted)" if shown_only else "")
+            + ".\n\n"
+            + "\n".join(lines)
         )
     return text
 

@@ -152,7 +152,7 @@ def test_variants_are_set_against_pdt_seed_by_seed(tmp_path):
     for name, methods in studies.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(_summary(methods)))
-    want = {"variants": {"lead": 0.1, "accuracy_tolerance": 0.003, "studies": 1}}
+    want = {"variants": {"lead": 0.1, "accuracy_tolerance": 0.003, "studies": 1, "not_counted": ["b"]}}
     text = write_results(tmp_path, tmp_path / "page.md", want).read_text()
     section = text.split("## Beyond the paper")[1]
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in section.splitlines() if "| pdt" in line}
@@ -160,7 +160,9 @@ def test_variants_are_set_against_pdt_seed_by_seed(tmp_path):
     assert "+20 pp" in rows[("pdt-linear@horizon=10", "b")] and "-5.00" in rows[("pdt-linear@horizon=10", "b")]
     assert "n/r" in rows[("pdt-linear@horizon=10", "c")]
     assert "+5 pp" in rows[("pdt-graded", "d")] and not any("random-mask" in k for k in rows)  # a control
-    assert "- `pdt-linear@horizon=10`: 1 of 3 studies: a; **reached**" in section
+    # b is shown but left out of the count: 1 of 2 studies, not of 3.
+    assert "- `pdt-linear@horizon=10`: 1 of 2 studies: a; **reached**" in section
+    assert "(b shown, not counted)" in section
     assert "- `pdt-graded`: 0 of 1 studies; **not reached**" in section
 
 
