@@ -193,3 +193,7 @@ def test_step_mode_studies_get_their_section_and_target(tmp_path):
     section = text.split("## Step mode")[1]
     assert "### adamw" in section and "(steps/adamw/report.md)" in section and "| pdt@horizon=20" in section
     assert "best `pdt`, +12%: **not reached**" in section
+    summary["methods"]["pdt"]["fewer_steps"]["median"] = None  # missed on most seeds
+    (tmp_path / "steps" / "adamw" / "summary.json").write_text(json.dumps(summary))
+    text = write_results(tmp_path, tmp_path / "page.md", {"steps": {"fewer": 0.15}}).read_text()
+    assert "none of `pdt` reached it on most seeds: **not reached**" in text
