@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_graded import mlp, train
 from torch import nn
 
 from torch_pdt import PDT, criteria, kernel, prediction, reference
@@ -100,25 +101,6 @@ def test_a_linear_jump_that_overflows_the_dtype_is_rejected():
         assert w.tolist() == pytest.approx(expected, rel=1e-3) and stats["rejected"]["nonfinite"] == nonfinite
 
 
-def _train(pdt_kwargs: dict, epochs: int, dtype=torch.float64):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).to(dtype)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
-    pdt = PDT(opt, model=model, **pdt_kwargs)
-    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(64, 6, generator=g).to(dtype), torch.randn(64, 3, generator=g).to(dtype)
-    seen, stats = [], []
-    for _ in range(epochs):
-        for i in range(0, 64, 16):
-            opt.zero_grad()
-            nn.functional.mse_loss(model(x[i : i + 16]), y[i : i + 16]).backward()
-            opt.step()
-        seen.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-        stats.append(pdt.step())
-    return model, start, seen, stats
-
-
 @pytest.mark.parametrize("criterion", ["pdt", "authors", "none"])
 @pytest.mark.parametrize("graded", [False, True])
 def test_pdt_matches_the_float64_reference(criterion, graded):
@@ -126,7 +108,8 @@ def test_pdt_matches_the_float64_reference(criterion, graded):
         pytest.skip("criterion='none' passes at tau: grading is the plain jump")
     h, tau = 4, 3
     kwargs = dict(history=h, horizon=tau, start_epoch=h, criterion=criterion, graded=graded, jump="linear")
-    model, start, seen, stats = _train(kwargs, h + 1)
+    model, _, seen, stats = train(kwargs, h + 1)
+    start = torch.cat([p.detach().reshape(-1) for p in mlp().parameters()])  # the authors' first snapshot
     assert stats[-1]["predicted"] and stats[-1]["accepted"] > 0
     history = [start, *seen][-h - 1 : -1] if criterion == "authors" else seen[-h:]
     expected = reference.step(history, seen[-1].clone(), tau, criterion=criterion, graded=graded, jump="linear")
@@ -138,7 +121,7 @@ def test_pdt_matches_the_float64_reference(criterion, graded):
 def test_criterion_none_is_a_plain_linear_extrapolation_of_every_element():
     """Independent of the DMD: with every element accepted, the weights are w + tau (w - w_prev)."""
     h, tau = 3, 4
-    model, _, seen, stats = _train(dict(history=h, horizon=tau, start_epoch=h, criterion="none", jump="linear"), h + 1)
+    model, _, seen, stats = train(dict(history=h, horizon=tau, start_epoch=h, criterion="none", jump="linear"), h + 1)
     assert stats[-1]["accepted"] == stats[-1]["numel"]
     got = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     torch.testing.assert_close(got, seen[-1] + tau * (seen[-1] - seen[-2]), rtol=0, atol=1e-14)
@@ -148,7 +131,7 @@ def test_the_option_changes_where_elements_go_not_which():
     """Two twins, identical up to the first prediction: the same elements jump, to different places."""
     h, tau = 3, 4
     runs = {
-        jump: _train(dict(history=h, horizon=tau, start_epoch=h, jump=jump), h + 1) for jump in ("forecast", "linear")
+        jump: train(dict(history=h, horizon=tau, start_epoch=h, jump=jump), h + 1) for jump in ("forecast", "linear")
     }
     (forecast, _, seen, f_stats), (linear, _, _, l_stats) = runs["forecast"], runs["linear"]
     assert f_stats[-1]["accepted"] == l_stats[-1]["accepted"] > 0
@@ -177,8 +160,8 @@ def test_the_option_is_checked_and_saved():
 def test_the_compiled_kernel_jumps_as_the_eager_pass():
     h, tau = 3, 3
     base = dict(history=h, horizon=tau, start_epoch=h, interval=0, jump="linear")
-    eager, _, _, e_stats = _train(base | {"kernel": "eager"}, h + 2, dtype=torch.float32)
-    fused, _, _, c_stats = _train(base | {"kernel": "compiled"}, h + 2, dtype=torch.float32)
+    eager, _, _, e_stats = train(base | {"kernel": "eager"}, h + 2, dtype=torch.float32)
+    fused, _, _, c_stats = train(base | {"kernel": "compiled"}, h + 2, dtype=torch.float32)
     assert [s["accepted"] for s in e_stats] == [s["accepted"] for s in c_stats]
     assert sum(s["accepted"] for s in e_stats) > 0
     for a, b in zip(eager.parameters(), fused.parameters()):
