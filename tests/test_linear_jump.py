@@ -127,6 +127,27 @@ def test_criterion_none_is_a_plain_linear_extrapolation_of_every_element():
     torch.testing.assert_close(got, seen[-1] + tau * (seen[-1] - seen[-2]), rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("lr", [0.05, 0.0])
+def test_rescale_keeps_the_velocity_of_a_linear_jump(lr):
+    """A linear jump lands every element with the optimizer's own step, so on_jump='rescale' scales by
+    r = delta / delta = 1; at lr 0 every step is zero (0 / 0) and the velocity is kept as well."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    pdt = PDT(opt, history=3, horizon=4, start_epoch=3, criterion="none", jump="linear", on_jump="rescale")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        velocities = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+        stats = pdt.step()
+    assert stats["predicted"] and stats["accepted"] == stats["numel"]
+    for p, before in zip(model.parameters(), velocities):
+        assert before.abs().sum() > 0
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], before, rtol=1e-12, atol=0)
+
+
 def test_the_option_changes_where_elements_go_not_which():
     """Two twins, identical up to the first prediction: the same elements jump, to different places."""
     h, tau = 3, 4

@@ -120,8 +120,13 @@ def zero_velocities(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) 
 
 
 def velocity_ratio(last_predicted_step: Tensor, delta: Tensor) -> Tensor:
-    """:math:`r` of ``"rescale"``: predicted step at the landing point over the optimizer's last step, in [0, 1]."""
-    ratio = torch.where(delta != 0, last_predicted_step / delta, torch.zeros_like(delta))
+    """:math:`r` of ``"rescale"``: predicted step at the landing point over the optimizer's last step, in [0, 1].
+
+    Where both steps are zero the element moves on as it did, and keeps its velocity (:math:`r = 1`:
+    ``jump="linear"`` lands every element with the optimizer's own step, which may be zero).
+    """
+    still = torch.where(last_predicted_step == 0, 1.0, 0.0).to(delta.dtype)
+    ratio = torch.where(delta != 0, last_predicted_step / delta, still)
     return ratio.nan_to_num(0.0, 0.0, 0.0).clamp(0.0, 1.0)
 
 
