@@ -12,6 +12,8 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   (default both: the eager passes and the compiled ones of :mod:`torch_pdt.kernel`, after
   an untimed prediction that compiles them), each against the floor of its own run;
 * the extra memory PDT holds (RSS on CPU, the CUDA allocator on GPU) against ``h N`` values;
+* ``--scope layer`` and ``--graded`` time those options (one tensor of ``N``: the per-tensor code
+  paths, one operator);
 * with ``--naive``, the straightforward implementation (:mod:`torch_pdt.reference`, in float32) on the same
   snapshots; with ``--sweep``, the step time for ``N`` in 1M, 10M, 57M and 100M.
 
@@ -127,6 +129,8 @@ def measure(
     chunk_size: int | None = None,
     with_naive: bool = False,
     kernel: str = "eager",
+    scope: str = "model",
+    graded: bool = False,
 ) -> dict[str, Any]:
     """Time ``repeat`` PDT prediction steps on ``n`` float32 parameters; see the module docstring.
 
@@ -151,6 +155,8 @@ def measure(
         interval=0,
         storage=storage,
         kernel=kernel,
+        scope=scope,
+        graded=graded,
         **kwargs,
     )
     log: dict[str, list[float]] = {"push": [], "pass": [], "step": []}
@@ -173,6 +179,8 @@ def measure(
         "horizon": horizon,
         "device": str(dev),
         "storage": storage,
+        "scope": scope,
+        "graded": graded,
         "kernel": "compiled" if pdt._history.fused is not None else "eager",
         "threads": torch.get_num_threads(),
         "copy": copies,
@@ -262,6 +270,7 @@ def format_report(r: dict[str, Any]) -> str:
     step = statistics.median(r["step"])
     lines = [
         f"PDT step, {r['kernel']} passes, N = {n:,} float32 parameters, h = {h}, tau = {r['horizon']}, "
+        f"scope {r['scope']}{', graded' if r['graded'] else ''}, "
         f"device {r['device']}, storage {r['storage']}, {r['threads']} thread(s), {len(r['step'])} repetitions "
         "(median [min - max])",
         f"  step                      {_ms(r['step'])}",
@@ -330,6 +339,8 @@ def _overhead(args: argparse.Namespace) -> int:
         storage=args.storage,
         repeat=args.repeat,
         chunk_size=args.chunk_size,
+        scope=args.scope,
+        graded=args.graded,
     )
     kernels = ("eager", "compiled") if args.kernel == "both" else (args.kernel,)
     if args.sweep:
@@ -368,6 +379,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         default="both",
         help="PDT's passes to time (default both: eager, then compiled)",
     )
+    p.add_argument("--scope", choices=["model", "layer"], default="model", help="PDT's scope (default model)")
+    p.add_argument("--graded", action="store_true", help="PDT's graded horizon")
     p.add_argument("--naive", action="store_true", help="also time the straightforward implementation")
     p.add_argument("--sweep", action="store_true", help="time N = 1M, 10M, 57M, 100M instead")
     p.set_defaults(func=_overhead)

@@ -14,6 +14,9 @@ source "$(dirname "$0")/env.sh"
 out="${OUT:-docs/results/steps}"
 sweep="pdt@every_n_steps=10,pdt@every_n_steps=50,pdt@horizon=10,pdt@horizon=20,pdt@interval=0"
 sweep+=",pdt-linear,pdt-linear@horizon=20,pdt-graded,pdt-layer"
+# Second round, after the first put the longer horizon ahead: longer still, and more often.
+sweep+=",pdt@horizon=30,pdt@horizon=40,pdt@horizon=20@every_n_steps=10,pdt@horizon=20@every_n_steps=15"
+sweep+=",pdt@horizon=20@history=10,pdt-linear@horizon=10"
 steps() { pdt-bench steps --jobs "${JOBS:-1}" --quiet ${SETTINGS:-} "$@" > /dev/null; }
 
 # The learning rate of the baseline run with the lowest best held-out loss in a steps directory.

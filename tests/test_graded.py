@@ -147,5 +147,3 @@ def test_resume_is_exact_and_the_option_is_checked():
     for bad, words in [(dict(graded="yes"), "graded"), (dict(graded=True, criterion="random"), "random")]:
         with pytest.raises(ValueError, match=words):
             PDT(torch.optim.SGD(mlp().parameters(), lr=0.1), **bad)
-    with pytest.raises(ValueError, match="kernel='compiled' is not available here: graded=True"):
-        PDT(torch.optim.SGD(mlp().parameters(), lr=0.1), graded=True, kernel="compiled")

@@ -173,13 +173,15 @@ def test_a_checkpoint_saved_before_the_option_existed_loads():
         PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer").load_state_dict(state)
 
 
-def test_the_compiled_kernel_is_refused_and_auto_runs_eager(caplog):
+def test_the_compiled_kernel_takes_one_call_per_tensor_and_auto_keeps_a_small_model_eager(caplog):
+    """(tests/test_kernel.py runs the compiled layerwise passes against the eager ones.)"""
     model = mlp(torch.float32)
-    with pytest.raises(ValueError, match="kernel='compiled' is not available here: scope='layer'"):
-        PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer", kernel="compiled")
+    pdt = PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer", kernel="compiled")
+    fused = pdt._history.fused
+    assert fused.per_tensor and [g.members for g in fused.groups] == [(i,) for i in range(len(pdt.params))]
     with caplog.at_level(logging.INFO, logger="torch_pdt"):
         pdt = PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer")
-    assert pdt._history.fused is None and "eager passes (scope='layer')" in caplog.text
+    assert pdt._history.fused is None and "eager passes (a small model)" in caplog.text
     with pytest.raises(ValueError, match="scope"):
         PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="tensor")
 

@@ -26,6 +26,13 @@ rest). The coefficients are a tensor, so new ones never recompile. The mask is t
 finite in the parameter's dtype (:math:`s_{h-1} + \tau\Delta` with ``linear``), the parameter
 elsewhere.
 
+**Layerwise and graded.** With ``scope="layer"`` every parameter is its own call of each pass
+(:class:`FusedPasses` ``per_tensor``): its inner products are its own Gram block, and its
+coefficients its own DMD's. With ``graded=True`` the coefficients are ``2 tau x h`` (the steps,
+then the displacements :math:`D_1..D_\tau`) and the same loop, after the decision at ``tau``,
+goes down ``k = tau - 1..1`` with the running extremes of the steps' keys; it writes each
+element's landing horizon into a byte per element, which the counts per horizon are taken from.
+
 Three forms keep the compiled loop one loop, and cheap (measured on CPU with inductor):
 
 * Eq. 7 compares signs. ``sign``, ``minimum`` and ``maximum`` propagate NaN and were most of
@@ -167,6 +174,27 @@ def _same_sign(low: Tensor, high: Tensor, delta: Tensor) -> Tensor:
     return (low >= lo) & (high <= hi)
 
 
+def _checks(
+    criterion: str, low: Tensor | None, high: Tensor | None, displacement: Tensor, delta: Tensor, tau: int
+) -> dict[str, Tensor]:
+    """The checks of ``criterion`` (:mod:`torch_pdt.criteria`) at horizon ``tau``: ``low`` and
+    ``high`` are the order keys of the smallest and largest of the first ``tau`` steps."""
+    checks: dict[str, Tensor] = {}
+    if criterion in ("pdt", "consistency_only"):
+        checks["consistency"] = _same_sign(low, high, delta)
+    elif criterion == "authors":
+        key = _order_key(displacement)
+        checks["consistency"] = _same_sign(key, key, delta)
+    jump, step = displacement.abs(), delta.abs()
+    if criterion in ("pdt", "accel_only"):
+        checks["lower_bound"] = jump > step
+        checks["upper_bound"] = jump <= tau * step
+    elif criterion == "authors":
+        checks["lower_bound"] = jump >= step
+        checks["upper_bound"] = jump <= (tau + 1) * step
+    return checks
+
+
 def predict_mask_assemble(
     rows: Sequence[Tensor],
     param: Tensor,
@@ -178,6 +206,7 @@ def predict_mask_assemble(
     origin_is_param: bool = False,
     accepted: Tensor | None = None,
     linear: bool = False,
+    graded: bool = False,
 ) -> Tensor:
     r"""One parameter's prediction: returns integer counts ``[finite, consistency, lower, upper, accepted]``.
 
@@ -189,9 +218,12 @@ def predict_mask_assemble(
     criterion does not make); with ``write`` the accepted elements of ``param`` are replaced.
     ``origin_is_param``: the forecast starts from ``param`` rather than the newest row (rows
     that round the weights, mirrored). ``accepted``, if given, receives the per-element
-    decision as 0/1 (for a bucket of small parameters, whose counts are then split).
+    decision as 0/1 (graded: the landing horizon, 0 for none), for a bucket of small parameters,
+    whose counts are then split, and for the counts per horizon.
     ``linear``: accepted elements move by ``tau`` times :math:`\Delta` instead of by :math:`D`
-    (``PDT(jump="linear")``).
+    (``PDT(jump="linear")``). ``graded``: ``coef`` is ``2 tau x h``, the steps then the
+    displacements :math:`D_1..D_\tau`, and an element that fails at ``tau`` lands at the largest
+    ``k`` whose checks pass (:mod:`torch_pdt.prediction`); the checks' counts are those at ``tau``.
     """
     h = len(rows)
     dtype = coef.dtype
@@ -204,42 +236,51 @@ def predict_mask_assemble(
             acc = acc + coef[k, j] * X[j]
         return acc
 
-    displacement = combination(tau)
     if mirrored:
         delta = last - rows[-2].to(dtype)
     else:
         delta = param.to(dtype) - last
-    # Finite in the parameter's dtype: float16 overflows where float32 does not. Compared in the
-    # working precision against the smallest value that rounds to inf, because inductor elided a
-    # round trip through the parameter's dtype (an fp16 55,000 + 5 * 5,000 was written as inf).
-    new = (param.to(dtype) if origin_is_param else last) + (tau * delta if linear else displacement)
-    finite = new.abs() < overflow_threshold(param.dtype)
-    if param.dtype != dtype:
-        new = new.to(param.dtype)
-    checks: dict[str, Tensor] = {}
-    if criterion in ("pdt", "consistency_only"):
+    origin = param.to(dtype) if origin_is_param else last
+    bound = overflow_threshold(param.dtype)
+
+    def landing(k: int, displacement: Tensor) -> tuple[Tensor, Tensor]:
+        """The new value at horizon ``k`` and whether it is finite in the parameter's dtype."""
+        # Compared in the working precision against the smallest value that rounds to inf,
+        # because inductor elided a round trip through the parameter's dtype (an fp16
+        # 55,000 + 5 * 5,000 was written as inf).
+        new = origin + (k * delta if linear else displacement)
+        return new, new.abs() < bound
+
+    displacement = combination(2 * tau - 1 if graded else tau)
+    new, finite = landing(tau, displacement)
+    lows: list[Tensor | None] = [None] * tau
+    highs: list[Tensor | None] = [None] * tau
+    if criterion in ("pdt", "consistency_only"):  # running extremes of the steps' order keys
         keys = [_order_key(combination(k)) for k in range(tau)]
-        low, high = keys[0], keys[0]
-        for key in keys[1:]:
-            low, high = torch.minimum(low, key), torch.maximum(high, key)
-        checks["consistency"] = _same_sign(low, high, delta)
-    elif criterion == "authors":
-        key = _order_key(displacement)
-        checks["consistency"] = _same_sign(key, key, delta)
-    jump, step = displacement.abs(), delta.abs()
-    if criterion in ("pdt", "accel_only"):
-        checks["lower_bound"] = jump > step
-        checks["upper_bound"] = jump <= tau * step
-    elif criterion == "authors":
-        checks["lower_bound"] = jump >= step
-        checks["upper_bound"] = jump <= (tau + 1) * step
+        lows[0], highs[0] = keys[0], keys[0]
+        for k in range(1, tau):
+            lows[k], highs[k] = torch.minimum(lows[k - 1], keys[k]), torch.maximum(highs[k - 1], keys[k])
+    checks = _checks(criterion, lows[-1], highs[-1], displacement, delta, tau)
     accept = finite
     for passed in checks.values():
         accept = accept & passed
-    if accepted is not None:
+    if graded:
+        level = torch.where(accept, tau, 0)
+        for k in range(tau - 1, 0, -1):
+            D = combination(tau + k - 1)
+            candidate, ok = landing(k, D)
+            ok = ok & (level == 0)
+            for passed in _checks(criterion, lows[k - 1], highs[k - 1], D, delta, k).values():
+                ok = ok & passed
+            level = torch.where(ok, k, level)
+            new = torch.where(ok, candidate, new)
+        accept = level > 0
+        if accepted is not None:
+            accepted.copy_(level)
+    elif accepted is not None:
         accepted.copy_(accept)
     if write:
-        param.copy_(torch.where(accept, new, param))
+        param.copy_(torch.where(accept, new.to(param.dtype), param))
     # Two counts per int64 sum, the second in the high 32 bits (exact below 2^31 elements):
     # inductor fused at most four sums into the loop, and a fifth became a second loop over
     # the mask stored as bool (slower than the whole pass).
@@ -329,7 +370,8 @@ class _Group:
         return len(self.members) > 1
 
 
-def _groups(slots: Sequence[tuple[int, int, int]]) -> list[_Group]:
+def _groups(slots: Sequence[tuple[int, int, int]], share: bool = True) -> list[_Group]:
+    """The calls: a group per large parameter and (``share``) per run of small ones, else one per parameter."""
     groups: list[_Group] = []
     run: list[int] = []
 
@@ -341,7 +383,7 @@ def _groups(slots: Sequence[tuple[int, int, int]]) -> list[_Group]:
             run.clear()
 
     for i, (bucket, offset, numel) in enumerate(slots):
-        if numel >= SMALL:
+        if numel >= SMALL or not share:
             close()
             groups.append(_Group((i,), bucket, offset, offset + numel))
             continue
@@ -362,15 +404,22 @@ class FusedPasses:
         slots: ``(bucket, column offset, numel)`` of every parameter, in parameter order.
         use_compiled: run the compiled functions (else the same functions eagerly: memory of
             a few dozen parameter-sized temporaries, for testing).
+        per_tensor: one Gram matrix and one forecast per parameter (``scope="layer"``): every
+            parameter gets calls of its own, small ones too.
     """
 
     def __init__(
-        self, storage: Sequence[Tensor], slots: Sequence[tuple[int, int, int]], use_compiled: bool = True
+        self,
+        storage: Sequence[Tensor],
+        slots: Sequence[tuple[int, int, int]],
+        use_compiled: bool = True,
+        per_tensor: bool = False,
     ) -> None:
         self.storage = list(storage)
         self.slots = list(slots)
         self.capacity = self.storage[0].shape[0]
-        self.groups = _groups(self.slots)
+        self.per_tensor = per_tensor
+        self.groups = _groups(self.slots, share=not per_tensor)
         self.use_compiled = use_compiled
         self._enter = compiled(gram_update) if use_compiled else gram_update
         self._predict = compiled(predict_mask_assemble) if use_compiled else predict_mask_assemble
@@ -388,16 +437,17 @@ class FusedPasses:
         return torch.cat([flats[i] for i in group.members])
 
     def copy_in(self, flats: Sequence[Tensor], row: int) -> Tensor:
-        r"""Copy ``flats`` into ring row ``row``; the ``(h + 1) x 2`` float64 inner products, on CPU.
+        r"""Copy ``flats`` into ring row ``row``; the ``blocks x (h + 1) x 2`` float64 inner products, on CPU.
 
-        Row ``j`` of the result is :math:`(\langle d_j, s\rangle, \langle d_j, d\rangle)`
-        for the storage row ``j`` (its difference to the row before it, cyclically), with
-        ``s`` the new snapshot and ``d`` its difference; the last row is
-        :math:`(\langle s, s\rangle, \langle s, d\rangle)`.
+        One block for the whole model, or one per parameter with ``per_tensor``. Row ``j`` of a
+        block is :math:`(\langle d_j, s\rangle, \langle d_j, d\rangle)` for the storage row
+        ``j`` (its difference to the row before it, cyclically), with ``s`` the new snapshot and
+        ``d`` its difference; the last row is :math:`(\langle s, s\rangle, \langle s, d\rangle)`.
         """
         h = self.capacity
         order = [(row - i) % h for i in range(h)]  # newest first
-        sums: dict[torch.device, Tensor] = {}
+        blocks = len(self.slots) if self.per_tensor else 1
+        parts: dict[torch.device, list[tuple[int, Tensor]]] = {}
         with torch.no_grad(), self._variants():
             for group in self.groups:
                 if group.stop == group.start:
@@ -405,51 +455,69 @@ class FusedPasses:
                 rows = self.storage[group.bucket][:, group.start : group.stop]
                 source = self._source(group, flats)
                 part = self._enter(source, [rows[j] for j in order[1:]], rows[row])
-                sums[part.device] = sums[part.device] + part if part.device in sums else part
-        total = sum((t.cpu() for t in sums.values()), torch.zeros(2 * h + 1, dtype=torch.float64))
-        dots = torch.empty(h + 1, 2, dtype=torch.float64)
-        dots[order, 0] = total[:h]
-        dots[order, 1] = total[h : 2 * h]
-        dots[h, 0] = total[2 * h]
-        dots[h, 1] = total[0]
+                parts.setdefault(part.device, []).append((group.members[0] if self.per_tensor else 0, part))
+        total = torch.zeros(blocks, 2 * h + 1, dtype=torch.float64)
+        for found in parts.values():  # one host transfer per device
+            index = torch.tensor([block for block, _ in found])
+            total.index_add_(0, index, torch.stack([part for _, part in found]).cpu())
+        dots = torch.empty(blocks, h + 1, 2, dtype=torch.float64)
+        dots[:, order, 0] = total[:, :h]
+        dots[:, order, 1] = total[:, h : 2 * h]
+        dots[:, h, 0] = total[:, 2 * h]
+        dots[:, h, 1] = total[:, 0]
         return dots
 
     def predict(
         self,
         flats: Sequence[Tensor],
         rows: Sequence[int],
-        steps: Tensor,
+        steps: Tensor | Sequence[Tensor | None],
         criterion: str,
         mirrored: bool,
         write: bool,
         origin_is_param: bool = False,
         linear: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """Predict, mask and (with ``write``) assemble every parameter (``linear``: see
+        graded: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Predict, mask and (with ``write``) assemble every parameter (``linear``, ``graded``: see
         :func:`predict_mask_assemble`).
 
-        ``rows``: the storage rows oldest first; ``steps``: float64 ``(tau + 1) x h``, the
-        predicted steps and the displacement as combinations of the snapshots (unmirrored).
-        Returns the accepted elements per parameter and the totals
-        ``[finite, consistency, lower_bound, upper_bound, accepted]``, int64 on CPU.
+        ``rows``: the storage rows oldest first; ``steps``: float64 ``(tau + 1) x h`` (graded:
+        ``2 tau x h``), the predicted steps and the displacement as combinations of the snapshots
+        (unmirrored); with ``per_tensor`` one per parameter, ``None`` for a parameter without a
+        fit, whose elements are kept and counted as passing every check.
+        Returns the accepted elements per parameter, the totals
+        ``[finite, consistency, lower_bound, upper_bound, accepted]`` and (graded) the elements
+        landing at each ``k = 1..tau``, int64 on CPU.
         """
-        tau = steps.shape[0] - 1
-        coefs: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        layerwise = not isinstance(steps, Tensor)
+        some = next(s for s in steps if s is not None) if layerwise else steps
+        tau = some.shape[0] // 2 if graded else some.shape[0] - 1
+        level_dtype = torch.int8 if tau <= torch.iinfo(torch.int8).max else torch.int32
+        coefs: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
         totals: dict[torch.device, Tensor] = {}
+        levels: dict[torch.device, Tensor] = {}
         per_param: list[Tensor] = []
+
+        def add(into: dict[torch.device, Tensor], counts: Tensor) -> None:
+            into[counts.device] = into[counts.device] + counts if counts.device in into else counts
+
         with torch.no_grad(), self._variants():
             for group in self.groups:
-                if group.stop == group.start:
+                mine = steps[group.members[0]] if layerwise else steps
+                if group.stop == group.start or mine is None:
+                    numel = group.stop - group.start  # no fit: kept, and blamed on no check
+                    add(totals, torch.tensor([numel] * 4 + [0], device=self.storage[group.bucket].device))
                     per_param.append(torch.zeros(len(group.members), dtype=torch.int64))
                     continue
                 storage = self.storage[group.bucket][:, group.start : group.stop]
                 param = self._source(group, flats)
-                key = (param.device, work_dtype(param.dtype))
+                key = (group.members[0] if layerwise else 0, param.device, work_dtype(param.dtype))
                 if key not in coefs:
-                    coefs[key] = ring_coefficients(steps, key[1], key[0], rows)
+                    coefs[key] = ring_coefficients(mine, key[2], key[1], rows)
                 accepted = None
-                if group.staged:
-                    accepted = torch.empty(param.shape, dtype=torch.int8, device=param.device)
+                if group.staged or graded:
+                    accepted = torch.empty(param.shape, dtype=level_dtype, device=param.device)
                 counts = self._predict(
                     [storage[j] for j in rows],
                     param,
@@ -461,18 +529,25 @@ class FusedPasses:
                     origin_is_param,
                     accepted,
                     linear,
+                    graded,
                 )
                 counts = counts.to(torch.int64)
-                totals[param.device] = totals[param.device] + counts if param.device in totals else counts
-                if accepted is None:
+                add(totals, counts)
+                if graded:
+                    add(levels, torch.bincount(accepted.to(torch.int64), minlength=tau + 1))
+                if not group.staged:
                     per_param.append(counts[4:])
                     continue
                 sizes = [self.slots[i][2] for i in group.members]
                 bounds = torch.tensor([0, *sizes], device=param.device).cumsum(0)
-                cumulative = torch.cat([bounds.new_zeros(1), accepted.cumsum(0, dtype=torch.int64)])
+                landed = (accepted > 0).cumsum(0, dtype=torch.int64)
+                cumulative = torch.cat([bounds.new_zeros(1), landed])
                 per_param.append(cumulative[bounds[1:]] - cumulative[bounds[:-1]])  # empty tensors too
                 if write:
                     torch._foreach_copy_([flats[i] for i in group.members], list(param.split(sizes)))
         # Host transfers only now: the first waits for the device, the others find it done.
         total = sum((t.cpu() for t in totals.values()), torch.zeros(5, dtype=torch.int64))
-        return torch.cat([t.cpu() for t in per_param]), total
+        per_horizon = None
+        if graded:
+            per_horizon = sum((t.cpu() for t in levels.values()), torch.zeros(tau + 1, dtype=torch.int64))[1:]
+        return torch.cat([t.cpu() for t in per_param]), total, per_horizon

@@ -66,7 +66,7 @@ class PDT:
     authors' layerwise trainer does) instead of one for the whole model, whose at most ``h - 1``
     modes must then serve every layer. ``graded=True`` lets each element jump to the largest
     ``k <= tau`` whose checks pass (the criterion with ``tau`` replaced by ``k``, on the forecast
-    ``k`` epochs ahead) rather than to ``tau`` or not at all. Both run the eager passes.
+    ``k`` epochs ahead) rather than to ``tau`` or not at all.
     ``jump="linear"`` moves an accepted element to :math:`w^{opt}_i + \tau\Delta` instead of
     to the forecast: the DMD and the criterion choose which elements jump, the optimizer's own
     last step how far (in the v2 study this was 1-5 epochs ahead of the forecast on every task).
@@ -452,8 +452,6 @@ class PDT:
             reason
             for reason, applies in (
                 ("criterion='random'", cfg.criterion not in kernel.KERNEL_CRITERIA),
-                ("scope='layer'", cfg.scope == "layer"),
-                ("graded=True", cfg.graded),
                 (f"on_jump={cfg.on_jump!r}", cfg.on_jump != "keep"),
                 ("snapshots on another device", {s.device for s in storage} != devices),
                 ("no compiler for " + ", ".join(sorted(map(str, devices))), not all(map(kernel.compiles, devices))),
@@ -468,7 +466,7 @@ class PDT:
             logger.info("PDT runs the eager passes (%s)", reason)
             return
         logger.info("PDT runs the compiled passes (kernel=%r)", cfg.kernel)
-        self._history.fused = kernel.FusedPasses(*self._history.layout())
+        self._history.fused = kernel.FusedPasses(*self._history.layout(), per_tensor=cfg.scope == "layer")
 
     def _use_eager(self, error: Exception) -> None:
         """``kernel="auto"``: compiling failed; run eager from now on."""
@@ -477,14 +475,16 @@ class PDT:
         )
         self._history.fused = None
 
-    def _fused_pass(self, steps: Tensor, criterion: str, write: bool) -> prediction.PassCounts | None:
+    def _fused_pass(
+        self, steps: Tensor | list[Tensor | None], criterion: str, write: bool
+    ) -> prediction.PassCounts | None:
         """The prediction pass by the compiled kernel; ``None`` when compiling failed under ``kernel="auto"``."""
         history = self._history
         mirrored = not self.config.start_of_epoch
         flats = self._flat_params()
         name = criteria.canonical(criterion)
         try:
-            per_param, totals = history.fused.predict(
+            per_param, totals, per_horizon = history.fused.predict(
                 flats,
                 history.rows(),
                 steps,
@@ -493,6 +493,7 @@ class PDT:
                 write,
                 origin_is_param=not history.exact and mirrored,
                 linear=self.config.jump == "linear",
+                graded=self.config.graded,
             )
         except Exception as e:
             # Parameters written before the failure are restored from the newest snapshot,
@@ -505,7 +506,8 @@ class PDT:
         finite, consistency, lower, upper, _ = totals.unbind()
         probe = torch.zeros(1)
         applied = set(criteria.make(name)(probe, probe, probe, probe, 1))
-        return prediction.PassCounts(list(per_param), torch.stack([consistency, lower, upper, finite]), applied)
+        passing = torch.stack([consistency, lower, upper, finite])
+        return prediction.PassCounts(list(per_param), passing, applied, per_horizon)
 
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         """The Gram matrix of the whole model from this process's; a sharded subclass sums the ranks'."""

@@ -159,7 +159,7 @@ class SnapshotHistory:
         """
         h = self.capacity
         if self.fused is not None:
-            self._set_gram(row, self.fused.copy_in(tensors, row)[None])
+            self._set_gram(row, self.fused.copy_in(tensors, row))
             return
         blocks = self._gram.shape[0]
         work: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}

@@ -36,6 +36,17 @@ def test_the_compiled_measurement_predicts_as_the_eager_one():
     assert 0 < eager["accepted_ratio"][0] < 1
 
 
+@needs_compiler
+def test_layerwise_graded_steps_are_timed_compiled_and_predict_as_eager():
+    runs = [
+        bench.measure(20_000, history=3, horizon=3, repeat=2, kernel=k, scope="layer", graded=True)
+        for k in ("eager", "compiled")
+    ]
+    assert [r["kernel"] for r in runs] == ["eager", "compiled"]
+    assert runs[1]["accepted_ratio"] == pytest.approx(runs[0]["accepted_ratio"], abs=1e-4)
+    assert "scope layer, graded" in bench.format_report(runs[1])
+
+
 def test_the_floor_is_a_memory_floor_once_the_copy_outgrows_the_last_level_cache():
     size, source = bench.last_level_cache(torch.device("cpu"))
     assert size > 0 and source
