@@ -534,7 +534,7 @@ class FusedPasses:
                 counts = counts.to(torch.int64)
                 add(totals, counts)
                 if graded:
-                    add(levels, torch.bincount(accepted.to(torch.int64), minlength=tau + 1))
+                    add(levels, torch.bincount(accepted, minlength=tau + 1))  # of the bytes: no int64 copy
                 if not group.staged:
                     per_param.append(counts[4:])
                     continue
