@@ -127,3 +127,13 @@ def test_channels_last_state_is_updated_in_memory_order():
         stats = pdt.step()
     assert stats["accepted"] == stats["numel"]
     assert not opt.state[conv.weight]["momentum_buffer"].any()
+
+
+def test_rescale_clips_a_ratio_that_overflows_to_one_as_a_large_finite_one():
+    """r = clip(predicted / optimizer step, 0, 1): a same-sign ratio beyond float32's range (a
+    denormal optimizer step) is clipped to 1 like a large finite one, not zeroed."""
+    from torch_pdt.jump import velocity_ratio
+
+    delta = torch.tensor([1e-45, 1e-45, 1e-45, -1e-45, 0.0, 0.0], dtype=torch.float32)
+    last = torch.tensor([1e-7, 1e-6, -1e-6, -1e-6, 0.0, 1.0], dtype=torch.float32)
+    assert velocity_ratio(last, delta).tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]

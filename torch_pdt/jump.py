@@ -127,7 +127,8 @@ def velocity_ratio(last_predicted_step: Tensor, delta: Tensor) -> Tensor:
     """
     still = torch.where(last_predicted_step == 0, 1.0, 0.0).to(delta.dtype)
     ratio = torch.where(delta != 0, last_predicted_step / delta, still)
-    return ratio.nan_to_num(0.0, 0.0, 0.0).clamp(0.0, 1.0)
+    # +inf (a same-sign ratio beyond the dtype's range) clips to 1 as a large finite one does.
+    return ratio.nan_to_num(0.0, 1.0, 0.0).clamp(0.0, 1.0)
 
 
 def prepare(
