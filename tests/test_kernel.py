@@ -333,6 +333,13 @@ def test_auto_runs_eager_where_the_kernel_does_not_apply_or_pay_off(caplog):
             _train("compiled", [7], epochs=1, **kwargs)
     with pytest.raises(ValueError, match="kernel must be one of"):
         _train("fast", [7], epochs=1)
+    params = [nn.Parameter(torch.zeros(3)) for _ in range(kernel.AUTO_MIN_TENSORS)]
+    for horizon, fused in ((kernel.AUTO_MAX_GRADED_HORIZON, True), (kernel.AUTO_MAX_GRADED_HORIZON + 1, False)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="torch_pdt"):
+            pdt = PDT(torch.optim.SGD(params, lr=0.0), history=3, horizon=horizon, graded=True)
+        assert (pdt._history.fused is not None) == fused
+    assert f"graded=True at horizon {horizon} > {horizon - 1}: slow to compile" in caplog.text
 
 
 @needs_compiler

@@ -71,6 +71,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AUTO_MAX_GRADED_HORIZON",
     "AUTO_MIN_NUMEL",
     "AUTO_MIN_TENSORS",
     "DECISION_BOUND",
@@ -348,6 +349,10 @@ seconds once, the fused passes save about 10 ns per element and step on CPU."""
 
 AUTO_MIN_TENSORS = 256
 """... or of at least this many tensors: the eager pass costs about 200 us per tensor and step."""
+
+AUTO_MAX_GRADED_HORIZON = 32
+"""... and, with ``graded=True``, a horizon of at most this: the graded loop is unrolled over the
+horizons, and its compile time grows with them (minutes at 130 on a loaded 2-core CPU)."""
 
 SMALL = 1 << 14
 """Parameters with fewer elements than this share one call per pass with their neighbours in

@@ -77,7 +77,7 @@ class PDT:
     ``"eager"`` (chunked torch operations), or ``"auto"`` (default): compiled where
     ``torch.compile`` can build kernels (a C++ compiler on CPU, Triton on GPU) and it pays off
     (:data:`~torch_pdt.kernel.AUTO_MIN_NUMEL` elements or :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS`
-    tensors), else eager, and eager from then on if compiling fails; one log line says which.
+    tensors, and graded horizons up to :data:`~torch_pdt.kernel.AUTO_MAX_GRADED_HORIZON`), else eager, and eager from then on if compiling fails; one log line says which.
     The compiled passes cover every criterion but ``"random"``, with ``on_jump="keep"`` and the
     snapshots on the parameters' devices, and decide as the eager ones up to rounding
     (:data:`~torch_pdt.kernel.DECISION_BOUND`).
@@ -461,8 +461,16 @@ class PDT:
         if cfg.kernel == "compiled" and unsupported:
             raise ValueError(f"kernel='compiled' is not available here: {'; '.join(unsupported)}")
         small = self.numel < kernel.AUTO_MIN_NUMEL and len(self.params) < kernel.AUTO_MIN_TENSORS
-        if cfg.kernel == "eager" or unsupported or (cfg.kernel == "auto" and small):
-            reason = "kernel='eager'" if cfg.kernel == "eager" else "; ".join(unsupported) or "a small model"
+        long_graded = cfg.graded and cfg.horizon > kernel.AUTO_MAX_GRADED_HORIZON
+        if cfg.kernel == "eager" or unsupported or (cfg.kernel == "auto" and (small or long_graded)):
+            if cfg.kernel == "eager":
+                reason = "kernel='eager'"
+            elif unsupported:
+                reason = "; ".join(unsupported)
+            elif small:
+                reason = "a small model"
+            else:
+                reason = f"graded=True at horizon {cfg.horizon} > {kernel.AUTO_MAX_GRADED_HORIZON}: slow to compile"
             logger.info("PDT runs the eager passes (%s)", reason)
             return
         logger.info("PDT runs the compiled passes (kernel=%r)", cfg.kernel)
