@@ -125,8 +125,7 @@ def velocity_ratio(last_predicted_step: Tensor, delta: Tensor) -> Tensor:
     Where both steps are zero the element moves on as it did, and keeps its velocity (:math:`r = 1`:
     ``jump="linear"`` lands every element with the optimizer's own step, which may be zero).
     """
-    still = torch.where(last_predicted_step == 0, 1.0, 0.0).to(delta.dtype)
-    ratio = torch.where(delta != 0, last_predicted_step / delta, still)
+    ratio = torch.where(delta != 0, last_predicted_step / delta, (last_predicted_step == 0).to(delta.dtype))
     # +inf (a same-sign ratio beyond the dtype's range) clips to 1 as a large finite one does.
     return ratio.nan_to_num(0.0, 1.0, 0.0).clamp(0.0, 1.0)
 

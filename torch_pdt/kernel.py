@@ -502,6 +502,7 @@ class FusedPasses:
         coefs: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
         totals: dict[torch.device, Tensor] = {}
         levels: dict[torch.device, Tensor] = {}
+        kept = 0  # elements of parameters without a fit: passing every check, not accepted
         per_param: list[Tensor] = []
 
         def add(into: dict[torch.device, Tensor], counts: Tensor) -> None:
@@ -511,8 +512,7 @@ class FusedPasses:
             for group in self.groups:
                 mine = steps[group.members[0]] if layerwise else steps
                 if group.stop == group.start or mine is None:
-                    numel = group.stop - group.start  # no fit: kept, and blamed on no check
-                    add(totals, torch.tensor([numel] * 4 + [0], device=self.storage[group.bucket].device))
+                    kept += group.stop - group.start
                     per_param.append(torch.zeros(len(group.members), dtype=torch.int64))
                     continue
                 storage = self.storage[group.bucket][:, group.start : group.stop]
@@ -545,13 +545,14 @@ class FusedPasses:
                     continue
                 sizes = [self.slots[i][2] for i in group.members]
                 bounds = torch.tensor([0, *sizes], device=param.device).cumsum(0)
-                landed = (accepted > 0).cumsum(0, dtype=torch.int64)
+                landed = ((accepted > 0) if graded else accepted).cumsum(0, dtype=torch.int64)
                 cumulative = torch.cat([bounds.new_zeros(1), landed])
                 per_param.append(cumulative[bounds[1:]] - cumulative[bounds[:-1]])  # empty tensors too
                 if write:
                     torch._foreach_copy_([flats[i] for i in group.members], list(param.split(sizes)))
         # Host transfers only now: the first waits for the device, the others find it done.
         total = sum((t.cpu() for t in totals.values()), torch.zeros(5, dtype=torch.int64))
+        total[:4] += kept
         per_horizon = None
         if graded:
             per_horizon = sum((t.cpu() for t in levels.values()), torch.zeros(tau + 1, dtype=torch.int64))[1:]
