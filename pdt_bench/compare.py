@@ -29,7 +29,7 @@ from torch_pdt import PDT, PDTConfig
 
 from . import metrics, peers, plots, report, tasks
 from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method
-from .records import Epoch, Run, load_run, save_json, stored_config
+from .records import Epoch, Run, load_run, pack, save_json, stored_config
 from .train import RunConfig, run
 
 __all__ = ["Progress", "add_command", "add_run_arguments", "check_pdt", "execute", "launch", "run_configs"]
@@ -316,6 +316,7 @@ def execute(
         finally:
             if progress is not None:
                 progress.close()
+    pack(out_dir)
     return [load_run(p) for p in paths]
 
 
