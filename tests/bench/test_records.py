@@ -1,4 +1,4 @@
-"""The run store: round trip, old run files, damaged lines, resume, byte-identical rewrites."""
+"""The run store: round trip, old run files, damaged lines, resume, byte-identical rewrites; compact figures."""
 
 import json
 import lzma
@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 
 from fake_runs import make_run
+from PIL import Image
 
-from pdt_bench import records
+from pdt_bench import plots, records
 from pdt_bench.compare import execute
 
 NAN = float("nan")
@@ -23,8 +24,10 @@ def _runs():
 
 
 def _write_files(directory, runs):
+    """The run files as the harness wrote them before the store: indented JSON, one file per run."""
+    (directory / "runs").mkdir(parents=True, exist_ok=True)
     for name, run in runs.items():
-        records.save_json(directory / "runs" / f"{name}.json", run)
+        (directory / "runs" / f"{name}.json").write_text(json.dumps(run, indent=1, allow_nan=True))
 
 
 def _text(runs):
@@ -151,3 +154,14 @@ def test_a_study_resumes_from_its_store_and_reruns_only_a_damaged_run(tmp_path, 
     assert execute(configs, tmp_path, jobs=0, quiet=True, work=counting, finished=_finished) == first
     assert ran == ["pdt-seed0"] and f"{store}: line 2: not a readable run record" in capsys.readouterr().err
     assert list(records.load_named_runs(tmp_path)) == ["baseline-seed0", "pdt-seed0", "pdt-seed1"]
+
+
+def test_a_figure_is_a_palette_png_that_keeps_every_line_colour(tmp_path):
+    curves = {"baseline": [[10, 3.0], [20, 2.5]], "pdt": [[10, 2.9], [20, 2.2]], "ema": [[10, 3.1], [20, 2.6]]}
+    runs = [{"method": m, "seed": 0, "curve": c, "diverged": False} for m, c in curves.items()]
+    path = plots.plot_steps(tmp_path / "steps.png", runs)
+    image = Image.open(path)
+    assert image.mode == "P" and image.width == 7 * plots.DPI  # the figure is 7 inches wide
+    used = [color for _, color in image.convert("RGB").getcolors(plots.COLORS)]
+    for line in [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)]:  # tab10's C0, C1, C2
+        assert min(max(abs(a - b) for a, b in zip(color, line)) for color in used) <= 2
