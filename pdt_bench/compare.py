@@ -1,8 +1,9 @@
 """``pdt-bench compare``: every (method, seed) on one task, then the table, report and plots.
 
-Each run is written to ``OUT/runs/<method>-seed<seed>.json`` as soon as it finishes; a run
-whose file exists with the same configuration is not run again, so an interrupted study
-continues where it stopped. With ``--jobs N`` (N >= 1) every run gets a fresh process (clean
+Each run is written to ``OUT/runs/<method>-seed<seed>.json`` as soon as it finishes, and folded
+into ``OUT/runs.jsonl.xz`` (:mod:`pdt_bench.records`) when the runs are done; a run whose record
+exists with the same configuration is not run again, so an interrupted study continues where it
+stopped. With ``--jobs N`` (N >= 1) every run gets a fresh process (clean
 peak-memory figures), N at a time; ``--jobs 0`` runs them in this process.
 """
 
