@@ -1,4 +1,6 @@
-"""Crash-safe checkpoints: a kill at any moment leaves either the old file or the new one, whole.
+"""Checkpoints: crash-safe files, and saved states checked before they are loaded.
+
+A kill at any moment leaves either the old file or the new one, whole.
 
 :func:`save_atomic` writes to a temporary file in the destination's directory, flushes it to
 disk (``fsync``), renames it over the destination with :func:`os.replace` (atomic on POSIX
@@ -6,6 +8,10 @@ and Windows within one file system), then syncs the directory so that the rename
 survives a power loss. For the user's file it behaves like ``torch.save(obj, path)``: a new
 file gets the permissions the umask allows (``0o666 & ~umask``), an existing one keeps its
 own, and a symbolic link is written through (its target is replaced, the link stays).
+
+:func:`check_loadable` refuses a saved state holding a tensor without values in memory (read with
+``map_location="meta"``, or sparse), naming its key, before any part of it is loaded: a load that
+failed half-way would leave a history half old, half new.
 
 Example:
     >>> import tempfile, pathlib
@@ -20,12 +26,39 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["save_atomic"]
+__all__ = ["check_loadable", "save_atomic"]
+
+
+def check_loadable(state: Any, key: str = "state_dict") -> None:
+    """``ValueError`` naming the first tensor of ``state`` (nested dicts, lists, tuples) that is not
+    dense in memory: on the meta device (no values), or of a sparse or other non-strided layout.
+
+    >>> check_loadable({"history": {"snapshots": [torch.zeros(2, device="meta")]}})
+    Traceback (most recent call last):
+    ...
+    ValueError: state_dict['history']['snapshots'][0] is a meta tensor (no values: read with map_location='meta'?); load a checkpoint read onto a real device
+    """
+    if isinstance(state, Tensor):
+        if state.is_meta:
+            raise ValueError(
+                f"{key} is a meta tensor (no values: read with map_location='meta'?); "
+                "load a checkpoint read onto a real device"
+            )
+        if state.layout != torch.strided:
+            raise ValueError(f"{key} is a {state.layout} tensor; PDT states hold dense tensors: pass t.to_dense()")
+    elif isinstance(state, Mapping):
+        for k, v in state.items():
+            check_loadable(v, f"{key}[{k!r}]")
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            check_loadable(v, f"{key}[{i}]")
 
 
 def _create_beside(path: Path) -> tuple[int, Path]:
