@@ -39,12 +39,17 @@ __all__ = ["check_loadable", "save_atomic"]
 def check_loadable(state: Any, key: str = "state_dict") -> None:
     """``ValueError`` naming the first tensor of ``state`` (nested dicts, lists, tuples) that is not
     dense in memory: on the meta device (no values), or of a sparse or other non-strided layout.
+    A container that holds itself is refused too (a walk would never end).
 
     >>> check_loadable({"history": {"snapshots": [torch.zeros(2, device="meta")]}})
     Traceback (most recent call last):
     ...
     ValueError: state_dict['history']['snapshots'][0] is a meta tensor (no values: read with map_location='meta'?); load a checkpoint read onto a real device
     """
+    _check_loadable(state, key, set())
+
+
+def _check_loadable(state: Any, key: str, open_containers: set[int]) -> None:
     if isinstance(state, Tensor):
         if state.is_meta:
             raise ValueError(
@@ -53,12 +58,19 @@ def check_loadable(state: Any, key: str = "state_dict") -> None:
             )
         if state.layout != torch.strided:
             raise ValueError(f"{key} is a {state.layout} tensor; PDT states hold dense tensors: pass t.to_dense()")
-    elif isinstance(state, Mapping):
-        for k, v in state.items():
-            check_loadable(v, f"{key}[{k!r}]")
+        return
+    if isinstance(state, Mapping):
+        items: Any = ((f"{key}[{k!r}]", v) for k, v in state.items())
     elif isinstance(state, (list, tuple)):
-        for i, v in enumerate(state):
-            check_loadable(v, f"{key}[{i}]")
+        items = ((f"{key}[{i}]", v) for i, v in enumerate(state))
+    else:
+        return
+    if id(state) in open_containers:
+        raise ValueError(f"{key} contains itself: not a saved PDT state")
+    open_containers.add(id(state))
+    for k, v in items:
+        _check_loadable(v, k, open_containers)
+    open_containers.discard(id(state))
 
 
 def _create_beside(path: Path) -> tuple[int, Path]:
