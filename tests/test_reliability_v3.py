@@ -356,3 +356,18 @@ def test_an_integration_without_its_extra_names_the_pip_command(module, extra):
     )
     assert done.returncode != 0
     assert f"ImportError: this integration needs {module}: pip install 'torch-pdt[{extra}]'" in done.stderr
+
+
+def test_a_state_that_contains_itself_is_refused_not_a_recursion_error():
+    """Self-attack: the walk that looks for meta and sparse tensors met a list holding itself."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, kernel="eager")
+    pdt.step()
+    saved, before = pdt.state_dict(), state_bytes(pdt)
+    loop: list = []
+    loop.append(loop)
+    saved["history"]["numels"] = loop
+    with pytest.raises(ValueError, match="contains itself"):
+        pdt.load_state_dict(saved)
+    assert state_bytes(pdt) == before
