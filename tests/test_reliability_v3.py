@@ -176,8 +176,9 @@ def test_a_second_optimizer_over_other_parameters_is_not_misuse():
 # --- a dropped step-mode PDT stops at once, without a garbage collection -----------------------
 
 
+@pytest.mark.parametrize("how", ["del", "replaced"])
 @pytest.mark.parametrize("options", [{}, {"scope": "layer"}, {"on_jump": "rescale"}, {"criterion": "authors"}])
-def test_a_deleted_step_mode_pdt_writes_nothing_even_without_gc(options):
+def test_a_deleted_step_mode_pdt_writes_nothing_even_without_gc(options, how):
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     pdt = PDT(
@@ -192,7 +193,10 @@ def test_a_deleted_step_mode_pdt_writes_nothing_even_without_gc(options):
     gc.disable()
     try:
         gone = weakref.ref(pdt)
-        del pdt
+        if how == "del":
+            del pdt
+        else:  # the new one never predicts
+            pdt = PDT(opt, history=2, start_epoch=10**6, every_n_steps=1, kernel="eager")  # noqa: F841
         assert gone() is None, gc.get_referrers(gone())
         train_epoch(model, opt, make_data(seed=1, n=16 * 6))
         train_epoch(expected_model, expected_opt, make_data(seed=1, n=16 * 6))
