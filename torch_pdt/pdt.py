@@ -88,8 +88,9 @@ class PDT:
     closed with :meth:`close`, stops stepping). In epoch mode the same hook only counts the
     optimizer's steps, so that misuse is said once per PDT as a
     :class:`~torch_pdt.misuse.PDTMisuseWarning`: :meth:`step` again with no optimizer step in
-    between, :meth:`step` after every optimizer step, an option the chosen scheduler or criterion
-    ignores (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
+    between, :meth:`step` after every optimizer step or by hand in step mode, another optimizer
+    stepping PDT's parameters, an option the chosen scheduler or criterion ignores
+    (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
     predicted elements are rejected, and a decomposition that fails (rank 0, non-finite
     snapshots) skips the prediction, with the reason in the returned statistics. When
     :meth:`step` or :meth:`load_state_dict` raises, nothing has changed.
