@@ -130,7 +130,7 @@ def watch_other_optimizers(watch: StepWatch, optimizer: torch.optim.Optimizer, p
             return
         if other not in shares:
             groups = getattr(other, "param_groups", [])
-            shares[other] = any(id(p) in ours for g in groups for p in g["params"])
+            shares[other] = any(id(p) in ours for g in groups for p in g.get("params", ()))
         if shares[other]:
             owner.other_optimizer_stepped(other, bound())
 
