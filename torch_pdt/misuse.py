@@ -183,7 +183,7 @@ class StepWatch:
                 "step mode by hand",
                 "PDT.step() was called by hand, but with every_n_steps=K PDT steps itself after every K-th "
                 "optimizer step: each such call adds a snapshot that was not due. Leave the step() calls out, "
-                "or construct PDT without every_n_steps to step it once per epoch.",
+                "or drop every_n_steps and step PDT by hand at the end of each epoch.",
             )
             return
         # Weights updated without optimizer.step() (a hand-written update) are not judged.
