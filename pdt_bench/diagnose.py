@@ -10,6 +10,7 @@ went, beside the linear step's), and prints one line per kind.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from functools import partial
 from pathlib import Path
 
@@ -85,12 +86,12 @@ def summary_lines(reports: list[JumpDiagnosis]) -> list[str]:
             f"{kind:<10} {int(rows[0]['numel']):>9} {mean('accepted'):>9} {mean('snr'):>7} "
             f"{mean('forecast_error'):>10} {mean('linear_error'):>13}"
         )
-    lines.append(
+    footnote = (
         "accepted: share of elements the criterion accepts; snr: median |mean increment| / sd over h epochs; "
         "errors: distance to the weights reached tau epochs later over the distance travelled (< 1: closer "
         "than standing still); dmd: PDT's forecast, linear: w + tau * last step. Means over the epochs judged."
     )
-    return lines
+    return lines + textwrap.wrap(footnote, 100)
 
 
 def _diagnose(args: argparse.Namespace) -> int:
