@@ -524,3 +524,36 @@ def plot_landscape(path: Path, landscape: Landscape) -> Path:
     # A dark legend: the baseline's line and the best-loss contour are white.
     ax.legend(handles=handles, fontsize=7, loc="best", facecolor="0.3", labelcolor="white", framealpha=0.85)
     return _save(fig, Path(path))
+
+
+def plot_diagnosis(path: Path, reports: list[dict[str, Any]], title: str) -> Path:
+    """Per parameter kind over the epochs judged: accepted share, increment SNR, forecast errors (``pdt-bench diagnose``)."""
+    from torch_pdt.diagnostics import KINDS, by_kind
+
+    pooled = [(r["epoch"] + 1, by_kind(r)) for r in reports]  # 1-based epochs, as the curves
+    fig = Figure(figsize=(11, 3.2))
+    axes = fig.subplots(1, 3)
+    colors = dict(zip(KINDS, ("C0", "C1", "C2", "C3", "C7")))
+    for kind in KINDS:
+        points = [(e, p[kind]) for e, p in pooled if kind in p]
+        if not points:
+            continue
+        x = [e for e, _ in points]
+        axes[0].plot(x, [p["accepted"] for _, p in points], color=colors[kind], label=kind)
+        axes[1].plot(x, [p["snr"] for _, p in points], color=colors[kind], label=kind)
+        settled = [(e, p) for e, p in points if p["forecast_error"] is not None]
+        axes[2].plot([e for e, _ in settled], [p["forecast_error"] for _, p in settled], color=colors[kind],
+                     label=f"{kind}, DMD")
+        axes[2].plot([e for e, _ in settled], [p["linear_error"] for _, p in settled], color=colors[kind],
+                     linestyle="--", label=f"{kind}, linear")
+    axes[0].set_ylabel("share accepted")
+    axes[1].set_ylabel("median |mean| / sd of increments")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("error / distance travelled")
+    axes[2].set_yscale("log")
+    axes[2].axhline(1.0, color="0.6", linewidth=0.8)
+    for ax in axes:
+        ax.set_xlabel("epoch of the (unmade) jump")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, title)
