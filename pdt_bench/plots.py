@@ -555,5 +555,5 @@ def plot_diagnosis(path: Path, reports: list[dict[str, Any]], title: str) -> Pat
     for ax in axes:
         ax.set_xlabel("epoch of the (unmade) jump")
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title
     return _save(fig, path, title)
