@@ -472,6 +472,10 @@ def budget_methods(reference: str, fractions: Sequence[float], epochs: int) -> l
 
 
 def _compare(args: argparse.Namespace) -> int:
+    # Imported here, before any run (a missing matplotlib is said first), and not at the top: every
+    # worker process imports this module, and matplotlib would add a second to its start.
+    from . import plots
+
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     if args.reference not in methods:
         methods.insert(0, args.reference)
@@ -490,8 +494,6 @@ def _compare(args: argparse.Namespace) -> int:
     table = report.format_table(summary) if args.wide else report.compact_table(summary)
     command = args.command_line
     report.write_summary(out, summary)
-    from . import plots  # here: matplotlib would add a second to every worker process's start
-
     figures = plots.write_plots(out, runs, mask_epoch=configs[0].mask_epoch, reference=args.reference)
     path = report.write_report(out, runs, summary, command, figures)
     if args.tensorboard:

@@ -169,7 +169,7 @@ def compact_table(summary: dict[str, Any]) -> str:
     """The study in a terminal (100 columns for method names up to ~16 characters): per method and per
     target of :data:`HELD_OUT`, the median epochs to the reference's best, the median reduction in
     epochs and the seeds that reached it; the final accuracy and its difference from the reference's,
-    the accepted share and PDT's share of the time (means over seeds)."""
+    and the accepted share (means over seeds)."""
     methods, reference = summary["methods"], summary["methods"][summary["reference"]]
     base_acc = reference["final_val_acc"]["mean"]
     rows = []
@@ -183,22 +183,18 @@ def compact_table(summary: dict[str, Any]) -> str:
                 *(_epochs_reached(m, target) for target in HELD_OUT),
                 "-" if acc is None else f"{100 * acc:.2f}{delta}",
                 "-" if accepted is None else f"{100 * accepted:.1f}",
-                "-" if m["pdt_time_share"]["mean"] is None else f"{100 * m['pdt_time_share']['mean']:.1f}",
             ]
         )
     ref = summary["reference"]
-    headers = ["method", *HELD_OUT.values(), "final acc %", "accepted %", "PDT time %"]
+    headers = ["method", *HELD_OUT.values(), "final acc %", "accepted %"]
     legend = (
         f"train loss, val acc, val loss: epochs to the {ref}'s best training loss, best validation accuracy "
         f"and best validation loss (median over seeds), the median reduction in epochs, then the seeds that "
         f"got there (n/r: not reached). final acc %: mean final validation accuracy (difference from the "
-        f"{ref}'s, points). accepted %: mean share of elements PDT's predictions accepted. PDT time %: "
-        f"PDT's share of the training time. Verdicts against the {ref}, in epochs over seeds:"
+        f"{ref}'s, points). accepted %: mean share of elements PDT's predictions accepted (PDT's time: "
+        f"report.md). Verdicts against the {ref}, in epochs over seeds:"
     )
     lines = textwrap.wrap(legend, 100)
-    if (reason := did_not_learn(reference, ref)) is not None:
-        lines.append(f"no verdict: {reason}.")
-        return markdown_table(headers, rows) + "\n\n" + "\n".join(lines)
     for name, m in methods.items():
         if m is not reference:
             line = verdict(name, m, reference, summary["reference"], brief=True)
@@ -281,6 +277,8 @@ def did_not_learn(reference: dict[str, Any], name: str) -> str | None:
     """Why reference method ``name`` gives nothing to judge against, or ``None``: its median final training
     loss is still :data:`LEARNED` or more of its first-epoch one (a run stuck at chance, as the ``--tiny``
     task is). The records hold no class count, so chance accuracy itself is not judged."""
+    if "first_train_loss" not in reference:  # an old summary.json, read without its runs: nothing to tell
+        return None
     first, final = reference["first_train_loss"]["median"], reference["final_train_loss"]["median"]
     if first is None or final is None or not math.isfinite(first) or final < LEARNED * first:
         return None
@@ -329,12 +327,12 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
         if m["runs"] and m["diverged"] == m["runs"]:
             return f"{title}: diverged on {m['diverged']}/{m['runs']} runs."
         return f"{title}: not compared (no successful {reference_name} run of the same seed)."
-    if (reason := did_not_learn(reference, reference_name)) is not None:
-        return f"{title}: no verdict: {reason}."
     caveat = (" (one seed)" if brief else " (one seed: no spread, read with care)") if m["compared"] == 1 else ""
     nothing = no_effect(m)
     if nothing is not None:
         return f"{title}: no effect to report: {nothing}{caveat}."
+    if (reason := did_not_learn(reference, reference_name)) is not None:
+        return f"{title}: no verdict: {reason}."
     ratio = m["final_loss_ratio"]["mean"]
     acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
     sides = {

@@ -110,6 +110,8 @@ def _epochs(m: dict[str, Any], target: str = "loss") -> str:
     reached it: ``12 (10–14) 3/3``."""
     if (cell := no_effect_cell(m)) is not None:
         return cell
+    if f"ttb_{target}_epochs" not in m:  # a summary of a harness that did not measure it, without its runs
+        return "-"
     e = m[f"ttb_{target}_epochs"]
     if e["n"] == 0:
         return f"n/r 0/{e['of']}"
@@ -211,16 +213,16 @@ def _sentence(summary: dict[str, Any]) -> str:
     one = " One seed only." if pdt["compared"] == 1 else ""
     if pdt["compared"] == 0:
         return "PDT diverged on every seed." if pdt["diverged"] else f"No successful {reference} run to compare with."
-    if (reason := did_not_learn(methods[reference], reference)) is not None:
-        return f"No verdict: {reason}."
     if (reason := no_effect(pdt)) is not None:
         return f"No effect to report: {reason}.{one}"
+    if (reason := did_not_learn(methods[reference], reference)) is not None:
+        return f"No verdict: {reason}."
     held_out = _held_out_words(pdt)
     median = pdt["reduction_loss_epochs"]["median"]
     acc = 100 * (pdt["final_val_acc"]["mean"] - methods[reference]["final_val_acc"]["mean"])
     if median is None:
         return (
-            f"PDT did not reach the {reference}'s best training loss on most seeds; {held_out}; "
+            f"PDT did not reach the {reference}'s best training loss on most seeds{held_out}; "
             f"accuracy {acc:+.2f} points.{one}"
         )
     controls = [c for c in CONTROLS if c in methods]
@@ -235,7 +237,7 @@ def _sentence(summary: dict[str, Any]) -> str:
     else:
         direction = "fewer" if median > 0 else "more"
         words = f"PDT needs {abs(100 * median):.0f}% {direction} epochs to the training loss"
-    words += f"; {held_out}; accuracy {acc:+.2f} points"
+    words += f"{held_out}; accuracy {acc:+.2f} points"
     if better:
         words += f"; as fast or faster: {', '.join(better)}."
     else:
@@ -244,10 +246,14 @@ def _sentence(summary: dict[str, Any]) -> str:
 
 
 def _held_out_words(pdt: dict[str, Any]) -> str:
-    """PDT's median change in epochs to the held-out targets: ``val acc -20%, val loss n/r``."""
-    return ", ".join(
-        f"{HELD_OUT[t]} {percent_change(pdt[f'reduction_{t}_epochs']['median'])}" for t in ("acc", "val_loss")
-    )
+    """PDT's median change in epochs to the held-out targets: ``; to val acc -20%, to val loss n/r``;
+    "" from a summary without them."""
+    changes = [
+        f"to {HELD_OUT[t]} {percent_change(pdt[key]['median'])}"
+        for t in ("acc", "val_loss")
+        if (key := f"reduction_{t}_epochs") in pdt
+    ]
+    return "; " + ", ".join(changes) if changes else ""
 
 
 def _study_table(summary: dict[str, Any]) -> str:
@@ -497,8 +503,9 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             raise ValueError(f"{summary_path}: not a compare summary ({e})") from None
         if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
             raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
-        # Summarised again from the runs: a summary written before a figure existed still shows it.
-        summary = summarize(load_runs(summary_path.parent), reference=summary["reference"])
+        # Summarised again from the runs where they are: a summary written before a figure existed shows it.
+        if runs := load_runs(summary_path.parent):
+            summary = summarize(runs, reference=summary["reference"])
         studies.append((summary_path.parent.name, summary_path.parent, summary))
     unknown = sorted(set(targets) - {name for name, _, _ in studies} - set(SECTIONS))
     if unknown and studies:
