@@ -283,3 +283,20 @@ def test_the_training_loss_plot_marks_the_reference_best_and_names_the_study(dra
         assert len(marks) == 1
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert f"baseline's best: {target:.4g}" in labels and title == "synthetic, study s"
+
+
+def test_no_verdict_against_a_reference_that_did_not_learn():
+    runs = [synthetic_run("baseline", s, rate=0.001) for s in range(2)]  # loss 0.999x its first epoch's
+    runs += [synthetic_run("pdt", s, rate=0.3, pdt=True) for s in range(2)]
+    summary = metrics.summarize(runs)
+    methods = summary["methods"]
+    line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
+    assert line.startswith("**pdt**: no verdict: the baseline did not learn (final training loss")
+    assert "helped" not in report.compact_table(summary)
+    learned = metrics.summarize(synthetic_study())["methods"]
+    assert report.did_not_learn(learned["baseline"], "baseline") is None
+
+
+def test_a_link_whose_target_holds_a_space_stays_a_link():
+    assert report.link("report", "my study/report.md") == "[report](<my study/report.md>)"
+    assert report.link("loss", "a b/loss.png", image=True) == "![loss](<a b/loss.png>)"
