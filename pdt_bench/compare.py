@@ -28,7 +28,7 @@ import torch
 
 from torch_pdt import PDT, PDTConfig
 
-from . import metrics, peers, plots, report, tasks
+from . import metrics, peers, report, tasks
 from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method
 from .records import Epoch, Run, load_run, pack, save_json, stored_config
 from .train import RunConfig, run
@@ -44,13 +44,14 @@ def _pdt_option(text: str) -> tuple[str, Any]:
 
 
 def _int_list(text: str) -> list[int]:
-    """Comma-separated integers, at least one, duplicates dropped (a seed run twice is not two seeds)."""
+    """Comma-separated integers >= 0 (seeds: numpy refuses a negative one, after the runs before it),
+    at least one, duplicates dropped (a seed run twice is not two seeds)."""
     try:
         values = list(dict.fromkeys(int(s) for s in text.split(",") if s))
     except ValueError:
         values = []
-    if not values:  # an empty list would run nothing, and fail later with less to say
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 0:  # an empty list would run nothing, and fail later with less to say
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
     return values
 
 
@@ -65,6 +66,36 @@ def _positive(kind: type) -> Any:
         return value
 
     return parse
+
+
+def _non_negative(text: str) -> float:
+    """A finite float >= 0 (a final learning rate, a weight decay): ``nan`` would train on silently."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def check_device(name: str) -> None:
+    """Refuse a ``--device`` this build cannot train on, before any run: a ``ValueError`` naming it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: {e}") from None
+    if device.type == "meta":
+        raise ValueError(f"--device {name}: a meta tensor holds no data to train on")
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"--device {name}: not available in this build of torch ({torch.__version__})")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise ValueError(f"--device {name}: only {count()} {device.type} device(s)")
 
 
 def _jobs(text: str) -> int:
@@ -98,8 +129,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_positive(int))
     g.add_argument("--optimizer", choices=list(OPTIMIZERS))
     g.add_argument("--schedule", choices=list(SCHEDULES))
-    g.add_argument("--eta-min", type=float, help="final learning rate of the cosine schedule")
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--eta-min", type=_non_negative, help="final learning rate of the cosine schedule")
+    g.add_argument("--weight-decay", type=_non_negative)
     g.add_argument("--non-iid", action="store_true", help="every batch from one class (paper App. A.8)")
     g = p.add_argument_group("PDT")
     g.add_argument("--history", type=int, default=5, help="h (default 5)")
@@ -112,15 +143,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and machine")
     g.add_argument("--data-dir", type=Path, help="datasets (default $PDT_DATA, else ../shared/data)")
     g.add_argument("--cache-dir", type=Path, help="decoded-data cache (default $PDT_CACHE, else ~/.cache/torch-pdt)")
-    g.add_argument("--train-subset", type=int, help="use only this many training samples")
-    g.add_argument("--img-size", type=int, help="image side for image tasks")
-    g.add_argument("--width", type=int, help="model width (hidden size / channels)")
+    g.add_argument("--train-subset", type=_positive(int), help="use only this many training samples")
+    g.add_argument("--img-size", type=_positive(int), help="image side for image tasks")
+    g.add_argument("--width", type=_positive(int), help="model width (hidden size / channels)")
     g.add_argument(
         "--augment", action="store_true", help="image tasks: crop+flip training batches (practical; the paper did not)"
     )
     g.add_argument("--tiny", action="store_true", help="tiny data and model (smoke tests)")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    g.add_argument("--threads", type=_positive(int), default=1, help="torch threads per run (default 1)")
     g.add_argument(
         "--jobs", type=_jobs, default=1, help="runs in parallel, each in its own process; 0: in this one (default 1)"
     )
@@ -142,6 +173,7 @@ def run_configs(args: argparse.Namespace, methods: Sequence[str], **overrides: A
     )
     if args.augment and args.task not in tasks.AUGMENTABLE:
         raise ValueError(f"--augment: task {args.task} has no augmentation (only {', '.join(tasks.AUGMENTABLE)})")
+    check_device(args.device)
     _check_pdt_keys(dict(args.pdt))  # fail before any run starts, whichever methods run
     for name in methods:
         method = parse_method(name)
@@ -292,18 +324,23 @@ def execute(
     ``finished(path, config)``, whether that record is on disk already, and the ``unit`` of its progress.
     """
     paths = [out_dir / "runs" / f"{c.method}-seed{c.seed}.json" for c in configs]
-    todo = []
+    todo, kept = [], 0
     for config, path in zip(configs, paths):
         if rerun:
             todo.append((config, path))
             continue
         if finished(path, config):
+            kept += 1
             continue
         source = next((d / "runs" / path.name for d in reuse if finished(d / "runs" / path.name, config)), None)
         if source is not None:
             save_json(path, load_run(source))
+            kept += 1
         else:
             todo.append((config, path))
+    if kept and not existing:
+        words = f"{kept} of {len(configs)} runs already finished under {out_dir}/runs: reused (--rerun runs them again)"
+        print(words, file=sys.stderr)
     if existing:
         missing = {path for _, path in todo}
         if missing:
@@ -437,6 +474,10 @@ def budget_methods(reference: str, fractions: Sequence[float], epochs: int) -> l
 
 
 def _compare(args: argparse.Namespace) -> int:
+    # Imported here, before any run (a missing matplotlib is said first), and not at the top: every
+    # worker process imports this module, and matplotlib would add a second to its start.
+    from . import plots
+
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     if args.reference not in methods:
         methods.insert(0, args.reference)

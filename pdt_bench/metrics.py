@@ -2,7 +2,8 @@
 
 The paper's efficiency metrics (Sec. 4): **TTB-Loss**, the training time a run needs to reach the
 best training loss of the baseline, and **TTB-Acc**, the time to reach the baseline's best
-validation accuracy. Targets are taken per seed: a run of seed ``s`` is compared with the
+validation accuracy; beside them **TTB-ValLoss**, the time to the baseline's best validation loss
+(held-out, like TTB-Acc, but read on the loss the optimizer minimises). Targets are taken per seed: a run of seed ``s`` is compared with the
 reference run (``baseline`` unless told otherwise) of seed ``s``. The reference's own TTB is the
 time of its best epoch. **Runtime reduction** is ``1 - TTB_method / TTB_reference`` per seed.
 
@@ -36,7 +37,7 @@ __all__ = [
     "time_to_target",
 ]
 
-TARGETS = {"loss": "train_loss", "batch_loss": "batch_loss", "acc": "val_acc"}
+TARGETS = {"loss": "train_loss", "batch_loss": "batch_loss", "acc": "val_acc", "val_loss": "val_loss"}
 """TTB name -> the epoch field it is measured on."""
 
 
@@ -137,6 +138,7 @@ def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
         "best_val_acc": best(epochs, "val_acc"),
         "final_train_loss": last["train_loss"],
         "best_train_loss": best(epochs, "train_loss"),
+        "first_train_loss": epochs[0]["train_loss"],
         "accepted_ratio": _mean_accepted_ratio(run),
         "pdt_time_share": sum(e["pdt_time"] for e in epochs) / last["train_time"],
         "train_time_s": last["train_time"],
@@ -213,7 +215,14 @@ def _method_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             summary[reduction] = describe([r[reduction] for r in compared], missing=-math.inf)
         summary[f"never_reached_{name}"] = sum(r[f"ttb_{name}_s"] is None for r in compared)
     summary["final_loss_ratio"] = describe([r["final_loss_ratio"] for r in compared])
-    for key in ("final_val_acc", "best_val_acc", "final_train_loss", "best_train_loss", "pdt_time_share"):
+    for key in (
+        "final_val_acc",
+        "best_val_acc",
+        "first_train_loss",
+        "final_train_loss",
+        "best_train_loss",
+        "pdt_time_share",
+    ):
         summary[key] = describe([r[key] for r in ok])
     summary["train_time_s"] = describe([r["train_time_s"] for r in ok])
     summary["eval_time_s"] = describe([r["eval_time_s"] for r in ok])
@@ -233,11 +242,11 @@ def summarize(runs: list[Run], reference: str = "baseline") -> dict[str, Any]:
 
     Returns ``{"task", "reference", "seeds", "methods": {method: {...}}}``; each method's entry
     holds ``runs``, ``diverged``, ``compared`` (successful runs whose seed has a successful
-    reference run), for each TTB name in :data:`TARGETS` (``loss``, ``batch_loss``, ``acc``)
+    reference run), for each TTB name in :data:`TARGETS` (``loss``, ``batch_loss``, ``acc``, ``val_loss``)
     ``ttb_<name>_s``, ``ttb_<name>_epochs``, ``reduction_<name>`` and ``reduction_<name>_epochs``
     (in time and in epochs; statistics from
     :func:`describe`) and ``never_reached_<name>`` (a count), then statistics of
-    ``final_loss_ratio``, ``final_val_acc``, ``best_val_acc``, ``final_train_loss``,
+    ``final_loss_ratio``, ``final_val_acc``, ``best_val_acc``, ``first_train_loss``, ``final_train_loss``,
     ``best_train_loss``, ``pdt_time_share``, ``train_time_s``, ``eval_time_s``,
     ``accepted_ratio``; for methods with PDT (``pdt``) ``predictions``, ``accepting_predictions`` and
     ``rollbacks`` (counts per run); and ``per_seed``: the rows of :func:`run_row`.

@@ -20,7 +20,9 @@ from .records import Run, save_json, write_text
 __all__ = [
     "SAME",
     "compact_table",
+    "did_not_learn",
     "format_table",
+    "link",
     "markdown_table",
     "no_effect",
     "no_effect_cell",
@@ -103,6 +105,10 @@ def _other_columns(m: dict[str, Any]) -> list[tuple[str, str]]:
         ("reduction %", _stat(m["reduction_acc"], _PERCENT)),
         ("median %", _median(m["reduction_acc"], _PERCENT)),
         ("median % (epochs)", _median(m["reduction_acc_epochs"], _PERCENT)),
+        ("TTB-ValLoss s", _stat(m["ttb_val_loss_s"])),
+        ("epochs", _stat(m["ttb_val_loss_epochs"], _EPOCHS)),
+        ("reached", _reached(m["ttb_val_loss_s"])),
+        ("median % (epochs)", _median(m["reduction_val_loss_epochs"], _PERCENT)),
         ("final acc %", _stat(m["final_val_acc"], _POINTS)),
         ("best acc %", _stat(m["best_val_acc"], _POINTS)),
         ("best loss", _stat(m["best_train_loss"])),
@@ -123,18 +129,30 @@ def _rows(summary: dict[str, Any], loss: str = "loss", full: bool = True) -> tup
     return [h for h, _ in rows[0]], [[c for _, c in row] for row in rows]
 
 
+MAX_COLUMNS = 12
+"""The widest table a report holds; wider ones are split, each part led by the method column."""
+
+
 def format_table(summary: dict[str, Any], loss: str = "loss") -> str:
-    """Every figure of the study, one row per method (``pdt-bench compare --wide``; report.md)."""
-    return markdown_table(*_rows(summary, loss))
+    """Every figure of the study, one row per method (``pdt-bench compare --wide``; report.md), in tables of
+    at most :data:`MAX_COLUMNS` columns."""
+    headers, rows = _rows(summary, loss)
+    step = MAX_COLUMNS - 1
+    parts = [
+        markdown_table([headers[0], *headers[i : i + step]], [[r[0], *r[i : i + step]] for r in rows])
+        for i in range(1, len(headers), step)
+    ]
+    return "\n\n".join(parts)
 
 
-def _epochs_reached(m: dict[str, Any]) -> str:
-    """Median epochs to the reference's best train loss and the seeds that got there: ``12 (3/5)``."""
+def _epochs_reached(m: dict[str, Any], name: str) -> str:
+    """Median epochs to the reference's best of TTB name ``name``, the median reduction in epochs and the
+    seeds that got there: ``12 +25% 3/5``."""
     if (cell := no_effect_cell(m)) is not None:
         return cell
-    e = m["ttb_loss_epochs"]
+    e = m[f"ttb_{name}_epochs"]
     median = "n/r" if e["median"] is None else f"{e['median']:g}"
-    return f"{median} ({e['n']}/{e['of']})"
+    return f"{median} {percent_change(m[f'reduction_{name}_epochs']['median'])} {e['n']}/{e['of']}"
 
 
 def percent_change(fraction: float | None) -> str:
@@ -142,11 +160,16 @@ def percent_change(fraction: float | None) -> str:
     return "n/r" if fraction is None else f"{100 * fraction:+.0f}%"
 
 
+HELD_OUT = {"loss": "train loss", "acc": "val acc", "val_loss": "val loss"}
+"""The three targets every table and verdict gives, TTB name -> column header: the reference's best
+training loss, best validation accuracy and best validation loss."""
+
+
 def compact_table(summary: dict[str, Any]) -> str:
-    """The study in a terminal (under 100 columns for method names up to ~20 characters): per method the
-    median epochs to the reference's best train loss with the seeds that reached it, the median
-    reduction in epochs, the final accuracy and its difference from the reference's, the accepted
-    share and PDT's share of the time (means over seeds)."""
+    """The study in a terminal (100 columns for method names up to ~16 characters): per method and per
+    target of :data:`HELD_OUT`, the median epochs to the reference's best, the median reduction in
+    epochs and the seeds that reached it; the final accuracy and its difference from the reference's,
+    and the accepted share (means over seeds)."""
     methods, reference = summary["methods"], summary["methods"][summary["reference"]]
     base_acc = reference["final_val_acc"]["mean"]
     rows = []
@@ -157,18 +180,19 @@ def compact_table(summary: dict[str, Any]) -> str:
         rows.append(
             [
                 name,
-                _epochs_reached(m),
-                percent_change(m["reduction_loss_epochs"]["median"]),
+                *(_epochs_reached(m, target) for target in HELD_OUT),
                 "-" if acc is None else f"{100 * acc:.2f}{delta}",
                 "-" if accepted is None else f"{100 * accepted:.1f}",
-                "-" if m["pdt_time_share"]["mean"] is None else f"{100 * m['pdt_time_share']['mean']:.1f}",
             ]
         )
-    headers = ["method", "epochs to target", "reduction", "final acc %", "accepted %", "PDT time %"]
+    ref = summary["reference"]
+    headers = ["method", *HELD_OUT.values(), "final acc %", "accepted %"]
     legend = (
-        f"epochs to target: median epochs to the {summary['reference']}'s best train loss (seeds reached); "
-        f"reduction: median, in epochs; final acc: mean (difference). Verdicts against the {summary['reference']}, "
-        "in epochs over seeds:"
+        f"train loss, val acc, val loss: epochs to the {ref}'s best training loss, best validation accuracy "
+        f"and best validation loss (median over seeds), the median reduction in epochs, then the seeds that "
+        f"got there (n/r: not reached). final acc %: mean final validation accuracy (difference from the "
+        f"{ref}'s, points). accepted %: mean share of elements PDT's predictions accepted (PDT's time: "
+        f"report.md). Verdicts against the {ref}, in epochs over seeds:"
     )
     lines = textwrap.wrap(legend, 100)
     for name, m in methods.items():
@@ -183,6 +207,11 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     path = Path(out_dir) / "summary.json"
     save_json(path, summary)
     return path
+
+
+def link(text: str, target: str, image: bool = False) -> str:
+    """A Markdown link (an image with ``image``) whose target may hold spaces: ``[text](<a b/c.md>)``."""
+    return f"{'!' if image else ''}[{text}](<{target}>)"
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -239,6 +268,23 @@ def _side(gain: float | None, margin: float) -> str:
     return "worse"
 
 
+LEARNED = 0.9
+"""A reference whose median final training loss is at least this share of its median first-epoch loss
+did not learn: there is nothing to be ahead of."""
+
+
+def did_not_learn(reference: dict[str, Any], name: str) -> str | None:
+    """Why reference method ``name`` gives nothing to judge against, or ``None``: its median final training
+    loss is still :data:`LEARNED` or more of its first-epoch one (a run stuck at chance, as the ``--tiny``
+    task is). The records hold no class count, so chance accuracy itself is not judged."""
+    if "first_train_loss" not in reference:  # an old summary.json, read without its runs: nothing to tell
+        return None
+    first, final = reference["first_train_loss"]["median"], reference["final_train_loss"]["median"]
+    if first is None or final is None or not math.isfinite(first) or final < LEARNED * first:
+        return None
+    return f"the {name} did not learn (final training loss {final:.4g}, {final / first:.2f}x its first epoch's)"
+
+
 def no_effect(m: dict[str, Any]) -> str | None:
     """Why a PDT method cannot have had an effect, or ``None``: no prediction ran on any seed (every
     epoch was warm-up before T0, or the history lacked the h snapshots a fit needs), or no prediction
@@ -253,8 +299,9 @@ def no_effect(m: dict[str, Any]) -> str | None:
 
 
 _ASPECTS = {
-    "epochs to the best train loss": "epochs to loss",
-    "epochs to the best accuracy": "epochs to acc",
+    "epochs to the best train loss": "epochs to train loss",
+    "epochs to the best validation accuracy": "epochs to val acc",
+    "epochs to the best validation loss": "epochs to val loss",
     "final train loss": "final loss",
     "final accuracy": "final acc",
     "stability": "stability",
@@ -265,8 +312,9 @@ _ASPECTS = {
 def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_name: str, brief: bool = False) -> str:
     """One plain-words line: where method ``name`` did and did not help relative to the reference.
 
-    The targets are judged in epochs over seeds: the median reduction in epochs to the reference's
-    best train loss and best validation accuracy (a run that missed counts as infinitely late; no
+    Nothing is judged against a reference that did not learn (:func:`did_not_learn`). The targets are
+    judged in epochs over seeds: the median reduction in epochs to the reference's best train loss,
+    best validation accuracy and best validation loss (a run that missed counts as infinitely late; no
     median counts as worse), with the spread across seeds and the reduction in seconds beside,
     never deciding. Then the final train loss by its mean ratio to the reference's and the final
     accuracy by the difference of means. Changes within :data:`SAME` are "about the same"; a
@@ -283,11 +331,14 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
     nothing = no_effect(m)
     if nothing is not None:
         return f"{title}: no effect to report: {nothing}{caveat}."
+    if (reason := did_not_learn(reference, reference_name)) is not None:
+        return f"{title}: no verdict: {reason}."
     ratio = m["final_loss_ratio"]["mean"]
     acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
     sides = {
         "epochs to the best train loss": _side(m["reduction_loss_epochs"]["median"], SAME["time"]),
-        "epochs to the best accuracy": _side(m["reduction_acc_epochs"]["median"], SAME["time"]),
+        "epochs to the best validation accuracy": _side(m["reduction_acc_epochs"]["median"], SAME["time"]),
+        "epochs to the best validation loss": _side(m["reduction_val_loss_epochs"]["median"], SAME["time"]),
         "final train loss": _side(1 - ratio, SAME["loss"]),
         "final accuracy": _side(acc_delta, SAME["accuracy"]),
     }
@@ -303,6 +354,7 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
     facts = [
         _epochs_words(m, "loss", "best train loss", reference_name),
         _epochs_words(m, "acc", "best validation accuracy", reference_name),
+        _epochs_words(m, "val_loss", "best validation loss", reference_name),
         f"final train loss {ratio:.3g}× the {reference_name}'s",
         f"final accuracy {100 * acc_delta:+.2f} points",
     ]
@@ -320,12 +372,12 @@ def _cell(value: Any) -> str:
 
 
 def _settings(runs: list[Run]) -> str:
-    """Settings shared by every run as a table, then what each method sets differently."""
+    """Settings shared by every run as a key-value list, then what each method sets differently."""
     configs = [r["config"] for r in runs]
     # identity repeats the settings for run reuse; the code version is listed on its own below.
     keys = sorted({k for c in configs for k in c} - {"seed", "method", "identity", "code_version"})
     shared = [k for k in keys if all(c.get(k) == configs[0].get(k) for c in configs)]
-    lines = [markdown_table(["setting", "value"], [[k, _cell(configs[0].get(k))] for k in shared])]
+    lines = ["\n".join(f"- `{k}`: {_cell(configs[0].get(k))}" for k in shared)]
     own = [k for k in keys if k not in shared]
     if own:
         for method, group in by_method(runs).items():
@@ -400,7 +452,7 @@ def write_report(out_dir: Path, runs: list[Run], summary: dict[str, Any], comman
             for n, m in methods.items()
         ],
     )
-    images = [f"![{p.stem}]({Path(os.path.relpath(p, out_dir)).as_posix()})" for p in plots]
+    images = [link(p.stem, Path(os.path.relpath(p, out_dir)).as_posix(), image=True) for p in plots]
     text = f"""# {summary["task"]}: {", ".join(methods)}
 
 Seeds {seeds}; reference method `{ref_name}`. Mean ± std over the successful runs of each method.
@@ -420,13 +472,14 @@ Task: {runs[0]["config"].get("task_description", summary["task"])}
 ## Results
 
 TTB-Loss: training time until the full-pass training loss (measured after each epoch's PDT step)
-first reaches the best training loss of the `{ref_name}` run of the same seed; TTB-Acc: the same
-for its best validation accuracy. Reduction = 1 − TTB / TTB of the `{ref_name}` (per seed;
-the median counts runs that never reached the target as infinitely late). The clock counts
+first reaches the best training loss of the `{ref_name}` run of the same seed; TTB-Acc and
+TTB-ValLoss: the same for its best validation accuracy and best validation loss. Reduction =
+1 − TTB / TTB of the `{ref_name}` (per seed; the median counts runs that never reached the target
+as infinitely late). The clock counts
 training and all PDT work and stops during evaluation. "reached" says how many runs got there;
 "n/r": none did.
 
-{markdown_table(*_rows(summary))}
+{format_table(summary)}
 
 ### Final-loss ratio
 

@@ -44,10 +44,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .metrics import by_method
+from .metrics import by_method, summarize
 from .plots import plane_words
 from .records import load_runs, write_text
-from .report import markdown_table, no_effect, no_effect_cell, percent_change
+from .report import HELD_OUT, did_not_learn, link, markdown_table, no_effect, no_effect_cell, percent_change
 
 __all__ = ["add_command", "load_targets", "write_results"]
 
@@ -105,11 +105,14 @@ def load_targets(path: Path) -> dict[str, Any]:
     return data
 
 
-def _epochs(m: dict[str, Any]) -> str:
-    """Median epochs to the target with the seeds' range and how many reached it: ``12 (10–14) 3/3``."""
+def _epochs(m: dict[str, Any], target: str = "loss") -> str:
+    """Median epochs to the reference's best of TTB name ``target`` with the seeds' range and how many
+    reached it: ``12 (10–14) 3/3``."""
     if (cell := no_effect_cell(m)) is not None:
         return cell
-    e = m["ttb_loss_epochs"]
+    if f"ttb_{target}_epochs" not in m:  # a summary of a harness that did not measure it, without its runs
+        return "-"
+    e = m[f"ttb_{target}_epochs"]
     if e["n"] == 0:
         return f"n/r 0/{e['of']}"
     median = "n/r" if e["median"] is None else f"{e['median']:g}"
@@ -212,10 +215,16 @@ def _sentence(summary: dict[str, Any]) -> str:
         return "PDT diverged on every seed." if pdt["diverged"] else f"No successful {reference} run to compare with."
     if (reason := no_effect(pdt)) is not None:
         return f"No effect to report: {reason}.{one}"
+    if (reason := did_not_learn(methods[reference], reference)) is not None:
+        return f"No verdict: {reason}."
+    held_out = _held_out_words(pdt)
     median = pdt["reduction_loss_epochs"]["median"]
     acc = 100 * (pdt["final_val_acc"]["mean"] - methods[reference]["final_val_acc"]["mean"])
     if median is None:
-        return f"PDT did not reach the {reference}'s best loss on most seeds; accuracy {acc:+.2f} points.{one}"
+        return (
+            f"PDT did not reach the {reference}'s best training loss on most seeds{held_out}; "
+            f"accuracy {acc:+.2f} points.{one}"
+        )
     controls = [c for c in CONTROLS if c in methods]
 
     def as_fast(c: str) -> bool:
@@ -224,12 +233,27 @@ def _sentence(summary: dict[str, Any]) -> str:
 
     better = [c for c in controls if as_fast(c)]
     if abs(median) < 0.005:
-        words = f"PDT needs as many epochs as the {reference}, accuracy {acc:+.2f} points"
+        words = f"PDT needs as many epochs to the training loss as the {reference}"
     else:
         direction = "fewer" if median > 0 else "more"
-        words = f"PDT needs {abs(100 * median):.0f}% {direction} epochs, accuracy {acc:+.2f} points"
-    words += f"; as fast or faster: {', '.join(better)}." if better else "; ahead of every control run."
+        words = f"PDT needs {abs(100 * median):.0f}% {direction} epochs to the training loss"
+    words += f"{held_out}; accuracy {acc:+.2f} points"
+    if better:
+        words += f"; as fast or faster: {', '.join(better)}."
+    else:
+        words += "; ahead of every control run." if controls else "; no control ran."
     return words + one
+
+
+def _held_out_words(pdt: dict[str, Any]) -> str:
+    """PDT's median change in epochs to the held-out targets: ``; to val acc -20%, to val loss n/r``;
+    "" from a summary without them."""
+    changes = [
+        f"to {HELD_OUT[t]} {percent_change(pdt[key]['median'])}"
+        for t in ("acc", "val_loss")
+        if (key := f"reduction_{t}_epochs") in pdt
+    ]
+    return "; " + ", ".join(changes) if changes else ""
 
 
 def _study_table(summary: dict[str, Any]) -> str:
@@ -270,7 +294,18 @@ def _study_table(summary: dict[str, Any]) -> str:
 
 def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
     present = [c for c in CONTROLS if any(c in s["methods"] for _, _, s in studies)]
-    headers = ["study", "seeds", "reference", PDT, *present, "budget-matched", "acc ref. / PDT", "verdict"]
+    headers = [
+        "study",
+        "seeds",
+        "reference",
+        PDT,
+        *present,
+        "budget-matched",
+        "PDT to val acc",
+        "PDT to val loss",
+        "acc ref. / PDT",
+        "verdict",
+    ]
     rows = []
     for name, _, summary in studies:
         methods, reference = summary["methods"], summary["reference"]
@@ -285,6 +320,7 @@ def _headline(studies: list[tuple[str, Path, dict[str, Any]]]) -> str:
                 _epochs(pdt) if pdt else "-",
                 *(_epochs(methods[c]) if c in methods else "-" for c in present),
                 f"{budget.split('@')[1]}: {_epochs(methods[budget])}" if budget else "-",
+                *(_epochs(pdt, t) if pdt else "-" for t in ("acc", "val_loss")),
                 f"{_acc(base)} / {_acc(pdt) if pdt else '-'}",
                 _sentence(summary),
             ]
@@ -301,7 +337,7 @@ def _landscape(directory: Path, rel: str) -> str:
     reference, method = drawn["methods"]
     plane = plane_words(drawn)[0]  # the figure's own subtitle: one description of the plane
     return (
-        f"\n\n![landscape]({rel}/landscape/landscape.png)\n\n"
+        f"\n\n{link('landscape', f'{rel}/landscape/landscape.png', image=True)}\n\n"
         f"Seed {drawn['seed']}'s weights of {reference} and {method}, epoch by epoch ({plane}), over the "
         f"training loss on that plane ({drawn['subset']} training samples; stars: epochs whose prediction was "
         f"accepted). Drawn by `pdt-bench landscape --task {drawn['task']} --seed {drawn['seed']} --plane "
@@ -443,8 +479,8 @@ def _step_mode(study: Path, out: Path, want: dict[str, Any]) -> str:
             lines = target + "\n\n"
         parts.append(
             f"### {path.parent.name}\n\nSeeds {', '.join(map(str, summary['seeds']))} (each method on the seeds it "
-            f"ran); full report: [{rel}/report.md]({rel}/report.md)\n\n{lines}{steps.table(summary)}\n\n"
-            f"![held-out loss]({rel}/plots/heldout_loss.png)"
+            f"ran); full report: {link(f'{rel}/report.md', f'{rel}/report.md')}\n\n{lines}{steps.table(summary)}\n\n"
+            + link("held-out loss", f"{rel}/plots/heldout_loss.png", image=True)
         )
     if not parts:
         return ""
@@ -467,6 +503,9 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             raise ValueError(f"{summary_path}: not a compare summary ({e})") from None
         if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
             raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
+        # Summarised again from the runs where they are: a summary written before a figure existed shows it.
+        if runs := load_runs(summary_path.parent):
+            summary = summarize(runs, reference=summary["reference"])
         studies.append((summary_path.parent.name, summary_path.parent, summary))
     unknown = sorted(set(targets) - {name for name, _, _ in studies} - set(SECTIONS))
     if unknown and studies:
@@ -480,12 +519,14 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
     head = f"# Results of the study under `{study.as_posix()}`\n\n"
     head += "Every table and target line below is computed from the runs by `pdt-bench results`."
     if notes is not None:
-        link = Path(os.path.relpath(notes, out.parent)).as_posix()
-        head += f" What the numbers say, how the study ran and what it does not cover yet: [{notes.name}]({link})."
+        target = Path(os.path.relpath(notes, out.parent)).as_posix()
+        head += f" What the numbers say, how the study ran and what it does not cover yet: {link(notes.name, target)}."
     parts = [
         head,
         "## Headline\n\nEpochs to the reference's (the baseline's) best training loss: median over seeds "
         "(min–max), then how many seeds reached it; 'n/r': not reached; 'no prediction': PDT never predicted. "
+        "'PDT to val acc', 'PDT to val loss': PDT's epochs to the reference's best validation accuracy and best "
+        "validation loss, read the same way. "
         "'budget-matched': the baseline with its whole learning-rate schedule compressed to E epochs "
         "(`scripts/study.sh` sets E to PDT's median).\n\n" + _headline(studies),
     ]
@@ -494,11 +535,12 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
         checks = _checks(name, directory, summary, targets.get(name, {}))
         seeds = ", ".join(str(s) for s in summary["seeds"])
         parts.append(
-            f"## {name}\n\nSeeds {seeds}; full report with settings and plots: [{rel}/report.md]({rel}/report.md)\n\n"
+            f"## {name}\n\nSeeds {seeds}; full report with settings and plots: "
+            f"{link(f'{rel}/report.md', f'{rel}/report.md')}\n\n"
             + "\n".join(f"- {c}" for c in checks)
-            + f"\n\n{_study_table(summary)}\n\n![training loss]({rel}/plots/train_loss.png)"
+            + f"\n\n{_study_table(summary)}\n\n{link('training loss', f'{rel}/plots/train_loss.png', image=True)}"
             + (
-                f"\n![loss against FLOPs]({rel}/plots/train_loss_flops.png)"
+                "\n" + link("loss against FLOPs", f"{rel}/plots/train_loss_flops.png", image=True)
                 if (directory / "plots" / "train_loss_flops.png").exists()
                 else ""
             )

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pdt_bench import cli, records
 
@@ -64,9 +65,13 @@ def test_compare_prints_the_compact_table_and_the_full_one_when_asked(tmp_path, 
     assert cli.main(args) == 0
     compact = capsys.readouterr().out
     assert max(len(line) for line in compact.splitlines()) <= 100
-    assert "| epochs to target |" in compact and "\npdt (one seed): " in compact and "TTB-Loss s" not in compact
+    assert "| train loss |   val acc |" in compact and "TTB-Loss s" not in compact
+    # The tiny task stays at chance: nothing to judge, and no "helped" said.
+    assert "no verdict: the baseline did not learn" in compact and "helped" not in compact
     assert cli.main([*args, "--wide"]) == 0  # the runs exist: only the table is printed again
-    assert "TTB-Loss s" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "TTB-Loss s" in printed.out
+    assert "2 of 2 runs already finished under" in printed.err and "reused (--rerun runs them again)" in printed.err
 
 
 def test_the_stress_example_runs_its_setting_and_variants_through_compare(tmp_path, capsys):
@@ -80,3 +85,46 @@ def test_the_stress_example_runs_its_setting_and_variants_through_compare(tmp_pa
     config = runs["pdt@scheduler=adaptive@on_jump=reset-seed0"]["config"]
     assert (config["horizon"], config["lr"], config["batch_size"], config["optimizer"]) == (9, 0.05, 128, "sgd")
     assert "pdt@scheduler=adaptive@on_jump=reset" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--seeds", "-1"], "argument --seeds: expected comma-separated integers >= 0, got '-1'"),
+        (["--threads", "-2"], "argument --threads: expected a positive int, got '-2'"),
+        (["--train-subset", "0"], "argument --train-subset: expected a positive int, got '0'"),
+        (["--eta-min", "nan"], "argument --eta-min: expected a finite number >= 0, got 'nan'"),
+        (["--device", "meta"], "--device meta: a meta tensor holds no data to train on"),
+        (["--device", "nonsense"], "--device nonsense:"),
+        pytest.param(
+            ["--device", "cuda"],
+            "--device cuda: not available in this build of torch",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this build has a CUDA device"),
+        ),
+    ],
+)
+def test_a_bad_harness_option_is_one_line_before_any_run(args, named, tmp_path):
+    out = tmp_path / "x"
+    code, err = _pdt_bench("compare", *QUICK, "--out", str(out), *args)
+    assert code == 2
+    assert err.count("\n") == 1 and named in err and "Traceback" not in err
+    assert not out.exists()  # refused before the baseline ran
+
+
+def test_help_imports_no_command_torch_or_matplotlib():
+    code = (
+        "import sys\nfrom pdt_bench import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'numpy')]\n"
+        "heavy += [m for m in sys.modules if m.startswith('pdt_bench.') and m != 'pdt_bench.cli']\n"
+        "print(heavy, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stderr.strip() == "[]"
+    assert all(name in done.stdout for name in cli.COMMANDS)
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_each_command_is_listed_with_its_own_help(command):
+    sub = cli.build_parser(command)._subparsers._group_actions[0]
+    listed = {a.dest: a.help for a in sub._choices_actions}
+    assert listed[command] == cli.COMMANDS[command]

@@ -102,17 +102,26 @@ def study(tmp_path_factory):
 
 def test_table_has_fixed_columns_and_counts(study):
     _, _, summary, _ = study
-    table = report.format_table(summary)
-    lines = table.splitlines()
-    assert len(lines) == 2 + 4
-    assert len({len(line) for line in lines}) == 1
-    # Aligned as plain text too: every row's column borders at the same places.
-    assert len({tuple(i for i, c in enumerate(line) if c == "|") for line in lines}) == 1
-    assert lines[1].split("|")[1].strip().endswith("-") and lines[1].split("|")[2].strip().endswith(":")
-    rows = {row[0]: row for row in table_rows(table)[1:]}
+    parts = report.format_table(summary).split("\n\n")
+    assert len(parts) > 1  # more figures than one screen-wide table holds
+    for table in parts:
+        lines = table.splitlines()
+        assert len(lines) == 2 + 4
+        assert len({len(line) for line in lines}) == 1
+        # Aligned as plain text too: every row's column borders at the same places.
+        assert len({tuple(i for i, c in enumerate(line) if c == "|") for line in lines}) == 1
+        assert lines[1].split("|")[1].strip().endswith("-") and lines[1].split("|")[2].strip().endswith(":")
+        assert len(table_rows(table)[0]) <= report.MAX_COLUMNS
+        assert table_rows(table)[0][0] == "method"
+    rows = {}
+    for table in parts:
+        for row in table_rows(table)[1:]:
+            rows.setdefault(row[0], []).extend(row[1:])
     assert "n/r" in rows["slow"] and "0/3" in rows["slow"]
     assert "3/3" in rows["pdt"] and rows["nonselective"][-1] == "1/3"  # diverged 1 of 3
     assert any("±" in cell for cell in rows["pdt"])
+    headers = [h for table in parts for h in table_rows(table)[0]]
+    assert {"TTB-Loss s", "TTB-Acc s", "TTB-ValLoss s"} <= set(headers)
 
 
 def _long_named_study():
@@ -129,15 +138,21 @@ def test_the_compact_table_fits_a_100_column_terminal():
     text = report.compact_table(summary)
     assert max(len(line) for line in text.splitlines()) <= 100
     header, *body = table_rows(text)
-    assert header == ["method", "epochs to target", "reduction", "final acc %", "accepted %", "PDT time %"]
+    assert header == ["method", "train loss", "val acc", "val loss", "final acc %", "accepted %"]
     rows = {row[0]: row for row in body}
     assert set(rows) == set(summary["methods"])
-    assert rows["pdt"][1:3] == ["8 (3/3)", "+33%"] and rows["slow"][1:3] == ["n/r (0/3)", "n/r"]
-    assert rows["pdt"][3] == "98.77 (+1.16)" and rows["pdt"][4] == "33.0" and rows["baseline"][4] == "-"
+    # val_loss = train_loss in the synthetic runs, and val_acc = 1 - loss / 2 - 0.01 seed: one epoch count.
+    assert rows["pdt"][1:4] == ["8 +33% 3/3"] * 3 and rows["slow"][1:4] == ["n/r n/r 0/3"] * 3
+    assert rows["pdt"][4] == "98.77 (+1.16)" and rows["pdt"][5] == "33.0" and rows["baseline"][5] == "-"
+    # The footnote defines every column.
+    footnote = text[text.rindex("|") :]
+    assert all(h in footnote.replace("\n", " ") for h in header[1:])
     # One verdict line per compared method, the report's judgement in short words.
-    verdicts = {line.split(":")[0]: line for line in text.splitlines() if ": " in line and not line.startswith("|")}
+    unwrapped = text.replace("\n  ", " ")  # a verdict wrapped at 100 columns goes on indented
+    verdicts = {line.split(":")[0]: line for line in unwrapped.splitlines() if ": " in line and line[0] != "|"}
     assert set(summary["methods"]) - {"baseline"} <= set(verdicts)
-    assert verdicts["pdt"] == "pdt: helped epochs to loss, epochs to acc, final loss, final acc."
+    helped = "epochs to train loss, epochs to val acc, epochs to val loss, final loss, final acc"
+    assert verdicts["pdt"] == f"pdt: helped {helped}."
     assert verdicts["nonselective"].endswith("; worse stability.")
 
 
@@ -191,16 +206,17 @@ def test_report(study):
     command = "pdt-bench compare --task synthetic --methods baseline,pdt,slow,nonselective --seeds 0,1,2"
     text = report.write_report(out, runs, summary, command, paths).read_text()
     assert command in text
-    settings = {row[0]: row[1] for row in table_rows(text[text.index("## Settings") :])[1:]}
-    assert settings["lr"] == "0.05" and settings["epochs"] == "12"
-    assert "![train_loss](plots/train_loss.png)" in text and "![mask-pdt](plots/mask-pdt.png)" in text
+    listed = text[text.index("## Settings") : text.index("## Results")]
+    assert "- `lr`: 0.05\n" in listed and "- `epochs`: 12\n" in listed and "|" not in listed
+    assert "![train_loss](<plots/train_loss.png>)" in text and "![mask-pdt](<plots/mask-pdt.png>)" in text
     assert "its best loss at its last epoch on 3/3 seeds" in text
     assert "### Final-loss ratio" in text and "authors' loss definition" in text
     verdicts = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
     assert set(verdicts) == {"pdt", "slow", "nonselective"}
     # pdt reaches the loss target on every seed, sooner on the clock, and ends lower.
     assert (
-        "helped with: epochs to the best train loss, epochs to the best accuracy, final train loss, final accuracy;"
+        "helped with: epochs to the best train loss, epochs to the best validation accuracy, epochs to the best "
+        "validation loss, final train loss, final accuracy;"
         in (verdicts["pdt"])
     )
     assert "on 3/3 runs, median" in verdicts["pdt"] and "sooner in epochs (seeds: +" in verdicts["pdt"]
@@ -215,7 +231,8 @@ def test_verdict_reads_small_differences_as_about_the_same():
     runs = [synthetic_run(m, s) for m in ("baseline", "twin") for s in range(2)]
     methods = metrics.summarize(runs)["methods"]
     line = report.verdict("twin", methods["twin"], methods["baseline"], "baseline")
-    assert "helped with: nothing; about the same: epochs to the best train loss, epochs to the best accuracy," in line
+    same = "epochs to the best train loss, epochs to the best validation accuracy, epochs to the best validation loss"
+    assert f"helped with: nothing; about the same: {same}," in line
     assert "did not help with: nothing." in line and "median at the same time in epochs" in line
 
 
@@ -266,3 +283,20 @@ def test_the_training_loss_plot_marks_the_reference_best_and_names_the_study(dra
         assert len(marks) == 1
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert f"baseline's best: {target:.4g}" in labels and title == "synthetic, study s"
+
+
+def test_no_verdict_against_a_reference_that_did_not_learn():
+    runs = [synthetic_run("baseline", s, rate=0.001) for s in range(2)]  # loss 0.999x its first epoch's
+    runs += [synthetic_run("pdt", s, rate=0.3, pdt=True) for s in range(2)]
+    summary = metrics.summarize(runs)
+    methods = summary["methods"]
+    line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
+    assert line.startswith("**pdt**: no verdict: the baseline did not learn (final training loss")
+    assert "helped" not in report.compact_table(summary)
+    learned = metrics.summarize(synthetic_study())["methods"]
+    assert report.did_not_learn(learned["baseline"], "baseline") is None
+
+
+def test_a_link_whose_target_holds_a_space_stays_a_link():
+    assert report.link("report", "my study/report.md") == "[report](<my study/report.md>)"
+    assert report.link("loss", "a b/loss.png", image=True) == "![loss](<a b/loss.png>)"

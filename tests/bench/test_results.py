@@ -30,7 +30,7 @@ def test_results_page_over_a_study(tmp_path, capsys):
     assert cli.main(argv) == 0
     text = out.read_text()
     # The notes are linked, not copied: one source for that text.
-    assert text.startswith("# Results of the study under") and "[notes.md](../notes.md)" in text
+    assert text.startswith("# Results of the study under") and "[notes.md](<../notes.md>)" in text
     assert "was run." not in text
     assert "## Headline" in text
     headline = text.split("## Headline")[1].split("## mlp")[0]
@@ -43,10 +43,10 @@ def test_results_page_over_a_study(tmp_path, capsys):
     assert "PDT ahead of `random-mask`" in section and "PDT ahead of `ema`: **not run**" in section
     assert "at epoch 2, PDT's training loss" in section and "PDT lower on" in section
     # Links point at the compare directories themselves, relative to the page.
-    assert "(../study/mlp/report.md)" in text and "(../study/waited/plots/train_loss.png)" in text
-    assert "(../study/waited/plots/train_loss_flops.png)" in text
+    assert "(<../study/mlp/report.md>)" in text and "(<../study/waited/plots/train_loss.png>)" in text
+    assert "(<../study/waited/plots/train_loss_flops.png>)" in text
     # A study's landscape is shown with the plane it is drawn on and the command that drew it.
-    assert "(../study/mlp/landscape/landscape.png)" in section and "through the common start" in section
+    assert "(<../study/mlp/landscape/landscape.png>)" in section and "through the common start" in section
     assert "--seed 1 --plane ends" in section and "landscape" not in text.split("## waited")[1]
     assert text.rstrip().endswith("pdt  30\n```")
 
@@ -65,7 +65,7 @@ def test_results_writes_beside_the_study_and_never_replaces_a_tracked_page_unask
     assert cli.main(["compare", *QUICK, "--methods", "pdt", "--seeds", "0", "--out", str(study / "mlp")]) == 0
     assert cli.main(["results", str(study)]) == 0
     page = study / "README.md"
-    assert "## mlp" in page.read_text() and "(mlp/report.md)" in page.read_text()
+    assert "## mlp" in page.read_text() and "(<mlp/report.md>)" in page.read_text()
     # Once git tracks the page, only an explicit --out replaces it.
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", "study/README.md")
@@ -191,7 +191,7 @@ def test_step_mode_studies_get_their_section_and_target(tmp_path):
     (tmp_path / "steps" / "adamw" / "summary.json").write_text(json.dumps(summary))
     text = write_results(tmp_path, tmp_path / "page.md", {"steps": {"fewer": 0.15}}).read_text()
     section = text.split("## Step mode")[1]
-    assert "### adamw" in section and "(steps/adamw/report.md)" in section and "| pdt@horizon=20" in section
+    assert "### adamw" in section and "(<steps/adamw/report.md>)" in section and "| pdt@horizon=20" in section
     assert "best `pdt`, +12%: **not reached**" in section
     summary["methods"]["pdt"]["fewer_steps"]["median"] = None  # missed on most seeds
     (tmp_path / "steps" / "adamw" / "summary.json").write_text(json.dumps(summary))
