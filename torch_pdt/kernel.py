@@ -85,6 +85,7 @@ __all__ = [
     "gram_update",
     "predict_mask_assemble",
     "ring_coefficients",
+    "second_gram",
     "work_dtype",
 ]
 
@@ -131,6 +132,27 @@ def gram_update(new: Tensor, older: Sequence[Tensor], dest: Tensor) -> Tensor:
     sums = [(di * s[0]).sum() for di in d] + [(di * d[0]).sum() for di in d] + [(s[0] * s[0]).sum()]
     dest.copy_(new)
     return torch.stack(sums)
+
+
+def second_gram(rows: Sequence[Tensor], combination: Tensor) -> Tensor:
+    r"""The float64 upper triangle (row by row) of :math:`V^\top V`, :math:`V = S\,M^\top` for ``combination`` :math:`M`.
+
+    ``rows`` are the ``m`` snapshots :math:`S` (ring rows, oldest first) of one stretch of the
+    storage, ``combination`` the float64 ``q x m`` matrix :math:`M = (TW)^\top` of the second
+    Cholesky-QR pass (:func:`torch_pdt.dmd.orthogonal_factor`): per element, the ``q`` values
+    :math:`v_a = \sum_j M_{aj} s_j` in float64 and their ``q (q + 1) / 2`` products, summed.
+    The same sums as :func:`torch_pdt.dmd.snapshot_gram_of`'s matrix products, in one fused
+    loop that reads each snapshot once (no float64 copy of a chunk, no ``q x c`` temporary).
+    """
+    q, m = combination.shape
+    s = [r.to(torch.float64) for r in rows]
+    v = []
+    for a in range(q):
+        acc = combination[a, 0] * s[0]
+        for j in range(1, m):
+            acc = acc + combination[a, j] * s[j]
+        v.append(acc)
+    return torch.stack([(v[a] * v[b]).sum() for a in range(q) for b in range(a, q)])
 
 
 def overflow_threshold(dtype: torch.dtype) -> float:
@@ -331,7 +353,7 @@ _COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (:func:`gram_update` or :func:`predict_mask_assemble`) compiled, once per process.
+    """``fn`` (:func:`gram_update`, :func:`second_gram` or :func:`predict_mask_assemble`) compiled, once per process.
 
     Dynamic shapes: one graph serves every parameter size (sizes 0 and 1 get their own);
     ``h``, ``tau``, the criterion, the flags and the dtypes give one graph each.
@@ -428,6 +450,7 @@ class FusedPasses:
         self.use_compiled = use_compiled
         self._enter = compiled(gram_update) if use_compiled else gram_update
         self._predict = compiled(predict_mask_assemble) if use_compiled else predict_mask_assemble
+        self._second = compiled(second_gram) if use_compiled else second_gram
 
     def _variants(self) -> contextlib.AbstractContextManager:
         """Room for every graph a process may need: criteria, flags, ``tau`` values and dtypes
@@ -471,6 +494,37 @@ class FusedPasses:
         dots[:, h, 0] = total[:, 2 * h]
         dots[:, h, 1] = total[:, 0]
         return dots
+
+    def gram(self, rows: Sequence[int], combination: Tensor | Sequence[Tensor | None]) -> Tensor:
+        r"""The second Gram pass: float64 :math:`(SM^\top)^\top (SM^\top)`, ``blocks x q x q`` on CPU.
+
+        ``rows``: the storage rows oldest first; ``combination``: the ``q x m`` matrix
+        :math:`M = (TW)^\top` of :func:`second_gram`, or with ``per_tensor`` one per parameter
+        (``None``: skipped, its block is zero). Without ``per_tensor`` the pass is one call per
+        storage bucket, whatever the parameters' sizes: the Gram matrix is of all of them.
+        """
+        layerwise = not isinstance(combination, Tensor)
+        q = (next(c for c in combination if c is not None) if layerwise else combination).shape[0]
+        if layerwise:
+            stretches = [(g.members[0], g.bucket, g.start, g.stop, combination[g.members[0]]) for g in self.groups]
+        else:
+            stretches = [(0, b, 0, s.shape[1], combination) for b, s in enumerate(self.storage)]
+        parts: dict[torch.device, list[tuple[int, Tensor]]] = {}
+        with torch.no_grad(), self._variants():
+            for block, bucket, start, stop, mine in stretches:
+                if stop == start or mine is None:
+                    continue
+                storage = self.storage[bucket][:, start:stop]
+                part = self._second([storage[j] for j in rows], mine.to(storage.device))
+                parts.setdefault(part.device, []).append((block, part))
+        upper = torch.zeros(len(self.slots) if layerwise else 1, q * (q + 1) // 2, dtype=torch.float64)
+        for found in parts.values():  # one host transfer per device
+            upper.index_add_(0, torch.tensor([b for b, _ in found]), torch.stack([p for _, p in found]).cpu())
+        i, j = torch.triu_indices(q, q)
+        K = torch.zeros(upper.shape[0], q, q, dtype=torch.float64)
+        K[:, i, j] = upper
+        K[:, j, i] = upper
+        return K
 
     def predict(
         self,

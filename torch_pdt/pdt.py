@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -300,7 +301,7 @@ class PDT:
         cfg = self.config
         m = len(self._history)
         passes = [1]  # the first Gram pass is the history's incremental Gram
-        second_pass = self._history.gram_of(cfg.chunk_size)
+        second_pass = self._second_gram_pass(layerwise=False)
 
         def gram_of(W: Tensor) -> Tensor:
             passes[0] += 1
@@ -356,7 +357,7 @@ class PDT:
         if any(w is not None for w in refine):
             passes += 1
             try:
-                second = self._reduce_gram(history.tensor_gram_of(cfg.chunk_size)(refine))
+                second = self._reduce_gram(self._second_gram_pass(layerwise=True)(refine))
             except dmd.DMDError as e:
                 return {"reason": f"decomposition failed: {e}", "gram_passes": passes}
         steps: list[Tensor | None] = []
@@ -476,6 +477,30 @@ class PDT:
             return
         logger.info("PDT runs the compiled passes (kernel=%r)", cfg.kernel)
         self._history.fused = kernel.FusedPasses(*self._history.layout(), per_tensor=cfg.scope == "layer")
+
+    def _second_gram_pass(self, layerwise: bool) -> Callable[[Any], Tensor]:
+        """The second Cholesky-QR Gram pass (:func:`torch_pdt.dmd.orthogonal_factor`): given ``W``
+        (layerwise: one per tensor, ``None`` to skip), the Gram matrix of the basis times ``W``;
+        compiled (:meth:`torch_pdt.kernel.FusedPasses.gram`) where the history has the fused passes,
+        and eager after a failure to compile under ``kernel="auto"``."""
+        history = self._history
+        chunk = self.config.chunk_size
+        eager = history.tensor_gram_of(chunk) if layerwise else history.gram_of(chunk)
+        T = dmd.consecutive_basis(len(history))
+
+        def gram_of(W: Any) -> Tensor:
+            if history.fused is not None:
+                try:
+                    if layerwise:
+                        return history.fused.gram(history.rows(), [None if w is None else (T @ w).T for w in W])
+                    return history.fused.gram(history.rows(), (T @ W).T)[0]
+                except Exception as e:
+                    if self.config.kernel == "compiled":
+                        raise
+                    self._use_eager(e)
+            return eager(W)
+
+        return gram_of
 
     def _use_eager(self, error: Exception) -> None:
         """``kernel="auto"``: compiling failed; run eager from now on."""
