@@ -135,7 +135,7 @@ def gram_update(new: Tensor, older: Sequence[Tensor], dest: Tensor) -> Tensor:
 
 
 def second_gram(rows: Sequence[Tensor], combination: Tensor) -> Tensor:
-    r"""The float64 upper triangle (row by row) of :math:`V^\top V`, :math:`V = S\,M^\top` for ``combination`` :math:`M`.
+    r"""The float64 upper triangle (row by row) of :math:`V^\top V` with :math:`V = S\,M^\top`.
 
     ``rows`` are the ``m`` snapshots :math:`S` (ring rows, oldest first) of one stretch of the
     storage, ``combination`` the float64 ``q x m`` matrix :math:`M = (TW)^\top` of the second

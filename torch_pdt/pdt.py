@@ -429,8 +429,16 @@ class PDT:
         return [p.numel() for p in self.params]
 
     def _flat_params(self) -> list[Tensor]:
-        """1-D views of the (local shards of the) parameters in memory order (channels-last included)."""
-        return params.flat_views(self.names, self.params)
+        """1-D views of the (local shards of the) parameters in memory order (channels-last included).
+
+        Kept while every parameter's memory stays where it was (the same data pointers; the
+        layouts are checked at every step): building 10,000 views took 37 ms, three times a step.
+        """
+        pointers = [local_shard(p).data_ptr() for p in self.params]
+        cached = getattr(self, "_flats", None)
+        if cached is None or cached[0] != pointers:
+            cached = self._flats = (pointers, params.flat_views(self.names, self.params))
+        return list(cached[1])
 
     def _snapshot(self) -> None:
         """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
