@@ -549,7 +549,7 @@ class PDT:
         probe = torch.zeros(1)
         applied = set(criteria.make(name)(probe, probe, probe, probe, 1))
         passing = torch.stack([consistency, lower, upper, finite])
-        return prediction.PassCounts(list(per_param), passing, applied, per_horizon)
+        return prediction.PassCounts(per_param, passing, applied, per_horizon)
 
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         """The Gram matrix of the whole model from this process's; a sharded subclass sums the ranks'."""
