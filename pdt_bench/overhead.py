@@ -311,6 +311,15 @@ def passes_run(r: dict[str, Any]) -> str:
     )
 
 
+def _second_read_words(r: dict[str, Any], step: float, floor: float) -> str | None:
+    """Where the second Gram pass ran, the floor of a step that reads the snapshots twice: (2h + 3) N values."""
+    if not any(p > 1 for p in r["gram_passes"]):
+        return None
+    h = r["history"]
+    twice = floor * (2 * h + 3) / (h + 3)
+    return f"  step / (2h+3) N 4 B floor  {step / twice:9.2f}   (the second Gram pass reads the h snapshots again)"
+
+
 def format_report(r: dict[str, Any]) -> str:
     n, h = r["n"], r["history"]
     vector = 4 * n
@@ -333,6 +342,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"  floor (h+3) N 4 B / bw    {1e3 * floor:9.1f} ms",
         *filter(None, [_cache_words(r)]),
         f"  step / floor              {step / floor:9.2f}",
+        *filter(None, [_second_read_words(r, step, floor)]),
         f"  extra memory              {r['memory'] / 2**20:9.0f} MB ({r['memory_kind']}); snapshots h N 4 B = "
         f"{h * vector / 2**20:.0f} MB; budget h N 4 B + N 4 B + 64 MB = {((h + 1) * vector) / 2**20 + 64:.0f} MB",
         f"  accepted ratio            {statistics.median(r['accepted_ratio']):9.3f}",

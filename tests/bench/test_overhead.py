@@ -27,7 +27,7 @@ def test_overhead_reports_the_compiled_step_beside_the_eager_one_and_the_floor(c
     for tensors, step, copy_in, second, algebra, passes, floor, ratio in rows.values():
         assert tensors == 1 and step > 0 and ratio > 0  # (ms to one decimal: the floor of 20k values prints as 0.0)
     # The default noisy trajectory never needs the second Gram pass.
-    assert "second Gram pass not needed (0 of 2 steps)" in out
+    assert "second Gram pass not needed (0 of 2 steps)" in out and "(2h+3) N 4 B floor" not in out
 
 
 @needs_compiler
@@ -69,6 +69,7 @@ def test_a_smooth_trajectory_in_many_tensors_takes_the_second_gram_pass_compiled
     assert [row[:2] for row in body] == [["compiled", "1"], ["compiled", "300"]]
     assert all(float(row[header.index("2nd Gram")]) > 0 for row in body)
     assert "compiled: the step with 300 tensors is" in out
+    assert out.count("step / (2h+3) N 4 B floor") == 2  # the floor of a step that reads the snapshots twice
 
 
 def test_the_tensors_split_the_parameters_evenly():
