@@ -456,8 +456,8 @@ def test_a_smooth_history_takes_the_second_gram_pass_compiled_as_eager(scope):
     runs = []
     for kernel_name in ("compiled", "eager"):
         params = [nn.Parameter(torch.zeros(n)) for n in sizes]
-        pdt = PDT(torch.optim.SGD(params, lr=0.0), history=H, horizon=TAU, start_epoch=H, interval=0,
-                  kernel=kernel_name, scope=scope)
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        pdt = PDT(optimizer, history=H, horizon=TAU, start_epoch=H, interval=0, kernel=kernel_name, scope=scope)
         calls = []
         if pdt._history.fused is not None:  # count the compiled second passes
             second = pdt._history.fused._second
@@ -472,3 +472,34 @@ def test_a_smooth_history_takes_the_second_gram_pass_compiled_as_eager(scope):
         runs.append((pdt, stats, params, calls))
     assert runs[0][3] and not runs[1][3]
     _same_run(runs[0][:3], runs[1][:3], rtol=1e-6)
+
+
+@needs_compiler
+def test_a_second_gram_pass_that_fails_to_compile_runs_eager_under_auto_and_raises_under_compiled(caplog):
+    sizes = [3] * kernel.AUTO_MIN_TENSORS
+
+    def run(kernel_name, break_second):
+        params = [nn.Parameter(torch.zeros(n)) for n in sizes]
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        pdt = PDT(optimizer, history=H, horizon=TAU, start_epoch=H, interval=0, kernel=kernel_name)
+
+        def fails(*args):
+            raise RuntimeError("no compiler for the second pass")
+
+        if break_second:
+            pdt._history.fused._second = fails
+        stats = []
+        for weights in _smooth(sizes, H + 3):
+            with torch.no_grad():
+                for p, w in zip(params, weights):
+                    p.copy_(w)
+            stats.append(pdt.step())
+        return pdt, stats, params
+
+    with caplog.at_level("WARNING", logger="torch_pdt"):
+        failed = run("auto", True)
+    assert "could not compile" in caplog.text and "second pass" in caplog.text
+    assert failed[0]._history.fused is None and all(s["gram_passes"] == 2 for s in failed[1] if s["predicted"])
+    _same_run(failed, run("eager", False), rtol=1e-6)
+    with pytest.raises(RuntimeError, match="second pass"):
+        run("compiled", True)
