@@ -33,6 +33,12 @@ then the displacements :math:`D_1..D_\tau`) and the same loop, after the decisio
 goes down ``k = tau - 1..1`` with the running extremes of the steps' keys; it writes each
 element's landing horizon into a byte per element, which the counts per horizon are taken from.
 
+**The second Gram pass** (:func:`second_gram`). Where one Cholesky-QR pass is not accurate
+enough (a smooth history: :func:`torch_pdt.dmd.orthogonal_factor`), the fit reads the snapshots
+once more for the Gram matrix of :math:`Q_1 = B W_1`: per element the ``q`` values
+:math:`v = M s` with :math:`M = (TW_1)^\top`, and their ``q (q + 1) / 2`` products, summed in
+float64. It needs no parameter, so without ``per_tensor`` it is one call per storage bucket.
+
 Three forms keep the compiled loop one loop, and cheap (measured on CPU with inductor):
 
 * Eq. 7 compares signs. ``sign``, ``minimum`` and ``maximum`` propagate NaN and were most of
