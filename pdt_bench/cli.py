@@ -13,13 +13,13 @@ BENCH_EXTRA = ("numpy", "mnist1d", "matplotlib", "tqdm", "PIL", "pytorch_optimiz
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: a missing extra is then reported by main(), not a traceback.
-    from . import compare, landscape, overhead, results, steps, sweep, toy
+    from . import compare, diagnose, landscape, overhead, results, steps, sweep, toy
 
     parser = argparse.ArgumentParser(
         prog="pdt-bench", description="Benchmarks of Predictive Differential Training against baselines and peers."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for study in (compare, sweep, steps, toy, overhead, results, landscape):
+    for study in (compare, sweep, steps, toy, overhead, results, landscape, diagnose):
         study.add_command(sub)
     return parser
 

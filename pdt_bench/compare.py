@@ -1,8 +1,9 @@
 """``pdt-bench compare``: every (method, seed) on one task, then the table, report and plots.
 
-Each run is written to ``OUT/runs/<method>-seed<seed>.json`` as soon as it finishes; a run
-whose file exists with the same configuration is not run again, so an interrupted study
-continues where it stopped. With ``--jobs N`` (N >= 1) every run gets a fresh process (clean
+Each run is written to ``OUT/runs/<method>-seed<seed>.json`` as soon as it finishes, and folded
+into ``OUT/runs.jsonl.xz`` (:mod:`pdt_bench.records`) when the runs are done; a run whose record
+exists with the same configuration is not run again, so an interrupted study continues where it
+stopped. With ``--jobs N`` (N >= 1) every run gets a fresh process (clean
 peak-memory figures), N at a time; ``--jobs 0`` runs them in this process.
 """
 
@@ -29,7 +30,7 @@ from torch_pdt import PDT, PDTConfig
 
 from . import metrics, peers, plots, report, tasks
 from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method
-from .records import Epoch, Run, load_run, save_json, stored_config
+from .records import Epoch, Run, load_run, pack, save_json, stored_config
 from .train import RunConfig, run
 
 __all__ = ["Progress", "add_command", "add_run_arguments", "check_pdt", "execute", "launch", "run_configs"]
@@ -316,6 +317,7 @@ def execute(
         finally:
             if progress is not None:
                 progress.close()
+    pack(out_dir)
     return [load_run(p) for p in paths]
 
 

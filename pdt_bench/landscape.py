@@ -255,6 +255,25 @@ def _landscape(args: argparse.Namespace) -> int:
     return 0
 
 
+STUDY_DEFAULTS = dict(
+    lr=None,
+    batch_size=None,
+    optimizer=None,
+    schedule=None,
+    eta_min=None,
+    weight_decay=None,
+    non_iid=False,
+    pdt=[],
+    train_subset=None,
+    img_size=None,
+    width=None,
+    augment=False,
+    device="cpu",
+)
+"""The training settings ``compare`` exposes, at the task's defaults, for a study that runs one task's
+runs without them (landscape, diagnose): its runs match a study's."""
+
+
 def add_command(sub: argparse._SubParsersAction) -> None:
     """The ``pdt-bench landscape`` sub-command."""
     p = sub.add_parser(
@@ -285,20 +304,4 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tiny", action="store_true", help="tiny data and model (smoke tests)")
     g.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    # The training settings compare exposes, at the task's defaults: the runs match a study's.
-    p.set_defaults(
-        func=_landscape,
-        lr=None,
-        batch_size=None,
-        optimizer=None,
-        schedule=None,
-        eta_min=None,
-        weight_decay=None,
-        non_iid=False,
-        pdt=[],
-        train_subset=None,
-        img_size=None,
-        width=None,
-        augment=False,
-        device="cpu",
-    )
+    p.set_defaults(func=_landscape, **STUDY_DEFAULTS)

@@ -10,6 +10,7 @@ geometric mean multiplied and divided by the geometric standard deviation.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +23,22 @@ from matplotlib.colors import LogNorm, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from .metrics import best, by_method, cumulative_flops
 from .records import Landscape, Run
 
-__all__ = ["loss_against_flops", "plane_words", "plot_landscape", "plot_steps", "plot_sweep", "write_plots"]
+__all__ = [
+    "COLORS",
+    "DPI",
+    "compact_png",
+    "loss_against_flops",
+    "plane_words",
+    "plot_landscape",
+    "plot_steps",
+    "plot_sweep",
+    "write_plots",
+]
 
 REASONS = ("consistency", "lower_bound", "upper_bound", "nonfinite")
 """The checks counted in ``epochs[i].pdt["rejected"]``."""
@@ -36,13 +48,28 @@ _MASK_ROWS, _MASK_COLS = 32, 512
 """A mask is block-averaged to at most this many pixels per layer band: big layers stay legible."""
 
 
+DPI = 80
+"""Pixels per inch of every figure: 80 keeps 8-point text legible on a screen; 110 made 1.9x the pixels."""
+COLORS = 256
+"""Palette size of every PNG (an octree palette: the few pixels of each line colour keep their own
+entry, where median cut merged tab10's colours; no dithering, whose noise defeats PNG's compression)."""
+
+
+def compact_png(image: Image.Image, path: Path) -> Path:
+    """Write ``image`` to ``path`` as an optimised PNG of at most :data:`COLORS` colours; return ``path``."""
+    palette = image.convert("RGB").quantize(COLORS, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    palette.save(path, "PNG", optimize=True)
+    return path
+
+
 def _save(fig: Figure, path: Path, title: str | None = None) -> Path:
-    """Write ``fig`` as PNG; ``title`` (the task and the study, see :func:`write_plots`) heads it."""
+    """Write ``fig`` as a palette PNG; ``title`` (the task and the study, see :func:`write_plots`) heads it."""
     if title:
         fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return compact_png(Image.open(buffer), path)
 
 
 def _colors(methods: list[str]) -> dict[str, str]:
@@ -497,3 +524,36 @@ def plot_landscape(path: Path, landscape: Landscape) -> Path:
     # A dark legend: the baseline's line and the best-loss contour are white.
     ax.legend(handles=handles, fontsize=7, loc="best", facecolor="0.3", labelcolor="white", framealpha=0.85)
     return _save(fig, Path(path))
+
+
+def plot_diagnosis(path: Path, reports: list[dict[str, Any]], title: str) -> Path:
+    """Per parameter kind over the epochs judged: accepted share, increment SNR, forecast errors (``pdt-bench diagnose``)."""
+    from torch_pdt.diagnostics import KINDS, by_kind
+
+    pooled = [(r["epoch"] + 1, by_kind(r)) for r in reports]  # 1-based epochs, as the curves
+    fig = Figure(figsize=(11, 3.2))
+    axes = fig.subplots(1, 3)
+    colors = dict(zip(KINDS, ("C0", "C1", "C2", "C3", "C7")))
+    for kind in KINDS:
+        points = [(e, p[kind]) for e, p in pooled if kind in p]
+        if not points:
+            continue
+        x = [e for e, _ in points]
+        axes[0].plot(x, [p["accepted"] for _, p in points], color=colors[kind], label=kind)
+        axes[1].plot(x, [p["snr"] for _, p in points], color=colors[kind], label=kind)
+        settled = [(e, p) for e, p in points if p["forecast_error"] is not None]
+        axes[2].plot([e for e, _ in settled], [p["forecast_error"] for _, p in settled], color=colors[kind],
+                     label=f"{kind}, DMD")
+        axes[2].plot([e for e, _ in settled], [p["linear_error"] for _, p in settled], color=colors[kind],
+                     linestyle="--", label=f"{kind}, linear")
+    axes[0].set_ylabel("share accepted")
+    axes[1].set_ylabel("median |mean| / sd of increments")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("error / distance travelled")
+    axes[2].set_yscale("log")
+    axes[2].axhline(1.0, color="0.6", linewidth=0.8)
+    for ax in axes:
+        ax.set_xlabel("epoch of the (unmade) jump")
+        ax.legend(fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title
+    return _save(fig, path, title)

@@ -27,8 +27,9 @@ per seed; a run that never reaches the target counts as infinitely late in media
 that diverged (a non-finite loss ends it). The summary also gives the best and final held-out loss,
 PDT's mean accepted ratio over its predictions and its share of the clock.
 
-Each run is written to ``OUT/runs/<method>-seed<seed>.json`` when it finishes; a run whose file
-holds the same settings is not run again (``--rerun`` forces it), so an interrupted study continues.
+Each run is written to ``OUT/runs/<method>-seed<seed>.json`` when it finishes, then folded into
+``OUT/runs.jsonl.xz``; a run whose record holds the same settings is not run again (``--rerun``
+forces it), so an interrupted study continues.
 
 Example::
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["has_batch_norm", "recompute_batch_norm"]
+__all__ = ["has_batch_norm", "is_frozen", "recompute_batch_norm"]
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -41,34 +41,81 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def is_frozen(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Whether ``bn`` is frozen: in eval mode, with affine parameters none of which requires a gradient.
+
+    This is how a frozen backbone is written (``bn.eval()`` and ``bn.requires_grad_(False)``):
+    its statistics are part of what was frozen. A BatchNorm without affine parameters is never
+    frozen by this rule (eval mode alone is also what a model is in right after evaluation).
+    """
+    weights = list(bn.parameters(recurse=False))
+    return not bn.training and bool(weights) and not any(w.requires_grad for w in weights)
+
+
 @torch.no_grad()
 def recompute_batch_norm(model: nn.Module, batches: Iterable[Tensor | tuple | list]) -> bool:
     """Re-estimate every BatchNorm's running statistics from ``batches`` at the current weights.
 
     ``batches`` are model inputs, or tuples and lists whose first element is (a loader's
-    ``(x, y)``), already on the model's device. Every module's training mode is restored as
-    it was (a model with some layers in eval mode keeps them so).
+    ``(x, y)``), already on the model's device. The forward passes run in training mode (as
+    :func:`torch.optim.swa_utils.update_bn` runs them); every module's mode is restored as it
+    was (a model with some layers in eval mode keeps them so).
+
+    A *frozen* BatchNorm (:func:`is_frozen`: eval mode, affine parameters all with
+    ``requires_grad=False``) keeps its statistics and stays in eval mode during the passes.
+    A BatchNorm without running statistics (``track_running_stats=False``) has none to refresh.
+
+    All or nothing: if a forward pass raises (a batch of the wrong shape, a loader of dicts),
+    every BatchNorm gets back its running statistics, ``num_batches_tracked`` and ``momentum``,
+    and the error propagates.
+
     Returns whether there was a BatchNorm to refresh (``False``: nothing ran).
 
     Raises:
-        ValueError: when ``batches`` is empty (and the model has a BatchNorm), before anything
-            changes: the running statistics would be reset to mean 0, variance 1 with nothing
-            to average.
+        ValueError: when ``batches`` is empty (and the model has a BatchNorm to refresh), before
+            anything changes: the running statistics would be reset to mean 0, variance 1 with
+            nothing to average.
     """
-    if not has_batch_norm(model):
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and not is_frozen(m)
+    ]
+    if not norms:
         return False
     it = iter(batches)
     first = next(it, _NONE)
     if first is _NONE:
         raise ValueError("batches is empty: recompute_batch_norm needs at least one batch to average over")
     modes = [(m, m.training) for m in model.modules()]
+    frozen = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and is_frozen(m)]
+    saved = [(bn, bn.momentum, [b.clone() for b in _statistics(bn)]) for bn in norms]
     try:
-        # torch's own: reset, momentum=None (cumulative average), one forward pass per batch.
-        torch.optim.swa_utils.update_bn(itertools.chain([first], it), model)
+        model.train()
+        for bn in frozen:
+            bn.eval()
+        for bn in norms:
+            # Reset, and momentum=None: the running statistics become cumulative averages.
+            bn.reset_running_stats()
+            bn.momentum = None
+        for batch in itertools.chain([first], it):
+            model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+    except BaseException:
+        for bn, _, old in saved:
+            for b, value in zip(_statistics(bn), old):
+                b.copy_(value)
+        raise
     finally:
-        for m, training in modes:  # update_bn restores only the top module's mode, on every child
+        for bn, momentum, _ in saved:
+            bn.momentum = momentum
+        for m, training in modes:
             m.training = training
     return True
+
+
+def _statistics(bn: nn.modules.batchnorm._BatchNorm) -> list[Tensor]:
+    """The buffers a refresh changes: running mean, running variance, batches tracked."""
+    return [bn.running_mean, bn.running_var, bn.num_batches_tracked]
 
 
 _NONE = object()

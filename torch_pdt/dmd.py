@@ -402,6 +402,18 @@ def validate_options(exact: bool, rank: int | float | None, rtol: float | None) 
     _truncation_rank(torch.ones(1, dtype=torch.float64), rank, rtol)
 
 
+def _least_squares(A: Tensor, b: Tensor) -> Tensor:
+    """The minimum-norm solution of ``A x = b`` for a vector ``b``, the same bits on every call.
+
+    On the CPU, LAPACK's default ``gelsy`` (QR with column pivoting) rounded the same small
+    system differently from one call to the next (93 of 300 calls at 5 x 3): it made two
+    identical runs of PDT differ in the last bit. The SVD-based ``gelsd`` gave 0 of 16,000.
+    CUDA's ``lstsq`` has the one driver ``gels``.
+    """
+    driver = "gelsd" if A.device.type == "cpu" else None
+    return torch.linalg.lstsq(A, b[:, None], driver=driver).solution[:, 0]
+
+
 def fit_factor(
     R: Tensor,
     W: Tensor,
@@ -444,9 +456,9 @@ def fit_factor(
     A_tilde = U.T @ YVinv
     eigenvalues, Psi = torch.linalg.eig(A_tilde)
     M = YVinv if exact else U  # Phi = M Psi, in Q coordinates
-    reduced_state = torch.linalg.lstsq(M, r_last[:, None]).solution[:, 0]
+    reduced_state = _least_squares(M, r_last)
     modes_q = M.to(torch.complex128) @ Psi
-    amplitudes = torch.linalg.lstsq(modes_q, r_last.to(torch.complex128)[:, None]).solution[:, 0]
+    amplitudes = _least_squares(modes_q, r_last.to(torch.complex128))
     # Q = S T W: coordinates in Q become coefficients of the snapshots through T W.
     TW = T @ W
     return DMD(

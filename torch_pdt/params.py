@@ -2,7 +2,9 @@
 
 * **Discovery** (:func:`collect`): the trainable parameters of the optimizer's groups, each once,
   in group order; a group with ``"pdt": False`` opts out, frozen parameters are skipped.
-  Names come from the model, else from named groups, else ``group{g}.param{j}``.
+  Names come from the model, else from named groups, else ``group{g}.param{j}``; a name that
+  repeats (one optimizer over two models' ``named_parameters()``) gets the suffix ``#2``, ``#3``,
+  ... in group order, so that every tensor has its own entry in the statistics.
 * **Sharding** (:func:`local_shard`): of an FSDP2 DTensor, PDT snapshots and writes the shard
   this process holds.
 * **Flattening** (:func:`flat_view`): a 1-D view of each tensor in *memory* order, so that
@@ -34,12 +36,14 @@ else:  # a build without torch.distributed has no DTensor parameters to look for
 __all__ = [
     "DTensor",
     "Layout",
+    "check_dense_state",
     "check_supported",
     "check_unchanged",
     "collect",
     "flat_view",
     "flat_views",
     "local_shard",
+    "unique",
 ]
 
 
@@ -82,7 +86,33 @@ def collect(optimizer: torch.optim.Optimizer, model: nn.Module | None = None) ->
             seen.add(id(p))
             params.append(p)
             names.append(known.get(id(p)) or (group_names[j] if group_names else f"group{g}.param{j}"))
-    return names, params
+    return unique(names), params
+
+
+def unique(names: Sequence[str]) -> list[str]:
+    """``names`` with each repeat renamed ``name#k`` (``k = 2, 3, ...``, the first free one): deterministic.
+
+    >>> unique(["weight", "bias", "weight", "weight#2", "weight"])
+    ['weight', 'bias', 'weight#3', 'weight#2', 'weight#4']
+    """
+    taken = set(names)
+    counts: dict[str, int] = {}
+    out: list[str] = []
+    for name in names:
+        if name not in counts:
+            counts[name] = 1
+            out.append(name)
+            continue
+        k = counts[name]
+        while True:
+            k += 1
+            candidate = f"{name}#{k}"
+            if candidate not in taken:
+                break
+        counts[name] = k
+        taken.add(candidate)
+        out.append(candidate)
+    return out
 
 
 def check_supported(names: Sequence[str], params: Sequence[Tensor]) -> None:
@@ -130,9 +160,24 @@ def check_unchanged(
     """
     _, now = collect(optimizer)
     if [id(p) for p in now] != [id(p) for p in params]:
+        ours = {id(p) for p in params}
+        theirs = {id(p) for p in now}
+        frozen = [n for n, p in zip(names, params) if not p.requires_grad]
+        gone = [n for n, p in zip(names, params) if p.requires_grad and id(p) not in theirs]
+        new = sum(id(p) not in ours for p in now)
+        what = "; ".join(
+            part
+            for part in (
+                f"requires_grad turned off: {', '.join(frozen)}" if frozen else "",
+                f"no longer in the optimizer: {', '.join(gone)}" if gone else "",
+                f"{new} new tensor(s) (add_param_group, or requires_grad turned on)" if new else "",
+                "the same tensors in another order" if not (frozen or gone or new) else "",
+            )
+            if part
+        )
         raise ValueError(
             f"the optimizer's trainable parameters changed since PDT was created ({len(params)} -> "
-            f"{len(now)} tensors: add_param_group or requires_grad changed); give a new group "
+            f"{len(now)} tensors; {what}); give a new group "
             '{"pdt": False} to leave it out of PDT, or create a new PDT'
         )
     for name, p, then in zip(names, params, layouts):
@@ -157,3 +202,44 @@ def flat_views(names: Sequence[str], params: Sequence[Tensor]) -> list[Tensor]:
             raise ValueError(f"parameter {name} is not dense in memory; PDT cannot update it in place")
         flats.append(flat)
     return flats
+
+
+def check_dense_state(
+    optimizer: torch.optim.Optimizer,
+    names: Sequence[str],
+    params: Sequence[Tensor],
+    on_jump: str,
+    model: nn.Module | None = None,
+) -> None:
+    """``ValueError`` naming the parameter whose optimizer state is (or will be) sparse.
+
+    Checked where ``on_jump`` is ``"reset"`` or ``"rescale"``: they change the velocity of the accepted elements in
+    place, which a sparse tensor cannot take. Optimizers create their state lazily, so before
+    the first optimizer step the sparse gradient is what tells: a ``sparse=True`` embedding of
+    ``model``, a sparse ``.grad``, or :class:`torch.optim.SparseAdam`, whose state follows it.
+    """
+    sparse_modules = (nn.Embedding, nn.EmbeddingBag)
+    sparse_weights = (
+        {id(m.weight) for m in model.modules() if isinstance(m, sparse_modules) and m.sparse}
+        if model is not None
+        else set()
+    )
+    if on_jump == "keep":
+        return
+    for name, p in zip(names, params):
+        why = ""
+        state = optimizer.state.get(p, {}) if hasattr(optimizer, "state") else {}
+        sparse_state = [k for k, v in state.items() if isinstance(v, Tensor) and v.layout != torch.strided]
+        if sparse_state:
+            why = f"its optimizer state {sparse_state[0]!r} is {state[sparse_state[0]].layout}"
+        elif p.grad is not None and p.grad.layout != torch.strided:
+            why = f"its gradient is {p.grad.layout}"
+        elif id(p) in sparse_weights:
+            why = "it is the weight of a sparse=True embedding (sparse gradient, sparse optimizer state)"
+        elif isinstance(optimizer, torch.optim.SparseAdam):
+            why = "SparseAdam keeps sparse state"
+        if why:
+            raise ValueError(
+                f"parameter {name}: {why}, which on_jump={on_jump!r} cannot change in place; use on_jump='keep', "
+                'or put it in a group with {"pdt": False}'
+            )

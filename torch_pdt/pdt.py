@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import criteria, dmd, jump, kernel, misuse, pacing, params, prediction, statistics
+from . import checkpoint, criteria, dmd, jump, kernel, misuse, pacing, params, prediction, statistics
 from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
 from .snapshots import SnapshotHistory
@@ -89,8 +89,9 @@ class PDT:
     closed with :meth:`close`, stops stepping). In epoch mode the same hook only counts the
     optimizer's steps, so that misuse is said once per PDT as a
     :class:`~torch_pdt.misuse.PDTMisuseWarning`: :meth:`step` again with no optimizer step in
-    between, :meth:`step` after every optimizer step, an option the chosen scheduler or criterion
-    ignores (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
+    between, :meth:`step` after every optimizer step or by hand in step mode, another optimizer
+    stepping PDT's parameters, an option the chosen scheduler or criterion ignores
+    (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
     predicted elements are rejected, and a decomposition that fails (rank 0, non-finite
     snapshots) skips the prediction, with the reason in the returned statistics. When
     :meth:`step` or :meth:`load_state_dict` raises, nothing has changed.
@@ -131,6 +132,7 @@ class PDT:
         self.optimizer = optimizer
         self.names, self.params = params.collect(optimizer, model)
         params.check_supported(self.names, self.params)
+        params.check_dense_state(optimizer, self.names, self.params, cfg.on_jump, model)
         self.numel = sum(p.numel() for p in self.params)
         self._layouts = [params.Layout.of(p) for p in self.params]
         self._sharded = any(isinstance(p, DTensor) for p in self.params)
@@ -154,10 +156,11 @@ class PDT:
         self._watch = misuse.StepWatch()
         self._hook = _register_step_hook(self, required=cfg.every_n_steps is not None)
         self._watch.counting = self._hook is not None
+        misuse.watch_other_optimizers(self._watch, optimizer, self.params)
         self._choose_kernel()
         if cfg.start_of_epoch:
             self._snapshot()
-        ignored = cfg.ignored(options)
+        ignored = misuse.ignored_options(cfg, options)
         if ignored:
             message = f"PDT ignores {'; '.join(ignored)}: leave it out, or choose the setting it applies to"
             misuse.warn_once(self._watch.said, "ignored", message)
@@ -247,6 +250,7 @@ class PDT:
         params.check_unchanged(self.optimizer, self.names, self.params, self._layouts)
         value = self._loss_value(loss)
         if self.config.on_jump != "keep":
+            params.check_dense_state(self.optimizer, self.names, self.params, self.config.on_jump)
             jump.velocity_buffers(self.optimizer, self.params)
         return value
 
@@ -485,6 +489,8 @@ class PDT:
                 reason = f"graded=True at horizon {cfg.horizon} > {kernel.AUTO_MAX_GRADED_HORIZON}: slow to compile"
             logger.info("PDT runs the eager passes (%s)", reason)
             return
+        if cfg.kernel == "compiled":
+            _probe_compiled(self._flat_params(), cfg.history, cfg.storage)
         logger.info("PDT runs the compiled passes (kernel=%r)", cfg.kernel)
         self._history.fused = kernel.FusedPasses(*self._history.layout(), per_tensor=cfg.scope == "layer")
 
@@ -570,11 +576,14 @@ class PDT:
             return
         self.optimizer_steps += 1
         if self.optimizer_steps % self.config.every_n_steps == 0:
+            self._watch.in_hook = True
             try:
                 self.step()
             except Exception:
                 self.optimizer_steps -= 1  # a step that raised changed nothing: the next one retries it
                 raise
+            finally:
+                self._watch.in_hook = False
 
     def close(self) -> None:
         """Detach from the optimizer: remove the hook that counts its steps and, in step mode,
@@ -613,6 +622,7 @@ class PDT:
         missing = keys - set(state_dict)
         if missing:
             raise ValueError(f"not a PDT state: missing {sorted(missing)}")
+        checkpoint.check_loadable(state_dict)
         self.config.check_saved(state_dict["config"])
         counters = [as_int(f"saved {k}", state_dict[k], 0) for k in ("epoch", "plain_epochs", "optimizer_steps")]
         cfg = self.config
@@ -649,3 +659,24 @@ def _register_step_hook(pdt: PDT, required: bool) -> torch.utils.hooks.Removable
         return None
     weakref.finalize(pdt, handle.remove)
     return handle
+
+
+def _probe_compiled(flats: list[Tensor], capacity: int, storage: str) -> None:
+    """``kernel="compiled"``: ``ValueError`` now, not at the first :meth:`PDT.step`, if the compiler
+    is present but cannot build the snapshot pass (a broken toolchain, a failing inductor).
+
+    The pass is compiled and run once on a stand-in of 8 elements per (device, dtype) and the
+    same ring capacity and storage: its dynamic-shape graph is the one the real snapshots then reuse, so the
+    probe costs no second compilation.
+    """
+    kinds = {(t.device, t.dtype): torch.zeros(8, dtype=t.dtype, device=t.device) for t in flats}
+    probe = SnapshotHistory(list(kinds.values()), capacity, storage)
+    probe.fused = kernel.FusedPasses(*probe.layout())
+    try:
+        probe.push(list(kinds.values()))
+    except Exception as e:
+        raise ValueError(
+            f"kernel='compiled' is not available here: compiling the snapshot pass failed "
+            f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); "
+            "use kernel='auto' or 'eager'"
+        ) from e

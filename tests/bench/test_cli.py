@@ -1,14 +1,13 @@
 """The front door of ``pdt-bench``: errors before any run, a missing extra named, progress, the compact table."""
 
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pdt_bench import cli
+from pdt_bench import cli, records
 
 QUICK = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "2", "--history", "2", "--start-epoch", "1", "--interval", "0"]
 
@@ -76,7 +75,7 @@ def test_the_stress_example_runs_its_setting_and_variants_through_compare(tmp_pa
     example.loader.exec_module(stress)
     args = ["--setting", "tau9", "--variants", "fixed,adaptive-reset", *QUICK, "--seeds", "0", "--jobs", "0"]
     assert stress.main([*args, "--quiet", "--out", str(tmp_path)]) == 0
-    runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").iterdir()}
+    runs = records.load_named_runs(tmp_path)
     assert set(runs) == {"baseline-seed0", "pdt-seed0", "pdt@scheduler=adaptive@on_jump=reset-seed0"}
     config = runs["pdt@scheduler=adaptive@on_jump=reset-seed0"]["config"]
     assert (config["horizon"], config["lr"], config["batch_size"], config["optimizer"]) == (9, 0.05, 128, "sgd")

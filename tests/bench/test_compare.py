@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pdt_bench import cli
+from pdt_bench import cli, records
 
 QUICK = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "3", "--history", "2", "--start-epoch", "1", "--interval", "0"]
 QUICK += ["--jobs", "0", "--quiet"]
@@ -15,8 +15,9 @@ def test_compare_writes_runs_summary_report_and_plots(tmp_path, capsys):
     assert cli.main(["compare", *QUICK, "--methods", "pdt,nonselective", "--seeds", "0,1", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "baseline" in table and "nonselective" in table and "report:" in table
-    runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == [f"{m}-seed{s}.json" for m in ("baseline", "nonselective", "pdt") for s in (0, 1)]
+    runs = list(records.load_named_runs(out))
+    assert runs == [f"{m}-seed{s}" for m in ("baseline", "nonselective", "pdt") for s in (0, 1)]
+    assert not (out / "runs").exists()  # folded into the store
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"baseline", "pdt", "nonselective"}
     report = (out / "report.md").read_text()
@@ -29,14 +30,15 @@ def test_finished_runs_are_not_run_again_unless_their_settings_change(tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", *QUICK, "--methods", "pdt", "--seeds", "0", "--out", str(out)]
     assert cli.main(args) == 0
-    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    store = out / records.STORE
+    stamp, before = store.stat().st_mtime_ns, records.load_named_runs(out)
     assert cli.main(args) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == stamp
+    assert store.stat().st_mtime_ns == stamp
     # A PDT setting reruns PDT, not the baseline.
     assert cli.main([*args, "--horizon", "2"]) == 0
-    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
-    assert after["baseline-seed0.json"] == stamp["baseline-seed0.json"]
-    assert after["pdt-seed0.json"] != stamp["pdt-seed0.json"]
+    after = records.load_named_runs(out)
+    assert after["baseline-seed0"] == before["baseline-seed0"]
+    assert after["pdt-seed0"]["config"]["horizon"] == 2 != before["pdt-seed0"]["config"]["horizon"]
 
 
 def test_sweep_reuses_the_baseline_across_pdt_settings(tmp_path, capsys):
@@ -47,7 +49,7 @@ def test_sweep_reuses_the_baseline_across_pdt_settings(tmp_path, capsys):
     assert text.count("pdt") >= 4
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert sorted((r["horizon"], r["interval"]) for r in rows) == [(2, 0), (2, 1), (3, 0), (3, 1)]
-    baselines = [json.loads(p.read_text()) for p in out.glob("*/runs/baseline-seed0.json")]
+    baselines = [records.load_named_runs(p.parent)["baseline-seed0"] for p in out.glob(f"*/{records.STORE}")]
     assert len(baselines) == 4 and all(b == baselines[0] for b in baselines)
     assert (out / "sweep-pdt.png").exists() and "sweep-pdt.png" in (out / "sweep.md").read_text()
 
@@ -91,7 +93,7 @@ def test_existing_reports_the_finished_runs_and_runs_nothing(tmp_path, capsys):
     quick = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "2", "--jobs", "0", "--quiet", "--out", str(out)]
     assert cli.main(["compare", *quick, "--methods", "baseline,pdt", "--seeds", "0"]) == 0
     assert cli.main(["compare", *quick, "--methods", "baseline,pdt,ema", "--seeds", "0,1", "--existing"]) == 0
-    assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["baseline-seed0.json", "pdt-seed0.json"]
+    assert list(records.load_named_runs(out)) == ["baseline-seed0", "pdt-seed0"]
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["methods"]) == ["baseline", "pdt"] and summary["seeds"] == [0]
     capsys.readouterr()

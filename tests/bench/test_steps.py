@@ -5,7 +5,7 @@ import json
 import pytest
 from fake_data import write_agnews
 
-from pdt_bench import cli, steps
+from pdt_bench import cli, records, steps
 
 QUICK = ["--steps", "40", "--eval-every", "10", "--warmup", "5", "--width", "16", "--seeds", "0", "--every", "2"]
 """40 steps; PDT every 2 steps (h = 5, T0 = 5, Ti = 1) predicts from step 12 on."""
@@ -28,8 +28,9 @@ def test_steps_writes_records_summary_report_and_plot(data, tmp_path, capsys):
     table = capsys.readouterr().out
     assert max(len(line) for line in table.splitlines()) <= 100
     assert "| steps to target |" in table and "\npdt (one seed): " in table
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["baseline-seed0.json", "pdt-seed0.json"]
-    record = json.loads((out / "runs" / "pdt-seed0.json").read_text())
+    runs = records.load_named_runs(out)
+    assert list(runs) == ["baseline-seed0", "pdt-seed0"]
+    record = runs["pdt-seed0"]
     assert [step for step, _ in record["curve"]] == [10, 20, 30, 40]
     assert len(record["train_loss"]) == 4 and record["steps_done"] == 40
     assert 0 < record["pdt_s"] < record["clock_s"] and record["eval_s"] > 0
@@ -46,12 +47,13 @@ def test_pdt_in_step_mode_predicts_every_k_steps(data, tmp_path):
     out = tmp_path / "study"
     method = "pdt@every_n_steps=4@start_epoch=2@interval=0"
     assert cli.main(_study(data, out, "--methods", method, "--jobs", "0", "--quiet")) == 0
-    record = json.loads((out / "runs" / f"{method}-seed0.json").read_text())
+    runs = records.load_named_runs(out)
+    record = runs[f"{method}-seed0"]
     assert record["config"]["every"] == 4 and record["config"]["pdt_options"]["every_n_steps"] == 4
     # h = 5 snapshots, T0 = 2, Ti = 0: the first prediction after the 5th period (step 20), then every period.
     assert [step for step, _ in record["predicted_at"]] == [20, 24, 28, 32, 36, 40]
     assert record["predictions"] == 6 and 0 <= record["accepted_ratio"] <= 1
-    baseline = json.loads((out / "runs" / "baseline-seed0.json").read_text())
+    baseline = runs["baseline-seed0"]
     assert baseline["predictions"] is None and baseline["pdt_s"] == 0
 
 
@@ -59,18 +61,18 @@ def test_a_finished_run_is_not_run_again_unless_its_settings_change(data, tmp_pa
     out = tmp_path / "study"
     args = _study(data, out, "--methods", "baseline,pdt", "--jobs", "0", "--quiet")
     assert cli.main(args) == 0
-    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    store = out / records.STORE
+    stamp, before = store.stat().st_mtime_ns, records.load_named_runs(out)
     ran = []
     monkeypatch.setattr(steps, "run", lambda config, report=None: ran.append(config.method))
     assert cli.main(args) == 0
-    assert ran == [] and {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == stamp
+    assert ran == [] and store.stat().st_mtime_ns == stamp
     monkeypatch.undo()
     # Another K reruns PDT, not the baseline; --existing then runs nothing.
     assert cli.main([*args, "--every", "4"]) == 0
-    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
-    assert after["baseline-seed0.json"] == stamp["baseline-seed0.json"]
-    assert after["pdt-seed0.json"] != stamp["pdt-seed0.json"]
-    assert json.loads((out / "runs" / "pdt-seed0.json").read_text())["config"]["every"] == 4
+    after = records.load_named_runs(out)
+    assert after["baseline-seed0"] == before["baseline-seed0"]
+    assert after["pdt-seed0"]["config"]["every"] == 4 != before["pdt-seed0"]["config"]["every"]
 
 
 def _record(method, seed, curve, predictions=None):
@@ -138,7 +140,8 @@ def test_a_run_file_that_is_not_a_record_is_named_and_run_again(content, data, t
     out = tmp_path / "study"
     args = _study(data, out, "--methods", "baseline,pdt", "--jobs", "0", "--quiet")
     assert cli.main(args) == 0
-    broken = out / "runs" / "pdt-seed0.json"
+    broken = out / "runs" / "pdt-seed0.json"  # a run file beside the store, newer than its line
+    broken.parent.mkdir()
     broken.write_text(content)
     capsys.readouterr()
     assert cli.main([*args, "--existing"]) == 0  # left out, and said why
@@ -146,7 +149,7 @@ def test_a_run_file_that_is_not_a_record_is_named_and_run_again(content, data, t
     assert f"{broken}: not a readable run record" in err and "left out: pdt-seed0" in err
     assert cli.main(args) == 0
     assert f"{broken}: not a readable run record" in capsys.readouterr().err
-    assert json.loads(broken.read_text())["config"]["every"] == 2  # run again, the file replaced
+    assert not broken.exists() and records.load_run(broken)["config"]["every"] == 2  # run again, packed
 
 
 @pytest.mark.parametrize(

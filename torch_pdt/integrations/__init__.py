@@ -3,11 +3,14 @@
 * :mod:`torch_pdt.integrations.lightning`: ``PDTCallback`` (``pip install torch-pdt[lightning]``)
 * :mod:`torch_pdt.integrations.transformers`: ``PDTTrainerCallback`` (``pip install torch-pdt[transformers]``)
 
-Importing this package imports neither framework.
+Importing this package imports neither framework. Importing a callback's module without its
+framework raises an :class:`ImportError` that names the extra to install (:func:`extra`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,7 +18,28 @@ import torch.distributed as dist
 
 from ..pdt import PDT
 
-__all__ = ["make_pdt"]
+__all__ = ["extra", "make_pdt"]
+
+
+@contextlib.contextmanager
+def extra(name: str, package: str) -> Iterator[None]:
+    """Turn a missing ``package`` imported inside into an ``ImportError`` naming the extra ``name``.
+
+    A missing module of another package (a broken install of one of its dependencies) is not
+    renamed: its own error says more.
+
+    >>> with extra("lightning", "lightning"):
+    ...     import lightning_that_is_not_installed
+    Traceback (most recent call last):
+    ...
+    ModuleNotFoundError: No module named 'lightning_that_is_not_installed'
+    """
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] != package:
+            raise
+        raise ImportError(f"this integration needs {package}: pip install 'torch-pdt[{name}]'", name=e.name) from e
 
 
 def make_pdt(optimizer: torch.optim.Optimizer, **kwargs: Any) -> PDT:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
-
 from ..pdt import PDT
-from . import make_pdt
+from . import extra, make_pdt
+
+with extra("lightning", "lightning"):
+    import lightning.pytorch as pl
 
 __all__ = ["PDTCallback"]
 

@@ -18,11 +18,12 @@ import os
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
 from ..pdt import PDT
-from . import make_pdt
+from . import extra, make_pdt
+
+with extra("transformers", "transformers"):
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = ["PDTTrainerCallback"]
 

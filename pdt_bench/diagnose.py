@@ -1,0 +1,120 @@
+"""``pdt-bench diagnose``: what a PDT jump would do on a task's run, tensor by tensor and by kind.
+
+One run (the baseline by default: the trajectory PDT would see) is watched by
+:class:`torch_pdt.diagnostics.ForecastProbe` after every epoch. It writes ``OUT/diagnosis.json``
+(every report) and ``OUT/diagnosis.png`` (per parameter kind over the epochs: accepted share,
+median signal-to-noise of the epoch increments, and the forecast's error against where the run
+went, beside the linear step's), and prints one line per kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from functools import partial
+from pathlib import Path
+
+from torch import nn
+
+from torch_pdt.diagnostics import KINDS, ForecastProbe, JumpDiagnosis, by_kind, check_options
+
+from . import tasks
+from .compare import Progress, run_configs
+from .landscape import STUDY_DEFAULTS
+from .records import save_json
+from .train import run
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """The ``pdt-bench diagnose`` sub-command."""
+    p = sub.add_parser(
+        "diagnose",
+        help="why PDT accepts what it accepts: per tensor and kind, on one run",
+        description="Train one run (the baseline by default) and, after every epoch, judge the PDT jump that "
+        "could be made there without making it: share accepted, the check that rejects, the signal-to-noise "
+        "of the epoch increments, and the forecast's error against the weights reached tau epochs later.",
+    )
+    p.add_argument("--task", default="mnist1d-mlp", help=f"one of {', '.join(tasks.TASKS)} (default mnist1d-mlp)")
+    p.add_argument("--method", default="baseline", help="the run watched (default baseline)")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--epochs", type=int, help="default: the task's")
+    p.add_argument("--history", type=int, default=5, help="h (default 5; at least 3)")
+    p.add_argument("--horizon", type=int, default=5, help="tau (default 5)")
+    p.add_argument("--criterion", default="pdt", help="the criterion judged (default pdt)")
+    p.add_argument("--out", type=Path, help="output directory (default results/<task>-diagnosis)")
+    g = p.add_argument_group("data and machine")
+    g.add_argument("--data-dir", type=Path, help="datasets (default $PDT_DATA, else ../shared/data)")
+    g.add_argument("--cache-dir", type=Path, help="decoded-data cache (default $PDT_CACHE, else ~/.cache/torch-pdt)")
+    g.add_argument("--augment", action="store_true", help="image tasks: random crop and flip")
+    g.add_argument("--tiny", action="store_true", help="tiny data and model (smoke tests)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    # A PDT method watched runs at the paper's T0 and Ti; h and tau are the probe's.
+    defaults = {k: v for k, v in STUDY_DEFAULTS.items() if k != "augment"} | {"start_epoch": 5, "interval": 1}
+    p.set_defaults(func=_diagnose, **defaults)
+
+
+class _Watch:
+    """``on_weights`` for :func:`pdt_bench.train.run`: a probe built on the first call, stepped after each epoch."""
+
+    def __init__(self, history: int, horizon: int, criterion: str) -> None:
+        self.options = dict(history=history, horizon=horizon, criterion=criterion)
+        self.probe: ForecastProbe | None = None
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        if epoch == 0:  # the initial weights: PDT's first snapshot is after epoch 1
+            self.probe = ForecastProbe(model, **self.options)
+            return
+        assert self.probe is not None
+        self.probe.step()
+
+
+def summary_lines(reports: list[JumpDiagnosis]) -> list[str]:
+    """One line per kind: element share, then the mean over the judged epochs of each figure."""
+    pooled = [by_kind(r) for r in reports]
+    lines = [f"{'kind':<10} {'elements':>9} {'accepted':>9} {'snr':>7} {'dmd error':>10} {'linear error':>13}"]
+    for kind in KINDS:
+        rows = [p[kind] for p in pooled if kind in p]
+        if not rows:
+            continue
+
+        def mean(key: str, rows=rows) -> str:
+            values = [r[key] for r in rows if r[key] is not None]
+            return f"{sum(values) / len(values):.3g}" if values else "–"
+
+        lines.append(
+            f"{kind:<10} {int(rows[0]['numel']):>9} {mean('accepted'):>9} {mean('snr'):>7} "
+            f"{mean('forecast_error'):>10} {mean('linear_error'):>13}"
+        )
+    footnote = (
+        "accepted: share of elements the criterion accepts; snr: median |mean increment| / sd over h epochs; "
+        "errors: distance to the weights reached tau epochs later over the distance travelled (< 1: closer "
+        "than standing still); dmd: PDT's forecast, linear: w + tau * last step. Means over the epochs judged."
+    )
+    return lines + textwrap.wrap(footnote, 100)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    args.seeds = [args.seed]
+    (config,) = run_configs(args, [args.method])
+    check_options(args.history, args.horizon, args.criterion)  # before any training
+    watch = _Watch(args.history, args.horizon, args.criterion)
+    out = args.out or Path("results") / f"{args.task}-diagnosis"
+    progress = None if args.quiet else Progress(1)
+    try:
+        on_epoch = None if progress is None else partial(progress.epoch, config.method)
+        run(config, on_epoch=on_epoch, on_weights=watch)
+    finally:
+        if progress is not None:
+            progress.close()
+    assert watch.probe is not None
+    reports = watch.probe.reports
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"task": args.task, "method": config.method, "seed": args.seed} | watch.options
+    save_json(out / "diagnosis.json", {"settings": settings, "reports": reports})
+    from .plots import plot_diagnosis
+
+    plot_diagnosis(out / "diagnosis.png", reports, f"{args.task} {config.method}, seed {args.seed}")
+    print("\n".join(summary_lines(reports)))
+    print(f"wrote {out / 'diagnosis.json'} and {out / 'diagnosis.png'}")
+    return 0

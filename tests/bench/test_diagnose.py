@@ -1,0 +1,30 @@
+"""``pdt-bench diagnose`` on the tiny MNIST-1D task: it trains, reports every kind, and refuses bad options first."""
+
+from __future__ import annotations
+
+import json
+
+from pdt_bench.cli import main
+
+
+def test_diagnose_writes_reports_a_plot_and_a_line_per_kind(tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["diagnose", "--tiny", "--epochs", "9", "--history", "3", "--horizon", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads((out / "diagnosis.json").read_text())
+    reports = data["reports"]
+    # Snapshots after epochs 1..9; with h = 3 the probe judges from the third on.
+    assert [r["epoch"] for r in reports] == list(range(2, 9))
+    assert data["settings"] == {"task": "mnist1d-mlp", "method": "baseline", "seed": 0, "history": 3, "horizon": 2,
+                                "criterion": "pdt"}
+    assert all(t["forecast_error"] is not None for r in reports[:-2] for t in r["tensors"])
+    assert (out / "diagnosis.png").stat().st_size > 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:3] == ["kind", "elements", "accepted"] and printed[1].startswith("linear")
+    assert all(len(line) <= 100 for line in printed[:-1])  # the last names the files
+
+
+def test_bad_options_are_refused_before_training(tmp_path, capsys):
+    assert main(["diagnose", "--tiny", "--history", "2", "--out", str(tmp_path)]) == 2
+    assert "history must be an int >= 3" in capsys.readouterr().err
+    assert not (tmp_path / "diagnosis.json").exists()

@@ -1,0 +1,167 @@
+"""The run store: round trip, old run files, damaged lines, resume, byte-identical rewrites; compact figures."""
+
+import json
+import lzma
+import os
+from dataclasses import dataclass
+
+from fake_runs import make_run
+from PIL import Image
+
+from pdt_bench import plots, records
+from pdt_bench.compare import execute
+
+NAN = float("nan")
+
+
+def _runs():
+    """Three records; the floats are of every kind JSON must carry back exactly (NaN and inf included)."""
+    return {
+        "baseline-seed0": make_run("baseline", 0, [2.302585092994046, 0.1 + 0.2], [0.1, 1 / 3]),
+        "pdt-seed0": make_run("pdt", 0, [2.3, 5e-324], [0.2, 0.7816666666666666]),
+        "pdt-seed1": make_run("pdt", 1, [2.3, NAN], [0.2, float("inf")], diverged=True),
+    }
+
+
+def _write_files(directory, runs):
+    """The run files as the harness wrote them before the store: indented JSON, one file per run."""
+    (directory / "runs").mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        (directory / "runs" / f"{name}.json").write_text(json.dumps(run, indent=1, allow_nan=True))
+
+
+def _text(runs):
+    """Exact comparison, NaN included (``nan != nan``, so ``==`` on records cannot be used here)."""
+    return json.dumps(runs, allow_nan=True)
+
+
+def test_a_packed_study_loads_the_records_it_was_given(tmp_path):
+    runs = _runs()
+    _write_files(tmp_path, runs)
+    store = records.pack(tmp_path)
+    assert store == tmp_path / records.STORE and not (tmp_path / "runs").exists()
+    assert _text(records.load_named_runs(tmp_path)) == _text(runs)
+    assert records.load_named_runs(tmp_path)["pdt-seed0"] == runs["pdt-seed0"]
+    assert _text(records.load_run(tmp_path / "runs" / "pdt-seed1.json")) == _text(runs["pdt-seed1"])
+    assert records.stored_config(tmp_path / "runs" / "baseline-seed0.json") == runs["baseline-seed0"]["config"]
+    assert records.stored_config(tmp_path / "runs" / "ema-seed0.json") is None
+    # One compact, sorted line per run: readable with xzcat.
+    lines = lzma.decompress(store.read_bytes()).decode().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == sorted(runs)
+    assert all(", " not in line and ": " not in line for line in lines)
+
+
+def test_old_run_files_are_read_and_win_over_the_store(tmp_path):
+    runs = _runs()
+    _write_files(tmp_path, runs)  # a study from before the store: pretty-printed files only
+    assert _text(records.load_runs(tmp_path)) == _text(list(runs.values()))
+    records.pack(tmp_path)
+    newer = make_run("pdt", 0, [1.0, 0.5], [0.5, 0.9])
+    records.save_json(tmp_path / "runs" / "pdt-seed0.json", newer)  # finished since the last pack
+    assert records.load_named_runs(tmp_path)["pdt-seed0"] == newer
+    assert records.load_run(tmp_path / "runs" / "pdt-seed0.json") == newer
+    records.pack(tmp_path)
+    assert records.load_named_runs(tmp_path)["pdt-seed0"] == newer and not (tmp_path / "runs").exists()
+
+
+def test_the_migration_converts_every_study_under_a_folder(tmp_path, capsys):
+    for study in ("a", "b/c"):
+        _write_files(tmp_path / study, _runs())
+    assert records.main([str(tmp_path)]) == 0
+    assert "3 run files -> runs.jsonl.xz" in capsys.readouterr().out
+    for study in ("a", "b/c"):
+        assert _text(records.load_named_runs(tmp_path / study)) == _text(_runs())
+        assert not (tmp_path / study / "runs").exists()
+
+
+def _damage(store, number, text):
+    lines = lzma.decompress(store.read_bytes()).decode().splitlines()
+    lines[number - 1] = text
+    store.write_bytes(lzma.compress("".join(line + "\n" for line in lines).encode()))
+
+
+def test_a_damaged_line_is_named_and_counts_as_not_run(tmp_path, capsys):
+    _write_files(tmp_path, _runs())
+    store = records.pack(tmp_path)
+    capsys.readouterr()
+    _damage(store, 2, '{"name":"pdt-seed0","run":{"task":"ha')  # pdt-seed0's line, cut short
+    assert list(records.load_named_runs(tmp_path)) == ["baseline-seed0", "pdt-seed1"]
+    assert f"{store}: line 2: not a readable run record" in capsys.readouterr().err
+    assert records.stored_config(tmp_path / "runs" / "pdt-seed0.json") is None
+    _damage(store, 1, '{"name":"baseline-seed0","run":{"config":null}}')  # JSON, but not a record
+    assert list(records.load_named_runs(tmp_path)) == ["pdt-seed1"]
+    assert f"{store}: line 1: not a readable run record (TypeError" in capsys.readouterr().err
+
+
+def test_a_truncated_store_keeps_the_lines_before_the_damage(tmp_path, capsys):
+    runs = {f"baseline-seed{s}": make_run("baseline", s, [float(s)] * 400, [0.5] * 400) for s in range(40)}
+    _write_files(tmp_path, runs)
+    store = records.pack(tmp_path)
+    store.write_bytes(store.read_bytes()[: store.stat().st_size // 2])
+    capsys.readouterr()
+    kept = records.load_named_runs(tmp_path)
+    assert 0 < len(kept) < len(runs) and all(kept[name] == runs[name] for name in kept)
+    assert f"{store}: damaged after line" in capsys.readouterr().err
+
+
+def test_a_rewrite_without_change_is_byte_identical(tmp_path):
+    runs = _runs()
+    _write_files(tmp_path / "one", runs)
+    first = records.pack(tmp_path / "one").read_bytes()
+    # The same runs, written in another order at another time, give the same bytes (no time stamp).
+    _write_files(tmp_path / "two", dict(reversed(runs.items())))
+    assert records.pack(tmp_path / "two").read_bytes() == first
+    # Packing a run file that holds what the store holds already leaves the store untouched.
+    store = tmp_path / "one" / records.STORE
+    os.utime(store, ns=(0, 0))
+    records.save_json(tmp_path / "one" / "runs" / "pdt-seed0.json", runs["pdt-seed0"])
+    assert records.pack(tmp_path / "one") == store
+    assert store.read_bytes() == first and store.stat().st_mtime_ns == 0
+    assert records.pack(tmp_path / "one") is None  # nothing to fold
+
+
+@dataclass
+class _Config:
+    method: str
+    seed: int
+
+
+def _work(config, path, report=None):
+    """A run: its record, written where the harness's own runs write theirs."""
+    records.save_json(path, make_run(config.method, config.seed, [1.0, 0.5], [0.5, 0.9]))
+    return path
+
+
+def _finished(path, config):
+    return records.stored_config(path) is not None
+
+
+def test_a_study_resumes_from_its_store_and_reruns_only_a_damaged_run(tmp_path, capsys):
+    configs = [_Config("baseline", 0), _Config("pdt", 0), _Config("pdt", 1)]
+    first = execute(configs, tmp_path, jobs=0, quiet=True, work=_work, finished=_finished)
+    store = tmp_path / records.STORE
+    assert first == [records.load_named_runs(tmp_path)[f"{c.method}-seed{c.seed}"] for c in configs]
+    ran = []
+
+    def counting(config, path, report=None):
+        ran.append(f"{config.method}-seed{config.seed}")
+        return _work(config, path, report)
+
+    assert execute(configs, tmp_path, jobs=0, quiet=True, work=counting, finished=_finished) == first
+    assert ran == []  # every run found in the store is reused
+    _damage(store, 2, "not json")
+    capsys.readouterr()
+    assert execute(configs, tmp_path, jobs=0, quiet=True, work=counting, finished=_finished) == first
+    assert ran == ["pdt-seed0"] and f"{store}: line 2: not a readable run record" in capsys.readouterr().err
+    assert list(records.load_named_runs(tmp_path)) == ["baseline-seed0", "pdt-seed0", "pdt-seed1"]
+
+
+def test_a_figure_is_a_palette_png_that_keeps_every_line_colour(tmp_path):
+    curves = {"baseline": [[10, 3.0], [20, 2.5]], "pdt": [[10, 2.9], [20, 2.2]], "ema": [[10, 3.1], [20, 2.6]]}
+    runs = [{"method": m, "seed": 0, "curve": c, "diverged": False} for m, c in curves.items()]
+    path = plots.plot_steps(tmp_path / "steps.png", runs)
+    image = Image.open(path)
+    assert image.mode == "P" and image.width == 7 * plots.DPI  # the figure is 7 inches wide
+    used = [color for _, color in image.convert("RGB").getcolors(plots.COLORS)]
+    for line in [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)]:  # tab10's C0, C1, C2
+        assert min(max(abs(a - b) for a, b in zip(color, line)) for color in used) <= 2

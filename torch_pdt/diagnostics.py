@@ -1,0 +1,259 @@
+r"""Why PDT accepts what it accepts: a probe that watches a run and changes nothing.
+
+:class:`ForecastProbe` keeps the last ``h`` epochs of a model's weights in float64 and, every
+epoch once it has them, asks what a PDT jump would do there, tensor by tensor, without making it.
+With snapshots :math:`s_0 \dots s_{h-1}` of one element (oldest first), epoch increments
+:math:`d_j = s_{j+1} - s_j` and the optimizer's last step :math:`\Delta = d_{h-2}`:
+
+* **signal-to-noise** of the increments, :math:`|\bar d| / \operatorname{sd}(d)` over the
+  ``h - 1`` increments (the median over a tensor's elements). A weight that drifts steadily has a
+  large one; a weight pushed about by minibatch or augmentation noise has one near or below 1,
+  and the consistency check, which asks every predicted step to share :math:`\Delta`'s sign, then
+  rejects it;
+* **accepted share** and the share each check of the criterion rejects
+  (:func:`torch_pdt.reference.judge`, the readable float64 twin);
+* **forecast error**, once the run has reached the epoch forecast:
+  :math:`\lVert \hat w_\tau - w_{t+\tau}\rVert / \lVert w_{t+\tau} - w_t\rVert` on the accepted
+  elements and on all, beside the same ratio for the linear step :math:`w_t + \tau\Delta`. Below 1
+  the forecast is closer to where training went than standing still was.
+
+The forecast is one DMD of all parameters, as ``PDT(scope="model")``, from the readable twin
+(:func:`torch_pdt.reference.forecasts`: a thin SVD of the ``N x (h-1)`` snapshot matrix), so the
+probe costs ``O(N h)`` float64 memory and time per epoch: a tool for understanding a run, not for
+every run. Feed it the run PDT would see, a baseline without jumps, to measure the trajectory
+itself; beside a PDT run it measures the jumping trajectory.
+
+Example:
+    >>> model = torch.nn.Linear(3, 2)
+    >>> probe = ForecastProbe(model, history=3, horizon=2)
+    >>> for epoch in range(6):
+    ...     with torch.no_grad():
+    ...         for p in model.parameters():
+    ...             _ = p.mul_(0.9)  # every weight decays: a clean mode
+    ...     report = probe.step()
+    >>> [t["kind"] for t in report["tensors"]], report["tensors"][0]["accepted"] > 0
+    (['linear', 'linear'], True)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import TypedDict
+
+import torch
+from torch import Tensor, nn
+
+from . import reference
+
+__all__ = [
+    "ForecastProbe",
+    "JumpDiagnosis",
+    "TensorDiagnosis",
+    "by_kind",
+    "check_options",
+    "increment_snr",
+    "parameter_kinds",
+]
+
+KINDS = ("conv", "linear", "norm", "embedding", "other")
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+class TensorDiagnosis(TypedDict):
+    """One parameter tensor at one (unmade) jump."""
+
+    name: str
+    kind: str
+    """One of ``conv``, ``linear``, ``norm``, ``embedding``, ``other`` (the owning module's type)."""
+    numel: int
+    snr: float
+    """Median over the elements of :math:`|\\bar d| / \\operatorname{sd}(d)`."""
+    accepted: float
+    """Share of the elements the criterion accepts."""
+    rejected: dict[str, float]
+    """Share of the elements each check rejects (an element can fail several)."""
+    forecast_error: float | None
+    """Filled in ``horizon`` epochs later: the forecast's distance to the reached weights, over the
+    distance the weights travelled (all elements)."""
+    accepted_forecast_error: float | None
+    """The same on the accepted elements only (``None`` if none was accepted)."""
+    linear_error: float | None
+    """The same for the linear step :math:`w + \\tau\\Delta`, all elements."""
+
+
+class JumpDiagnosis(TypedDict):
+    """What :meth:`ForecastProbe.step` returns at an epoch where it could judge a jump."""
+
+    epoch: int
+    """The 0-based epoch of the newest snapshot (the epoch after which PDT would jump)."""
+    horizon: int
+    tensors: list[TensorDiagnosis]
+
+
+def parameter_kinds(model: nn.Module) -> dict[str, str]:
+    """The kind of each named parameter, by the type of the module that owns it."""
+    kinds = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            kind = "conv"
+        elif isinstance(module, (nn.Linear, nn.Bilinear)):
+            kind = "linear"
+        elif isinstance(module, _NORMS):
+            kind = "norm"
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            kind = "embedding"
+        else:
+            kind = "other"
+        for name, _ in module.named_parameters(recurse=False):
+            kinds[f"{module_name}.{name}" if module_name else name] = kind
+    return kinds
+
+
+def increment_snr(snapshots: Tensor) -> Tensor:
+    """Per element (row) of an ``N x h`` snapshot matrix: :math:`|\\bar d| / \\operatorname{sd}(d)`.
+
+    ``sd`` is the sample standard deviation of the ``h - 1`` increments (``h >= 3``). A steady
+    drift (``sd = 0``) gives ``inf``, a still element (no motion at all) ``0``.
+    """
+    if snapshots.dim() != 2 or snapshots.shape[1] < 3:
+        raise ValueError(f"snapshots must be N x h with h >= 3, got {tuple(snapshots.shape)}")
+    d = torch.diff(snapshots.to(torch.float64), dim=1)
+    mean, sd = d.mean(dim=1).abs(), d.std(dim=1)
+    return torch.where(mean == 0, torch.zeros_like(mean), mean / sd)
+
+
+def check_options(history: int, horizon: int, criterion: str) -> None:
+    """Refuse options :class:`ForecastProbe` cannot use, with a ``ValueError`` naming the argument."""
+    if isinstance(history, bool) or not isinstance(history, int) or history < 3:
+        raise ValueError(f"history must be an int >= 3, got {history!r}")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
+    if criterion not in reference.CRITERIA or criterion == "random":
+        raise ValueError(f"criterion must be one of {reference.CRITERIA[:-1]}, got {criterion!r}")
+
+
+class ForecastProbe:
+    r"""Watch a model's weights epoch by epoch; report what a PDT jump would do, without making it.
+
+    Args:
+        model: the model whose parameters (those with ``requires_grad``) are watched.
+        history: ``h``, epochs of weights the DMD is fitted to (``>= 3``, for a spread of increments).
+        horizon: ``tau``, epochs forecast ahead.
+        criterion: the criterion judged (:data:`torch_pdt.reference.CRITERIA` but ``"random"``).
+
+    Call :meth:`step` once after each epoch, where ``pdt.step()`` would go. It returns ``None``
+    until ``history`` snapshots are held, then a :class:`JumpDiagnosis`. Forecast errors of a
+    report are filled in place when the run reaches the epoch forecast, so keep the reports (all
+    of them are also in :attr:`reports`).
+    """
+
+    def __init__(self, model: nn.Module, history: int = 5, horizon: int = 5, criterion: str = "pdt") -> None:
+        check_options(history, horizon, criterion)
+        kinds = parameter_kinds(model)
+        self.named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not self.named:
+            raise ValueError("the model has no parameter that requires grad")
+        self.kinds = [kinds[name] for name, _ in self.named]
+        self.history, self.horizon, self.criterion = history, horizon, criterion
+        self.epoch = -1
+        self.reports: list[JumpDiagnosis] = []
+        self._snapshots: deque[Tensor] = deque(maxlen=history)
+        # epoch reached -> (report, forecast, linear step, origin, accepted mask)
+        self._pending: dict[int, tuple[JumpDiagnosis, Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def _flat(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for _, p in self.named])
+
+    def _bounds(self) -> Iterable[tuple[int, int]]:
+        start = 0
+        for _, p in self.named:
+            yield start, start + p.numel()
+            start += p.numel()
+
+    def step(self) -> JumpDiagnosis | None:
+        """Take this epoch's snapshot; settle forecasts made for it; judge a jump from here."""
+        self.epoch += 1
+        w = self._flat()
+        self._snapshots.append(w)
+        settled = self._pending.pop(self.epoch, None)
+        if settled is not None:
+            self._settle(w, *settled)
+        if len(self._snapshots) < self.history:
+            return None
+        S = torch.stack(list(self._snapshots), dim=1)  # N x h
+        tau = self.horizon
+        try:
+            predicted, _ = reference.forecasts(S, tau)
+        except ValueError:  # rank 0: the weights did not move
+            return None
+        origin, delta = S[:, -1], S[:, -1] - S[:, -2]
+        increments = torch.diff(torch.cat([origin[None], predicted]), dim=0)
+        displacement = predicted[-1] - origin
+        checks = reference.judge(increments, displacement, delta, tau, self.criterion)
+        accept = torch.isfinite(predicted[-1])
+        for mask in checks.values():
+            accept &= mask
+        snr = increment_snr(S)
+        tensors: list[TensorDiagnosis] = []
+        for (name, p), kind, (a, b) in zip(self.named, self.kinds, self._bounds()):
+            n = b - a
+            tensors.append(
+                TensorDiagnosis(
+                    name=name,
+                    kind=kind,
+                    numel=n,
+                    snr=float(snr[a:b].median()) if n else float("nan"),
+                    accepted=float(accept[a:b].sum()) / max(n, 1),
+                    rejected={c: float((~m[a:b]).sum()) / max(n, 1) for c, m in checks.items()},
+                    forecast_error=None,
+                    accepted_forecast_error=None,
+                    linear_error=None,
+                )
+            )
+        report = JumpDiagnosis(epoch=self.epoch, horizon=tau, tensors=tensors)
+        self.reports.append(report)
+        self._pending[self.epoch + tau] = (report, predicted[-1], origin + tau * delta, origin, accept)
+        return report
+
+    def _settle(
+        self, reached: Tensor, report: JumpDiagnosis, forecast: Tensor, linear: Tensor, origin: Tensor, accept: Tensor
+    ) -> None:
+        for entry, (a, b) in zip(report["tensors"], self._bounds()):
+            travelled = torch.linalg.vector_norm(reached[a:b] - origin[a:b])
+            if travelled == 0:
+                continue
+            miss = forecast[a:b] - reached[a:b]
+            entry["forecast_error"] = float(torch.linalg.vector_norm(miss) / travelled)
+            entry["linear_error"] = float(torch.linalg.vector_norm(linear[a:b] - reached[a:b]) / travelled)
+            kept = accept[a:b]
+            if kept.any():
+                moved = torch.linalg.vector_norm((reached[a:b] - origin[a:b])[kept])
+                if moved > 0:
+                    entry["accepted_forecast_error"] = float(torch.linalg.vector_norm(miss[kept]) / moved)
+
+
+def by_kind(report: JumpDiagnosis) -> dict[str, dict[str, float | None]]:
+    """A report's tensors pooled by kind: each figure the element-weighted mean of the tensors' own."""
+    pooled: dict[str, dict[str, float | None]] = {}
+    for kind in KINDS:
+        rows = [t for t in report["tensors"] if t["kind"] == kind]
+        n = sum(t["numel"] for t in rows)
+        if not n:
+            continue
+
+        def mean(key: str, rows=rows, n=n) -> float | None:
+            values = [(t[key], t["numel"]) for t in rows if t[key] is not None]
+            if not values:
+                return None
+            return sum(v * k for v, k in values) / sum(k for _, k in values)
+
+        pooled[kind] = {
+            "numel": float(n),
+            "accepted": mean("accepted"),
+            "snr": mean("snr"),
+            "forecast_error": mean("forecast_error"),
+            "linear_error": mean("linear_error"),
+        }
+    return pooled
