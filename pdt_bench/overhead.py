@@ -8,7 +8,8 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   hence the floor :math:`(h + 3) N \cdot \text{bytes} / \text{bandwidth}`;
 * the PDT step time over ``--repeat`` predictions (median and spread) and its parts:
   snapshot copy-in fused with the Gram update (and, for comparison, a plain copy of the same
-  size), the ``h x h`` algebra, the predict-mask-assemble pass; for each ``--kernel``
+  size), PDT's checks of the optimizer and the parameters' layouts, the ``h x h`` algebra,
+  the predict-mask-assemble pass; for each ``--kernel``
   (default both: the eager passes and the compiled ones of :mod:`torch_pdt.kernel`, after
   an untimed prediction that compiles them), each against the floor of its own run;
 * the extra memory PDT holds (RSS on CPU, the CUDA allocator on GPU) against ``h N`` values;
@@ -191,7 +192,8 @@ def measure(
         graded=graded,
         **kwargs,
     )
-    log: dict[str, list[float]] = {"push": [], "pass": [], "step": [], "second": []}
+    log: dict[str, list[float]] = {"push": [], "pass": [], "step": [], "second": [], "checks": []}
+    pdt._validate = _timed(pdt._validate, log["checks"], dev)
     pdt._history.push = _timed(pdt._history.push, log["push"], dev)
     pdt._pass = _timed(pdt._pass, log["pass"], dev)
     second_gram_pass = pdt._second_gram_pass
@@ -227,7 +229,10 @@ def measure(
         "copy_in_gram": log["push"],
         "second_gram": seconds,
         "pass": log["pass"],
-        "algebra": [s - p - g - q for s, p, g, q in zip(log["step"], log["push"], seconds, log["pass"])],
+        "checks": log["checks"],
+        "algebra": [
+            s - p - g - q - c for s, p, g, q, c in zip(log["step"], log["push"], seconds, log["pass"], log["checks"])
+        ],
         "accepted_ratio": [s["accepted_ratio"] for s in stats],
         "gram_passes": [s.get("gram_passes", 0) for s in stats],
         "snapshot_bytes": pdt.snapshot_bytes,
@@ -336,6 +341,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"    copy-in + Gram update   {_ms(r['copy_in_gram'])}",
         f"      (plain copy of N)     {_ms(r['copy'])}",
         f"    second Gram pass        {_ms(r['second_gram'])}",
+        f"    checks                  {_ms(r['checks'])}",
         f"    h x h algebra           {_ms(r['algebra'])}",
         f"    predict+mask+assemble   {_ms(r['pass'])}",
         f"  copy bandwidth            {bandwidth / 1e9:9.2f} GB/s (bytes read + written)",
@@ -364,12 +370,14 @@ def format_comparison(results: list[dict[str, Any]]) -> str:
     """One row per run (kernel, tensors): the step, its parts and the floor, all medians in ms."""
     rows = []
     for r in results:
-        parts = [statistics.median(r[k]) for k in ("step", "copy_in_gram", "second_gram", "algebra", "pass")]
+        parts = [statistics.median(r[k]) for k in ("step", "copy_in_gram", "second_gram", "checks", "algebra", "pass")]
         floor = floor_seconds(r)
         rows.append(
             [r["kernel"], str(r["tensors"]), *(f"{1e3 * t:.1f}" for t in [*parts, floor]), f"{parts[0] / floor:.2f}"]
         )
-    header = ["kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "algebra", "pass", "floor", "step/floor"]
+    header = [
+        "kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "checks", "algebra", "pass", "floor", "step/floor"
+    ]
     return markdown_table(header, rows)
 
 

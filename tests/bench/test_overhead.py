@@ -19,12 +19,14 @@ def test_overhead_reports_the_compiled_step_beside_the_eager_one_and_the_floor(c
     out = capsys.readouterr().out
     assert "PDT step, eager passes" in out and "PDT step, compiled passes" in out
     header, *body = table_rows(out[out.index("| kernel") :])
-    assert header == ["kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "algebra", "pass", "floor", "step/floor"]
+    assert header == [
+        "kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "checks", "algebra", "pass", "floor", "step/floor"
+    ]
     rows = {row[0]: [float(x) for x in row[1:]] for row in body}
     assert set(rows) == {"eager", "compiled"}
     # 20k parameters fit in any last-level cache: the report says its floor is the cache's.
     assert "a cache floor" in out
-    for tensors, step, copy_in, second, algebra, passes, floor, ratio in rows.values():
+    for tensors, step, copy_in, second, checks, algebra, passes, floor, ratio in rows.values():
         assert tensors == 1 and step > 0 and ratio > 0  # (ms to one decimal: the floor of 20k values prints as 0.0)
     # The default noisy trajectory never needs the second Gram pass.
     assert "second Gram pass not needed (0 of 2 steps)" in out and "(2h+3) N 4 B floor" not in out
