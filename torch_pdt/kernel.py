@@ -470,8 +470,8 @@ class FusedPasses:
     def _staging(self, group: _Group, flats: Sequence[Tensor]) -> tuple[Tensor, list[Tensor], Tensor]:
         """A staged group's contiguous buffer, its per-parameter views and their bounds, made once.
 
-        Kept because splitting a buffer into 10,000 views costs 27 ms: as much as the rest of
-        a step of 10,000 one-element tensors.
+        Kept: for 10,000 one-element tensors, splitting the buffer into views costs 3.4 ms and the
+        bounds 1.1 ms per predicting step (one thread), a fifth of what the passes cost.
         """
         found = self._staged.get(group)
         if found is None:
