@@ -426,6 +426,17 @@ def _smooth(sizes, epochs, seed=0):
     return [[(wi + vi * (1 - 0.8**e) / 0.2).float() for wi, vi in zip(w, v)] for e in range(epochs)]
 
 
+def _step_along_smooth(pdt, params, sizes):
+    """PDT's statistics at each of ``H + 3`` epochs of :func:`_smooth`, the parameters set to each."""
+    stats = []
+    for weights in _smooth(sizes, H + 3):
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        stats.append(pdt.step())
+    return stats
+
+
 @needs_compiler
 @pytest.mark.parametrize("per_tensor", [False, True], ids=["model", "per-tensor"])
 def test_the_second_gram_pass_matches_the_eager_one(per_tensor):
@@ -462,12 +473,7 @@ def test_a_smooth_history_takes_the_second_gram_pass_compiled_as_eager(scope):
         if pdt._history.fused is not None:  # count the compiled second passes
             second = pdt._history.fused._second
             pdt._history.fused._second = lambda *a, second=second: calls.append(1) or second(*a)
-        stats = []
-        for weights in _smooth(sizes, H + 3):
-            with torch.no_grad():
-                for p, w in zip(params, weights):
-                    p.copy_(w)
-            stats.append(pdt.step())
+        stats = _step_along_smooth(pdt, params, sizes)
         assert all(s["gram_passes"] == 2 for s in stats if s["predicted"]) and stats[-1]["predicted"]
         runs.append((pdt, stats, params, calls))
     assert runs[0][3] and not runs[1][3]
@@ -488,13 +494,7 @@ def test_a_second_gram_pass_that_fails_to_compile_runs_eager_under_auto_and_rais
 
         if break_second:
             pdt._history.fused._second = fails
-        stats = []
-        for weights in _smooth(sizes, H + 3):
-            with torch.no_grad():
-                for p, w in zip(params, weights):
-                    p.copy_(w)
-            stats.append(pdt.step())
-        return pdt, stats, params
+        return pdt, _step_along_smooth(pdt, params, sizes), params
 
     with caplog.at_level("WARNING", logger="torch_pdt"):
         failed = run("auto", True)
