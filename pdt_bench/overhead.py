@@ -8,7 +8,8 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   hence the floor :math:`(h + 3) N \cdot \text{bytes} / \text{bandwidth}`;
 * the PDT step time over ``--repeat`` predictions (median and spread) and its parts:
   snapshot copy-in fused with the Gram update (and, for comparison, a plain copy of the same
-  size), the ``h x h`` algebra, the predict-mask-assemble pass; for each ``--kernel``
+  size), PDT's checks of the optimizer and the parameters' layouts, the ``h x h`` algebra,
+  the predict-mask-assemble pass; for each ``--kernel``
   (default both: the eager passes and the compiled ones of :mod:`torch_pdt.kernel`, after
   an untimed prediction that compiles them), each against the floor of its own run;
 * the extra memory PDT holds (RSS on CPU, the CUDA allocator on GPU) against ``h N`` values;
@@ -18,8 +19,16 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   snapshots; with ``--sweep``, the step time for ``N`` in 1M, 10M, 57M and 100M.
 
 The snapshots follow a synthetic but training-like trajectory: every weight drifts with a
-geometrically decaying velocity (a slow mode, 0.9 per epoch) plus independent per-epoch noise
-of a third of the drift, so PDT accepts part of the elements, as in real training.
+geometrically decaying velocity (a slow mode, 0.9 per epoch) plus, with ``--trajectory noisy``
+(the default), independent per-epoch noise of a third of the drift, so PDT accepts part of the
+elements, as in real training. ``--trajectory smooth`` drops the noise: a history of rank two
+but for float32 rounding, as late in training at a small learning rate, whose first Cholesky-QR
+pass is not accurate enough, so every prediction takes the second Gram pass.
+
+``--tensors T`` splits the ``N`` parameters into ``T`` tensors (the per-tensor costs: a model of
+many small biases and norms) and times one tensor of ``N`` in the same run, for the ratio. The
+report says which passes ran (eager or compiled, and how many Gram passes) and the step against
+the floor of its own run.
 """
 
 from __future__ import annotations
@@ -47,8 +56,11 @@ __all__ = [
     "format_comparison",
     "format_report",
     "format_sweep",
+    "format_tensor_ratios",
     "measure",
     "parse_count",
+    "passes_run",
+    "split_sizes",
 ]
 
 PAPER_TABLE_8 = (
@@ -69,23 +81,41 @@ def parse_count(text: str) -> int:
     return int(value * scale)
 
 
+TRAJECTORIES = ("noisy", "smooth")
+"""``--trajectory``: the drift with per-epoch noise of a third of it, or the drift alone."""
+
+NOISE = {"noisy": 0.3e-3, "smooth": 0.0}
+"""Per-epoch noise of each trajectory (the drift starts at 1e-3 per epoch)."""
+
+
 class Trajectory:
     """Training-like weights for ``n`` parameters, advanced in place one epoch at a time."""
 
-    def __init__(self, n: int, device: torch.device, seed: int = 0) -> None:
+    def __init__(self, n: int, device: torch.device, seed: int = 0, kind: str = "noisy") -> None:
         self.g = torch.Generator(device=device).manual_seed(seed)
         self.weights = 0.05 * torch.randn(n, generator=self.g, device=device)
         self.velocity = 1e-3 * torch.randn(n, generator=self.g, device=device)
         self.noise = torch.zeros(n, device=device)
+        self.scale = NOISE[kind]
 
-    def advance(self, param: torch.Tensor) -> None:
-        """One epoch: drift, decay the drift, add noise; the optimizer's result goes into ``param``."""
+    def advance(self, params: list[torch.Tensor]) -> None:
+        """One epoch: drift, decay the drift, add noise; the optimizer's result goes into ``params``
+        (the weights split in order)."""
         self.weights += self.velocity
         self.velocity *= 0.9
-        torch.randn(self.noise.shape, generator=self.g, out=self.noise)
-        self.weights.add_(self.noise, alpha=0.3e-3)
+        if self.scale:
+            torch.randn(self.noise.shape, generator=self.g, out=self.noise)
+            self.weights.add_(self.noise, alpha=self.scale)
         with torch.no_grad():
-            param.copy_(self.weights)
+            torch._foreach_copy_(params, list(self.weights.split([p.numel() for p in params])))
+
+
+def split_sizes(n: int, tensors: int) -> list[int]:
+    """``n`` elements as ``tensors`` sizes differing by at most one."""
+    if not 1 <= tensors <= n:
+        raise ValueError(f"--tensors must be in [1, N = {n}], got {tensors}")
+    base, extra = divmod(n, tensors)
+    return [base + 1] * extra + [base] * (tensors - extra)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,18 +161,21 @@ def measure(
     kernel: str = "eager",
     scope: str = "model",
     graded: bool = False,
+    trajectory: str = "noisy",
+    tensors: int = 1,
 ) -> dict[str, Any]:
-    """Time ``repeat`` PDT prediction steps on ``n`` float32 parameters; see the module docstring.
+    """Time ``repeat`` PDT prediction steps on ``n`` float32 parameters in ``tensors`` tensors
+    along a ``trajectory`` (:data:`TRAJECTORIES`); see the module docstring.
 
     Returns times in seconds (lists, one entry per repetition) and memory in bytes.
     """
     dev = torch.device(device)
-    trajectory = Trajectory(n, dev)
-    param = nn.Parameter(torch.zeros(n, device=dev))
+    weights = Trajectory(n, dev, kind=trajectory)
+    params = [nn.Parameter(torch.zeros(size, device=dev)) for size in split_sizes(n, tensors)]
     # Measured on buffers that exist anyway, so that no transient allocation raises the
     # process's peak memory before PDT's is measured.
-    copies = copy_seconds(trajectory.weights, param.data, repeat)
-    opt = torch.optim.SGD([param], lr=0.0)
+    copies = copy_seconds(weights.weights, weights.noise, repeat)
+    opt = torch.optim.SGD(params, lr=0.0)
     gc.collect()
     memory.reset_peak(dev)
     before = memory.current(dev)
@@ -159,20 +192,26 @@ def measure(
         graded=graded,
         **kwargs,
     )
-    log: dict[str, list[float]] = {"push": [], "pass": [], "step": []}
+    log: dict[str, list[float]] = {"push": [], "pass": [], "step": [], "second": [], "checks": []}
+    pdt._validate = _timed(pdt._validate, log["checks"], dev)
     pdt._history.push = _timed(pdt._history.push, log["push"], dev)
     pdt._pass = _timed(pdt._pass, log["pass"], dev)
+    second_gram_pass = pdt._second_gram_pass
+    pdt._second_gram_pass = lambda layerwise: _timed(second_gram_pass(layerwise), log["second"], dev)
     step = _timed(pdt.step, log["step"], dev)
     # h steps: the history fills and the last one predicts once (compiling, for "compiled").
     for _ in range(history):
-        trajectory.advance(param)
+        weights.advance(params)
         step()
     for key in log:
         log[key].clear()
     stats = []
     for _ in range(repeat):
-        trajectory.advance(param)
+        weights.advance(params)
         stats.append(step())
+    # The second Gram pass runs at most once per step: its time, or 0 where it did not run.
+    second = iter(log["second"])
+    seconds = [next(second) if s.get("gram_passes", 0) > 1 else 0.0 for s in stats]
     result: dict[str, Any] = {
         "n": n,
         "history": history,
@@ -181,13 +220,19 @@ def measure(
         "storage": storage,
         "scope": scope,
         "graded": graded,
+        "trajectory": trajectory,
+        "tensors": tensors,
         "kernel": "compiled" if pdt._history.fused is not None else "eager",
         "threads": torch.get_num_threads(),
         "copy": copies,
         "step": log["step"],
         "copy_in_gram": log["push"],
+        "second_gram": seconds,
         "pass": log["pass"],
-        "algebra": [s - p - q for s, p, q in zip(log["step"], log["push"], log["pass"])],
+        "checks": log["checks"],
+        "algebra": [
+            s - p - g - q - c for s, p, g, q, c in zip(log["step"], log["push"], seconds, log["pass"], log["checks"])
+        ],
         "accepted_ratio": [s["accepted_ratio"] for s in stats],
         "gram_passes": [s.get("gram_passes", 0) for s in stats],
         "snapshot_bytes": pdt.snapshot_bytes,
@@ -262,6 +307,24 @@ def floor_seconds(r: dict[str, Any]) -> float:
     return (r["history"] + 3) / 2 * statistics.median(r["copy"])
 
 
+def passes_run(r: dict[str, Any]) -> str:
+    """Which passes the timed steps ran, and how: copy-in, the second Gram pass (in how many steps), predict."""
+    second = sum(p > 1 for p in r["gram_passes"])
+    return (
+        f"copy-in+Gram {r['kernel']}, second Gram pass {r['kernel'] if second else 'not needed'} "
+        f"({second} of {len(r['gram_passes'])} steps), predict+mask+assemble {r['kernel']}"
+    )
+
+
+def _second_read_words(r: dict[str, Any], step: float, floor: float) -> str | None:
+    """Where the second Gram pass ran, the floor of a step that reads the snapshots twice: (2h + 3) N values."""
+    if not any(p > 1 for p in r["gram_passes"]):
+        return None
+    h = r["history"]
+    twice = floor * (2 * h + 3) / (h + 3)
+    return f"  step / (2h+3) N 4 B floor  {step / twice:9.2f}   (the second Gram pass reads the h snapshots again)"
+
+
 def format_report(r: dict[str, Any]) -> str:
     n, h = r["n"], r["history"]
     vector = 4 * n
@@ -269,19 +332,23 @@ def format_report(r: dict[str, Any]) -> str:
     floor = floor_seconds(r)
     step = statistics.median(r["step"])
     lines = [
-        f"PDT step, {r['kernel']} passes, N = {n:,} float32 parameters, h = {h}, tau = {r['horizon']}, "
-        f"scope {r['scope']}{', graded' if r['graded'] else ''}, "
-        f"device {r['device']}, storage {r['storage']}, {r['threads']} thread(s), {len(r['step'])} repetitions "
-        "(median [min - max])",
+        f"PDT step, {r['kernel']} passes, N = {n:,} float32 parameters in {r['tensors']:,} tensor(s), h = {h}, "
+        f"tau = {r['horizon']}, scope {r['scope']}{', graded' if r['graded'] else ''}, "
+        f"{r['trajectory']} trajectory, device {r['device']}, storage {r['storage']}, {r['threads']} thread(s), "
+        f"{len(r['step'])} repetitions (median [min - max])",
+        f"  passes run                {passes_run(r)}",
         f"  step                      {_ms(r['step'])}",
         f"    copy-in + Gram update   {_ms(r['copy_in_gram'])}",
         f"      (plain copy of N)     {_ms(r['copy'])}",
-        f"    h x h algebra           {_ms(r['algebra'])}   Gram passes: {sorted(set(r['gram_passes']))}",
+        f"    second Gram pass        {_ms(r['second_gram'])}",
+        f"    checks                  {_ms(r['checks'])}",
+        f"    h x h algebra           {_ms(r['algebra'])}",
         f"    predict+mask+assemble   {_ms(r['pass'])}",
         f"  copy bandwidth            {bandwidth / 1e9:9.2f} GB/s (bytes read + written)",
         f"  floor (h+3) N 4 B / bw    {1e3 * floor:9.1f} ms",
         *filter(None, [_cache_words(r)]),
         f"  step / floor              {step / floor:9.2f}",
+        *filter(None, [_second_read_words(r, step, floor)]),
         f"  extra memory              {r['memory'] / 2**20:9.0f} MB ({r['memory_kind']}); snapshots h N 4 B = "
         f"{h * vector / 2**20:.0f} MB; budget h N 4 B + N 4 B + 64 MB = {((h + 1) * vector) / 2**20 + 64:.0f} MB",
         f"  accepted ratio            {statistics.median(r['accepted_ratio']):9.3f}",
@@ -300,13 +367,28 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def format_comparison(results: list[dict[str, Any]]) -> str:
-    """One row per kernel: the step, its parts and the floor, all medians in ms."""
+    """One row per run (kernel, tensors): the step, its parts and the floor, all medians in ms."""
     rows = []
     for r in results:
-        parts = [statistics.median(r[k]) for k in ("step", "copy_in_gram", "algebra", "pass")]
+        parts = [statistics.median(r[k]) for k in ("step", "copy_in_gram", "second_gram", "checks", "algebra", "pass")]
         floor = floor_seconds(r)
-        rows.append([r["kernel"], *(f"{1e3 * t:.1f}" for t in [*parts, floor]), f"{parts[0] / floor:.2f}"])
-    return markdown_table(["kernel", "step", "copy-in+Gram", "algebra", "pass", "floor", "step/floor"], rows)
+        rows.append(
+            [r["kernel"], str(r["tensors"]), *(f"{1e3 * t:.1f}" for t in [*parts, floor]), f"{parts[0] / floor:.2f}"]
+        )
+    header = [
+        "kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "checks", "algebra", "pass", "floor", "step/floor"
+    ]
+    return markdown_table(header, rows)
+
+
+def format_tensor_ratios(results: list[dict[str, Any]]) -> str:
+    """Per kernel, the step with many tensors against the step with one tensor of the same size."""
+    lines = []
+    for many in (r for r in results if r["tensors"] > 1):
+        one = next(r for r in results if r["tensors"] == 1 and r["kernel"] == many["kernel"])
+        ratio = statistics.median(many["step"]) / statistics.median(one["step"])
+        lines.append(f"{many['kernel']}: the step with {many['tensors']:,} tensors is {ratio:.2f}x the step with one")
+    return "\n".join(lines)
 
 
 def format_sweep(results: list[dict[str, Any]]) -> str:
@@ -341,6 +423,7 @@ def _overhead(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         scope=args.scope,
         graded=args.graded,
+        trajectory=args.trajectory,
     )
     kernels = ("eager", "compiled") if args.kernel == "both" else (args.kernel,)
     if args.sweep:
@@ -353,12 +436,18 @@ def _overhead(args: argparse.Namespace) -> int:
         print(format_sweep(results))
         return 0
     results = []
+    n = parse_count(args.params)
+    layouts = (1, args.tensors) if args.tensors > 1 else (1,)
     for i, kernel in enumerate(kernels):
-        results.append(measure(parse_count(args.params), with_naive=args.naive and i == 0, kernel=kernel, **common))
-        print(format_report(results[-1]))
-        gc.collect()
+        for tensors in layouts:
+            naive = args.naive and i == 0 and tensors == 1
+            results.append(measure(n, with_naive=naive, kernel=kernel, tensors=tensors, **common))
+            print(format_report(results[-1]))
+            gc.collect()
     if len(results) > 1:
         print(format_comparison(results))
+    if args.tensors > 1:
+        print(format_tensor_ratios(results))
     return 0
 
 
@@ -381,6 +470,15 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--scope", choices=["model", "layer"], default="model", help="PDT's scope (default model)")
     p.add_argument("--graded", action="store_true", help="PDT's graded horizon")
+    p.add_argument(
+        "--trajectory",
+        choices=TRAJECTORIES,
+        default="noisy",
+        help="the weights' history: drift and noise, or a smooth drift that takes the second Gram pass (default noisy)",
+    )
+    p.add_argument(
+        "--tensors", type=int, default=1, help="split N into this many tensors, and time one tensor beside (default 1)"
+    )
     p.add_argument("--naive", action="store_true", help="also time the straightforward implementation")
     p.add_argument("--sweep", action="store_true", help="time N = 1M, 10M, 57M, 100M instead")
     p.set_defaults(func=_overhead)

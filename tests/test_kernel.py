@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_pdt import PDT, kernel, reference
+from torch_pdt import PDT, dmd, kernel, reference
 from torch_pdt.criteria import CRITERIA, extremes
 from torch_pdt.snapshots import SnapshotHistory
 
@@ -414,3 +414,92 @@ def test_a_forecast_that_overflows_float16_is_rejected_by_both_passes(kernel_cho
         stats = pdt.step()
     assert stats["predicted"] and stats["accepted"] == 0 and stats["rejected"]["nonfinite"] == 1000
     assert torch.isfinite(p).all()
+
+
+def _smooth(sizes, epochs, seed=0):
+    """A drift decaying 0.8 per epoch, float32: differences parallel but for rounding (about 1e-5
+    of them), a basis so ill-conditioned that the first Cholesky-QR pass is not enough (the second
+    runs), and forecasts well inside the criterion's bounds."""
+    g = torch.Generator().manual_seed(seed)
+    w = [torch.randn(n, generator=g, dtype=torch.float64) for n in sizes]
+    v = [1e-2 * torch.randn(n, generator=g, dtype=torch.float64) for n in sizes]
+    return [[(wi + vi * (1 - 0.8**e) / 0.2).float() for wi, vi in zip(w, v)] for e in range(epochs)]
+
+
+def _step_along_smooth(pdt, params, sizes):
+    """PDT's statistics at each of ``H + 3`` epochs of :func:`_smooth`, the parameters set to each."""
+    stats = []
+    for weights in _smooth(sizes, H + 3):
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        stats.append(pdt.step())
+    return stats
+
+
+@needs_compiler
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["model", "per-tensor"])
+def test_the_second_gram_pass_matches_the_eager_one(per_tensor):
+    sizes = [kernel.SMALL + 5, 7, 0, 1, 300]
+    epochs = _smooth(sizes, H + 2)
+    history = SnapshotHistory(epochs[0], H, per_tensor=per_tensor)
+    for flats in epochs[1:]:
+        history.push(flats)
+    fused = kernel.FusedPasses(*history.layout(), per_tensor=per_tensor)
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(H, H, generator=g, dtype=torch.float64) * 1e3  # entries like 1/sigma_min
+    T = dmd.consecutive_basis(H)
+    if per_tensor:
+        Ws = [None if i == 1 else W * (i + 1) for i in range(len(sizes))]
+        expected = history.tensor_gram_of(1 << 10)(Ws)
+        got = fused.gram(history.rows(), [None if w is None else (T @ w).T for w in Ws])
+        assert not got[1].any()
+    else:
+        expected = history.gram_of(1 << 10)(W)[None]
+        got = fused.gram(history.rows(), (T @ W).T)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+
+
+@needs_compiler
+@pytest.mark.parametrize("scope", ["model", "layer"])
+def test_a_smooth_history_takes_the_second_gram_pass_compiled_as_eager(scope):
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    runs = []
+    for kernel_name in ("compiled", "eager"):
+        params = [nn.Parameter(torch.zeros(n)) for n in sizes]
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        pdt = PDT(optimizer, history=H, horizon=TAU, start_epoch=H, interval=0, kernel=kernel_name, scope=scope)
+        calls = []
+        if pdt._history.fused is not None:  # count the compiled second passes
+            second = pdt._history.fused._second
+            pdt._history.fused._second = lambda *a, second=second: calls.append(1) or second(*a)
+        stats = _step_along_smooth(pdt, params, sizes)
+        assert all(s["gram_passes"] == 2 for s in stats if s["predicted"]) and stats[-1]["predicted"]
+        runs.append((pdt, stats, params, calls))
+    assert runs[0][3] and not runs[1][3]
+    _same_run(runs[0][:3], runs[1][:3], rtol=1e-6)
+
+
+@needs_compiler
+def test_a_second_gram_pass_that_fails_to_compile_runs_eager_under_auto_and_raises_under_compiled(caplog):
+    sizes = [3] * kernel.AUTO_MIN_TENSORS
+
+    def run(kernel_name, break_second):
+        params = [nn.Parameter(torch.zeros(n)) for n in sizes]
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        pdt = PDT(optimizer, history=H, horizon=TAU, start_epoch=H, interval=0, kernel=kernel_name)
+
+        def fails(*args):
+            raise RuntimeError("no compiler for the second pass")
+
+        if break_second:
+            pdt._history.fused._second = fails
+        return pdt, _step_along_smooth(pdt, params, sizes), params
+
+    with caplog.at_level("WARNING", logger="torch_pdt"):
+        failed = run("auto", True)
+    assert "could not compile" in caplog.text and "second pass" in caplog.text
+    assert failed[0]._history.fused is None and all(s["gram_passes"] == 2 for s in failed[1] if s["predicted"])
+    _same_run(failed, run("eager", False), rtol=1e-6)
+    with pytest.raises(RuntimeError, match="second pass"):
+        run("compiled", True)

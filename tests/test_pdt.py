@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from torch_pdt import PDT, dmd
+from torch_pdt import PDT, dmd, kernel
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -579,3 +579,30 @@ def test_never_writes_a_non_finite_value(kind, scale, criterion, horizon, seed, 
         assert stats["predicted"] or stats["reason"]
         assert bool(torch.isfinite(p).all()) == (finite_before or stats["rolled_back"])
         assert torch.isfinite(opt.state[p]["momentum_buffer"]).all()
+
+
+@pytest.mark.parametrize("choice", ["eager", "compiled"])
+def test_a_parameter_whose_memory_is_replaced_is_predicted_in_its_new_memory(choice):
+    """PDT keeps the parameters' flat views between steps; ``p.data = ...`` (same layout) must not
+    leave it writing the old memory."""
+    if choice == "compiled" and not kernel.compiles(torch.device("cpu")):
+        pytest.skip("no C++ compiler")
+
+    def run(replace):
+        p = nn.Parameter(torch.zeros(64))
+        pdt = PDT(torch.optim.SGD([p], lr=0.0), history=3, horizon=2, start_epoch=3, interval=0, kernel=choice)
+        g = torch.Generator().manual_seed(0)
+        v = 1e-2 * torch.randn(64, generator=g)
+        accepted = []
+        for epoch in range(6):
+            with torch.no_grad():
+                p.add_(v + 3e-3 * torch.randn(64, generator=g))
+                v *= 0.8
+            if replace and epoch == 4:
+                p.data = p.data.clone()
+            accepted.append(pdt.step().get("accepted", 0))
+        return p.detach().clone(), accepted
+
+    (moved, accepted), (kept, _) = run(True), run(False)
+    assert accepted[-1] > 0
+    assert torch.equal(moved, kept)

@@ -65,8 +65,9 @@ negated when mirrored; their ratio is the same). :func:`torch_pdt.jump.updater` 
 class PassCounts:
     """What one pass counted, on this process."""
 
-    accepted: list[Tensor]
-    """Per parameter, its accepted elements (int64, on its device)."""
+    accepted: Tensor
+    """int64 on the CPU: per parameter, its accepted elements (one tensor: a model of 10,000
+    tensors spent 10 ms unbinding and restacking a list)."""
     passing: Tensor
     """int64 on the CPU: elements passing each check of :data:`~torch_pdt.criteria.CHECKS`, then finite ones."""
     applied: set[str]
@@ -78,7 +79,7 @@ class PassCounts:
         """All counts in one int64 CPU tensor (accepted per parameter, :attr:`passing`, then
         :attr:`per_horizon` where graded), to sum over ranks."""
         graded = [] if self.per_horizon is None else [self.per_horizon]
-        return torch.cat([torch.stack([a.cpu() for a in self.accepted]), self.passing, *graded])
+        return torch.cat([self.accepted, self.passing, *graded])
 
     def statistics(self, counts: Tensor, names: Sequence[str], numels: Sequence[int]) -> dict[str, Any]:
         """PDT's statistics of the pass from :meth:`counts` (summed over ranks where sharded)."""
@@ -225,7 +226,7 @@ def predict_pass(
     per_horizon = None
     if graded:
         per_horizon = sum((t.cpu() for t in levels.values()), torch.zeros(tau + 1, dtype=torch.int64))[1:]
-    return PassCounts(accepted, passing, applied, per_horizon)
+    return PassCounts(torch.stack([a.cpu() for a in accepted]), passing, applied, per_horizon)
 
 
 def _grade(

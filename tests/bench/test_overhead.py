@@ -19,13 +19,17 @@ def test_overhead_reports_the_compiled_step_beside_the_eager_one_and_the_floor(c
     out = capsys.readouterr().out
     assert "PDT step, eager passes" in out and "PDT step, compiled passes" in out
     header, *body = table_rows(out[out.index("| kernel") :])
-    assert header == ["kernel", "step", "copy-in+Gram", "algebra", "pass", "floor", "step/floor"]
+    assert header == [
+        "kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "checks", "algebra", "pass", "floor", "step/floor"
+    ]
     rows = {row[0]: [float(x) for x in row[1:]] for row in body}
     assert set(rows) == {"eager", "compiled"}
     # 20k parameters fit in any last-level cache: the report says its floor is the cache's.
     assert "a cache floor" in out
-    for step, copy_in, algebra, passes, floor, ratio in rows.values():
-        assert step > 0 and ratio > 0  # (milliseconds to one decimal: the floor of 20k values prints as 0.0)
+    for tensors, step, copy_in, second, checks, algebra, passes, floor, ratio in rows.values():
+        assert tensors == 1 and step > 0 and ratio > 0  # (ms to one decimal: the floor of 20k values prints as 0.0)
+    # The default noisy trajectory never needs the second Gram pass.
+    assert "second Gram pass not needed (0 of 2 steps)" in out and "(2h+3) N 4 B floor" not in out
 
 
 @needs_compiler
@@ -53,3 +57,25 @@ def test_the_floor_is_a_memory_floor_once_the_copy_outgrows_the_last_level_cache
     fits, outgrows = ({"device": "cpu", "n": n} for n in (size // 8, size // 8 + 1))
     assert "cache floor" in bench._cache_words(fits)
     assert bench._cache_words(outgrows) is None
+
+
+@needs_compiler
+def test_a_smooth_trajectory_in_many_tensors_takes_the_second_gram_pass_compiled(capsys):
+    args = ["overhead", "--params", "20k", "--repeat", "2", "--history", "3", "--horizon", "2", "--kernel", "compiled"]
+    assert cli.main([*args, "--trajectory", "smooth", "--tensors", "300"]) == 0
+    out = capsys.readouterr().out
+    passes = "copy-in+Gram compiled, second Gram pass compiled (2 of 2 steps), predict+mask+assemble compiled"
+    assert out.count(passes) == 2  # one tensor, then 300
+    assert "in 300 tensor(s)" in out and "smooth trajectory" in out
+    header, *body = table_rows(out[out.index("| kernel") :])
+    assert [row[:2] for row in body] == [["compiled", "1"], ["compiled", "300"]]
+    assert all(float(row[header.index("2nd Gram")]) > 0 for row in body)
+    assert "compiled: the step with 300 tensors is" in out
+    assert out.count("step / (2h+3) N 4 B floor") == 2  # the floor of a step that reads the snapshots twice
+
+
+def test_the_tensors_split_the_parameters_evenly():
+    assert bench.split_sizes(10, 3) == [4, 3, 3]
+    assert bench.split_sizes(5, 5) == [1] * 5
+    with pytest.raises(ValueError, match="--tensors"):
+        bench.split_sizes(5, 6)
