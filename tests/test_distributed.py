@@ -29,19 +29,21 @@ _spec.loader.exec_module(worker)  # the model and PDT settings the ranks use
 WORLD = 2
 
 
-def launch(out: Path, timeout: float) -> list[subprocess.CompletedProcess]:
-    """Run the worker on WORLD processes; kill them all after ``timeout`` seconds."""
+def launch(
+    out: Path, timeout: float, worker: Path = WORKER, args: tuple[str, ...] = (), world: int = WORLD
+) -> list[subprocess.CompletedProcess]:
+    """Run ``worker`` (with ``args``, then ``out``) on ``world`` processes; kill them all after ``timeout`` seconds."""
     # One thread per rank: WORLD processes with a thread per core each would oversubscribe the CPU.
-    env = {**os.environ, "WORLD_SIZE": str(WORLD), "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WORLD_SIZE": str(world), "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(out)],
+            [sys.executable, str(worker), *args, str(out)],
             env={**env, "RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for r in range(WORLD)
+        for r in range(world)
     ]
     done = []
     try:

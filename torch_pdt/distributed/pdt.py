@@ -414,19 +414,22 @@ class DistributedPDT(PDT, Joinable):
         super().load_state_dict(state_dict)
         self._resumed(state_dict, None if ranks is None else int(ranks["run"]))
 
+    def _load_resharded(self, state_dict: dict[str, Any], run: int | None) -> None:
+        """Load a state whose snapshots are this rank's shards already (from :mod:`torch_pdt.distributed.dcp`)."""
+        PDT.load_state_dict(self, state_dict)
+        self._resumed(state_dict, run)
+
     def _resumed(self, state_dict: dict[str, Any], run: int | None) -> None:
         """Record the origin of a state just loaded: what every rank's must equal at the next step."""
         shared = [state_dict[k] for k in ("epoch", "plain_epochs", "optimizer_steps", "schedule")]
         if not self.sharded:  # the snapshots are every rank's too
-            shared.append([_bit_checksums(t.reshape(-1), self.chunk_size).tolist() for t in self._history_tensors()])
+            snapshots = state_dict["history"]["snapshots"]
+            shared.append([_bit_checksums(t.reshape(-1), self.chunk_size).tolist() for t in snapshots])
         if run is not None:
             self._run = run
         self._origin = _hash((run, shared))
-        self._origin_note = f"a state resumed at step {self.epoch} of run {run:x}" if run else "a resumed state"
-
-    def _history_tensors(self) -> list[Tensor]:
-        """The snapshot storage (one tensor per device and dtype), for checksums."""
-        return self._history.layout()[0]
+        where = "" if run is None else f" of run {run:x}"
+        self._origin_note = f"a state resumed at step {self.epoch}{where}"
 
     # --- hooks of PDT ------------------------------------------------------------------------
 
