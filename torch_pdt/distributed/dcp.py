@@ -58,12 +58,13 @@ class DCPState(Stateful):
         >>> from torch_pdt import PDT
         >>> model = torch.nn.Linear(3, 2)
         >>> pdt = PDT(torch.optim.SGD(model.parameters(), lr=0.1), history=2)
+        >>> _ = pdt.step()
         >>> path = tempfile.mkdtemp()
-        >>> dcp.save({"pdt": DCPState(pdt)}, checkpoint_id=path, no_dist=True)
+        >>> _ = dcp.save({"pdt": DCPState(pdt)}, checkpoint_id=path, no_dist=True)
         >>> resumed = PDT(torch.optim.SGD(model.parameters(), lr=0.1), history=2)
         >>> dcp.load({"pdt": DCPState(resumed)}, checkpoint_id=path, no_dist=True)
-        >>> resumed.epoch
-        0
+        >>> resumed.epoch, len(resumed._history)
+        (1, 1)
     """
 
     def __init__(self, pdt: PDT) -> None:
