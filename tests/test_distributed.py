@@ -302,7 +302,8 @@ def test_a_rank_out_of_step_makes_every_rank_raise_at_once(results):
         # Rank 1 skips step() at epoch 3: its next step() meets rank 0's of epoch 3.
         since = "optimizer steps since their previous step(). Every rank must call step() once per epoch"
         assert s["sharded_skip"]["message"] == (
-            f"RanksOutOfStepError: PDT ranks are out of step: all at step 3, but rank 0 after 4, rank 1 after 8 {since} "
+            "RanksOutOfStepError: PDT ranks are out of step: all at step 3, but rank 0 after 4, rank 1 after 8 "
+            f"{since} "
             "(a rank skipped or repeated step()); with uneven inputs, pass the PDT to "
             "torch.distributed.algorithms.Join beside the model"
         )
@@ -359,7 +360,8 @@ def test_join_with_uneven_inputs_is_handled_when_pdt_joins_and_named_when_it_doe
         assert not_joined["message"].endswith("pass the PDT to torch.distributed.algorithms.Join beside the model")
         assert r["uneven"]["step_mode"].startswith("ValueError: DistributedPDT with every_n_steps steps inside")
     # Join's own final sync and PDT's identical predictions: the replicas end bit-identical.
-    assert all(torch.equal(a, b) for a, b in zip(results[0]["uneven"]["joined"]["after"], results[1]["uneven"]["joined"]["after"]))
+    ends = [r["uneven"]["joined"]["after"] for r in results]
+    assert all(torch.equal(a, b) for a, b in zip(*ends))
 
 
 def test_verify_treats_equal_nans_as_equal(results):

@@ -64,14 +64,17 @@ def test_resume_on_the_same_world_size_is_bit_exact(runs):
     assert sum(s["predicted"] for s in runs["sharded"][0]["run"]["stats"]) == 6
 
 
-@pytest.mark.parametrize("saved, loaded, key", [("sharded", "single-resume", "from_two"), ("single-save", "sharded", "from_one")])
+@pytest.mark.parametrize(
+    "saved, loaded, key", [("sharded", "single-resume", "from_two"), ("single-save", "sharded", "from_one")]
+)
 def test_resume_on_another_world_size_reshards_the_snapshots(runs, saved, loaded, key):
     """2 -> 1 and 1 -> 2: each rank holds the rows of its new shard, exactly; the Gram of the whole model
     agrees to float64 rounding; the rest of the run takes the same decisions as the uninterrupted one."""
     start = worker.SAVE_AT + 1
     before = [r["resumed"]["loaded"] for r in runs[saved]]  # the saving run's state, as its own world loaded it
     after = [r[key]["loaded"] for r in runs[loaded]]
-    assert all(torch.equal(a, b) for a, b in zip(gathered([s["snapshots"] for s in before]), gathered([s["snapshots"] for s in after])))
+    rows_before, rows_after = (gathered([s["snapshots"] for s in states]) for states in (before, after))
+    assert all(torch.equal(a, b) for a, b in zip(rows_before, rows_after))
     reference = before[0]["gram"]
     for state in after:
         assert (state["gram"] - reference).abs().max() <= 1e-14 * reference.abs().max()

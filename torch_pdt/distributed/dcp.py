@@ -1,4 +1,4 @@
-r"""PDT's state through ``torch.distributed.checkpoint`` (DCP): saved beside the model and optimizer, loaded on any world size.
+r"""PDT's state through ``torch.distributed.checkpoint`` (DCP), beside model and optimizer, on any world size.
 
 A PDT state has two parts. The **snapshots** are laid out like the parameters: snapshot row
 :math:`t` of parameter :math:`p` is a tensor of :math:`p`'s shape. So each parameter's ring is
@@ -93,7 +93,7 @@ class DCPState(Stateful):
         return {"rest": buffer.getvalue(), "snapshots": {str(i): t for i, t in enumerate(self._rings())}}
 
     def _rings(self) -> list[Tensor]:
-        """Every parameter's ring, ``(history, *shape)``, as a copy of its storage rows (DTensor where the parameter is)."""
+        """Every parameter's ring, ``(history, *shape)``: a copy of its storage rows, a DTensor where the parameter is."""
         storage, slots = self.pdt._history.layout()
         rings = []
         for p, (bucket, offset, numel) in zip(self.pdt.params, slots):
@@ -108,7 +108,7 @@ class DCPState(Stateful):
         return rings
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved, on this rank's shards; ``ValueError`` (changing nothing) on a mismatch."""
+        """Restore what :meth:`state_dict` saved on this rank's shards; ``ValueError``, changing nothing, on a mismatch."""
         pdt = self.pdt
         rest = torch.load(io.BytesIO(state_dict["rest"]), weights_only=True)
         if not isinstance(rest, dict) or rest.get("format") != _FORMAT:

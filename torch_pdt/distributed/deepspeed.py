@@ -78,9 +78,13 @@ class DeepSpeedPDT(DistributedPDT):
             raise ValueError("DeepSpeedPDT needs the fp32 partitions on the device: turn ZeRO offload off")
         for option, allowed in (("every_n_steps", None), ("on_jump", "keep")):
             if kwargs.get(option, allowed) != allowed:
-                raise ValueError(f"DeepSpeedPDT supports {option}={allowed!r} only (see torch_pdt.distributed.deepspeed)")
+                raise ValueError(
+                    f"DeepSpeedPDT supports {option}={allowed!r} only (see torch_pdt.distributed.deepspeed)"
+                )
         if kwargs.get("scheduler") == "adaptive":
-            raise ValueError("DeepSpeedPDT: scheduler='adaptive' rolls back velocities, which live in DeepSpeed's state")
+            raise ValueError(
+                "DeepSpeedPDT: scheduler='adaptive' rolls back velocities, which live in DeepSpeed's state"
+            )
         if "sharded" in kwargs:
             raise ValueError("DeepSpeedPDT is sharded by construction; leave sharded out")
         rank = torch.distributed.get_rank(kwargs.get("group"))

@@ -328,7 +328,10 @@ class DistributedPDT(PDT, Joinable):
         except ValueError as e:
             error, value = e, None
         trained_now = self._watch.optimizer_steps - self._steps_at_last
-        columns = [trained_now, self._uneven, self._origin, error is None, value is not None, value or 0.0, predict is True]
+        # Row r: optimizer steps since the previous step(), epoch made uneven by Join, state origin,
+        # arguments valid, loss given, loss, predict.
+        has_loss = value is not None
+        columns = [trained_now, self._uneven, self._origin, error is None, has_loss, value or 0.0, predict is True]
         rows = torch.zeros(self.world_size, len(columns), dtype=torch.float64)
         rows[self.rank] = torch.tensor([float(c) for c in columns], dtype=torch.float64)
         rows = self._all_reduce("step", rows)

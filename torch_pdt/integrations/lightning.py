@@ -90,7 +90,9 @@ class PDTCallback(pl.Callback):
             return {"sharded": True, "key": _KEY, "epoch": self.pdt.epoch}  # the state: on_save_checkpoint
         return self.pdt.state_dict()
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if self.pdt is None or not getattr(self.pdt, "sharded", False):
             return
         if not getattr(trainer.strategy, "_save_distributed_checkpoint", False):
