@@ -297,6 +297,91 @@ def verify_nans(rank: int, world: int) -> dict:
     return {"same": same, "differ": error(pdt.step)}
 
 
+def resume_apart(rank: int, world: int, tmp: str) -> dict:
+    """Ranks that resume different checkpoints of the same epoch: every rank raises at its first step."""
+    x, y = data(8, 3)
+
+    def trained(seed: int, make) -> tuple[nn.Module, DistributedPDT]:
+        model = mlp(8, 16, 3)
+        torch.manual_seed(seed)
+        with torch.no_grad():  # another run: other initial weights
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        pdt = make(model)
+        for _ in range(4):
+            train_epoch(model, pdt.optimizer, x, y, 0, 1)
+            pdt.step()
+        return model, pdt
+
+    def replicated_pdt(model):
+        return DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.1), **PDT_ARGS)
+
+    def first_step(make, state) -> str | None:
+        model, pdt = trained(0, make)
+        if state is not None:
+            pdt.load_state_dict(state)
+        train_epoch(model, pdt.optimizer, x, y, 0, 1)
+        return error(pdt.step)
+
+    run_a, run_b = trained(1, replicated_pdt)[1].state_dict(), trained(2, replicated_pdt)[1].state_dict()
+    sharded_a = trained(1, lambda model: hand_sharded(model, rank, world))[1].state_dict()
+    torch.save(sharded_a, f"{tmp}/sharded_a_rank{rank}.pt")
+    dist.barrier()
+    other_rank = torch.load(f"{tmp}/sharded_a_rank{1 - rank}.pt", weights_only=False)
+    out = {
+        "same": first_step(replicated_pdt, run_a),
+        "ddp_other_run": first_step(replicated_pdt, run_a if rank == 0 else run_b),
+        "ddp_only_one": first_step(replicated_pdt, run_a if rank == 1 else None),
+        "sharded_own": first_step(lambda model: hand_sharded(model, rank, world), sharded_a),
+    }
+    # Rank 1 loads rank 0's file: refused there at once; rank 0 (its own file) learns at its first step.
+    model, pdt = trained(0, lambda model: hand_sharded(model, rank, world))
+    out["sharded_other_rank_load"] = error(lambda: pdt.load_state_dict(sharded_a if rank == 0 else other_rank))
+    train_epoch(model, pdt.optimizer, x, y, 0, 1)
+    out["sharded_other_rank_step"] = error(pdt.step)
+    return out
+
+
+def two_instances(rank: int, world: int) -> dict:
+    """Two sharded PDT instances (Gram messages of different sizes), stepped in another order on rank 1."""
+    model = mlp(8, 16, 3)
+    a = hand_sharded(model, rank, world)
+    b = hand_sharded(model, rank, world, history=4)
+    first, second = (a, b) if rank == 0 else (b, a)
+    return {"first": error(first.step), "second": error(second.step)}
+
+
+def uneven_inputs(rank: int, world: int) -> dict:
+    """DDP under Join: rank 1 has one batch fewer in epoch 2; with and without the PDT in Join."""
+    from torch.distributed.algorithms.join import Join
+
+    x, y = data(8, 3)
+
+    def train(with_pdt: bool) -> dict:
+        model = nn.parallel.DistributedDataParallel(mlp(8, 16, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        pdt = DistributedPDT(opt, **PDT_ARGS, verify=True)
+        stats = []
+        for epoch in range(6):
+            part = GLOBAL_BATCH // world
+            batches = range(0, len(x) - (GLOBAL_BATCH if rank == 1 and epoch == 2 else 0), GLOBAL_BATCH)
+            with Join([model, pdt] if with_pdt else [model]):
+                for i in batches:
+                    opt.zero_grad()
+                    lo = i + rank * part
+                    nn.functional.mse_loss(model(x[lo : lo + part]), y[lo : lo + part]).backward()
+                    opt.step()
+            message = error(pdt.step)
+            if message is not None:
+                return {"message": message, "epoch": epoch}
+            stats.append(pdt.last_stats["predicted"])
+        return {"message": None, "predicted": stats, "after": flat(model)}
+
+    model = nn.parallel.DistributedDataParallel(mlp(8, 16, 3))
+    step_mode = DistributedPDT(torch.optim.SGD(model.parameters()), **PDT_ARGS, every_n_steps=2)
+    return {"joined": train(True), "not_joined": train(False), "step_mode": error(lambda: Join([model, step_mode]))}
+
+
 def raise_in_pass(rank: int, world: int) -> None:
     x, y = data(8, 3)
     model = mlp(8, 16, 3)
@@ -332,6 +417,9 @@ def main() -> None:
         "settings": mismatched_settings(rank, world),
         "out_of_step": out_of_step(rank, world),
         "verify_nans": verify_nans(rank, world),
+        "resume_apart": resume_apart(rank, world, out_dir),
+        "two_instances": two_instances(rank, world),
+        "uneven": uneven_inputs(rank, world),
     }
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     raise_in_pass(rank, world)

@@ -29,19 +29,21 @@ _spec.loader.exec_module(worker)  # the model and PDT settings the ranks use
 WORLD = 2
 
 
-def launch(out: Path, timeout: float) -> list[subprocess.CompletedProcess]:
-    """Run the worker on WORLD processes; kill them all after ``timeout`` seconds."""
+def launch(
+    out: Path, timeout: float, worker: Path = WORKER, args: tuple[str, ...] = (), world: int = WORLD
+) -> list[subprocess.CompletedProcess]:
+    """Run ``worker`` (with ``args``, then ``out``) on ``world`` processes; kill them all after ``timeout`` seconds."""
     # One thread per rank: WORLD processes with a thread per core each would oversubscribe the CPU.
-    env = {**os.environ, "WORLD_SIZE": str(WORLD), "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WORLD_SIZE": str(world), "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(out)],
+            [sys.executable, str(worker), *args, str(out)],
             env={**env, "RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for r in range(WORLD)
+        for r in range(world)
     ]
     done = []
     try:
@@ -298,21 +300,68 @@ def test_a_rank_out_of_step_makes_every_rank_raise_at_once(results):
     for r in results:
         s = r["out_of_step"]
         # Rank 1 skips step() at epoch 3: its next step() meets rank 0's of epoch 3.
+        since = "optimizer steps since their previous step(). Every rank must call step() once per epoch"
         assert s["sharded_skip"]["message"] == (
-            "RanksOutOfStepError: PDT ranks are out of step: all at step 3, but rank 0 after 16, rank 1 after 20 "
-            "optimizer steps. Every rank must call step() once per epoch (a rank skipped or repeated step())"
+            "RanksOutOfStepError: PDT ranks are out of step: all at step 3, but rank 0 after 4, rank 1 after 8 "
+            f"{since} "
+            "(a rank skipped or repeated step()); with uneven inputs, pass the PDT to "
+            "torch.distributed.algorithms.Join beside the model"
         )
         assert s["ddp_repeat"]["message"].startswith(
-            "RanksOutOfStepError: PDT ranks are out of step: all at step 4, but rank 0 after 16, rank 1 after 20"
+            f"RanksOutOfStepError: PDT ranks are out of step: all at step 4, but rank 0 after 0, rank 1 after 4 {since}"
         )
         # Rank 1 raises between the Gram and the counts all_reduce and goes on: its next step()
-        # meets rank 0's counts (same message length, so no gloo abort).
+        # meets rank 0's counts (the headers have one length, so no gloo abort).
         assert s["sharded_raise_and_go_on"]["message"].startswith(
-            "RanksOutOfStepError: PDT ranks are out of step: rank 0 at step 3 (counts), rank 1 at step 3 (step)"
+            "RanksOutOfStepError: PDT ranks are out of step: rank 0 at step 3 (counts), rank 1 at step 3 (step). "
         )
         for case in s.values():
             assert case["seconds"] < 5  # at once, not at the process group's 30 s timeout
     assert [r["out_of_step"]["sharded_skip"]["epoch"] for r in results] == [3, 4]
+
+
+def test_ranks_that_resume_different_states_raise_on_every_rank_at_the_first_step(results):
+    """Issue 23: another run's checkpoint of the same epoch, a resume on one rank only, another rank's file."""
+    origins = "ValueError: PDT ranks hold states of different origins: ranks [0] vs [1] (rank {} holds {}"
+    for rank, r in enumerate(results):
+        s = r["resume_apart"]
+        assert s["same"] is None and s["sharded_own"] is None  # the same checkpoint (sharded: each its own file)
+        assert s["ddp_other_run"].startswith(origins.format(rank, "a state resumed at step 4 of run "))
+        assert s["ddp_only_one"].startswith(origins.format(rank, "a fresh start" if rank == 0 else "a state resumed"))
+        # Rank 1 loads rank 0's file of a sharded run: refused on rank 1 at once, nothing loaded; rank 0
+        # (which loaded its own) learns at its first step, as rank 1 does.
+        assert s["sharded_other_rank_step"].startswith(origins.format(rank, "a state" if rank == 0 else "a fresh"))
+    assert results[0]["resume_apart"]["sharded_other_rank_load"] is None
+    assert results[1]["resume_apart"]["sharded_other_rank_load"] == (
+        "ValueError: PDT rank 1 of 2: this is rank 0's state of a sharded run on 2 ranks; each rank must load its "
+        "own file (or use torch_pdt.distributed.dcp to load on another world size)"
+    )
+
+
+def test_two_instances_stepped_in_another_order_raise_on_every_rank(results):
+    """Issue 24 item 5: their Gram messages differ in size; the fixed-length header catches them first."""
+    for rank, r in enumerate(results):
+        for case in ("first", "second"):
+            message = r["two_instances"][case]
+            assert message.startswith("RanksOutOfStepError: PDT ranks are out of step: rank 0 at step 0 (step")
+            assert f"rank {1 - rank} at step 0 (step) of another PDT instance" in message
+
+
+def test_join_with_uneven_inputs_is_handled_when_pdt_joins_and_named_when_it_does_not(results):
+    """Issue 24 item 5: rank 1 has one batch fewer in epoch 2 (DDP, verify=True every epoch)."""
+    for r in results:
+        joined = r["uneven"]["joined"]
+        assert joined["message"] is None and joined["predicted"] == [False, False] + [True] * 4
+        not_joined = r["uneven"]["not_joined"]
+        assert not_joined["epoch"] == 2
+        assert not_joined["message"].startswith(
+            "RanksOutOfStepError: PDT ranks are out of step: all at step 2, but rank 0 after 4, rank 1 after 3"
+        )
+        assert not_joined["message"].endswith("pass the PDT to torch.distributed.algorithms.Join beside the model")
+        assert r["uneven"]["step_mode"].startswith("ValueError: DistributedPDT with every_n_steps steps inside")
+    # Join's own final sync and PDT's identical predictions: the replicas end bit-identical.
+    ends = [r["uneven"]["joined"]["after"] for r in results]
+    assert all(torch.equal(a, b) for a, b in zip(*ends))
 
 
 def test_verify_treats_equal_nans_as_equal(results):

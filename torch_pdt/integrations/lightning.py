@@ -16,8 +16,13 @@ sees the assembled weights.
 
 Under DDP every rank predicts the same weights on its own (see
 :mod:`torch_pdt.distributed`); the checkpoint holds rank 0's PDT state, which is every
-rank's. Sharded (FSDP2) training keeps a different PDT state on each rank, which a Lightning
-checkpoint (rank 0's callback state) does not hold: :meth:`PDTCallback.state_dict` raises then.
+rank's. Sharded (FSDP2, ``ModelParallelStrategy``) training keeps a different part of the
+snapshots on each rank, which rank 0's callback state cannot hold. Its state goes into the
+distributed checkpoint beside the model's, as :class:`~torch_pdt.distributed.dcp.DCPState`
+lays it out (under the key ``_pdt`` of the model's state), and the callback state records only
+that it is there; resuming (``fit(ckpt_path=...)``) reads it back on each rank's shards, on any
+world size. A consolidated (``save_distributed_checkpoint=False``) checkpoint of a sharded run
+is refused with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from . import extra, make_pdt
 
 with extra("lightning", "lightning"):
     import lightning.pytorch as pl
+
+_KEY = "_pdt"  # where a sharded PDT's state lives in the model's part of a distributed checkpoint
 
 __all__ = ["PDTCallback"]
 
@@ -57,6 +64,7 @@ class PDTCallback(pl.Callback):
         self.pdt_kwargs = pdt_kwargs
         self.pdt: PDT | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._trainer: pl.Trainer | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
@@ -64,9 +72,10 @@ class PDTCallback(pl.Callback):
         if self.pdt is not None:  # a new fit() with the same callback
             self.pdt.close()
         self.pdt = make_pdt(trainer.optimizers[0], model=pl_module, **self.pdt_kwargs)
+        self._trainer = trainer
         # Strategies restore callbacks before or after this hook; a state that came first waits here.
         if self._pending_state is not None:
-            self.pdt.load_state_dict(self._pending_state)
+            self._restore(self._pending_state)
             self._pending_state = None
 
     def on_train_batch_end(
@@ -79,11 +88,39 @@ class PDTCallback(pl.Callback):
         if self.pdt is None:
             return self._pending_state or {}
         if getattr(self.pdt, "sharded", False):
-            raise NotImplementedError("a Lightning checkpoint holds one PDT state; sharded PDT has one per rank")
+            return {"sharded": True, "key": _KEY, "epoch": self.pdt.epoch}  # the state: on_save_checkpoint
         return self.pdt.state_dict()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.pdt is None or not getattr(self.pdt, "sharded", False):
+            return
+        if not getattr(trainer.strategy, "_save_distributed_checkpoint", False):
+            raise ValueError(
+                "PDTCallback: a sharded PDT saves into a distributed checkpoint; a consolidated one "
+                "(save_distributed_checkpoint=False) has no place for its shards"
+            )
+        from ..distributed.dcp import DCPState
+
+        checkpoint["state_dict"][_KEY] = DCPState(self.pdt).state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.pdt is None:
             self._pending_state = state_dict
         else:
+            self._restore(state_dict)
+
+    def _restore(self, state_dict: dict[str, Any]) -> None:
+        """Load a callback state; a sharded one from the distributed checkpoint being resumed."""
+        if not state_dict.get("sharded"):
             self.pdt.load_state_dict(state_dict)
+            return
+        import torch.distributed.checkpoint as dcp
+
+        from ..distributed.dcp import DCPState
+
+        stateful = DCPState(self.pdt)
+        state = {"state_dict": {state_dict["key"]: stateful.state_dict()}}
+        dcp.load(state, checkpoint_id=self._trainer.ckpt_path)
+        stateful.load_state_dict(state["state_dict"][state_dict["key"]])

@@ -35,11 +35,28 @@ collectives of different epochs (FSDP2). So:
   the same everywhere. Ranks at different counters raise :class:`RanksOutOfStepError`, and a
   rank whose arguments are invalid (or that passes a loss, or ``predict``, unlike the others)
   makes every rank raise ``ValueError``, all before anything changes;
-* every collective PDT issues in a step carries each rank's step counter and the collective's
-  kind in ``W`` slots of its message, and all these messages have one length, fixed at
-  construction. A rank that raised inside :meth:`~DistributedPDT.step` and stepped on therefore
-  meets a message of another kind or epoch, and every rank raises :class:`RanksOutOfStepError`
-  at once, naming the ranks and their counters (never a size mismatch, which aborts gloo).
+* every collective PDT issues in a step is two ``all_reduce`` calls: first a header of
+  ``4 W`` numbers in which each rank writes its instance (a token agreed at construction, and
+  an ordinal), its step counter and the collective's kind, then the payload. All headers have
+  one length, whatever the instance, so a rank that raised inside :meth:`~DistributedPDT.step`
+  and stepped on, or that steps two PDT instances in another order than the others, meets a
+  header that differs, and every rank raises :class:`RanksOutOfStepError` at once, naming the
+  ranks, instances and counters (never a size mismatch, which aborts gloo);
+* the first columns of each step's gather also hold each rank's optimizer steps since its
+  previous :meth:`~DistributedPDT.step` (a rank that skipped or repeated a call differs by an
+  epoch of steps) and the **origin** of its state: a hash of the run token for a fresh start,
+  or of the resumed state (its counters and pacing; replicated, also a checksum of its
+  snapshots). Ranks that resumed different checkpoints (another run's, another epoch's,
+  another rank's), or where only some ranks resumed, raise ``ValueError`` on every rank at
+  their first step, naming the ranks on each side, before anything changes.
+
+**Uneven inputs (DDP).** Under :class:`torch.distributed.algorithms.Join` the ranks take
+different numbers of optimizer steps in an epoch, which the step check would take for a
+skipped call. Pass the PDT to ``Join`` beside the model, ``Join([model, pdt])``: it is a
+:class:`~torch.distributed.algorithms.Joinable` whose post-hook marks the epoch uneven, and the
+next step then compares only the step counters (DDP's join hook has made the replicas equal).
+Step mode and sharded parameters are refused by ``Join`` up front (their collectives cannot be
+shadowed).
 
 **Faults (sharded).** A rank that fails to take a snapshot stores a NaN snapshot in its place
 (its ring stays in step with the others'); a rank whose local Gram is non-finite sets its flag
@@ -63,23 +80,28 @@ Example (one process per rank, e.g. under ``torchrun``)::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import secrets
 import warnings
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.algorithms.join import Joinable, JoinHook
 
-from . import dmd
-from .criteria import CHECKS
-from .pdt import PDT, DTensor, local_shard
+from .. import dmd
+from ..params import DTensor, local_shard
+from ..pdt import PDT
 
 __all__ = ["DistributedPDT", "RanksOutOfStepError", "ReplicaMismatchError"]
 
-# The kinds of collective a DistributedPDT issues; each message carries its kind and step counter.
+# The kinds of collective a DistributedPDT issues; each header carries its kind and step counter.
 _KINDS = ("step", "gram", "counts", "verify")
 _HASH_BITS = 52  # a hash must survive float64, the dtype of every message
+_HEADER = 4  # per rank: instance token, instance ordinal, step counter, kind
+_ordinals = itertools.count(1)  # DistributedPDT instances constructed in this process
 
 
 class ReplicaMismatchError(RuntimeError):
@@ -87,7 +109,7 @@ class ReplicaMismatchError(RuntimeError):
 
 
 class RanksOutOfStepError(RuntimeError):
-    """The ranks met in a collective from different :meth:`DistributedPDT.step` calls."""
+    """The ranks met in a collective from different :meth:`DistributedPDT.step` calls (or instances)."""
 
 
 def _hash(value: Any) -> int:
@@ -118,7 +140,17 @@ def _bit_checksums(flat: Tensor, chunk_size: int) -> Tensor:
     return (total & ((1 << _HASH_BITS) - 1)).cpu().double()
 
 
-class DistributedPDT(PDT):
+class _UnevenEpoch(JoinHook):
+    """``Join``'s hook for a :class:`DistributedPDT`: nothing to shadow; afterwards, mark the epoch uneven."""
+
+    def __init__(self, pdt: DistributedPDT) -> None:
+        self.pdt = pdt
+
+    def post_hook(self, is_last_joiner: bool) -> None:
+        self.pdt._uneven = True
+
+
+class DistributedPDT(PDT, Joinable):
     r""":class:`~torch_pdt.PDT` for data-parallel (DDP) and sharded (FSDP2) training.
 
     Construct it on every rank with the same arguments and call :meth:`step` on every rank at
@@ -164,9 +196,11 @@ class DistributedPDT(PDT):
     ) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("DistributedPDT needs an initialised default process group (torch.distributed)")
+        Joinable.__init__(self)
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        self._ordinal = next(_ordinals)
         # Collectives run on the CPU where the backend takes CPU tensors (gloo), else on the
         # parameters' device (NCCL).
         params = [p for g in getattr(optimizer, "param_groups", []) for p in g["params"]]
@@ -186,8 +220,13 @@ class DistributedPDT(PDT):
         except Exception:
             self._vote(failed=True)  # the others must not wait for this rank's settings
             raise
-        self._vote(failed=False)
+        # The run's token (rank 0's draw) names this instance in every header; a fresh state's
+        # origin is the token itself.
+        self._token = self._run = self._vote(failed=False)
+        self._origin, self._origin_note = _hash(("fresh", self._run)), "a fresh start"
         self._check_agreement()
+        self._uneven = False
+        self._steps_at_last = self._watch.optimizer_steps
         # Statistics count the whole model: a DTensor's numel is global already, a hand-sharded
         # plain tensor's is this rank's part.
         self._numels = [p.numel() for p in self.params]
@@ -197,22 +236,21 @@ class DistributedPDT(PDT):
             dist.all_reduce(parts, group=self.group)
             self._numels = [p.numel() if isinstance(p, DTensor) else int(n) for p, n in zip(self.params, parts.cpu())]
             self.numel = sum(self._numels)
-        # One length for every message (the largest payload), so that two ranks out of step
-        # exchange messages that gloo can pair and PDT can tell apart (by their tags).
-        h, n, w = self._history.capacity, len(self.params), self.world_size
-        blocks = n if self.config.scope == "layer" else 1  # one h x h Gram block per fitted operator
-        graded = self.config.horizon if self.config.graded else 0  # the counts per horizon
-        self._message_length = max(blocks * h * h + w, n + len(CHECKS) + 1 + graded, 5 * w, 2 * n * w if verify else 0)
 
-    def _vote(self, failed: bool) -> None:
-        """Raise ``ValueError`` on every rank that constructed if another rank's construction raised."""
-        flags = torch.zeros(self.world_size, dtype=torch.float64)
+    def _vote(self, failed: bool) -> int:
+        """Raise ``ValueError`` on every rank that constructed if another rank's construction raised;
+        else return rank 0's random token (the same on every rank)."""
+        flags = torch.zeros(self.world_size + 1, dtype=torch.float64)
         flags[self.rank] = float(failed)
+        if self.rank == 0:
+            flags[-1] = secrets.randbits(_HASH_BITS)
         flags = flags.to(self._comm_device)
         dist.all_reduce(flags, group=self.group)
-        ranks = flags.cpu().nonzero().flatten().tolist()
+        flags = flags.cpu()
+        ranks = flags[:-1].nonzero().flatten().tolist()
         if ranks and not failed:
             raise ValueError(f"DistributedPDT could not be constructed on rank(s) {ranks} (see their error)")
+        return int(flags[-1])
 
     def _check_agreement(self) -> None:
         """Raise ``ValueError`` on every rank unless all ranks have the same settings and layout."""
@@ -229,83 +267,88 @@ class DistributedPDT(PDT):
         rows = rows.cpu()
         differ = []
         for j, name in enumerate(names):
-            groups: dict[float, list[int]] = {}
-            for r, value in enumerate(rows[:, j].tolist()):
-                groups.setdefault(value, []).append(r)
+            groups = _groups(rows[:, j].tolist())
             if len(groups) > 1:
                 mine = fields[name] if name != "parameters" else f"{len(layout)} tensors"
-                differ.append(f"{name} (ranks {' vs '.join(map(str, groups.values()))}; rank {self.rank} has {mine!r})")
+                differ.append(f"{name} (ranks {' vs '.join(map(str, groups))}; rank {self.rank} has {mine!r})")
         if differ:
             raise ValueError("DistributedPDT settings differ across ranks: " + "; ".join(differ))
 
     def _all_reduce(self, kind: str, payload: Tensor) -> Tensor:
-        """Sum ``payload`` (float64) over the ranks; first check that every rank sent the same kind and step.
+        """Sum ``payload`` (float64) over the ranks; first check that every rank is in the same collective.
 
-        The message is the payload padded to the common length, then ``W`` tag slots: rank
-        ``r`` writes ``epoch * len(_KINDS) + kind + 1`` in slot ``r``, the others 0, so the
-        sum holds every rank's tag.
+        A header of ``W x 4`` numbers goes first, each rank filling its own row with its
+        instance's token and ordinal, its step counter and ``kind``: the same length for every
+        instance and kind, so gloo pairs any two headers, and PDT tells them apart before it
+        sends a payload whose length could differ.
         """
-        if payload.numel() > self._message_length:
-            raise AssertionError(f"PDT {kind} message of {payload.numel()} values exceeds {self._message_length}")
-        message = torch.zeros(self._message_length + self.world_size, dtype=torch.float64)
-        message[: payload.numel()] = payload.reshape(-1)
-        tag = self.epoch * len(_KINDS) + _KINDS.index(kind) + 1
-        message[self._message_length + self.rank] = tag
-        message = message.to(self._comm_device)
-        dist.all_reduce(message, group=self.group)
-        message = message.cpu()
-        tags = message[self._message_length :].tolist()
-        if any(t != tag for t in tags):
+        header = torch.zeros(self.world_size, _HEADER, dtype=torch.float64)
+        mine = (self._token, self._ordinal, self.epoch, _KINDS.index(kind))
+        header[self.rank] = torch.tensor(mine, dtype=torch.float64)
+        header = header.to(self._comm_device)
+        dist.all_reduce(header, group=self.group)
+        header = header.cpu()
+        if not (header == header[self.rank]).all():
 
-            def where(t: float) -> str:
-                epoch, k = divmod(int(t) - 1, len(_KINDS))
-                return f"step {epoch} ({_KINDS[k]})" if t == int(t) and t >= 1 else "an unknown collective"
+            def where(row: list[float]) -> str:
+                token, ordinal, epoch, k = row
+                what = _KINDS[int(k)] if k == int(k) and 0 <= k < len(_KINDS) else "?"
+                instance = "" if token == self._token else f" of another PDT instance (#{int(ordinal)})"
+                return f"step {int(epoch)} ({what}){instance}"
 
-            seen = ", ".join(f"rank {r} at {where(t)}" for r, t in enumerate(tags))
+            seen = ", ".join(f"rank {r} at {where(row)}" for r, row in enumerate(header.tolist()))
             raise RanksOutOfStepError(
-                f"PDT ranks are out of step: {seen}. Every rank must call step() once per epoch "
-                "(a rank skipped or repeated step(), or raised inside it and went on)"
+                f"PDT ranks are out of step: {seen}. Every rank must call step() once per epoch, and step "
+                "several PDT instances in the same order (a rank skipped or repeated step(), or raised inside "
+                "it and went on)"
             )
-        return message[: payload.numel()].view_as(payload)
+        message = payload.to(torch.float64).to(self._comm_device)
+        dist.all_reduce(message, group=self.group)
+        return message.cpu().view_as(payload)
 
     def step(self, loss: float | Tensor | None = None, *, predict: bool = True) -> dict[str, Any]:
         """:meth:`torch_pdt.PDT.step` on every rank with the mean of the ranks' losses.
 
-        One ``all_reduce`` first gathers every rank's step counter, ``loss`` and ``predict``;
-        the scheduler then sees the mean loss on every rank. With ``verify=True``, the replica
-        check follows.
+        One gather first collects every rank's step counter, optimizer steps since its previous
+        call, state origin, ``loss`` and ``predict``; the scheduler then sees the mean loss on
+        every rank. With ``verify=True``, the replica check follows.
 
         Raises:
-            RanksOutOfStepError: on every rank, when the ranks are at different step counters.
-            ValueError: on every rank, when a rank's arguments are invalid (its own message on
-                that rank), or the ranks disagree on passing a loss or on ``predict``.
+            RanksOutOfStepError: on every rank, when the ranks are at different step counters
+                or took different numbers of optimizer steps since their previous call (outside
+                ``Join``).
+            ValueError: on every rank, when the ranks' states have different origins (they
+                resumed different checkpoints), when a rank's arguments are invalid (its own
+                message on that rank), or when the ranks disagree on passing a loss or on
+                ``predict``.
         """
         error = None
         try:
             value = self._validate(loss, predict)
         except ValueError as e:
             error, value = e, None
-        # Row r: optimizer steps since construction, arguments valid, loss given, loss, predict.
-        # A rank that skipped or repeated step() has trained a different number of optimizer steps
-        # by the time its step counter meets the others'.
-        rows = torch.zeros(self.world_size, 5, dtype=torch.float64)
-        rows[self.rank] = torch.tensor(
-            [
-                self._watch.optimizer_steps,
-                error is None,
-                value is not None,
-                0.0 if value is None else value,
-                predict is True,
-            ],
-            dtype=torch.float64,
-        )
+        trained_now = self._watch.optimizer_steps - self._steps_at_last
+        # Row r: optimizer steps since the previous step(), epoch made uneven by Join, state origin,
+        # arguments valid, loss given, loss, predict.
+        has_loss = value is not None
+        columns = [trained_now, self._uneven, self._origin, error is None, has_loss, value or 0.0, predict is True]
+        rows = torch.zeros(self.world_size, len(columns), dtype=torch.float64)
+        rows[self.rank] = torch.tensor([float(c) for c in columns], dtype=torch.float64)
         rows = self._all_reduce("step", rows)
-        trained, valid, given, losses, predicts = rows.T
-        if not (trained == trained[0]).all():
+        trained, uneven, origins, valid, given, losses, predicts = rows.T
+        if not uneven.any() and not (trained == trained[0]).all():
             seen = ", ".join(f"rank {r} after {int(n)}" for r, n in enumerate(trained.tolist()))
             raise RanksOutOfStepError(
-                f"PDT ranks are out of step: all at step {self.epoch}, but {seen} optimizer steps. Every rank "
-                "must call step() once per epoch (a rank skipped or repeated step())"
+                f"PDT ranks are out of step: all at step {self.epoch}, but {seen} optimizer steps since their "
+                "previous step(). Every rank must call step() once per epoch (a rank skipped or repeated step()); "
+                "with uneven inputs, pass the PDT to torch.distributed.algorithms.Join beside the model"
+            )
+        groups = _groups(origins.tolist())
+        if len(groups) > 1:
+            raise ValueError(
+                f"PDT ranks hold states of different origins: ranks {' vs '.join(map(str, groups))} (rank "
+                f"{self.rank} holds {self._origin_note}). Every rank must resume the same checkpoint (sharded: "
+                "each rank its own file of it), or none"
             )
         if error is not None:
             raise error
@@ -317,9 +360,81 @@ class DistributedPDT(PDT):
                 raise ValueError(f"PDT ranks disagree: only rank(s) {ranks} passed {what}; no rank stepped")
         mean = losses.mean().item() if given[0] else None
         stats = super().step(mean, predict=predict)
+        self._uneven, self._steps_at_last = False, self._watch.optimizer_steps
         if self.verify:
             self._verify_replicas()
         return stats
+
+    # --- Join (uneven inputs) ---------------------------------------------------------------
+
+    def join_hook(self, **kwargs: Any) -> JoinHook:
+        """For ``Join([model, pdt])``: step mode and sharded parameters are refused here, up front."""
+        if self.config.every_n_steps is not None:
+            raise ValueError(
+                "DistributedPDT with every_n_steps steps inside optimizer steps, which a rank that has joined "
+                "no longer takes: uneven inputs need epoch mode"
+            )
+        if self.sharded:
+            raise ValueError("DistributedPDT under Join: uneven inputs are supported for replicated (DDP) parameters")
+        return _UnevenEpoch(self)
+
+    @property
+    def join_device(self) -> torch.device:
+        return self._comm_device
+
+    @property
+    def join_process_group(self) -> Any:
+        return self.group if self.group is not None else dist.group.WORLD
+
+    # --- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`torch_pdt.PDT.state_dict` and the run it belongs to: its token, this rank and the world size.
+
+        Replicated, the state is every rank's; sharded, save one file per rank (or use
+        :func:`torch_pdt.distributed.dcp.checkpointable`, which reshards).
+        """
+        return super().state_dict() | {
+            "ranks": {"run": self._run, "rank": self.rank, "world_size": self.world_size, "sharded": self.sharded}
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """:meth:`torch_pdt.PDT.load_state_dict`; sharded, the state must be this rank's of a run of this size.
+
+        Files saved before the ``"ranks"`` entry existed (or by :class:`~torch_pdt.PDT`) load
+        without that check. The next :meth:`step` compares every rank's resumed state.
+        """
+        ranks = state_dict.get("ranks") if isinstance(state_dict, dict) else None
+        if ranks is not None:
+            if not isinstance(ranks, dict) or not {"run", "rank", "world_size", "sharded"} <= set(ranks):
+                raise ValueError("saved ranks entry must be a dict with run, rank, world_size and sharded")
+            if self.sharded and (ranks["rank"], ranks["world_size"]) != (self.rank, self.world_size):
+                raise ValueError(
+                    f"PDT rank {self.rank} of {self.world_size}: this is rank {ranks['rank']}'s state of a sharded "
+                    f"run on {ranks['world_size']} ranks; each rank must load its own file (or use "
+                    "torch_pdt.distributed.dcp to load on another world size)"
+                )
+        super().load_state_dict(state_dict)
+        self._resumed(state_dict, None if ranks is None else int(ranks["run"]))
+
+    def _load_resharded(self, state_dict: dict[str, Any], run: int | None) -> None:
+        """Load a state whose snapshots are this rank's shards already (from :mod:`torch_pdt.distributed.dcp`)."""
+        PDT.load_state_dict(self, state_dict)
+        self._resumed(state_dict, run)
+
+    def _resumed(self, state_dict: dict[str, Any], run: int | None) -> None:
+        """Record the origin of a state just loaded: what every rank's must equal at the next step."""
+        shared = [state_dict[k] for k in ("epoch", "plain_epochs", "optimizer_steps", "schedule")]
+        if not self.sharded:  # the snapshots are every rank's too
+            snapshots = state_dict["history"]["snapshots"]
+            shared.append([_bit_checksums(t.reshape(-1), self.chunk_size).tolist() for t in snapshots])
+        if run is not None:
+            self._run = run
+        self._origin = _hash((run, shared))
+        where = "" if run is None else f" of run {run:x}"
+        self._origin_note = f"a state resumed at step {self.epoch}{where}"
+
+    # --- hooks of PDT ------------------------------------------------------------------------
 
     def _snapshot(self) -> None:
         if not self.sharded:
@@ -385,3 +500,11 @@ class DistributedPDT(PDT):
         if not same.all():
             bad = [n for n, ok in zip(self.names, same.tolist()) if not ok]
             raise ReplicaMismatchError(f"PDT ranks disagree after epoch {self.epoch - 1} on {bad}")
+
+
+def _groups(values: list[float]) -> list[list[int]]:
+    """The ranks grouped by equal value, in order of first appearance."""
+    groups: dict[float, list[int]] = {}
+    for r, value in enumerate(values):
+        groups.setdefault(value, []).append(r)
+    return list(groups.values())
