@@ -73,6 +73,9 @@ class Task:
     """``evaluate(model) -> {"accuracy": ..., "loss": ...}`` on the validation data, replacing the
     harness's classification metrics (None: accuracy and cross-entropy on ``x_val``/``y_val``). It sets
     eval mode itself, restores the model's mode and leaves the global RNG untouched."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training cross-entropy (``torch.nn.functional.cross_entropy``); the losses
+    the harness evaluates (training and validation) are the plain cross-entropy, comparable across recipes."""
 
 
 def data_root(options: TaskOptions) -> Path:
