@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,8 @@ def test_resnet_recipe_augments_smooths_labels_and_cycles_the_rate(tmp_path):
     smoothed = torch.nn.functional.cross_entropy(model(inputs), y, label_smoothing=recipes.LABEL_SMOOTHING)
     torch.testing.assert_close(_loss(task, model, inputs, y), smoothed)
     options = _cifar_options(tmp_path / "again")
-    r = run(RunConfig("cifar10-resnet-recipe", "pdt", epochs=3, batch_size=8, history=2, start_epoch=1, task_options=options))
+    config = RunConfig("cifar10-resnet-recipe", "pdt", epochs=3, batch_size=8, history=2, start_epoch=1)
+    r = run(replace(config, task_options=options))
     lrs = [e["lr"] for e in r["epochs"]]
     assert r["config"]["optimizer"] == "sgd-nesterov"
     # 5 steps an epoch, 15 in all, peak 0.1 at step 4: stepped per step, the rate is near its peak after
