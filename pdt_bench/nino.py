@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=10_000)
     parser.add_argument("--period", type=int, default=1_000, help="steps between NiNo nowcasts")
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--nino-path", type=Path, help="NiNo checkout (default $PDT_NINO or ../shared/third_party/nino)")
+    parser.add_argument("--nino-path", type=Path, help="NiNo checkout ($PDT_NINO, else ../shared/third_party/nino)")
     parser.add_argument("--data-dir", type=Path, help="where CIFAR-10 is (default $PDT_DATA or ../shared/data)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="write one JSON record per run here")

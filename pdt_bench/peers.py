@@ -45,7 +45,7 @@ __all__ = ["LAWA", "check_method", "schedule_free_optimizer"]
 BN_BATCHES = 20
 """Training batches that re-estimate BatchNorm statistics (:func:`torch_pdt.recompute_batch_norm`) for
 schedule-free evaluation and after an accepted prediction (``pdt-fresh-bn``)."""
-SCHEDULE_FREE_LR_SCALE = {"sgd": 10.0, "sgd-momentum": 10.0, "adam": 1.0, "adamw": 1.0}
+SCHEDULE_FREE_LR_SCALE = {"sgd": 10.0, "sgd-momentum": 10.0, "sgd-nesterov": 10.0, "adam": 1.0, "adamw": 1.0}
 """The schedule-free learning rate over the task's, unless the method sets its own: the low end of the
 package's guidance (SGD 10-50x, AdamW 1-10x the scheduled rate)."""
 
@@ -53,7 +53,8 @@ package's guidance (SGD 10-50x, AdamW 1-10x the scheduled rate)."""
 def check_method(method: Method, optimizer: str | None, pdt_options: dict[str, Any]) -> None:
     """Refuse, before anything runs, a control that would not measure what it says."""
     if method.schedule_free and optimizer is not None and optimizer not in SCHEDULE_FREE_LR_SCALE:
-        raise ValueError(f"{method.name}: no schedule-free twin of optimizer {optimizer!r}; use sgd or adam(w)")
+        twins = ", ".join(SCHEDULE_FREE_LR_SCALE)
+        raise ValueError(f"{method.name}: no schedule-free twin of optimizer {optimizer!r}; use one of {twins}")
     if (method.lr is not None and not method.lr > 0) or not method.lr_scale > 0:
         raise ValueError(f"{method.name}: the learning rate must be positive")
     if method.point is not None and not (method.schedule_free and method.pdt is not None):
@@ -70,18 +71,19 @@ def check_method(method: Method, optimizer: str | None, pdt_options: dict[str, A
 def schedule_free_optimizer(
     name: str, params: Iterable[Tensor], lr: float, weight_decay: float, warmup_steps: int
 ) -> torch.optim.Optimizer:
-    """The schedule-free twin of optimizer ``name`` (``sgd``/``sgd-momentum``, ``adam``/``adamw``)."""
+    """The schedule-free twin of optimizer ``name``: schedule-free SGD for ``sgd``, ``sgd-momentum`` and
+    ``sgd-nesterov`` (its interpolation takes momentum's place), schedule-free AdamW for ``adam``/``adamw``."""
     try:
         import schedulefree
     except ImportError:
         raise ValueError(
             "the schedule-free method needs the schedulefree package: pip install 'torch-pdt[bench]'"
         ) from None
-    if name in ("sgd", "sgd-momentum"):
+    if name in ("sgd", "sgd-momentum", "sgd-nesterov"):
         return schedulefree.SGDScheduleFree(params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
     if name in ("adam", "adamw"):
         return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
-    raise ValueError(f"schedule-free has no twin of optimizer {name!r}; use sgd, sgd-momentum, adam or adamw")
+    raise ValueError(f"schedule-free has no twin of optimizer {name!r}; use one of {', '.join(SCHEDULE_FREE_LR_SCALE)}")
 
 
 class LAWA:

@@ -77,3 +77,11 @@ def test_resnet_recipe_augments_smooths_labels_and_cycles_the_rate(tmp_path):
 def test_recipe_tasks_name_missing_data(name, tmp_path):
     with pytest.raises(DataMissing, match="--data-dir"):
         tasks.build(name, TaskOptions(data_dir=tmp_path, cache_dir=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("method", ["pdt-schedule-free@point=train", "pdt-lawa@k=2"])
+def test_stacked_methods_run_on_the_batch_norm_recipe(method, tmp_path):
+    config = RunConfig("cifar10-resnet-recipe", method, epochs=3, batch_size=8, history=2, start_epoch=1)
+    r = run(replace(config, task_options=_cifar_options(tmp_path)))
+    assert len(r["epochs"]) == 3 and all(e["train_loss"] == e["train_loss"] for e in r["epochs"])  # no NaN
+    assert sum(e["pdt"]["predicted"] for e in r["epochs"]) >= 1
