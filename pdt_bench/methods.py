@@ -3,7 +3,9 @@
 A method name is one of :data:`METHODS`, optionally followed by changes, each after an ``@``:
 ``baseline@lrx2`` (or ``@lr×2``) scales the run's learning rate, ``pdt@lr=0.1`` sets it,
 ``baseline@epochs=30`` trains 30 epochs with the whole learning-rate schedule compressed into
-them (the budget-matched control), ``ema@decay=0.999`` sets the EMA's decay, and on a PDT method
+them (the budget-matched control), ``ema@decay=0.999`` sets the EMA's decay, ``lawa@k=3`` the number
+of checkpoints LAWA averages, ``pdt-schedule-free@point=train`` the schedule-free sequence PDT
+snapshots (:data:`SCHEDULE_FREE_POINTS`), and on a PDT method
 any other ``@KEY=VALUE`` sets a :class:`torch_pdt.PDT` option (``pdt@scheduler=adaptive``). They
 combine: ``schedule-free@lr=0.5@epochs=30``, ``pdt@scheduler=adaptive@on_jump=reset``.
 """
@@ -21,11 +23,30 @@ from torch import nn
 
 from torch_pdt import PDTConfig
 
-__all__ = ["METHODS", "OPTIMIZERS", "SCHEDULES", "Method", "literal", "make_optimizer", "make_schedule", "parse_method"]
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SCHEDULE_FREE_POINTS",
+    "STEP_SCHEDULES",
+    "Method",
+    "literal",
+    "make_optimizer",
+    "make_schedule",
+    "parse_method",
+]
 
 EMA_DECAY = 0.99
 """Default decay of the ``ema`` method, per optimizer step: an average over about 100 steps (2-3 epochs
 of the CPU tasks); ``ema@decay=...`` sweeps it."""
+LAWA_K = 5
+"""Default number of epoch checkpoints the ``lawa`` methods average: PDT's default history, so that both
+look at the same window of the trajectory; ``lawa@k=...`` sweeps it."""
+SCHEDULE_FREE_POINTS = ("eval", "train")
+r"""Which of schedule-free's sequences PDT snapshots and moves: ``eval``, the averaged point :math:`x`
+(the weights ``optimizer.eval()`` installs, the ones evaluated), or ``train``, the gradient point
+:math:`y = \beta x + (1 - \beta) z` (the weights in ``optimizer.train()`` mode). See
+:mod:`pdt_bench.peers`."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,10 @@ class Method:
     """Evaluate an EMA of the weights (``torch.optim.swa_utils.AveragedModel``) with this decay."""
     schedule_free: bool = False
     """Replace the optimizer by its schedule-free twin (``schedulefree``), without an LR schedule."""
+    lawa: int | None = None
+    """Evaluate the mean of the last ``lawa`` epoch checkpoints (:class:`~pdt_bench.peers.LAWA`)."""
+    point: str | None = None
+    """With PDT and ``schedule_free``: the sequence PDT snapshots (one of :data:`SCHEDULE_FREE_POINTS`)."""
     fresh_batch_norm: bool = False
     """Recompute BatchNorm statistics after every accepted prediction (on the clock)."""
     description: str = field(default="", compare=False)
@@ -110,6 +135,32 @@ METHODS: dict[str, Method] = {
             description=f"the baseline, evaluated on an EMA of its weights (decay {EMA_DECAY})",
         ),
         Method(
+            "lawa",
+            lawa=LAWA_K,
+            description=f"the baseline, evaluated on the mean of its last {LAWA_K} epoch checkpoints "
+            "(LAWA, Ajroldi et al. 2025)",
+        ),
+        Method(
+            "pdt-ema",
+            {"criterion": "pdt"},
+            ema_decay=EMA_DECAY,
+            description=f"PDT, evaluated on an EMA of its weights (decay {EMA_DECAY})",
+        ),
+        Method(
+            "pdt-lawa",
+            {"criterion": "pdt"},
+            lawa=LAWA_K,
+            description=f"PDT, evaluated on the mean of its last {LAWA_K} epoch checkpoints (LAWA)",
+        ),
+        Method(
+            "pdt-schedule-free",
+            {"criterion": "pdt"},
+            schedule_free=True,
+            point="eval",
+            description="PDT on schedule-free SGD or AdamW, snapshotting its evaluation point x (@point=train: "
+            "its gradient point y)",
+        ),
+        Method(
             "schedule-free",
             schedule_free=True,
             description="schedule-free SGD or AdamW (schedulefree package), no LR schedule, BN statistics recomputed; "
@@ -122,10 +173,15 @@ _SUFFIXES = {
     "lr": re.compile(r"^lr(?:(?P<op>[x×*])(?P<scale>[0-9.]+)|=(?P<value>[0-9.eE+-]+))$"),
     "epochs": re.compile(r"^epochs=(?P<value>[0-9]+)$"),
     "decay": re.compile(r"^decay=(?P<value>[0-9.eE+-]+)$"),
+    "k": re.compile(r"^k=(?P<value>[0-9]+)$"),
+    "point": re.compile(r"^point=(?P<value>[a-z]+)$"),
     "pdt": re.compile(r"^(?P<key>[a-z_]+)=(?P<value>.+)$"),
 }
 _PDT_OPTIONS = {f.name for f in fields(PDTConfig)}
-_SUFFIX_HELP = "@lrx<scale>, @lr=<value>, @epochs=<int>, @decay=<value> (ema) or @<PDT option>=<value> (PDT methods)"
+_SUFFIX_HELP = (
+    "@lrx<scale>, @lr=<value>, @epochs=<int>, @decay=<value> (ema), @k=<int> (lawa), "
+    "@point=eval|train (pdt-schedule-free) or @<PDT option>=<value> (PDT methods)"
+)
 
 
 def literal(text: str) -> Any:
@@ -165,6 +221,14 @@ def _apply(method: Method, suffix: str, name: str) -> Method:
                 if method.ema_decay is None or not 0.0 < decay < 1.0:
                     raise ValueError
                 return replace(method, ema_decay=decay)
+            if key == "k":
+                if method.lawa is None or int(match["value"]) < 1:
+                    raise ValueError
+                return replace(method, lawa=int(match["value"]))
+            if key == "point":
+                if method.point is None or match["value"] not in SCHEDULE_FREE_POINTS:
+                    raise ValueError
+                return replace(method, point=match["value"])
             if match["value"] is not None:
                 return replace(method, lr=float(match["value"]))
             return replace(method, lr_scale=float(match["scale"]))
@@ -201,6 +265,10 @@ def _sgd_momentum(params: Iterable, lr: float, weight_decay: float) -> torch.opt
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
+def _sgd_nesterov(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
 def _adam(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
@@ -228,6 +296,7 @@ def _shampoo(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Op
 OPTIMIZERS = {
     "sgd": _sgd,
     "sgd-momentum": _sgd_momentum,
+    "sgd-nesterov": _sgd_nesterov,
     "adam": _adam,
     "adamw": _adamw,
     "rmsprop": _rmsprop,
@@ -237,6 +306,11 @@ OPTIMIZERS = {
 """Optimizer name -> factory ``(params, lr, weight_decay)``; momentum 0.9 where it applies."""
 
 SCHEDULES = ("constant", "cosine")
+"""Schedules stepped once per epoch."""
+STEP_SCHEDULES = ("warmup-cosine", "onecycle")
+"""Schedules stepped after every optimizer step: the modern recipes' (:func:`make_schedule`)."""
+WARMUP_FRACTION = 0.05
+"""Share of the run's optimizer steps that ``warmup-cosine`` warms up over (1.5 epochs of 30)."""
 
 
 def make_optimizer(
@@ -254,11 +328,33 @@ def make_optimizer(
 
 
 def make_schedule(
-    name: str, optimizer: torch.optim.Optimizer, epochs: int, eta_min: float
+    name: str, optimizer: torch.optim.Optimizer, epochs: int, eta_min: float, steps_per_epoch: int = 1
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Per-epoch learning-rate schedule: ``constant`` (None) or ``cosine`` annealing to ``eta_min``."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    r"""The learning-rate schedule ``name`` over ``epochs`` epochs of ``steps_per_epoch`` optimizer steps.
+
+    Per epoch (:data:`SCHEDULES`): ``constant`` (None) or ``cosine`` annealing to ``eta_min``. Per step
+    (:data:`STEP_SCHEDULES`), over :math:`T` = ``epochs * steps_per_epoch`` steps: ``warmup-cosine``
+    rises linearly over the first :math:`W = \max(1, \lfloor 0.05\,T \rfloor)` steps, then anneals
+    by a cosine to ``eta_min`` at step :math:`T`; ``onecycle`` is :class:`torch.optim.lr_scheduler.OneCycleLR`
+    with the optimizer's rate as its peak (and, for SGD with momentum, momentum cycled 0.95 to 0.85).
+    """
+    if name not in SCHEDULES + STEP_SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES + STEP_SCHEDULES)}")
     if name == "constant":
         return None
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
+    total = epochs * steps_per_epoch
+    if name == "onecycle":
+        peak = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total)
+    warmup = max(1, int(WARMUP_FRACTION * total))
+    lrs = torch.optim.lr_scheduler
+    return lrs.SequentialLR(
+        optimizer,
+        [
+            lrs.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup - 1),
+            lrs.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=eta_min),
+        ],
+        milestones=[warmup],
+    )

@@ -23,7 +23,7 @@ from torch_pdt import PDT, recompute_batch_norm
 from torch_pdt.batchnorm import has_batch_norm
 
 from . import memory, peers, tasks
-from .methods import Method, make_optimizer, make_schedule, parse_method
+from .methods import STEP_SCHEDULES, Method, make_optimizer, make_schedule, parse_method
 from .records import Epoch, Run
 
 __all__ = ["RunConfig", "pdt_flops_per_prediction", "run"]
@@ -103,10 +103,11 @@ def _inputs(task: tasks.Task, x: Tensor, train: bool, device: torch.device) -> T
 
 
 def _loss(task: tasks.Task, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """The task's training objective on one prepared batch (cross-entropy unless the task has its own)."""
+    """The task's training objective on one prepared batch (cross-entropy, with the task's label smoothing,
+    unless the task has its own)."""
     if task.loss is not None:
         return task.loss(model, x, y)
-    return nn.functional.cross_entropy(model(x), y)
+    return nn.functional.cross_entropy(model(x), y, label_smoothing=task.label_smoothing)
 
 
 @torch.no_grad()
@@ -225,7 +226,8 @@ def run(
         schedule = None
     else:
         opt = make_optimizer(cfg.optimizer, model, lr, cfg.weight_decay, lookahead=method.lookahead)
-        schedule = make_schedule(cfg.schedule, opt, epochs_total, cfg.eta_min)
+        schedule = make_schedule(cfg.schedule, opt, epochs_total, cfg.eta_min, steps_per_epoch)
+    step_schedule = schedule is not None and cfg.schedule in STEP_SCHEDULES
     pdt = None
     if method.pdt is not None:
         kwargs = dict(history=cfg.history, horizon=cfg.horizon, start_epoch=cfg.start_epoch, interval=cfg.interval)
@@ -234,7 +236,8 @@ def run(
     if method.ema_decay is not None:
         ema = torch.optim.swa_utils.get_ema_multi_avg_fn(method.ema_decay)
         averaged = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema, use_buffers=True)
-    evaluated = averaged.module if averaged is not None else model
+    lawa = peers.LAWA(model, method.lawa) if method.lawa is not None else None
+    evaluated = averaged.module if averaged is not None else lawa.module if lawa is not None else model
     order = torch.Generator().manual_seed(cfg.seed)
     n_eval = min(len(task.y_train), TRAIN_EVAL_SAMPLES)
     x_eval, y_eval = task.x_train[:n_eval], task.y_train[:n_eval]
@@ -261,12 +264,13 @@ def run(
             opt.step()
             if averaged is not None:
                 averaged.update_parameters(model)
+            if step_schedule:
+                schedule.step()
             batch_losses.append(loss.detach())
-        if schedule is not None:
+        if schedule is not None and not step_schedule:
             schedule.step()
-        if method.schedule_free:
-            opt.eval()
-            recompute_batch_norm(model, _bn_batches(task, batches, model, device))
+        if method.schedule_free and method.point == "eval":
+            opt.eval()  # PDT then snapshots and moves x (peers: PDT on schedule-free)
         _sync(device)
         clock += time.perf_counter() - start
 
@@ -287,6 +291,17 @@ def run(
                 masks = {n: (t != before[n]).cpu() for n, t in _matrix_views(pdt).items()}
                 (out_dir / "masks").mkdir(parents=True, exist_ok=True)
                 torch.save({"epoch": epoch, "masks": masks}, out_dir / "masks" / f"{cfg.method}-seed{cfg.seed}.pt")
+
+        # The end of the epoch, after PDT's step: the weights to evaluate (on the clock, the methods' work).
+        start = time.perf_counter()
+        if method.schedule_free:
+            if method.point != "eval":
+                opt.eval()
+            recompute_batch_norm(model, _bn_batches(task, batches, model, device))
+        if lawa is not None:
+            lawa.update(model)
+        _sync(device)
+        clock += time.perf_counter() - start
 
         start = time.perf_counter()
         train_loss, train_acc = _evaluate(evaluated, task, x_eval, y_eval, device)

@@ -73,6 +73,9 @@ class Task:
     """``evaluate(model) -> {"accuracy": ..., "loss": ...}`` on the validation data, replacing the
     harness's classification metrics (None: accuracy and cross-entropy on ``x_val``/``y_val``). It sets
     eval mode itself, restores the model's mode and leaves the global RNG untouched."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training cross-entropy (``torch.nn.functional.cross_entropy``); the losses
+    the harness evaluates (training and validation) are the plain cross-entropy, comparable across recipes."""
 
 
 def data_root(options: TaskOptions) -> Path:
@@ -92,12 +95,13 @@ def cache_root(options: TaskOptions) -> Path:
 
 
 def _registry() -> dict[str, Callable[[TaskOptions], Task]]:
-    from . import agnews, cifar10, mnist1d, simsiam
+    from . import agnews, cifar10, mnist1d, recipes, simsiam
 
     tasks: dict[str, Callable[[TaskOptions], Task]] = dict(mnist1d.TASKS)
     tasks.update(cifar10.TASKS)
     tasks.update(agnews.TASKS)
     tasks.update(simsiam.TASKS)
+    tasks.update(recipes.TASKS)
     return tasks
 
 
@@ -105,15 +109,15 @@ TASKS: dict[str, Callable[[TaskOptions], Task]] = _registry()
 """Task name -> builder."""
 
 
-AUGMENTABLE = tuple(name for name in TASKS if name.startswith("cifar10-"))
-"""Tasks with a practical augmentation behind ``TaskOptions.augment``."""
+AUGMENTABLE = tuple(name for name in TASKS if name.startswith("cifar10-") and not name.endswith("-recipe"))
+"""Tasks with a practical augmentation behind ``TaskOptions.augment`` (a recipe task always augments)."""
 
 
 def protocols() -> list[str]:
     """Each task family's protocol and its deviations from the paper, one paragraph each."""
-    from . import agnews, cifar10, mnist1d, simsiam
+    from . import agnews, cifar10, mnist1d, recipes, simsiam
 
-    return [m.PROTOCOL for m in (mnist1d, cifar10, agnews, simsiam)]
+    return [m.PROTOCOL for m in (mnist1d, cifar10, agnews, simsiam, recipes)]
 
 
 def build(name: str, options: TaskOptions | None = None) -> Task:

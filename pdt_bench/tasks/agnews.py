@@ -115,6 +115,22 @@ PAPER_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def split(options: TaskOptions, max_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Token ids and labels of the training and validation texts (the fixed seeded split, ``options``'
+    tiny mode and training subset applied) and the vocabulary size, padding and unknown included."""
+    texts, labels = read_csv(data_root(options) / FILE)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    n_val = round(len(texts) * VAL_FRACTION)
+    train, val = order[n_val:], order[:n_val]
+    if options.tiny:
+        train, val = train[:TINY_TRAIN], val[:TINY_VAL]
+    if options.train_subset is not None:
+        train = train[: options.train_subset]
+    vocab = build_vocab([texts[i] for i in train])
+    x_train, x_val = (encode([texts[i] for i in rows], vocab, max_len) for rows in (train, val))
+    return x_train, labels[train], x_val, labels[val], len(vocab) + 2
+
+
 def _build(
     options: TaskOptions,
     name: str,
@@ -125,29 +141,21 @@ def _build(
     max_len: int,
     defaults: dict[str, Any],
 ) -> Task:
-    texts, labels = read_csv(data_root(options) / FILE)
-    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-    n_val = round(len(texts) * VAL_FRACTION)
-    train, val = order[n_val:], order[:n_val]
+    x_train, y_train, x_val, y_val, vocab_size = split(options, max_len)
     if options.tiny:
-        train, val = train[:TINY_TRAIN], val[:TINY_VAL]
         embed_dim, hidden, layers = 8, 8, 2
-    if options.train_subset is not None:
-        train = train[: options.train_subset]
     hidden = hidden if options.tiny else (options.width or hidden)
-    vocab = build_vocab([texts[i] for i in train])
-    vocab_size = len(vocab) + 2
     return Task(
         name=name,
         model=lambda: LSTMClassifier(vocab_size, embed_dim, hidden, layers),
-        x_train=encode([texts[i] for i in train], vocab, max_len),
-        y_train=labels[train],
-        x_val=encode([texts[i] for i in val], vocab, max_len),
-        y_val=labels[val],
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
         num_classes=4,
         defaults=defaults,
         description=(
-            f"AG News (official test split, seeded split), {len(train)} train / {len(val)} validation texts, "
+            f"AG News (official test split, seeded split), {len(y_train)} train / {len(y_val)} validation texts, "
             f"{vocab_size} words, {max_len} tokens; LSTM {layers}x{hidden}, embedding {embed_dim} "
             "(paper: 120k training texts, 4x512, embedding 128)"
         ),

@@ -1,0 +1,90 @@
+"""The NiNo peer: one-line refusals (no extra, no checkout, no checkpoint), and Adam and PDT on NiNo's
+C10-16 task from its own ``utils/vision.py`` on fake CIFAR-10."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from fake_data import write_cifar_pickles
+
+from pdt_bench import nino, tasks
+
+SHARED_NINO = Path(__file__).resolve().parents[3] / "shared" / "third_party" / "nino"
+needs_nino = pytest.mark.skipif(not (SHARED_NINO / "utils" / "vision.py").is_file(), reason="no NiNo checkout")
+
+
+def _checkout(tmp_path: Path) -> Path:
+    """A stand-in checkout with the files :func:`nino.check` looks for (their content is never read)."""
+    (tmp_path / "utils").mkdir(parents=True)
+    (tmp_path / "utils" / "vision.py").write_text("")
+    (tmp_path / "checkpoints").mkdir()
+    for name in nino.CHECKPOINTS.values():
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    return tmp_path
+
+
+@pytest.mark.parametrize("method", ["nino", "wnn+"])
+def test_without_the_peers_extra_nino_is_refused_in_one_line(method, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_geometric", None)  # import torch_geometric now fails, as uninstalled
+    with pytest.raises(nino.Unavailable) as refused:
+        nino.check(method, _checkout(tmp_path))
+    message = str(refused.value)
+    assert "\n" not in message and "torch_geometric" in message and "torch-pdt[peers]" in message
+    nino.check("adam", tmp_path)  # Adam and PDT need the checkout only
+    nino.check("pdt@every_n_steps=50", tmp_path)
+
+
+def test_without_a_checkout_or_a_checkpoint_the_peer_is_refused_in_one_line(tmp_path):
+    with pytest.raises(nino.Unavailable, match="no NiNo checkout at .* --nino-path") as refused:
+        nino.check("adam", tmp_path / "nowhere")
+    assert "\n" not in str(refused.value)
+    checkout = _checkout(tmp_path)
+    (checkout / "checkpoints" / nino.CHECKPOINTS["wnn+"]).unlink()
+    if not nino._missing_modules():  # with the extra, the missing checkpoint is what is named
+        with pytest.raises(nino.Unavailable, match="nino_mlp.pt"):
+            nino.check("wnn+", checkout)
+    for bad in ["sgd", "nino@k=3", "pdt@lr=0.1", "pdt@nope=1"]:
+        with pytest.raises(ValueError):
+            nino.check(bad, checkout)
+
+
+def test_the_command_refuses_before_running_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch_geometric", None)
+    out = tmp_path / "out"
+    assert nino.main(["--methods", "adam,nino", "--nino-path", str(_checkout(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("NiNo peer refused: nino needs") and not out.exists()
+
+
+@pytest.fixture
+def fake_cifar(tmp_path: Path) -> tasks.TaskOptions:
+    write_cifar_pickles(tmp_path / "data", per_batch=24)  # 120 training images, 24 test images
+    return tasks.TaskOptions(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
+
+
+@needs_nino
+def test_c10_16_is_ninos_three_layer_convnet():
+    task = nino.vision(SHARED_NINO).VISION_TASKS["C10-16"]
+    model = nino.vision(SHARED_NINO).Net(**task["net_args"])
+    # conv 3->16 (3x3) + conv 16->32 + conv 32->32 + linear 32->10, with biases, counted by hand.
+    assert sum(p.numel() for p in model.parameters()) == (27 * 16 + 16) + (144 * 32 + 32) + (288 * 32 + 32) + 330
+    assert (task["lr"], task["target"]) == (0.003, 66.0)
+
+
+@needs_nino
+def test_adam_and_pdt_train_on_the_same_batches_and_stop_at_the_target(fake_cifar):
+    common = dict(task="C10-16", max_steps=12, batch_size=16, eval_every=3, nino=SHARED_NINO, data=fake_cifar)
+    adam = nino.run(nino.NiNoConfig(method="adam", target=101.0, **common))
+    assert [p["step"] for p in adam["curve"]] == [3, 6, 9, 12] and adam["steps_to_target"] is None
+    assert adam["config"]["train_images"] == 120 - 10  # NiNo's 11/12 of the training split
+    assert "not reached" in nino.describe(adam)
+    # PDT that never predicts (its first prediction after the run) leaves Adam's trajectory as it was.
+    idle = nino.run(nino.NiNoConfig(method="pdt@every_n_steps=2@start_epoch=99", target=101.0, **common))
+    assert idle["curve"] == adam["curve"]
+    predicting = nino.run(nino.NiNoConfig(method="pdt@every_n_steps=2@history=2@start_epoch=2", target=101.0, **common))
+    assert predicting["curve"] != adam["curve"]
+    # A target the first evaluation meets stops the run there.
+    reached = nino.run(nino.NiNoConfig(method="adam", target=0.0, **common))
+    assert reached["steps_to_target"] == 3 and len(reached["curve"]) == 1
