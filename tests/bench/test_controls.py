@@ -161,7 +161,10 @@ def test_headline_counts_a_control_that_ties_pdt_as_fast():
     for name in ("pdt", "pdt-linear"):
         runs += [make_run(name, s, [1.0, 0.6, 0.4], [0.5, 0.6, 0.7], pdt=stats) for s in (0, 1)]
     sentence = results._sentence(metrics.summarize(runs))
-    assert sentence == "PDT needs as many epochs as the baseline, accuracy +0.00 points; as fast or faster: pdt-linear."
+    assert sentence == (
+        "PDT needs as many epochs to the training loss as the baseline; to val acc +0%, to val loss +0%; "
+        "accuracy +0.00 points; as fast or faster: pdt-linear."
+    )
 
 
 @pytest.mark.parametrize(

@@ -155,8 +155,8 @@ def test_a_run_file_that_is_not_a_record_is_named_and_run_again(content, data, t
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--seeds", "", "argument --seeds: expected comma-separated integers, got ''"),
-        ("--seeds", ",", "argument --seeds: expected comma-separated integers, got ','"),
+        ("--seeds", "", "argument --seeds: expected comma-separated integers >= 0, got ''"),
+        ("--seeds", ",", "argument --seeds: expected comma-separated integers >= 0, got ','"),
         ("--threads", "0", "argument --threads: expected a positive int, got '0'"),
         ("--eta-min", "-1e-3", "--eta-min must be a finite learning rate, 0 or more, got -0.001"),
         ("--eta-min", "nan", "--eta-min must be a finite learning rate, 0 or more, got nan"),
