@@ -91,13 +91,13 @@ def replicated(rank: int, world: int) -> dict:
     return out
 
 
-def fsdp_mlp(world: int) -> nn.Module:
-    """The 16-33-5 MLP under FSDP2 over ``world`` CPU ranks: 33 and 5 rows give uneven shards."""
+def fsdp_mlp(world: int, sizes: tuple[int, int, int] = (16, 33, 5)) -> nn.Module:
+    """The 16-33-5 MLP (or ``sizes``) under FSDP2 over ``world`` CPU ranks: 33 and 5 rows give uneven shards."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (world,))
-    model = mlp(16, 33, 5)
+    model = mlp(*sizes)
     for layer in (model[0], model[2]):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)

@@ -371,18 +371,18 @@ def test_verify_treats_equal_nans_as_equal(results):
         assert r["verify_nans"]["differ"] == expected
 
 
-def test_distributed_pdt_runs_the_eager_passes():
-    """The compiled passes are not verified across ranks: DistributedPDT refuses them and 'auto' stays eager."""
+def test_distributed_pdt_auto_chooses_the_passes_as_pdt_does():
+    """kernel='auto' uses PDT's size thresholds; the compiled passes it chooses vote on every call
+    (tests/test_distributed_compiled.py runs them on two ranks)."""
     from torch_pdt.distributed import DistributedPDT
 
-    store = dist.HashStore()
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        model = torch.nn.Linear(2000, 600)  # 1.2M elements: large enough for 'auto' to compile in PDT
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        assert DistributedPDT(opt)._history.fused is None
-        with pytest.raises(ValueError, match="not available for DistributedPDT"):
-            DistributedPDT(opt, kernel="compiled")
+        large = torch.nn.Linear(2000, 600)  # 1.2M elements: large enough for 'auto' to compile
+        fused = DistributedPDT(torch.optim.SGD(large.parameters(), lr=0.1))._history.fused
+        assert type(fused).__name__ == "_AgreedPasses"
+        small = torch.nn.Linear(20, 6)
+        assert DistributedPDT(torch.optim.SGD(small.parameters(), lr=0.1))._history.fused is None
     finally:
         dist.destroy_process_group()
 

@@ -5,6 +5,6 @@
 * :mod:`torch_pdt.distributed.deepspeed`: on the fp32 partitions of a DeepSpeed ZeRO-3 engine (imported on use).
 """
 
-from .pdt import DistributedPDT, RanksOutOfStepError, ReplicaMismatchError
+from .pdt import CompiledPassError, DistributedPDT, RanksOutOfStepError, ReplicaMismatchError
 
-__all__ = ["DistributedPDT", "RanksOutOfStepError", "ReplicaMismatchError"]
+__all__ = ["CompiledPassError", "DistributedPDT", "RanksOutOfStepError", "ReplicaMismatchError"]

@@ -58,12 +58,24 @@ next step then compares only the step counters (DDP's join hook has made the rep
 Step mode and sharded parameters are refused by ``Join`` up front (their collectives cannot be
 shadowed).
 
+**Compiled passes.** ``kernel="compiled"`` and ``"auto"`` choose as in :class:`~torch_pdt.PDT`
+(``"auto"``: by the model's size, global for DTensors) and the ranks agree on the choice: at
+construction the vote that tells the ranks of each other's success also tells which ranks run
+the compiled passes, and under ``"auto"`` one rank that cannot compile puts every rank on the
+eager passes. Each compiled pass (the snapshot's copy-in, the second Gram pass, the prediction
+pass) then ends in one ``all_reduce`` of a failure flag per rank: a pass that fails on one rank
+(in practice its first call, which compiles) raises :class:`CompiledPassError` on every rank at
+once, and PDT's own fallback runs everywhere alike: ``"auto"`` goes eager on every rank (a
+prediction pass that failed after writing restores the weights from the newest snapshot on the
+ranks where it succeeded, as on the one where it failed), ``"compiled"`` raises on every rank.
+Sharded, the compiled pass counts this rank's elements, reduced with the eager pass's message.
+
 **Faults (sharded).** A rank that fails to take a snapshot stores a NaN snapshot in its place
 (its ring stays in step with the others'); a rank whose local Gram is non-finite sets its flag
 in the same ``all_reduce`` that sums the Gram. Every rank then sees the same flags and skips
 the prediction with the same reason; no rank waits for a collective another rank never enters.
 A snapshot lost this way blocks predictions until it leaves the window (``history`` steps).
-An exception anywhere else (a Gram pass, the prediction pass) propagates on its rank; the other
+An exception anywhere else (an eager Gram or prediction pass) propagates on its rank; the other
 ranks then fail in their next collective (at once when the failed process exits, else at the
 process group's timeout).
 
@@ -81,9 +93,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 import secrets
 import warnings
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -91,14 +106,16 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.algorithms.join import Joinable, JoinHook
 
-from .. import dmd
+from .. import dmd, kernel
 from ..params import DTensor, local_shard
 from ..pdt import PDT
 
-__all__ = ["DistributedPDT", "RanksOutOfStepError", "ReplicaMismatchError"]
+__all__ = ["CompiledPassError", "DistributedPDT", "RanksOutOfStepError", "ReplicaMismatchError"]
+
+logger = logging.getLogger("torch_pdt")
 
 # The kinds of collective a DistributedPDT issues; each header carries its kind and step counter.
-_KINDS = ("step", "gram", "counts", "verify")
+_KINDS = ("step", "gram", "counts", "verify", "kernel")
 _HASH_BITS = 52  # a hash must survive float64, the dtype of every message
 _HEADER = 4  # per rank: instance token, instance ordinal, step counter, kind
 _ordinals = itertools.count(1)  # DistributedPDT instances constructed in this process
@@ -110,6 +127,13 @@ class ReplicaMismatchError(RuntimeError):
 
 class RanksOutOfStepError(RuntimeError):
     """The ranks met in a collective from different :meth:`DistributedPDT.step` calls (or instances)."""
+
+
+class CompiledPassError(RuntimeError):
+    """A compiled pass failed on some rank; every rank raises it after the same collective.
+
+    ``kernel="auto"`` catches it and runs the eager passes on every rank; ``"compiled"`` lets it through.
+    """
 
 
 def _hash(value: Any) -> int:
@@ -148,6 +172,36 @@ class _UnevenEpoch(JoinHook):
 
     def post_hook(self, is_last_joiner: bool) -> None:
         self.pdt._uneven = True
+
+
+class _AgreedPasses:
+    """:class:`torch_pdt.kernel.FusedPasses` whose every call ends in a vote of the ranks on its success.
+
+    ``agree(pass, error)`` returns when every rank's call succeeded, else raises
+    :class:`CompiledPassError` on every rank (held weakly: the PDT owns the history that owns this).
+    """
+
+    def __init__(self, passes: kernel.FusedPasses, agree: weakref.WeakMethod) -> None:
+        self.passes = passes
+        self._agree = agree
+
+    def _agreed(self, what: str, run: Callable[[], Any]) -> Any:
+        try:
+            result = run()
+        except Exception as e:
+            self._agree()(what, e)
+            raise  # not reached: the vote raises on every rank
+        self._agree()(what, None)
+        return result
+
+    def copy_in(self, flats: Sequence[Tensor], row: int) -> Tensor:
+        return self._agreed("snapshot pass", lambda: self.passes.copy_in(flats, row))
+
+    def gram(self, rows: Sequence[int], combination: Tensor | Sequence[Tensor | None]) -> Tensor:
+        return self._agreed("second Gram pass", lambda: self.passes.gram(rows, combination))
+
+    def predict(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self._agreed("prediction pass", lambda: self.passes.predict(*args, **kwargs))
 
 
 class DistributedPDT(PDT, Joinable):
@@ -208,6 +262,7 @@ class DistributedPDT(PDT, Joinable):
             self._comm_device = torch.device("cpu")
         else:
             self._comm_device = local_shard(params[0]).device
+        self._token = None  # no pass votes before the construction vote (which settles the kernel)
         try:
             if sharded is None:
                 sharded = any(isinstance(p, DTensor) for p in params)
@@ -222,7 +277,10 @@ class DistributedPDT(PDT, Joinable):
             raise
         # The run's token (rank 0's draw) names this instance in every header; a fresh state's
         # origin is the token itself.
-        self._token = self._run = self._vote(failed=False)
+        self._token, compiling = self._vote(failed=False, compiled=self._history.fused is not None)
+        self._run = self._token
+        if self._history.fused is not None and len(compiling) < self.world_size:
+            self._all_eager(compiling)
         self._origin, self._origin_note = _hash(("fresh", self._run)), "a fresh start"
         self._check_agreement()
         self._uneven = False
@@ -237,20 +295,31 @@ class DistributedPDT(PDT, Joinable):
             self._numels = [p.numel() if isinstance(p, DTensor) else int(n) for p, n in zip(self.params, parts.cpu())]
             self.numel = sum(self._numels)
 
-    def _vote(self, failed: bool) -> int:
+    def _vote(self, failed: bool, compiled: bool = False) -> tuple[int, list[int]]:
         """Raise ``ValueError`` on every rank that constructed if another rank's construction raised;
-        else return rank 0's random token (the same on every rank)."""
-        flags = torch.zeros(self.world_size + 1, dtype=torch.float64)
+        else return rank 0's random token (the same on every rank) and the ranks that chose the
+        compiled passes."""
+        world = self.world_size
+        flags = torch.zeros(2 * world + 1, dtype=torch.float64)
         flags[self.rank] = float(failed)
+        flags[world + self.rank] = float(compiled)
         if self.rank == 0:
             flags[-1] = secrets.randbits(_HASH_BITS)
         flags = flags.to(self._comm_device)
         dist.all_reduce(flags, group=self.group)
         flags = flags.cpu()
-        ranks = flags[:-1].nonzero().flatten().tolist()
+        ranks = flags[:world].nonzero().flatten().tolist()
         if ranks and not failed:
             raise ValueError(f"DistributedPDT could not be constructed on rank(s) {ranks} (see their error)")
-        return int(flags[-1])
+        return int(flags[-1]), flags[world:-1].nonzero().flatten().tolist()
+
+    def _all_eager(self, compiling: list[int]) -> None:
+        """``kernel="auto"`` where only the ranks ``compiling`` chose the compiled passes: every rank runs eager."""
+        eager = sorted(set(range(self.world_size)) - set(compiling))
+        logger.warning("PDT runs the eager passes on every rank: rank(s) %s cannot compile", eager)
+        self._history.fused = None
+        if len(self._history):  # the first snapshot (start-of-epoch criteria): its Gram row as eager ranks have it
+            self._history.replace_newest(self._flat_params())
 
     def _check_agreement(self) -> None:
         """Raise ``ValueError`` on every rank unless all ranks have the same settings and layout."""
@@ -443,7 +512,9 @@ class DistributedPDT(PDT, Joinable):
         newest = self._history.rows()[-1:]
         try:
             super()._snapshot()
-        except Exception as e:  # any failure: the other ranks must learn of it, not hang
+        except CompiledPassError:  # kernel="compiled": every rank raises it together
+            raise
+        except Exception as e:  # any other failure: the other ranks must learn of it, not hang
             warnings.warn(f"PDT rank {self.rank}: snapshot failed ({e!r}); all ranks will skip predictions")
             # The ring advances once, as on every other rank (the schedule depends on its
             # length); a NaN row makes each Gram holding it non-finite, which the next
@@ -477,10 +548,22 @@ class DistributedPDT(PDT, Joinable):
         return self._numels
 
     def _choose_kernel(self) -> None:
-        # The compiled passes have not been verified across ranks (lost snapshots, sharded Gram
-        # faults): a distributed run stays on the eager passes until they are.
-        if self.config.kernel == "compiled":
-            raise ValueError("kernel='compiled' is not available for DistributedPDT yet; use 'auto' or 'eager'")
+        super()._choose_kernel()
+        if self._history.fused is not None:
+            self._history.fused = _AgreedPasses(self._history.fused, weakref.WeakMethod(self._agree_on_pass))
+
+    def _agree_on_pass(self, what: str, error: Exception | None) -> None:
+        """After a compiled pass: raise :class:`CompiledPassError` on every rank if it failed on any."""
+        if self._token is None:  # constructing: a failure is this rank's, and the construction vote follows
+            if error is not None:
+                raise error
+            return
+        flags = torch.zeros(self.world_size, dtype=torch.float64)
+        flags[self.rank] = float(error is not None)
+        failed = self._all_reduce("kernel", flags).nonzero().flatten().tolist()
+        if failed:
+            mine = "see its error" if error is None else f"{type(error).__name__}: {_first_line(error)}"
+            raise CompiledPassError(f"PDT's compiled {what} failed on rank(s) {failed} ({mine})") from error
 
     def _reduce_counts(self, counts: Tensor) -> Tensor:
         if not self.sharded:
@@ -500,6 +583,11 @@ class DistributedPDT(PDT, Joinable):
         if not same.all():
             bad = [n for n, ok in zip(self.names, same.tolist()) if not ok]
             raise ReplicaMismatchError(f"PDT ranks disagree after epoch {self.epoch - 1} on {bad}")
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message, at most 200 characters (a compiler's can be pages)."""
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def _groups(values: list[float]) -> list[list[int]]:
