@@ -19,6 +19,7 @@ COMMANDS = {
     "steps": "PDT in step mode (every K optimizer steps) on a byte-level language model, in steps to target",
     "toy": "the paper's toy problem: every method side by side",
     "overhead": "time one PDT step against the memory-traffic floor",
+    "scaleout": "a PDT step per rank at W ranks against one process (DDP, FSDP2, ZeRO-3)",
     "results": "one Markdown page over a study's compare directories",
     "landscape": "one seed's weight trajectories (baseline and PDT) over the training loss on a plane",
     "diagnose": "why PDT accepts what it accepts: per tensor and kind, on one run",

@@ -1,0 +1,281 @@
+r"""``pdt-bench scaleout``: a PDT step per rank at ``W`` ranks against one process, for DDP, FSDP2 and ZeRO-3.
+
+Each engine runs on ``--ranks`` processes (gloo on CPU) that each hold ``N`` parameter values
+(``--params``): DDP replicates a model of ``N``, FSDP2 (``fully_shard``) and DeepSpeed ZeRO-3
+shard a model of :math:`W N` over the ranks. The weights follow the training-like trajectory of
+``pdt-bench overhead`` (:class:`pdt_bench.overhead.Trajectory`, its own per shard), and after
+``h`` steps that fill the history (the last one predicts and, compiled, compiles) every rank
+times ``--repeat`` predicting steps, each started at a barrier. The report gives, per engine:
+
+* the step time: the slowest rank's median, against one process's median on the same local
+  size ``N`` with the same passes, measured in the same run; and against ``W`` one-process
+  PDTs on ``N`` each, run side by side as the ranks are: the machine's share of cores and
+  memory bandwidth without the engine, so that this ratio is what the ranks' collectives and
+  agreement cost;
+* the snapshot memory per rank, against one process holding the whole model (``N`` under DDP,
+  :math:`W N` sharded: the ratio is :math:`1/W` where the snapshots shard);
+* the process memory (RSS) PDT added on each rank, from before its construction to after the
+  timed steps, against one process's on the whole model (the passes are compiled first, on a
+  stand-in of 65,536 values: the compiler's memory is not PDT's).
+
+Every process (the ranks and the one-process baseline) uses ``--threads`` torch threads
+(default: the cores divided by the ranks), so that a rank and the baseline have the same share
+of the machine. ZeRO-3 needs DeepSpeed (``DS_ACCELERATOR=cpu`` on CPU) and is left out, with a
+line saying so, without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from torch_pdt import PDT
+from torch_pdt.params import local_shard
+
+from . import memory
+from .overhead import Trajectory, parse_count
+from .report import markdown_table
+
+__all__ = ["ENGINES", "add_command", "format_report", "measure_ranks"]
+
+ENGINES = ("ddp", "fsdp2", "zero3")
+COLUMNS = 64
+"""Every model is one ``(rows, 64)`` weight: FSDP2 and ZeRO-3 split its rows over the ranks."""
+
+
+class _Weight(nn.Module):
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(rows, COLUMNS))
+
+
+def _timed_steps(pdt: PDT, weights: Trajectory, history: int, repeat: int, barrier: Any) -> dict[str, Any]:
+    """Fill the history (``h`` steps, the last predicting), then time ``repeat`` predicting steps."""
+    local = [local_shard(p).view(-1) for p in pdt.params]  # views: the trajectory writes the weights
+    times, stats = [], []
+    for i in range(history + repeat):
+        weights.advance(local)
+        barrier()
+        start = time.perf_counter()
+        stats.append(pdt.step())
+        if i >= history:
+            times.append(time.perf_counter() - start)
+    return {
+        "step": times,
+        "predicted": sum(s["predicted"] for s in stats[history:]),
+        "accepted_ratio": statistics.median(s.get("accepted_ratio", 0.0) for s in stats[history:]),
+        "passes": "compiled" if pdt._history.fused is not None else "eager",
+        "snapshot_bytes": pdt.snapshot_bytes,
+    }
+
+
+def _pdt_options(history: int, horizon: int, kernel: str) -> dict[str, Any]:
+    return {"history": history, "horizon": horizon, "start_epoch": history - 1, "interval": 0, "kernel": kernel}
+
+
+def _compile(history: int, horizon: int, kernel: str) -> None:
+    """Compile the passes on a small stand-in first (their graphs serve every size): the memory
+    measured after it is PDT's own, not the compiler's."""
+    stand_in = _Weight(1024)
+    pdt = PDT(torch.optim.SGD(stand_in.parameters(), lr=0.0), **_pdt_options(history, horizon, kernel))
+    _timed_steps(pdt, Trajectory(stand_in.weight.numel(), torch.device("cpu")), history, 1, barrier=lambda: None)
+
+
+def _engine(engine: str, rows: int, world: int) -> Callable[[dict[str, Any]], PDT]:
+    """The engine's model of ``rows * world`` rows (DDP: ``rows``); returns what makes the PDT beside it."""
+    from torch_pdt.distributed import DistributedPDT
+
+    if engine == "alone":  # a one-process PDT in each process: the machine's share, without the engine
+        weight = _Weight(rows)
+        return lambda options: PDT(torch.optim.SGD(weight.parameters(), lr=0.0), **options)
+    if engine == "ddp":
+        model = nn.parallel.DistributedDataParallel(_Weight(rows))
+        return lambda options: DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.0), **options)
+    if engine == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        model = fully_shard(_Weight(rows * world), mesh=init_device_mesh("cpu", (world,)))
+        return lambda options: DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.0), **options)
+    import deepspeed
+
+    from torch_pdt.distributed.deepspeed import DeepSpeedPDT
+
+    model = _Weight(rows * world)
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "zero_allow_untested_optimizer": True,
+    }
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ds_engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+    return lambda options: DeepSpeedPDT(ds_engine, **options)
+
+
+def _rank_main(rank: int, world: int, port: int, engine: str, job: dict[str, Any], out: str) -> None:
+    """One rank (started by :func:`measure_ranks`): its step times and memory into ``out/rank{rank}.json``."""
+    torch.set_num_threads(job["threads"])
+    os.environ |= {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    if engine == "zero3":  # DeepSpeed's own set-up of the process group
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    else:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        options = _pdt_options(job["history"], job["horizon"], job["kernel"])
+        _compile(job["history"], job["horizon"], job["kernel"])
+        rows = -(-job["n"] // COLUMNS)
+        make_pdt = _engine(engine, rows, world)
+        # Replicas follow one trajectory; a sharded rank's shard (rows x 64 values) its own.
+        weights = Trajectory(rows * COLUMNS, torch.device("cpu"), seed=rank if engine in ("fsdp2", "zero3") else 0)
+        gc.collect()
+        before = memory.current(torch.device("cpu"))
+        pdt = make_pdt(options)
+        result = _timed_steps(pdt, weights, job["history"], job["repeat"], barrier=dist.barrier)
+        result["memory_held"] = memory.current(torch.device("cpu")) - before
+        result["n"] = rows * COLUMNS
+        Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_ranks(engine: str, world: int, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """``engine`` on ``world`` processes (``job``: n, history, horizon, kernel, repeat, threads); each rank's result."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out:
+        mp.start_processes(_rank_main, args=(world, _free_port(), engine, job, out), nprocs=world, start_method="spawn")
+        return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def _ms(seconds: float) -> str:
+    return f"{1e3 * seconds:.1f}"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def _slowest(ranks: list[dict[str, Any]]) -> float:
+    """The slowest rank's median step time: a collective step takes as long as its slowest rank."""
+    return max(statistics.median(r["step"]) for r in ranks)
+
+
+def format_report(
+    rows: list[dict[str, Any]], local: dict[str, Any], side_by_side: list[dict[str, Any]], whole: dict[str, Any]
+) -> str:
+    """One line per engine: its ranks against one process on the local size alone and side by side
+    with ``W - 1`` others (time), and against one process on the whole model (memory)."""
+    alone, beside = statistics.median(local["step"]), _slowest(side_by_side)
+    table = []
+    for r in rows:
+        ranks = r["ranks"]
+        step = _slowest(ranks)
+        base = local if r["engine"] == "ddp" else whole  # the one process holding the whole model
+        snapshots = max(x["snapshot_bytes"] for x in ranks)
+        table.append(
+            [
+                r["engine"],
+                f"{len(ranks)} x {ranks[0]['passes']}",
+                _ms(step),
+                _ms(alone),
+                f"{step / alone:.2f}",
+                _ms(beside),
+                f"{step / beside:.2f}",
+                _mb(snapshots),
+                _mb(base["snapshot_bytes"]),
+                f"{snapshots / base['snapshot_bytes']:.3f}",
+                _mb(max(x["memory_held"] for x in ranks)),
+                _mb(base["memory_held"]),
+            ]
+        )
+    headers = [
+        "engine",
+        "ranks x passes",
+        "step ms",
+        "1 process ms",
+        "ratio",
+        "W processes ms",
+        "ratio",
+        "snapshots MB/rank",
+        "1 process MB",
+        "ratio",
+        "RSS MB/rank",
+        "1 process RSS MB",
+    ]
+    return markdown_table(headers, table)
+
+
+def _scaleout(args: argparse.Namespace) -> int:
+    engines = list(dict.fromkeys(args.engine or ENGINES))
+    if "zero3" in engines and importlib.util.find_spec("deepspeed") is None:
+        print("zero3 left out: DeepSpeed is not installed (pip install 'torch-pdt[deepspeed]')")
+        engines.remove("zero3")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # inherited by the ranks
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.ranks)
+    n = parse_count(args.params)
+    job = {
+        "n": n,
+        "history": args.history,
+        "horizon": args.horizon,
+        "kernel": args.kernel,
+        "repeat": args.repeat,
+        "threads": threads,
+    }
+    # One process on the local size alone, W of them side by side, one on the whole model: each in
+    # processes of its own, as the ranks are (a fresh RSS, and the same threads).
+    local = measure_ranks("alone", 1, job)[0]
+    side_by_side = measure_ranks("alone", args.ranks, job)
+    sharded = any(e != "ddp" for e in engines)
+    whole = measure_ranks("alone", 1, job | {"n": args.ranks * n, "repeat": 1})[0] if sharded else local
+    rows = [{"engine": e, "ranks": measure_ranks(e, args.ranks, job)} for e in engines]
+    print(
+        f"PDT step per rank at W = {args.ranks} ranks (gloo, CPU, {threads} thread(s) per process): "
+        f"N = {local['n']:,} values per rank, h = {args.history}, tau = {args.horizon}, kernel={args.kernel!r}, "
+        f"median of {args.repeat} predicting steps (of the slowest rank)"
+    )
+    print(format_report(rows, local, side_by_side, whole))
+    print(
+        f"1 process: PDT on N alone; W processes: W one-process PDTs on N each, side by side, as the ranks run "
+        f"(the machine's share without the engine). Memory against one process on the whole model "
+        f"({whole['n']:,} values sharded, N under DDP)."
+    )
+    return 0
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """The ``pdt-bench scaleout`` sub-command."""
+    p = sub.add_parser("scaleout", help="a PDT step per rank at W ranks against one process (DDP, FSDP2, ZeRO-3)")
+    p.add_argument("--params", default="4M", help="parameter values per rank N, e.g. 4M, 500k (default 4M)")
+    p.add_argument("--ranks", type=int, default=2, help="processes, gloo on CPU (default 2)")
+    p.add_argument(
+        "--engine", action="append", choices=ENGINES, help="engine, repeatable (default: all; zero3 if installed)"
+    )
+    p.add_argument("--kernel", choices=["compiled", "eager", "auto"], default="compiled", help="PDT's passes")
+    p.add_argument("--history", type=int, default=5, help="h, snapshots fitted (default 5)")
+    p.add_argument("--horizon", type=int, default=5, help="tau, epochs predicted ahead (default 5)")
+    p.add_argument("--repeat", type=int, default=5, help="timed prediction steps (default 5)")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: cores / ranks)")
+    p.set_defaults(func=_scaleout)
