@@ -4,24 +4,23 @@ Each engine runs on ``--ranks`` processes (gloo on CPU) that each hold ``N`` par
 (``--params``): DDP replicates a model of ``N``, FSDP2 (``fully_shard``) and DeepSpeed ZeRO-3
 shard a model of :math:`W N` over the ranks. The weights follow the training-like trajectory of
 ``pdt-bench overhead`` (:class:`pdt_bench.overhead.Trajectory`, its own per shard), and after
-``h`` steps that fill the history (the last one predicts and, compiled, compiles) every rank
-times ``--repeat`` predicting steps, each started at a barrier. The report gives, per engine:
+``h`` steps that fill the history (the last one predicts) every rank times ``--repeat``
+predicting steps, each started at a barrier. The report gives, per engine:
 
-* the step time: the slowest rank's median, against one process's median on the same local
-  size ``N`` with the same passes, measured in the same run; and against ``W`` one-process
-  PDTs on ``N`` each, run side by side as the ranks are: the machine's share of cores and
-  memory bandwidth without the engine, so that this ratio is what the ranks' collectives and
-  agreement cost;
+* the step time (the slowest rank's median) against a one-process PDT on ``N`` values that each
+  rank steps in turn with the engine's: paired measurements under the same load, whose ratio is
+  what the engine's collectives and agreement add; and against one process on ``N`` values by
+  itself, measured in the same run (on a machine with fewer free cores than ranks, this ratio
+  also holds the ranks' competition for the cores and the memory bandwidth);
 * the snapshot memory per rank, against one process holding the whole model (``N`` under DDP,
   :math:`W N` sharded: the ratio is :math:`1/W` where the snapshots shard);
-* the process memory (RSS) PDT added on each rank, from before its construction to after the
-  timed steps, against one process's on the whole model (the passes are compiled first, on a
-  stand-in of 65,536 values: the compiler's memory is not PDT's).
+* the process memory (RSS) the engine's PDT added on each rank, from before its construction to
+  after the timed steps, against one process's on the whole model (the passes are compiled
+  first, on a stand-in of 65,536 values: the compiler's memory is not PDT's).
 
-Every process (the ranks and the one-process baseline) uses ``--threads`` torch threads
-(default: the cores divided by the ranks), so that a rank and the baseline have the same share
-of the machine. ZeRO-3 needs DeepSpeed (``DS_ACCELERATOR=cpu`` on CPU) and is left out, with a
-line saying so, without it.
+Every process uses ``--threads`` torch threads (default: the cores divided by the ranks). ZeRO-3
+needs DeepSpeed (``DS_ACCELERATOR=cpu`` on CPU) and is left out, with a line saying so, without
+it.
 """
 
 from __future__ import annotations
@@ -63,45 +62,51 @@ class _Weight(nn.Module):
         self.weight = nn.Parameter(torch.zeros(rows, COLUMNS))
 
 
-def _timed_steps(pdt: PDT, weights: Trajectory, history: int, repeat: int, barrier: Any) -> dict[str, Any]:
-    """Fill the history (``h`` steps, the last predicting), then time ``repeat`` predicting steps."""
-    local = [local_shard(p).view(-1) for p in pdt.params]  # views: the trajectory writes the weights
-    times, stats = [], []
+def _timed_steps(
+    runs: list[tuple[PDT, Trajectory]], history: int, repeat: int, barrier: Callable[[], Any]
+) -> list[dict[str, Any]]:
+    """Step every PDT of ``runs`` in turn, each after its weights advanced and a barrier: ``h`` steps
+    that fill the history (the last predicting), then ``repeat`` timed predicting steps.
+
+    Taking turns pairs the measurements: each PDT is timed under the same load as the others.
+    """
+    flats = [[local_shard(p).view(-1) for p in pdt.params] for pdt, _ in runs]  # views: written in place
+    times: list[list[float]] = [[] for _ in runs]
+    stats: list[list[dict[str, Any]]] = [[] for _ in runs]
     for i in range(history + repeat):
-        weights.advance(local)
-        barrier()
-        start = time.perf_counter()
-        stats.append(pdt.step())
-        if i >= history:
-            times.append(time.perf_counter() - start)
-    return {
-        "step": times,
-        "predicted": sum(s["predicted"] for s in stats[history:]),
-        "accepted_ratio": statistics.median(s.get("accepted_ratio", 0.0) for s in stats[history:]),
-        "passes": "compiled" if pdt._history.fused is not None else "eager",
-        "snapshot_bytes": pdt.snapshot_bytes,
-    }
+        for j, (pdt, weights) in enumerate(runs):
+            weights.advance(flats[j])
+            barrier()
+            start = time.perf_counter()
+            stats[j].append(pdt.step())
+            if i >= history:
+                times[j].append(time.perf_counter() - start)
+    return [
+        {
+            "step": times[j],
+            "predicted": sum(s["predicted"] for s in stats[j][history:]),
+            "passes": "compiled" if pdt._history.fused is not None else "eager",
+            "snapshot_bytes": pdt.snapshot_bytes,
+        }
+        for j, (pdt, _) in enumerate(runs)
+    ]
 
 
 def _pdt_options(history: int, horizon: int, kernel: str) -> dict[str, Any]:
     return {"history": history, "horizon": horizon, "start_epoch": history - 1, "interval": 0, "kernel": kernel}
 
 
-def _compile(history: int, horizon: int, kernel: str) -> None:
-    """Compile the passes on a small stand-in first (their graphs serve every size): the memory
-    measured after it is PDT's own, not the compiler's."""
-    stand_in = _Weight(1024)
-    pdt = PDT(torch.optim.SGD(stand_in.parameters(), lr=0.0), **_pdt_options(history, horizon, kernel))
-    _timed_steps(pdt, Trajectory(stand_in.weight.numel(), torch.device("cpu")), history, 1, barrier=lambda: None)
+def _one_process(rows: int, options: dict[str, Any], seed: int) -> tuple[PDT, Trajectory]:
+    """A one-process PDT on a ``(rows, 64)`` weight, and the trajectory its weights follow."""
+    weight = _Weight(rows)
+    pdt = PDT(torch.optim.SGD(weight.parameters(), lr=0.0), **options)
+    return pdt, Trajectory(weight.weight.numel(), torch.device("cpu"), seed=seed)
 
 
 def _engine(engine: str, rows: int, world: int) -> Callable[[dict[str, Any]], PDT]:
     """The engine's model of ``rows * world`` rows (DDP: ``rows``); returns what makes the PDT beside it."""
     from torch_pdt.distributed import DistributedPDT
 
-    if engine == "alone":  # a one-process PDT in each process: the machine's share, without the engine
-        weight = _Weight(rows)
-        return lambda options: PDT(torch.optim.SGD(weight.parameters(), lr=0.0), **options)
     if engine == "ddp":
         model = nn.parallel.DistributedDataParallel(_Weight(rows))
         return lambda options: DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.0), **options)
@@ -139,17 +144,29 @@ def _rank_main(rank: int, world: int, port: int, engine: str, job: dict[str, Any
         dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         options = _pdt_options(job["history"], job["horizon"], job["kernel"])
-        _compile(job["history"], job["horizon"], job["kernel"])
         rows = -(-job["n"] // COLUMNS)
-        make_pdt = _engine(engine, rows, world)
         # Replicas follow one trajectory; a sharded rank's shard (rows x 64 values) its own.
-        weights = Trajectory(rows * COLUMNS, torch.device("cpu"), seed=rank if engine in ("fsdp2", "zero3") else 0)
-        gc.collect()
-        before = memory.current(torch.device("cpu"))
-        pdt = make_pdt(options)
-        result = _timed_steps(pdt, weights, job["history"], job["repeat"], barrier=dist.barrier)
-        result["memory_held"] = memory.current(torch.device("cpu")) - before
-        result["n"] = rows * COLUMNS
+        seed = rank if engine in ("fsdp2", "zero3") else 0
+        # Compile the passes on a stand-in of 65,536 values first (their graphs serve every size): the
+        # memory measured below is PDT's, not the compiler's.
+        _timed_steps([_one_process(1024, options, seed)], job["history"], 0, barrier=lambda: None)
+        result: dict[str, Any] = {"n": rows * COLUMNS}
+        if engine != "alone":
+            # A one-process PDT on this rank's size, stepped in turn with the engine's.
+            paired = _one_process(rows, options, seed)
+            _timed_steps([paired], job["history"], 0, barrier=lambda: None)
+            make_pdt = _engine(engine, rows, world)
+            weights = Trajectory(rows * COLUMNS, torch.device("cpu"), seed=seed)
+            gc.collect()
+            before = memory.current(torch.device("cpu"))
+            pdt = make_pdt(options)
+            mine, alone = _timed_steps([(pdt, weights), paired], job["history"], job["repeat"], dist.barrier)
+            result |= mine | {"paired": alone["step"], "memory_held": memory.current(torch.device("cpu")) - before}
+        else:
+            gc.collect()
+            before = memory.current(torch.device("cpu"))
+            alone = _timed_steps([_one_process(rows, options, seed)], job["history"], job["repeat"], dist.barrier)[0]
+            result |= alone | {"memory_held": memory.current(torch.device("cpu")) - before}
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
@@ -183,16 +200,15 @@ def _slowest(ranks: list[dict[str, Any]]) -> float:
     return max(statistics.median(r["step"]) for r in ranks)
 
 
-def format_report(
-    rows: list[dict[str, Any]], local: dict[str, Any], side_by_side: list[dict[str, Any]], whole: dict[str, Any]
-) -> str:
-    """One line per engine: its ranks against one process on the local size alone and side by side
-    with ``W - 1`` others (time), and against one process on the whole model (memory)."""
-    alone, beside = statistics.median(local["step"]), _slowest(side_by_side)
+def format_report(rows: list[dict[str, Any]], local: dict[str, Any], whole: dict[str, Any]) -> str:
+    """One line per engine: its ranks' step against the one-process PDT stepped in turn on each rank
+    and against one process alone (time), and against one process on the whole model (memory)."""
+    alone = statistics.median(local["step"])
     table = []
     for r in rows:
         ranks = r["ranks"]
         step = _slowest(ranks)
+        paired = _slowest([{"step": x["paired"]} for x in ranks])
         base = local if r["engine"] == "ddp" else whole  # the one process holding the whole model
         snapshots = max(x["snapshot_bytes"] for x in ranks)
         table.append(
@@ -200,10 +216,10 @@ def format_report(
                 r["engine"],
                 f"{len(ranks)} x {ranks[0]['passes']}",
                 _ms(step),
+                _ms(paired),
+                f"{step / paired:.2f}",
                 _ms(alone),
                 f"{step / alone:.2f}",
-                _ms(beside),
-                f"{step / beside:.2f}",
                 _mb(snapshots),
                 _mb(base["snapshot_bytes"]),
                 f"{snapshots / base['snapshot_bytes']:.3f}",
@@ -215,9 +231,9 @@ def format_report(
         "engine",
         "ranks x passes",
         "step ms",
-        "1 process ms",
+        "1-process PDT in turn ms",
         "ratio",
-        "W processes ms",
+        "1 process alone ms",
         "ratio",
         "snapshots MB/rank",
         "1 process MB",
@@ -244,10 +260,9 @@ def _scaleout(args: argparse.Namespace) -> int:
         "repeat": args.repeat,
         "threads": threads,
     }
-    # One process on the local size alone, W of them side by side, one on the whole model: each in
-    # processes of its own, as the ranks are (a fresh RSS, and the same threads).
+    # One process on the local size, and one on the whole model: each in a process of its own, as
+    # the ranks are (a fresh RSS, the same threads).
     local = measure_ranks("alone", 1, job)[0]
-    side_by_side = measure_ranks("alone", args.ranks, job)
     sharded = any(e != "ddp" for e in engines)
     whole = measure_ranks("alone", 1, job | {"n": args.ranks * n, "repeat": 1})[0] if sharded else local
     rows = [{"engine": e, "ranks": measure_ranks(e, args.ranks, job)} for e in engines]
@@ -256,11 +271,11 @@ def _scaleout(args: argparse.Namespace) -> int:
         f"N = {local['n']:,} values per rank, h = {args.history}, tau = {args.horizon}, kernel={args.kernel!r}, "
         f"median of {args.repeat} predicting steps (of the slowest rank)"
     )
-    print(format_report(rows, local, side_by_side, whole))
+    print(format_report(rows, local, whole))
     print(
-        f"1 process: PDT on N alone; W processes: W one-process PDTs on N each, side by side, as the ranks run "
-        f"(the machine's share without the engine). Memory against one process on the whole model "
-        f"({whole['n']:,} values sharded, N under DDP)."
+        "In turn: a one-process PDT on N in each rank's process, stepped between the engine's steps (the same "
+        "load; the ratio is what the engine adds). Alone: one process on N, by itself. Memory against one "
+        f"process on the whole model ({whole['n']:,} values sharded, N under DDP)."
     )
     return 0
 
