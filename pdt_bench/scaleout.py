@@ -107,6 +107,9 @@ def _engine(engine: str, rows: int, world: int) -> Callable[[dict[str, Any]], PD
     """The engine's model of ``rows * world`` rows (DDP: ``rows``); returns what makes the PDT beside it."""
     from torch_pdt.distributed import DistributedPDT
 
+    if engine == "alone":  # one-process PDT, no engine: the baseline
+        weight = _Weight(rows)
+        return lambda options: PDT(torch.optim.SGD(weight.parameters(), lr=0.0), **options)
     if engine == "ddp":
         model = nn.parallel.DistributedDataParallel(_Weight(rows))
         return lambda options: DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.0), **options)
@@ -150,23 +153,17 @@ def _rank_main(rank: int, world: int, port: int, engine: str, job: dict[str, Any
         # Compile the passes on a stand-in of 65,536 values first (their graphs serve every size): the
         # memory measured below is PDT's, not the compiler's.
         _timed_steps([_one_process(1024, options, seed)], job["history"], 0, barrier=lambda: None)
-        result: dict[str, Any] = {"n": rows * COLUMNS}
-        if engine != "alone":
-            # A one-process PDT on this rank's size, stepped in turn with the engine's.
-            paired = _one_process(rows, options, seed)
-            _timed_steps([paired], job["history"], 0, barrier=lambda: None)
-            make_pdt = _engine(engine, rows, world)
-            weights = Trajectory(rows * COLUMNS, torch.device("cpu"), seed=seed)
-            gc.collect()
-            before = memory.current(torch.device("cpu"))
-            pdt = make_pdt(options)
-            mine, alone = _timed_steps([(pdt, weights), paired], job["history"], job["repeat"], dist.barrier)
-            result |= mine | {"paired": alone["step"], "memory_held": memory.current(torch.device("cpu")) - before}
-        else:
-            gc.collect()
-            before = memory.current(torch.device("cpu"))
-            alone = _timed_steps([_one_process(rows, options, seed)], job["history"], job["repeat"], dist.barrier)[0]
-            result |= alone | {"memory_held": memory.current(torch.device("cpu")) - before}
+        # Beside an engine's, a one-process PDT on this rank's size, stepped in turn with it.
+        paired = [] if engine == "alone" else [_one_process(rows, options, seed)]
+        _timed_steps(paired, job["history"], 0, barrier=lambda: None)
+        make_pdt = _engine(engine, rows, world)
+        weights = Trajectory(rows * COLUMNS, torch.device("cpu"), seed=seed)
+        gc.collect()
+        before = memory.current(torch.device("cpu"))
+        pdt = make_pdt(options)
+        mine, *others = _timed_steps([(pdt, weights), *paired], job["history"], job["repeat"], dist.barrier)
+        result = mine | {"n": rows * COLUMNS, "memory_held": memory.current(torch.device("cpu")) - before}
+        result |= {"paired": others[0]["step"]} if others else {}
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()

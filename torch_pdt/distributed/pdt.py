@@ -36,8 +36,9 @@ collectives of different epochs (FSDP2). So:
   rank whose arguments are invalid (or that passes a loss, or ``predict``, unlike the others)
   makes every rank raise ``ValueError``, all before anything changes;
 * every collective PDT issues in a step is two ``all_reduce`` calls: first a header of
-  ``4 W`` numbers in which each rank writes its instance (a token agreed at construction, and
-  an ordinal), its step counter and the collective's kind, then the payload. All headers have
+  ``5 W`` numbers in which each rank writes its instance (a token agreed at construction, and
+  an ordinal), its step counter, the collective's kind and a flag, then the payload (a vote,
+  such as the one after each compiled pass, is the header alone). All headers have
   one length, whatever the instance, so a rank that raised inside :meth:`~DistributedPDT.step`
   and stepped on, or that steps two PDT instances in another order than the others, meets a
   header that differs, and every rank raises :class:`RanksOutOfStepError` at once, naming the
@@ -63,12 +64,13 @@ shadowed).
 construction the vote that tells the ranks of each other's success also tells which ranks run
 the compiled passes, and under ``"auto"`` one rank that cannot compile puts every rank on the
 eager passes. Each compiled pass (the snapshot's copy-in, the second Gram pass, the prediction
-pass) then ends in one ``all_reduce`` of a failure flag per rank: a pass that fails on one rank
-(in practice its first call, which compiles) raises :class:`CompiledPassError` on every rank at
-once, and PDT's own fallback runs everywhere alike: ``"auto"`` goes eager on every rank (a
-prediction pass that failed after writing restores the weights from the newest snapshot on the
-ranks where it succeeded, as on the one where it failed), ``"compiled"`` raises on every rank.
-Sharded, the compiled pass counts this rank's elements, reduced with the eager pass's message.
+pass) then ends in one ``all_reduce``, a header with a failure flag per rank: a pass that fails
+on one rank (in practice its first call, which compiles) raises :class:`CompiledPassError` on
+every rank at once, and PDT's own fallback runs everywhere alike: ``"auto"`` goes eager on
+every rank (a prediction pass that failed after writing restores the weights from the newest
+snapshot on the ranks where it succeeded, as on the one where it failed), ``"compiled"`` raises
+on every rank. Sharded, the compiled pass counts this rank's elements, reduced with the eager
+pass's message.
 
 **Faults (sharded).** A rank that fails to take a snapshot stores a NaN snapshot in its place
 (its ring stays in step with the others'); a rank whose local Gram is non-finite sets its flag
@@ -117,7 +119,7 @@ logger = logging.getLogger("torch_pdt")
 # The kinds of collective a DistributedPDT issues; each header carries its kind and step counter.
 _KINDS = ("step", "gram", "counts", "verify", "kernel")
 _HASH_BITS = 52  # a hash must survive float64, the dtype of every message
-_HEADER = 4  # per rank: instance token, instance ordinal, step counter, kind
+_HEADER = 5  # per rank: instance token, instance ordinal, step counter, kind, flag
 _ordinals = itertools.count(1)  # DistributedPDT instances constructed in this process
 
 
@@ -344,23 +346,31 @@ class DistributedPDT(PDT, Joinable):
             raise ValueError("DistributedPDT settings differ across ranks: " + "; ".join(differ))
 
     def _all_reduce(self, kind: str, payload: Tensor) -> Tensor:
-        """Sum ``payload`` (float64) over the ranks; first check that every rank is in the same collective.
+        """Sum ``payload`` (float64) over the ranks; first check (:meth:`_header`) that every rank is
+        in the same collective."""
+        self._header(kind)
+        message = payload.to(torch.float64).to(self._comm_device)
+        dist.all_reduce(message, group=self.group)
+        return message.cpu().view_as(payload)
 
-        A header of ``W x 4`` numbers goes first, each rank filling its own row with its
-        instance's token and ordinal, its step counter and ``kind``: the same length for every
-        instance and kind, so gloo pairs any two headers, and PDT tells them apart before it
-        sends a payload whose length could differ.
+    def _header(self, kind: str, flag: bool = False) -> Tensor:
+        """Check that every rank is in the same collective; return every rank's ``flag`` (0 or 1).
+
+        A header of ``W x 5`` numbers, each rank filling its own row with its instance's token
+        and ordinal, its step counter, ``kind`` and ``flag``: the same length for every instance
+        and kind, so gloo pairs any two headers, and PDT tells them apart before it sends a
+        payload whose length could differ. A vote needs no payload: its flags ride in the header.
         """
         header = torch.zeros(self.world_size, _HEADER, dtype=torch.float64)
-        mine = (self._token, self._ordinal, self.epoch, _KINDS.index(kind))
+        mine = (self._token, self._ordinal, self.epoch, _KINDS.index(kind), float(flag))
         header[self.rank] = torch.tensor(mine, dtype=torch.float64)
         header = header.to(self._comm_device)
         dist.all_reduce(header, group=self.group)
         header = header.cpu()
-        if not (header == header[self.rank]).all():
+        if not (header[:, :4] == header[self.rank, :4]).all():
 
             def where(row: list[float]) -> str:
-                token, ordinal, epoch, k = row
+                token, ordinal, epoch, k, _ = row
                 what = _KINDS[int(k)] if k == int(k) and 0 <= k < len(_KINDS) else "?"
                 instance = "" if token == self._token else f" of another PDT instance (#{int(ordinal)})"
                 return f"step {int(epoch)} ({what}){instance}"
@@ -371,9 +381,7 @@ class DistributedPDT(PDT, Joinable):
                 "several PDT instances in the same order (a rank skipped or repeated step(), or raised inside "
                 "it and went on)"
             )
-        message = payload.to(torch.float64).to(self._comm_device)
-        dist.all_reduce(message, group=self.group)
-        return message.cpu().view_as(payload)
+        return header[:, 4]
 
     def step(self, loss: float | Tensor | None = None, *, predict: bool = True) -> dict[str, Any]:
         """:meth:`torch_pdt.PDT.step` on every rank with the mean of the ranks' losses.
@@ -558,9 +566,7 @@ class DistributedPDT(PDT, Joinable):
             if error is not None:
                 raise error
             return
-        flags = torch.zeros(self.world_size, dtype=torch.float64)
-        flags[self.rank] = float(error is not None)
-        failed = self._all_reduce("kernel", flags).nonzero().flatten().tolist()
+        failed = self._header("kernel", flag=error is not None).nonzero().flatten().tolist()
         if failed:
             mine = "see its error" if error is None else f"{type(error).__name__}: {_first_line(error)}"
             raise CompiledPassError(f"PDT's compiled {what} failed on rank(s) {failed} ({mine})") from error
