@@ -380,7 +380,7 @@ def test_distributed_pdt_runs_the_eager_passes():
     try:
         model = torch.nn.Linear(2000, 600)  # 1.2M elements: large enough for 'auto' to compile in PDT
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        assert DistributedPDT(opt)._history.fused is None
+        assert DistributedPDT(opt)._passes.compiled is None
         with pytest.raises(ValueError, match="not available for DistributedPDT"):
             DistributedPDT(opt, kernel="compiled")
     finally:

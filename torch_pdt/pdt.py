@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint, criteria, dmd, jump, kernel, misuse, pacing, params, prediction, statistics
+from . import checkpoint, criteria, dmd, jump, misuse, pacing, params, passes, statistics
 from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
 from .snapshots import SnapshotHistory
@@ -137,9 +136,7 @@ class PDT:
         self._layouts = [params.Layout.of(p) for p in self.params]
         self._sharded = any(isinstance(p, DTensor) for p in self.params)
         # Snapshots hold what this process updates: the local shards of sharded parameters.
-        self._history = SnapshotHistory(
-            self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size, per_tensor=cfg.scope == "layer"
-        )
+        self._history = SnapshotHistory(self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size, cfg.scope)
         if cfg.scheduler == "adaptive" and not self._history.exact:
             raise ValueError(
                 f"scheduler='adaptive' restores weights from the snapshots, which storage={cfg.storage!r} rounds; "
@@ -225,7 +222,7 @@ class PDT:
         if self.config.start_of_epoch:
             self._snapshot()
         elif jumped and self.config.history_after_jump == "assembled":
-            self._history.replace_newest(self._flat_params())
+            self._history.replace_newest(self._flat_params(), self._passes)
         self.epoch += 1
         self.last_stats = stats
         self._watch.pdt_stepped(self.config.every_n_steps is not None)
@@ -288,11 +285,11 @@ class PDT:
         fitted = self._fit_layers(tau) if cfg.scope == "layer" else self._fit_model(tau)
         if "reason" in fitted:
             return fitted
-        steps = fitted.pop("steps")
+        coefficients = fitted.pop("coefficients")
         ratio = cfg.random_ratio
         if cfg.criterion == "random" and ratio == "measured":
-            ratio = self._pass(steps, "pdt", write=False)["accepted"] / self.numel
-        result = self._pass(steps, cfg.criterion, write=True, ratio=ratio)
+            ratio = self._pass(coefficients, self._plan(tau, "pdt", write=False))["accepted"] / self.numel
+        result = self._pass(coefficients, self._plan(tau, cfg.criterion, write=True, ratio=ratio))
         if cfg.criterion == "random":
             result["random_ratio"] = ratio
         # Elements of layers without a fit (scope="layer") are kept, and counted apart.
@@ -305,12 +302,12 @@ class PDT:
         """One DMD of all parameters: its step coefficients and statistics, or the reason it failed."""
         cfg = self.config
         m = len(self._history)
-        passes = [1]  # the first Gram pass is the history's incremental Gram
-        second_pass = self._second_gram_pass(layerwise=False)
+        count = [1]  # the first Gram pass is the history's incremental Gram
+        rows = self._history.rows()
 
         def gram_of(W: Tensor) -> Tensor:
-            passes[0] += 1
-            return self._reduce_gram(second_pass(W))
+            count[0] += 1
+            return self._reduce_gram(self._passes.gram(rows, W)[0])
 
         try:
             gram = self._reduce_gram(self._history.gram())
@@ -318,17 +315,12 @@ class PDT:
             basis = dmd.consecutive_basis(m)
             fit = dmd.fit_factor(R, W, basis=basis, exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol)
         except dmd.DMDError as e:
-            return {"reason": f"decomposition failed: {e}", "gram_passes": passes[0]}
-        steps = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
-        if not torch.isfinite(steps).all():
-            return {
-                "reason": "decomposition failed: non-finite forecast",
-                "eigenvalues": statistics.complex_pairs(fit.eigenvalues),
-                "rank": fit.rank,
-                "gram_passes": passes[0],
-            }
-        eigenvalues = statistics.complex_pairs(fit.eigenvalues)
-        return {"steps": steps, "eigenvalues": eigenvalues, "rank": fit.rank, "gram_passes": passes[0]}
+            return {"reason": f"decomposition failed: {e}", "gram_passes": count[0]}
+        coefficients = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
+        fitted = {"eigenvalues": statistics.complex_pairs(fit.eigenvalues), "rank": fit.rank, "gram_passes": count[0]}
+        if not torch.isfinite(coefficients).all():
+            return {"reason": "decomposition failed: non-finite forecast"} | fitted
+        return {"coefficients": coefficients} | fitted
 
     def _fit_layers(self, tau: int) -> dict[str, Any]:
         r"""``scope="layer"``: one DMD per parameter tensor, from its own ``h x h`` Gram matrix.
@@ -337,7 +329,7 @@ class PDT:
         second Gram pass, for the tensors whose first factor is not accurate enough
         (:func:`torch_pdt.dmd.first_factor`), is one pass over the snapshots for all of them.
         A tensor whose fit fails (rank 0, a non-finite forecast) is kept as the optimizer left
-        it; its reason is in ``layers``. Returns the per-tensor step coefficients (``None``
+        it; its reason is in ``layers``. Returns the per-tensor ``coefficients`` (``None``
         where no fit) and the statistics ``layers`` (per tensor: ``rank``, ``eigenvalues`` as
         ``[re, im]`` pairs, ``reason``), ``rank`` (the largest),
         ``eigenvalues`` (empty: they are per tensor) and ``gram_passes``; or the reason no
@@ -362,10 +354,10 @@ class PDT:
         if any(w is not None for w in refine):
             passes += 1
             try:
-                second = self._reduce_gram(self._second_gram_pass(layerwise=True)(refine))
+                second = self._reduce_gram(self._passes.gram(history.rows(), refine))
             except dmd.DMDError as e:
                 return {"reason": f"decomposition failed: {e}", "gram_passes": passes}
-        steps: list[Tensor | None] = []
+        coefficients: list[Tensor | None] = []
         layers: dict[str, dict[str, Any]] = {}
         numels = self._model_numels()
         for i, (name, first) in enumerate(zip(self.names, firsts)):
@@ -379,51 +371,48 @@ class PDT:
                 fit = dmd.fit_factor(
                     R, W, basis=dmd.consecutive_basis(m), exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol
                 )
-                coefficients = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
-                if not torch.isfinite(coefficients).all():
+                mine = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
+                if not torch.isfinite(mine).all():
                     raise dmd.DMDError("non-finite forecast")
             except dmd.DMDError as e:
-                steps.append(None)
+                coefficients.append(None)
                 layers[name] = {"rank": 0, "eigenvalues": [], "reason": str(e)}
                 continue
-            steps.append(coefficients)
+            coefficients.append(mine)
             layers[name] = {"rank": fit.rank, "eigenvalues": statistics.complex_pairs(fit.eigenvalues), "reason": None}
-        if all(s is None for s in steps):
+        if all(c is None for c in coefficients):
             return {"reason": "decomposition failed: no layer could be fitted", "gram_passes": passes, "layers": layers}
         rank = max(layer["rank"] for layer in layers.values())
-        return {"steps": steps, "eigenvalues": [], "rank": rank, "gram_passes": passes, "layers": layers}
+        return {"coefficients": coefficients, "eigenvalues": [], "rank": rank, "gram_passes": passes, "layers": layers}
 
-    def _pass(
-        self, steps: Tensor | list[Tensor | None], criterion: str, write: bool, ratio: float = 0.0
-    ) -> dict[str, Any]:
-        """One prediction pass (:func:`torch_pdt.prediction.predict_pass`) and its statistics.
+    def _plan(self, tau: int, criterion: str, write: bool, ratio: float = 0.0) -> passes.Plan:
+        cfg = self.config
+        return passes.Plan(
+            tau,
+            criteria.canonical(criterion),
+            start_of_epoch=cfg.start_of_epoch,
+            # The newest snapshot is w_opt exactly unless the storage rounds it.
+            origin_is_param=not self._history.exact and not cfg.start_of_epoch,
+            graded=cfg.graded,
+            linear=cfg.jump == "linear",
+            write=write,
+            ratio=ratio,
+        )
 
-        ``steps`` (``(tau + 1) x h``, snapshots oldest first; ``2 tau x h`` where graded) maps
-        the snapshots to the ``tau`` predicted steps and the displacement; with ``scope="layer"``
-        there is one per parameter (``None``: not predicted).
+    def _pass(self, coefficients: Tensor | list[Tensor | None], plan: passes.Plan) -> dict[str, Any]:
+        """One prediction pass (:meth:`torch_pdt.passes.Backend.predict`) and its statistics.
+
+        ``coefficients`` (``(tau + 1) x h``, snapshots oldest first; ``2 tau x h`` where graded)
+        map the snapshots to the ``tau`` predicted steps and the displacement; with
+        ``scope="layer"`` there is one per parameter (``None``: not predicted).
         """
-        on_jump = self.config.on_jump if write else "keep"
+        on_jump = self.config.on_jump if plan.write else "keep"
         on_chunk, untouched = jump.prepare(self.optimizer, self.params, on_jump)
         if untouched and not self._warned_untouched:
             self._warned_untouched = True
             logger.warning("PDT on_jump=%r leaves unknown optimizer state %s unchanged", on_jump, sorted(untouched))
-        history = self._history
-        counts = self._fused_pass(steps, criterion, write) if history.fused is not None else None
-        if counts is None:
-            counts = prediction.predict_pass(
-                history.views(self.config.chunk_size),
-                self._flat_params(),
-                steps,
-                history.rows(),
-                criteria.make(criterion, ratio=ratio, draws=self._draws),
-                write=write,
-                start_of_epoch=self.config.start_of_epoch,
-                # The newest snapshot is w_opt exactly unless the storage rounds it.
-                origin_is_param=not history.exact and not self.config.start_of_epoch,
-                on_chunk=on_chunk,
-                graded=self.config.graded,
-                linear=self.config.jump == "linear",
-            )
+        flats, rows = self._flat_params(), self._history.rows()
+        counts = self._passes.predict(flats, rows, coefficients, plan, on_chunk=on_chunk, draws=self._draws)
         stats = counts.statistics(self._reduce_counts(counts.counts()), self.names, self._model_numels())
         return ({"optimizer_state_untouched": sorted(untouched)} if on_jump != "keep" else {}) | stats
 
@@ -448,116 +437,11 @@ class PDT:
 
     def _snapshot(self) -> None:
         """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
-        flats = self._flat_params()
-        try:
-            self._history.push(flats)
-        except Exception as e:
-            if self._history.fused is None or self.config.kernel == "compiled":
-                raise
-            self._use_eager(e)
-            self._history.replace_newest(flats)  # the ring has advanced: the row is written afresh
-
-    # --- the compiled kernel ---------------------------------------------------------------
+        self._history.push(self._flat_params(), self._passes)
 
     def _choose_kernel(self) -> None:
-        """Give the history the fused passes, or leave it eager; log which, once."""
-        cfg = self.config
-        storage, _ = self._history.layout()
-        devices = {local_shard(p).device for p in self.params}
-        unsupported = [
-            reason
-            for reason, applies in (
-                ("criterion='random'", cfg.criterion not in kernel.KERNEL_CRITERIA),
-                (f"on_jump={cfg.on_jump!r}", cfg.on_jump != "keep"),
-                ("snapshots on another device", {s.device for s in storage} != devices),
-                ("no compiler for " + ", ".join(sorted(map(str, devices))), not all(map(kernel.compiles, devices))),
-            )
-            if applies
-        ]
-        if cfg.kernel == "compiled" and unsupported:
-            raise ValueError(f"kernel='compiled' is not available here: {'; '.join(unsupported)}")
-        small = self.numel < kernel.AUTO_MIN_NUMEL and len(self.params) < kernel.AUTO_MIN_TENSORS
-        long_graded = cfg.graded and cfg.horizon > kernel.AUTO_MAX_GRADED_HORIZON
-        if cfg.kernel == "eager" or unsupported or (cfg.kernel == "auto" and (small or long_graded)):
-            if cfg.kernel == "eager":
-                reason = "kernel='eager'"
-            elif unsupported:
-                reason = "; ".join(unsupported)
-            elif small:
-                reason = "a small model"
-            else:
-                reason = f"graded=True at horizon {cfg.horizon} > {kernel.AUTO_MAX_GRADED_HORIZON}: slow to compile"
-            logger.info("PDT runs the eager passes (%s)", reason)
-            return
-        if cfg.kernel == "compiled":
-            _probe_compiled(self._flat_params(), cfg.history, cfg.storage)
-        logger.info("PDT runs the compiled passes (kernel=%r)", cfg.kernel)
-        self._history.fused = kernel.FusedPasses(*self._history.layout(), per_tensor=cfg.scope == "layer")
-
-    def _second_gram_pass(self, layerwise: bool) -> Callable[[Any], Tensor]:
-        """The second Cholesky-QR Gram pass (:func:`torch_pdt.dmd.orthogonal_factor`): given ``W``
-        (layerwise: one per tensor, ``None`` to skip), the Gram matrix of the basis times ``W``;
-        compiled (:meth:`torch_pdt.kernel.FusedPasses.gram`) where the history has the fused passes,
-        and eager after a failure to compile under ``kernel="auto"``."""
-        history = self._history
-        chunk = self.config.chunk_size
-        eager = history.tensor_gram_of(chunk) if layerwise else history.gram_of(chunk)
-        T = dmd.consecutive_basis(len(history))
-
-        def gram_of(W: Any) -> Tensor:
-            if history.fused is not None:
-                try:
-                    if layerwise:
-                        return history.fused.gram(history.rows(), [None if w is None else (T @ w).T for w in W])
-                    return history.fused.gram(history.rows(), (T @ W).T)[0]
-                except Exception as e:
-                    if self.config.kernel == "compiled":
-                        raise
-                    self._use_eager(e)
-            return eager(W)
-
-        return gram_of
-
-    def _use_eager(self, error: Exception) -> None:
-        """``kernel="auto"``: compiling failed; run eager from now on."""
-        logger.warning(
-            "PDT could not compile its passes (%s: %s); it runs the eager passes", type(error).__name__, error
-        )
-        self._history.fused = None
-
-    def _fused_pass(
-        self, steps: Tensor | list[Tensor | None], criterion: str, write: bool
-    ) -> prediction.PassCounts | None:
-        """The prediction pass by the compiled kernel; ``None`` when compiling failed under ``kernel="auto"``."""
-        history = self._history
-        mirrored = not self.config.start_of_epoch
-        flats = self._flat_params()
-        name = criteria.canonical(criterion)
-        try:
-            per_param, totals, per_horizon = history.fused.predict(
-                flats,
-                history.rows(),
-                steps,
-                name,
-                mirrored,
-                write,
-                origin_is_param=not history.exact and mirrored,
-                linear=self.config.jump == "linear",
-                graded=self.config.graded,
-            )
-        except Exception as e:
-            # Parameters written before the failure are restored from the newest snapshot,
-            # which holds them exactly in the mirrored (paper) layout; otherwise give up.
-            if self.config.kernel == "compiled" or not (mirrored and history.exact):
-                raise
-            history.copy_newest_to(flats)
-            self._use_eager(e)
-            return None
-        finite, consistency, lower, upper, _ = totals.unbind()
-        probe = torch.zeros(1)
-        applied = set(criteria.make(name)(probe, probe, probe, probe, 1))
-        passing = torch.stack([consistency, lower, upper, finite])
-        return prediction.PassCounts(per_param, passing, applied, per_horizon)
+        """Choose the passes (:func:`torch_pdt.passes.choose`) into ``self._passes``; a subclass may refuse some."""
+        self._passes = passes.choose(self._history, self.config, self._flat_params(), self.numel)
 
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         """The Gram matrix of the whole model from this process's; a sharded subclass sums the ranks'."""
@@ -660,23 +544,3 @@ def _register_step_hook(pdt: PDT, required: bool) -> torch.utils.hooks.Removable
     weakref.finalize(pdt, handle.remove)
     return handle
 
-
-def _probe_compiled(flats: list[Tensor], capacity: int, storage: str) -> None:
-    """``kernel="compiled"``: ``ValueError`` now, not at the first :meth:`PDT.step`, if the compiler
-    is present but cannot build the snapshot pass (a broken toolchain, a failing inductor).
-
-    The pass is compiled and run once on a stand-in of 8 elements per (device, dtype) and the
-    same ring capacity and storage: its dynamic-shape graph is the one the real snapshots then reuse, so the
-    probe costs no second compilation.
-    """
-    kinds = {(t.device, t.dtype): torch.zeros(8, dtype=t.dtype, device=t.device) for t in flats}
-    probe = SnapshotHistory(list(kinds.values()), capacity, storage)
-    probe.fused = kernel.FusedPasses(*probe.layout())
-    try:
-        probe.push(list(kinds.values()))
-    except Exception as e:
-        raise ValueError(
-            f"kernel='compiled' is not available here: compiling the snapshot pass failed "
-            f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); "
-            "use kernel='auto' or 'eager'"
-        ) from e

@@ -91,7 +91,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.algorithms.join import Joinable, JoinHook
 
-from .. import dmd
+from .. import dmd, passes
 from ..params import DTensor, local_shard
 from ..pdt import PDT
 
@@ -453,9 +453,9 @@ class DistributedPDT(PDT, Joinable):
                 for q in map(local_shard, self.params)
             ]
             if self._history.rows()[-1:] == newest:  # failed before the ring advanced
-                self._history.push(lost)
+                self._history.push(lost, self._passes)
             else:
-                self._history.replace_newest(lost)
+                self._history.replace_newest(lost, self._passes)
 
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         if not self.sharded:
@@ -481,6 +481,7 @@ class DistributedPDT(PDT, Joinable):
         # faults): a distributed run stays on the eager passes until they are.
         if self.config.kernel == "compiled":
             raise ValueError("kernel='compiled' is not available for DistributedPDT yet; use 'auto' or 'eager'")
+        self._passes = passes.Backend(self._history, self.config)
 
     def _reduce_counts(self, counts: Tensor) -> Tensor:
         if not self.sharded:
