@@ -1,24 +1,24 @@
 """The PDT plug-in: epoch-level DMD prediction beside any ``torch.optim`` optimizer.
 
-:class:`PDT` is the orchestrator: the epoch state machine (snapshot, predict when due, roll
-back when the pacing rule says so), step mode's optimizer hook, and its state. The concepts it
-orchestrates live one per module: options (:mod:`~torch_pdt.config`), parameters
-(:mod:`~torch_pdt.params`), snapshots (:mod:`~torch_pdt.snapshots`), DMD (:mod:`~torch_pdt.dmd`),
-the prediction pass (:mod:`~torch_pdt.prediction`), masks (:mod:`~torch_pdt.criteria`), the
-pacing of τ and Ti (:mod:`~torch_pdt.pacing`), and the optimizer's state after a jump
+:class:`PDT` is the epoch state machine: snapshot, predict when due, roll back when the pacing
+rule says so, step mode's optimizer hook, and its state. The concepts it orchestrates live one
+per module: options (:mod:`~torch_pdt.config`), parameters (:mod:`~torch_pdt.params`),
+snapshots (:mod:`~torch_pdt.snapshots`), the DMD fit of the history (:mod:`~torch_pdt.fitting`,
+on :mod:`~torch_pdt.dmd`), the passes over the snapshots (:mod:`~torch_pdt.passes`: a plan,
+an eager and a compiled implementation), masks (:mod:`~torch_pdt.criteria`), the pacing of τ
+and Ti (:mod:`~torch_pdt.pacing`), and the optimizer's state after a jump
 (:mod:`~torch_pdt.jump`). :mod:`~torch_pdt.reference` is a readable float64 twin of one step.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint, criteria, dmd, jump, misuse, pacing, params, passes, statistics
+from . import checkpoint, criteria, fitting, jump, misuse, pacing, params, passes, statistics
 from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
 from .snapshots import SnapshotHistory
@@ -151,7 +151,7 @@ class PDT:
         """The statistics of the latest :meth:`step` (empty before the first)."""
         self._warned_untouched = False
         self._watch = misuse.StepWatch()
-        self._hook = _register_step_hook(self, required=cfg.every_n_steps is not None)
+        self._hook = misuse.register_step_hook(self, optimizer, required=cfg.every_n_steps is not None)
         self._watch.counting = self._hook is not None
         misuse.watch_other_optimizers(self._watch, optimizer, self.params)
         self._choose_kernel()
@@ -282,7 +282,18 @@ class PDT:
         """Fit DMD to the history, turn the forecast into step coefficients, run the pass."""
         cfg = self.config
         tau = self.pacing.horizon
-        fitted = self._fit_layers(tau) if cfg.scope == "layer" else self._fit_model(tau)
+        history, rows = self._history, self._history.rows()
+        fit = fitting.fit_layers if cfg.scope == "layer" else fitting.fit_model
+        fitted = fit(
+            lambda: self._reduce_gram(history.grams()),
+            lambda W: self._reduce_gram(self._passes.gram(rows, W)),
+            len(history),
+            history.resolution,
+            cfg,
+            tau,
+            self.names,
+            self._model_numels(),
+        )
         if "reason" in fitted:
             return fitted
         coefficients = fitted.pop("coefficients")
@@ -297,93 +308,6 @@ class PDT:
         layers = fitted.get("layers", {})
         result["rejected"]["unfitted"] = sum(n for n, layer in zip(numels, layers.values()) if layer["reason"])
         return result | {"horizon": tau, "predicted": True, "accepted_ratio": result["accepted"] / self.numel} | fitted
-
-    def _fit_model(self, tau: int) -> dict[str, Any]:
-        """One DMD of all parameters: its step coefficients and statistics, or the reason it failed."""
-        cfg = self.config
-        m = len(self._history)
-        count = [1]  # the first Gram pass is the history's incremental Gram
-        rows = self._history.rows()
-
-        def gram_of(W: Tensor) -> Tensor:
-            count[0] += 1
-            return self._reduce_gram(self._passes.gram(rows, W)[0])
-
-        try:
-            gram = self._reduce_gram(self._history.gram())
-            R, W = dmd.orthogonal_factor(gram_of, m, gram=gram, resolution=self._history.resolution)
-            basis = dmd.consecutive_basis(m)
-            fit = dmd.fit_factor(R, W, basis=basis, exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol)
-        except dmd.DMDError as e:
-            return {"reason": f"decomposition failed: {e}", "gram_passes": count[0]}
-        coefficients = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
-        fitted = {"eigenvalues": statistics.complex_pairs(fit.eigenvalues), "rank": fit.rank, "gram_passes": count[0]}
-        if not torch.isfinite(coefficients).all():
-            return {"reason": "decomposition failed: non-finite forecast"} | fitted
-        return {"coefficients": coefficients} | fitted
-
-    def _fit_layers(self, tau: int) -> dict[str, Any]:
-        r"""``scope="layer"``: one DMD per parameter tensor, from its own ``h x h`` Gram matrix.
-
-        All tensors' Gram matrices are reduced together (one collective where sharded), and the
-        second Gram pass, for the tensors whose first factor is not accurate enough
-        (:func:`torch_pdt.dmd.first_factor`), is one pass over the snapshots for all of them.
-        A tensor whose fit fails (rank 0, a non-finite forecast) is kept as the optimizer left
-        it; its reason is in ``layers``. Returns the per-tensor ``coefficients`` (``None``
-        where no fit) and the statistics ``layers`` (per tensor: ``rank``, ``eigenvalues`` as
-        ``[re, im]`` pairs, ``reason``), ``rank`` (the largest),
-        ``eigenvalues`` (empty: they are per tensor) and ``gram_passes``; or the reason no
-        tensor could be fitted.
-        """
-        cfg = self.config
-        history = self._history
-        m = len(history)
-        try:
-            grams = self._reduce_gram(history.grams())
-        except dmd.DMDError as e:
-            return {"reason": f"decomposition failed: {e}", "gram_passes": 1}
-        firsts: list[tuple[Tensor, Tensor, bool] | str] = []
-        for K in grams:
-            try:
-                firsts.append(dmd.first_factor(K, m, history.resolution))
-            except dmd.DMDError as e:
-                firsts.append(str(e))
-        refine = [None if isinstance(f, str) or f[2] else f[1] for f in firsts]
-        passes = 1
-        second = None
-        if any(w is not None for w in refine):
-            passes += 1
-            try:
-                second = self._reduce_gram(self._passes.gram(history.rows(), refine))
-            except dmd.DMDError as e:
-                return {"reason": f"decomposition failed: {e}", "gram_passes": passes}
-        coefficients: list[Tensor | None] = []
-        layers: dict[str, dict[str, Any]] = {}
-        numels = self._model_numels()
-        for i, (name, first) in enumerate(zip(self.names, firsts)):
-            try:
-                if numels[i] == 0:  # its Gram matrix is zero too: say why, not "rank 0"
-                    raise dmd.DMDError("no elements")
-                if isinstance(first, str):
-                    raise dmd.DMDError(first)
-                R1, W1, _ = first
-                R, W = dmd.finish_factor(R1, W1, m, None if refine[i] is None else second[i])
-                fit = dmd.fit_factor(
-                    R, W, basis=dmd.consecutive_basis(m), exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol
-                )
-                mine = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
-                if not torch.isfinite(mine).all():
-                    raise dmd.DMDError("non-finite forecast")
-            except dmd.DMDError as e:
-                coefficients.append(None)
-                layers[name] = {"rank": 0, "eigenvalues": [], "reason": str(e)}
-                continue
-            coefficients.append(mine)
-            layers[name] = {"rank": fit.rank, "eigenvalues": statistics.complex_pairs(fit.eigenvalues), "reason": None}
-        if all(c is None for c in coefficients):
-            return {"reason": "decomposition failed: no layer could be fitted", "gram_passes": passes, "layers": layers}
-        rank = max(layer["rank"] for layer in layers.values())
-        return {"coefficients": coefficients, "eigenvalues": [], "rank": rank, "gram_passes": passes, "layers": layers}
 
     def _plan(self, tau: int, criterion: str, write: bool, ratio: float = 0.0) -> passes.Plan:
         cfg = self.config
@@ -519,28 +443,4 @@ class PDT:
         self.pacing = restored
         self.epoch, self.plain_epochs, self.optimizer_steps = counters
         self._draws = draws
-
-
-def _register_step_hook(pdt: PDT, required: bool) -> torch.utils.hooks.RemovableHandle | None:
-    """The optimizer post-hook, holding ``pdt`` only weakly: a PDT that is dropped stops counting and stepping.
-
-    Step mode (``required``) needs it; epoch mode only counts steps for :mod:`~torch_pdt.misuse`,
-    and goes without where the optimizer cannot take a hook (no ``register_step_post_hook``, or
-    a subclass that skipped ``Optimizer.__init__``): ``None`` then.
-    """
-    ref = weakref.ref(pdt)
-
-    def after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        owner = ref()
-        if owner is not None:
-            owner._after_optimizer_step(optimizer, args, kwargs)
-
-    try:
-        handle = pdt.optimizer.register_step_post_hook(after_optimizer_step)
-    except AttributeError:
-        if required:
-            raise
-        return None
-    weakref.finalize(pdt, handle.remove)
-    return handle
 
