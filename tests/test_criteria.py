@@ -388,7 +388,7 @@ def test_pdt_plugin_paper_criterion_hand_worked():
     The epoch after a prediction is a plain one (interval = 1) and leaves the weights alone.
     """
     p, pdt = _setup("pdt")
-    assert pdt.config["forecast"] == "paper" and pdt.config["history_after_jump"] == "optimizer"
+    assert pdt.config.forecast == "paper" and pdt.config.history_after_jump == "optimizer"
     for epoch in (0, 1):
         _set(p, w(epoch))
         stats = pdt.step()
@@ -434,7 +434,7 @@ def test_pdt_plugin_reference_criterion_hand_worked():
     After the step, the assembled weights are the next start-of-epoch snapshot.
     """
     p, pdt = _setup("reference")
-    assert pdt.config["forecast"] == "increment"
+    assert pdt.config.forecast == "increment"
     for epoch in (0, 1):
         _set(p, w(epoch + 1))  # the optimizer's epoch ends on the next point of the trajectory
         stats = pdt.step()

@@ -241,11 +241,11 @@ def test_ddp_adaptive_rollback_with_rank_local_losses_keeps_replicas_bit_identic
     rise = [loss[spike] / loss[spike - 1] - 1 for loss in losses]
     assert rise[0] <= 0.05 < rise[1]
     for r in ranks:
-        decisions = [s["schedule"] for s in r["stats"]]
-        # The scheduler saw the mean of the ranks' losses, on both ranks alike.
+        decisions = [s["pacing"] for s in r["stats"]]
+        # The pacing rule saw the mean of the ranks' losses, on both ranks alike.
         assert [d["loss"] for d in decisions] == [(a + b) / 2 for a, b in zip(*losses)]
         assert [s["rolled_back"] for s in r["stats"]] == [e == spike for e in range(worker.EPOCHS)]
-        assert r["stats"][spike]["schedule"]["verdict"] == "bad"
+        assert r["stats"][spike]["pacing"]["verdict"] == "bad"
         assert any(s["predicted"] for s in r["stats"][spike + 1 :])  # and predicted again, backed off
         # The rollback restored the optimizer's weights of the prediction's epoch, exactly, and
         # zeroed the velocities.

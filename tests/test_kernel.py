@@ -43,13 +43,13 @@ def _trajectory(sizes, dtype, epochs, seed=0):
     return out
 
 
-def _reference(rows, param, steps, criterion, mirrored, tau, origin_is_param=False):
+def _reference(rows, param, steps, criterion, start_of_epoch, tau, origin_is_param=False):
     """Float64 decisions (torch_pdt.reference, the readable twin), new weights and rounding scale."""
     S = torch.stack([r.to(torch.float64) for r in rows])
     new = (param.to(torch.float64) if origin_is_param else S[-1]) + steps[tau] @ S
     # (With rounded snapshots the kernel starts from the weights, the twin from the newest
     # snapshot: the same decisions but for overflow, which these weights never reach.)
-    accept = reference.apply_coefficients(S, param, steps, criterion, horizon=tau, start_of_epoch=not mirrored).accept
+    accept = reference.apply_coefficients(S, param, steps, criterion, horizon=tau, start_of_epoch=start_of_epoch).accept
     # The size of the terms the float32 displacement sums: its rounding is a few units of this.
     X = torch.cat([S[:-1] - S[-1], S[-1:]])
     terms = kernel.ring_coefficients(steps, torch.float64, S.device)[tau].abs() @ X.abs()
@@ -70,7 +70,7 @@ def _run_pdt(criterion, sizes, dtype=torch.float32, forecast=None, epochs=H + 3,
     )
     history = pdt._history
     fused = kernel.FusedPasses(*history.layout())
-    mirrored = not pdt.config.start_of_epoch
+    start_of_epoch = pdt.config.start_of_epoch
     log = []
     eager_pass = pdt._pass
 
@@ -85,8 +85,8 @@ def _run_pdt(criterion, sizes, dtype=torch.float32, forecast=None, epochs=H + 3,
         refs = []
         for (bucket, offset, numel), p in zip(history.layout()[1], params):
             ring = [history.layout()[0][bucket][j, offset : offset + numel] for j in rows]
-            origin_is_param = not history.exact and mirrored
-            refs.append(_reference(ring, p.detach().view(-1), steps, crit, mirrored, TAU, origin_is_param))
+            origin_is_param = not history.exact and not start_of_epoch
+            refs.append(_reference(ring, p.detach().view(-1), steps, crit, start_of_epoch, TAU, origin_is_param))
         result = eager_pass(steps, plan)
         log.append((result, per_param, totals, [p.detach().clone() for p in params], flats, refs, before))
         return result

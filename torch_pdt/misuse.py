@@ -18,8 +18,8 @@ and what to do instead. Five kinds, each warned at most once per PDT:
   at a worse loss). ``every_n_steps=K`` is the way to step it every ``K`` optimizer steps. Full-batch
   training, where an epoch *is* one optimizer step, looks the same; there the warning can be
   ignored.
-* an option that the chosen criterion or scheduler ignores (``tolerance`` without
-  ``scheduler="adaptive"``: :meth:`~torch_pdt.config.PDTConfig.ignored`), at construction;
+* an option that the chosen criterion or pacing rule ignores (``tolerance`` without
+  ``pacing="adaptive"``: :meth:`~torch_pdt.config.PDTConfig.ignored`), at construction;
   only when given a value other than its default (:func:`ignored_options`), so that a PDT
   rebuilt from another's ``config.saved()`` is not warned.
 
@@ -103,12 +103,12 @@ def ignored_options(config: PDTConfig, options: Mapping[str, Any]) -> list[str]:
     """:meth:`~torch_pdt.config.PDTConfig.ignored` for the ``options`` given a value other than the default.
 
     A default value changes nothing, wherever it came from: ``PDT(opt, **other.config.saved())``
-    passes every option, ``tolerance`` included, with ``scheduler="fixed"``.
+    passes every option, ``tolerance`` included, with ``pacing="fixed"``.
 
     >>> ignored_options(PDTConfig(), PDTConfig().saved())
     []
     >>> ignored_options(PDTConfig(), {"tolerance": 0.5})
-    ["tolerance (it applies to scheduler='adaptive' only; got scheduler='fixed')"]
+    ["tolerance (it applies to pacing='adaptive' only; got pacing='fixed')"]
     """
     defaults = {f.name: f.default for f in dataclasses.fields(PDTConfig)}
     return config.ignored([k for k, v in options.items() if k not in defaults or v != defaults[k]])

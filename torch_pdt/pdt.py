@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint, criteria, fitting, jump, misuse, pacing, params, passes, statistics
+from . import checkpoint, compat, criteria, fitting, jump, misuse, pacing, params, passes, statistics
 from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
 from .snapshots import SnapshotHistory
@@ -59,7 +59,7 @@ class PDT:
         **options: the other options, each a field of :class:`~torch_pdt.config.PDTConfig`
             (``criterion``, ``forecast``, ``modes``, ``rank``, ``rtol``, ``history_after_jump``,
             ``random_ratio``, ``seed``, ``chunk_size``, ``storage``, ``every_n_steps``,
-            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
+            ``pacing``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
             ``graded``, ``jump``). Every invalid value raises a ``ValueError`` naming it.
 
     ``scope="layer"`` fits one DMD per parameter tensor to that tensor's own snapshots (as the
@@ -89,7 +89,7 @@ class PDT:
     optimizer's steps, so that misuse is said once per PDT as a
     :class:`~torch_pdt.misuse.PDTMisuseWarning`: :meth:`step` again with no optimizer step in
     between, :meth:`step` after every optimizer step or by hand in step mode, another optimizer
-    stepping PDT's parameters, an option the chosen scheduler or criterion ignores
+    stepping PDT's parameters, an option the chosen pacing rule or criterion ignores
     (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
     predicted elements are rejected, and a decomposition that fails (rank 0, non-finite
     snapshots) skips the prediction, with the reason in the returned statistics. When
@@ -137,12 +137,12 @@ class PDT:
         self._sharded = any(isinstance(p, DTensor) for p in self.params)
         # Snapshots hold what this process updates: the local shards of sharded parameters.
         self._history = SnapshotHistory(self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size, cfg.scope)
-        if cfg.scheduler == "adaptive" and not self._history.exact:
+        if cfg.pacing == "adaptive" and not self._history.exact:
             raise ValueError(
-                f"scheduler='adaptive' restores weights from the snapshots, which storage={cfg.storage!r} rounds; "
+                f"pacing='adaptive' restores weights from the snapshots, which storage={cfg.storage!r} rounds; "
                 "use storage='same' or 'cpu'"
             )
-        self.pacing = pacing.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
+        self.pacing = pacing.make(cfg.pacing, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
         self._draws = criteria.RandomDraws(cfg.seed)
         self.epoch = 0
         self.plain_epochs = 0
@@ -161,11 +161,6 @@ class PDT:
         if ignored:
             message = f"PDT ignores {'; '.join(ignored)}: leave it out, or choose the setting it applies to"
             misuse.warn_once(self._watch.said, "ignored", message)
-
-    @property
-    def schedule(self) -> pacing.FixedPacing:
-        """The earlier name of :attr:`pacing`, the rule for the horizon and interval."""
-        return self.pacing
 
     @property
     def chunk_size(self) -> int:
@@ -189,7 +184,7 @@ class PDT:
             loss: the loss of the epoch that just ended (mean training loss, or a held-out
                 loss of the weights the optimizer reached): any real number, numpy scalar or
                 one-element tensor; required by the ``"authors"`` and ``"adaptive"`` pacing
-                rules (``scheduler=``), ignored by ``"fixed"``.
+                rules (``pacing=``), ignored by ``"fixed"``.
             predict: with ``False`` the snapshot is still taken (and the pacing rule still sees
                 the loss) but no prediction runs (the epoch counts as a plain one): a caller's
                 own rule can switch PDT off and on.
@@ -253,7 +248,7 @@ class PDT:
 
     def _loss_value(self, loss: Any) -> float | None:
         if loss is None and self.pacing.needs_loss:
-            raise ValueError(f"loss is required: scheduler={self.pacing.name!r} needs step(loss=...)")
+            raise ValueError(f"loss is required: pacing={self.pacing.name!r} needs step(loss=...)")
         return None if loss is None else as_loss(loss)
 
     def _roll_back(self, decision: pacing.Decision) -> None:
@@ -414,7 +409,7 @@ class PDT:
             "epoch": self.epoch,
             "plain_epochs": self.plain_epochs,
             "optimizer_steps": self.optimizer_steps,
-            "schedule": self.pacing.state_dict(),
+            "pacing": self.pacing.state_dict(),
             "history": self._history.state_dict(),
             "generators": self._draws.state_dict(),
         }
@@ -422,9 +417,11 @@ class PDT:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; raises ``ValueError`` (changing nothing) on a mismatch.
 
-        Every field's type and range is checked, and every part built aside, before any is committed.
+        A state in earlier names loads too (:func:`torch_pdt.compat.upgrade`). Every field's type
+        and range is checked, and every part built aside, before any is committed.
         """
-        keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "schedule", "history", "generators"}
+        state_dict = compat.upgrade(state_dict)
+        keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "pacing", "history", "generators"}
         if not isinstance(state_dict, dict):
             raise ValueError(f"not a PDT state: a {type(state_dict).__name__}, not a dict")
         missing = keys - set(state_dict)
@@ -434,8 +431,8 @@ class PDT:
         self.config.check_saved(state_dict["config"])
         counters = [as_int(f"saved {k}", state_dict[k], 0) for k in ("epoch", "plain_epochs", "optimizer_steps")]
         cfg = self.config
-        restored = pacing.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
-        restored.load_state_dict(state_dict["schedule"])
+        restored = pacing.make(cfg.pacing, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
+        restored.load_state_dict(state_dict["pacing"])
         draws = self._draws.restored(state_dict["generators"], {local_shard(p).device for p in self.params})
         self._history.check_state(state_dict["history"])
         # Only now commit.

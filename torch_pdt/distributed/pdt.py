@@ -29,7 +29,7 @@ collectives of different epochs (FSDP2). So:
   and of the parameter layout; a difference raises ``ValueError`` on every rank, naming the
   settings and the ranks (sharded: a third sums the parts' sizes, for the statistics);
 * every :meth:`~DistributedPDT.step` starts with one ``all_reduce`` of each rank's step
-  counter, optimizer steps since construction, loss and ``predict`` flag. The scheduler sees
+  counter, optimizer steps since construction, loss and ``predict`` flag. The pacing rule sees
   the **mean of the ranks' losses** :math:`\bar L = \frac1W \sum_r L_r` (a float64 sum in rank
   order, the same on every rank), so rollbacks and the :math:`\tau`/:math:`T_i` schedule are
   the same everywhere. Ranks at different counters raise :class:`RanksOutOfStepError`, and a
@@ -71,7 +71,7 @@ Example (one process per rank, e.g. under ``torchrun``)::
 
     model = fully_shard(model)  # or DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters())
-    pdt = DistributedPDT(opt, history=5, horizon=5, scheduler="adaptive")
+    pdt = DistributedPDT(opt, history=5, horizon=5, pacing="adaptive")
     for epoch in range(epochs):
         loss = train_one_epoch(model, opt)  # this rank's mean loss
         pdt.step(loss=loss)  # same call, same decision, same statistics on every rank
@@ -91,7 +91,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.algorithms.join import Joinable, JoinHook
 
-from .. import dmd, passes
+from .. import compat, dmd, passes
 from ..params import DTensor, local_shard
 from ..pdt import PDT
 
@@ -310,7 +310,7 @@ class DistributedPDT(PDT, Joinable):
         """:meth:`torch_pdt.PDT.step` on every rank with the mean of the ranks' losses.
 
         One gather first collects every rank's step counter, optimizer steps since its previous
-        call, state origin, ``loss`` and ``predict``; the scheduler then sees the mean loss on
+        call, state origin, ``loss`` and ``predict``; the pacing rule then sees the mean loss on
         every rank. With ``verify=True``, the replica check follows.
 
         Raises:
@@ -424,7 +424,8 @@ class DistributedPDT(PDT, Joinable):
 
     def _resumed(self, state_dict: dict[str, Any], run: int | None) -> None:
         """Record the origin of a state just loaded: what every rank's must equal at the next step."""
-        shared = [state_dict[k] for k in ("epoch", "plain_epochs", "optimizer_steps", "schedule")]
+        state_dict = compat.upgrade(state_dict)
+        shared = [state_dict[k] for k in ("epoch", "plain_epochs", "optimizer_steps", "pacing")]
         if not self.sharded:  # the snapshots are every rank's too
             snapshots = state_dict["history"]["snapshots"]
             shared.append([_bit_checksums(t.reshape(-1), self.chunk_size).tolist() for t in snapshots])
