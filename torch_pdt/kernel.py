@@ -79,7 +79,7 @@ import torch
 from torch import Tensor
 
 from . import dmd
-from .prediction import PassCounts
+from .prediction import Coefficients, PassCounts
 
 if TYPE_CHECKING:
     from .passes import Plan
@@ -565,25 +565,18 @@ class FusedPasses:
         return K
 
     def predict(
-        self,
-        flats: Sequence[Tensor],
-        rows: Sequence[int],
-        coefficients: Tensor | Sequence[Tensor | None],
-        plan: Plan,
-        *,
-        on_chunk: Any = None,
-        draws: Any = None,
+        self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
     ) -> PassCounts:
         """Predict, mask and (with ``plan.write``) assemble every parameter (:func:`predict_mask_assemble`).
 
         ``rows``: the storage rows oldest first; ``coefficients``: float64 ``(tau + 1) x h``
         (graded: ``2 tau x h``), the predicted steps and the displacement as combinations of the
         snapshots; with ``scope="layer"`` one per parameter, ``None`` for a parameter without a
-        fit, whose elements are kept and counted as passing every check. ``on_chunk`` (the
-        optimizer-state update of ``on_jump``) and ``draws`` (the random criterion) are the eager
-        pass's only: :func:`torch_pdt.passes.choose` never gives them here.
+        fit, whose elements are kept and counted as passing every check. The ``hooks`` of the eager
+        pass (``on_chunk`` for ``on_jump``, ``draws`` for the random criterion) are refused:
+        :func:`torch_pdt.passes.choose` never gives such a plan here.
         """
-        if on_chunk is not None or plan.criterion not in KERNEL_CRITERIA:
+        if hooks or plan.criterion not in KERNEL_CRITERIA:
             raise ValueError("the compiled pass runs neither on_jump other than 'keep' nor criterion='random'")
         per_layer = not isinstance(coefficients, Tensor)
         tau, graded = plan.horizon, plan.graded

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from . import criteria, kernel, prediction
 from .config import PDTConfig
+from .prediction import Coefficients, PassCounts
 from .snapshots import SnapshotHistory
 
 __all__ = ["Backend", "Passes", "Plan", "choose"]
@@ -89,15 +90,10 @@ class Passes(Protocol):
     def gram(self, rows: Sequence[int], W: Tensor | Sequence[Tensor | None]) -> Tensor: ...
 
     def predict(
-        self,
-        flats: Sequence[Tensor],
-        rows: Sequence[int],
-        coefficients: Tensor | Sequence[Tensor | None],
-        plan: Plan,
-        *,
-        on_chunk: prediction.OnChunk | None = None,
-        draws: criteria.RandomDraws | None = None,
-    ) -> prediction.PassCounts: ...
+        self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
+    ) -> PassCounts:
+        """``hooks``: the eager pass's ``on_chunk`` (:data:`torch_pdt.prediction.OnChunk`, for
+        ``on_jump``) and ``draws`` (the random criterion's generators); the compiled pass takes none."""
 
 
 class Backend:
@@ -151,15 +147,8 @@ class Backend:
         return self.eager.gram(rows, W)
 
     def predict(
-        self,
-        flats: Sequence[Tensor],
-        rows: Sequence[int],
-        coefficients: Tensor | Sequence[Tensor | None],
-        plan: Plan,
-        *,
-        on_chunk: prediction.OnChunk | None = None,
-        draws: criteria.RandomDraws | None = None,
-    ) -> prediction.PassCounts:
+        self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
+    ) -> PassCounts:
         if self.compiled is not None:
             try:
                 return self.compiled.predict(flats, rows, coefficients, plan)
@@ -170,7 +159,7 @@ class Backend:
                     raise
                 self._history.copy_newest_to(flats)
                 self._fall_back(e)
-        return self.eager.predict(flats, rows, coefficients, plan, on_chunk=on_chunk, draws=draws)
+        return self.eager.predict(flats, rows, coefficients, plan, **hooks)
 
 
 def choose(history: SnapshotHistory, config: PDTConfig, flats: Sequence[Tensor], numel: int) -> Backend:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from . import checkpoint, compat, criteria, fitting, jump, misuse, pacing, params, passes, statistics
 from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
+from .prediction import Coefficients
 from .snapshots import SnapshotHistory
 from .statistics import PDTStatistics
 
@@ -278,8 +279,7 @@ class PDT:
         cfg = self.config
         tau = self.pacing.horizon
         history, rows = self._history, self._history.rows()
-        fit = fitting.fit_layers if cfg.scope == "layer" else fitting.fit_model
-        fitted = fit(
+        fitted = fitting.fit(
             lambda: self._reduce_gram(history.grams()),
             lambda W: self._reduce_gram(self._passes.gram(rows, W)),
             len(history),
@@ -318,7 +318,7 @@ class PDT:
             ratio=ratio,
         )
 
-    def _pass(self, coefficients: Tensor | list[Tensor | None], plan: passes.Plan) -> dict[str, Any]:
+    def _pass(self, coefficients: Coefficients, plan: passes.Plan) -> dict[str, Any]:
         """One prediction pass (:meth:`torch_pdt.passes.Backend.predict`) and its statistics.
 
         ``coefficients`` (``(tau + 1) x h``, snapshots oldest first; ``2 tau x h`` where graded)

@@ -60,7 +60,10 @@ from .criteria import CHECKS, Criterion, extremes
 if TYPE_CHECKING:
     from .passes import Plan
 
-__all__ = ["EagerPasses", "PassCounts", "predict_pass"]
+__all__ = ["Coefficients", "EagerPasses", "PassCounts", "predict_pass"]
+
+Coefficients = Tensor | Sequence[Tensor | None]
+"""Step coefficients (module docstring): one float64 matrix, or per layer one per parameter (``None``: no fit)."""
 
 OnChunk = Callable[[int, int, Tensor, Tensor, Tensor], None]
 """``on_chunk(i, start, accept, last_step, delta)`` after each chunk of parameter ``i`` (from
@@ -224,7 +227,7 @@ class EagerPasses:
         self,
         flats: Sequence[Tensor],
         rows: Sequence[int],
-        coefficients: Tensor | Sequence[Tensor | None],
+        coefficients: Coefficients,
         plan: Plan,
         *,
         on_chunk: OnChunk | None = None,
@@ -238,7 +241,7 @@ class EagerPasses:
 def predict_pass(
     views: Iterable[tuple[int, int, Tensor]],
     targets: Sequence[Tensor],
-    coefficients: Tensor | Sequence[Tensor | None],
+    coefficients: Coefficients,
     rows: Sequence[int],
     criterion: Criterion,
     plan: Plan,
