@@ -117,11 +117,6 @@ class Backend:
         self.compiled = compiled
         self._history = history
 
-    @property
-    def active(self) -> Passes:
-        """The implementation the next pass runs."""
-        return self.eager if self.compiled is None else self.compiled
-
     def _fall_back(self, error: Exception) -> None:
         if self.kernel == "compiled":
             raise error
