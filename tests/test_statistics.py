@@ -310,3 +310,9 @@ def test_an_unknown_option_is_named_with_the_valid_ones():
     message = str(raised.value)
     assert "'horizn' (did you mean 'horizon'?)" in message and "'colour'" in message
     assert "the options are: history, horizon, start_epoch, interval, criterion" in message
+
+
+def test_an_option_from_before_the_renames_is_refused_with_its_new_name():
+    opt = torch.optim.SGD(make_model().parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"unknown PDT option 'scheduler' \(renamed 'pacing'\)"):
+        PDT(opt, scheduler="adaptive")

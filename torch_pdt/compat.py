@@ -26,15 +26,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config import ALIASES
+from .config import ALIASES, RENAMED_OPTIONS
 
 __all__ = ["ADDED", "RENAMED", "RENAMED_OPTIONS", "upgrade"]
 
 RENAMED = {"schedule": "pacing"}
 """Earlier state keys -> current ones."""
-
-RENAMED_OPTIONS = {"scheduler": "pacing"}
-"""Earlier option names in a saved ``"config"`` -> current ones."""
 
 ADDED = {"scope": "model", "graded": False, "jump": "forecast"}
 """Options added after checkpoints were first saved: a checkpoint without one was saved at its default."""

@@ -87,8 +87,18 @@ def as_loss(value: Any) -> float:
     raise ValueError(f"loss must be a real number or a one-element real tensor, got {value!r}")
 
 
+RENAMED_OPTIONS = {"scheduler": "pacing"}
+"""Earlier option names -> current ones: refused with the new name in the message, and translated
+in a saved ``"config"`` (:func:`torch_pdt.compat.upgrade`)."""
+
+
 def check_names(names: Iterable[str]) -> None:
     """``TypeError`` naming every name in ``names`` that is not an option, with the valid ones.
+
+    >>> check_names(["scheduler"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    TypeError: unknown PDT option 'scheduler' (renamed 'pacing'); the options are: history, horizon, ...
 
     >>> check_names(["horizn"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -98,8 +108,14 @@ def check_names(names: Iterable[str]) -> None:
     valid = [f.name for f in fields(PDTConfig)]
     unknown = [n for n in names if n not in valid]
     if unknown:
-        hints = [difflib.get_close_matches(n, valid, n=1) for n in unknown]
-        said = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in zip(unknown, hints))
+
+        def hint(name: str) -> str:
+            if name in RENAMED_OPTIONS:
+                return f" (renamed {RENAMED_OPTIONS[name]!r})"
+            close = difflib.get_close_matches(name, valid, n=1)
+            return f" (did you mean {close[0]!r}?)" if close else ""
+
+        said = ", ".join(f"{n!r}{hint(n)}" for n in unknown)
         raise TypeError(f"unknown PDT option {said}; the options are: {', '.join(valid)}")
 
 
