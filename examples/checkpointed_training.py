@@ -5,7 +5,7 @@
     # the last finished epoch and ends with the same weights, bit for bit, as an unkilled run.
 
 Each checkpoint holds the model, the optimizer, the LR scheduler, PDT (snapshots, adaptive
-scheduler, counters), the global torch RNG (dropout) and the data-order generator, and is
+pacing rule, counters), the global torch RNG (dropout) and the data-order generator, and is
 written with :func:`torch_pdt.save_atomic`, so a kill while saving leaves the previous one
 intact. Synthetic data keeps the example self-contained; swap in your own loader and model.
 Run on CPU with one thread for bit-identical results (parallel reductions may reorder sums).
@@ -40,7 +40,7 @@ def main() -> None:
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
-    pdt = PDT(opt, history=3, horizon=3, start_epoch=2, interval=0, scheduler="adaptive", on_jump="rescale")
+    pdt = PDT(opt, history=3, horizon=3, start_epoch=2, interval=0, pacing="adaptive", on_jump="rescale")
     order = torch.Generator().manual_seed(1)
     first = 0
     if last.exists():

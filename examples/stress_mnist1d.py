@@ -1,12 +1,12 @@
-"""Stress PDT's schedulers and optimizer-state policies on MNIST-1D, through ``pdt-bench compare``.
+"""Stress PDT's pacing rules and optimizer-state policies on MNIST-1D, through ``pdt-bench compare``.
 
     python examples/stress_mnist1d.py --setting sgd-lr0.1
     python examples/stress_mnist1d.py --setting sgd-momentum --variants fixed,fixed-reset,fixed-rescale --seeds 0
     python examples/stress_mnist1d.py --setting tau9 --wide --pdt criterion=authors   # any compare option
 
-Each setting is a hard case for PDT; each variant is a PDT method with its scheduler and what
+Each setting is a hard case for PDT; each variant is a PDT method with its pacing rule and what
 happens to the optimizer's velocities after a jump (``adaptive-reset`` runs
-``pdt@scheduler=adaptive@on_jump=reset``).
+``pdt@pacing=adaptive@on_jump=reset``).
 Every variant gets the epoch's mean training loss (the harness passes it to ``PDT.step``). The
 table says how many epochs each variant needs to reach the baseline's best training loss and its
 final accuracy; ``--wide`` adds the seconds, the final-loss ratio, the predictions made and rolled
@@ -31,14 +31,14 @@ SETTINGS = {
 """Setting -> compare options; without ``--schedule constant`` the learning rate follows a cosine to lr / 50."""
 
 VARIANTS = {
-    (scheduler if policy == "keep" else f"{scheduler}-{policy}"): "pdt"
-    + ("" if scheduler == "fixed" else f"@scheduler={scheduler}")
+    (rule if policy == "keep" else f"{rule}-{policy}"): "pdt"
+    + ("" if rule == "fixed" else f"@pacing={rule}")
     + ("" if policy == "keep" else f"@on_jump={policy}")
-    for scheduler in ("fixed", "reference", "adaptive")
+    for rule in ("fixed", "reference", "adaptive")
     for policy in ("keep", "reset", "rescale")
 }
-"""Variant -> the PDT method that runs it (PDT's defaults, scheduler ``fixed`` and ``keep``, left out of the name;
-``reference`` is PDT's earlier name of the ``authors`` scheduler)."""
+"""Variant -> the PDT method that runs it (PDT's defaults, pacing ``fixed`` and ``keep``, left out of the name;
+``reference`` is PDT's earlier name of the ``authors`` pacing rule)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ A method name is one of :data:`METHODS`, optionally followed by changes, each af
 them (the budget-matched control), ``ema@decay=0.999`` sets the EMA's decay, ``lawa@k=3`` the number
 of checkpoints LAWA averages, ``pdt-schedule-free@point=train`` the schedule-free sequence PDT
 snapshots (:data:`SCHEDULE_FREE_POINTS`), and on a PDT method
-any other ``@KEY=VALUE`` sets a :class:`torch_pdt.PDT` option (``pdt@scheduler=adaptive``). They
-combine: ``schedule-free@lr=0.5@epochs=30``, ``pdt@scheduler=adaptive@on_jump=reset``.
+any other ``@KEY=VALUE`` sets a :class:`torch_pdt.PDT` option (``pdt@pacing=adaptive``). They
+combine: ``schedule-free@lr=0.5@epochs=30``, ``pdt@pacing=adaptive@on_jump=reset``.
 """
 
 from __future__ import annotations

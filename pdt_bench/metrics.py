@@ -99,7 +99,7 @@ def predictions(run: Run) -> tuple[int, int, int] | None:
     steps = [e["pdt"] for e in run["epochs"] if e["pdt"] is not None]
     if not steps:  # PDT's statistics are recorded every epoch of a run with PDT
         return None
-    rolled_back = sum(1 for s in steps if s.get("rolled_back"))  # only loss-driven schedulers roll back
+    rolled_back = sum(1 for s in steps if s.get("rolled_back"))  # only loss-driven pacing rules roll back
     return sum(1 for s in steps if s["predicted"]), len(jump_epochs(run)), rolled_back
 
 

@@ -196,8 +196,7 @@ def measure(
     pdt._validate = _timed(pdt._validate, log["checks"], dev)
     pdt._history.push = _timed(pdt._history.push, log["push"], dev)
     pdt._pass = _timed(pdt._pass, log["pass"], dev)
-    second_gram_pass = pdt._second_gram_pass
-    pdt._second_gram_pass = lambda layerwise: _timed(second_gram_pass(layerwise), log["second"], dev)
+    pdt._passes.gram = _timed(pdt._passes.gram, log["second"], dev)
     step = _timed(pdt.step, log["step"], dev)
     # h steps: the history fills and the last one predicts once (compiling, for "compiled").
     for _ in range(history):
@@ -222,7 +221,7 @@ def measure(
         "graded": graded,
         "trajectory": trajectory,
         "tensors": tensors,
-        "kernel": "compiled" if pdt._history.fused is not None else "eager",
+        "kernel": "compiled" if pdt._passes.compiled is not None else "eager",
         "threads": torch.get_num_threads(),
         "copy": copies,
         "step": log["step"],

@@ -85,7 +85,7 @@ def _timed_steps(
         {
             "step": times[j],
             "predicted": sum(s["predicted"] for s in stats[j][history:]),
-            "passes": "compiled" if pdt._history.fused is not None else "eager",
+            "passes": "compiled" if pdt._passes.compiled is not None else "eager",
             "snapshot_bytes": pdt.snapshot_bytes,
         }
         for j, (pdt, _) in enumerate(runs)

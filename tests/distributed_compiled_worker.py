@@ -53,7 +53,7 @@ def train(model: nn.Module, rank: int, world: int, make, before_step=None) -> di
             break
         out["after"].append(flat(model))
         out["kinds"].append(list(kinds))
-    out["fused"] = pdt._history.fused is not None
+    out["compiled"] = pdt._passes.compiled is not None
     return out
 
 
@@ -92,8 +92,8 @@ def fail_on_rank1(rank: int, what: str, epoch: int):
     """A ``before_step``: rank 1's compiled ``what`` (``_enter``, ``_predict``) raises from ``epoch`` on."""
 
     def inject(pdt: DistributedPDT, now: int) -> None:
-        if rank == 1 and now == epoch and pdt._history.fused is not None:
-            setattr(pdt._history.fused.passes, what, lambda *a: (_ for _ in ()).throw(RuntimeError("injected")))
+        if rank == 1 and now == epoch and pdt._passes.compiled is not None:
+            setattr(pdt._passes.compiled.fused, what, lambda *a: (_ for _ in ()).throw(RuntimeError("injected")))
 
     return inject
 
@@ -108,7 +108,7 @@ def no_compiler_on_rank1(rank: int, world: int) -> dict:
         pdt = DistributedPDT(torch.optim.SGD(model.parameters()), **PDT_ARGS, kernel="auto")
     finally:
         kernel.compiles = compiles
-    return {"fused": pdt._history.fused is not None}
+    return {"compiled": pdt._passes.compiled is not None}
 
 
 def main() -> None:

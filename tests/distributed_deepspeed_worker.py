@@ -49,7 +49,7 @@ def run(rank: int, world: int, persistence_threshold: int | None) -> dict:
         with deepspeed.zero.GatheredParameters(params):
             out["gathered"].append([p.detach().reshape(-1).clone() for p in params])
     out["snapshot_bytes"] = pdt.snapshot_bytes
-    for option in ({"on_jump": "reset"}, {"every_n_steps": 2}, {"scheduler": "adaptive"}):
+    for option in ({"on_jump": "reset"}, {"every_n_steps": 2}, {"pacing": "adaptive"}):
         try:
             DeepSpeedPDT(engine, **PDT_ARGS, **option)
         except ValueError as e:

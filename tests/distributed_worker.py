@@ -175,9 +175,9 @@ def momenta(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 
 def adaptive(model: nn.Module, rank: int, world: int, x, y, **pdt_args) -> dict:
-    """``scheduler="adaptive"`` with each rank's own loss (rank 1's spikes at ``SPIKE``)."""
+    """``pacing="adaptive"`` with each rank's own loss (rank 1's spikes at ``SPIKE``)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    pdt = DistributedPDT(opt, **PDT_ARGS, scheduler="adaptive", **pdt_args)
+    pdt = DistributedPDT(opt, **PDT_ARGS, pacing="adaptive", **pdt_args)
     out = {"before": [], "after": [], "stats": [], "losses": [], "momenta": []}
     for epoch in range(EPOCHS):
         loss = train_epoch(model, opt, x, y, rank, world) * (3 if rank == 1 and epoch == SPIKE else 1)

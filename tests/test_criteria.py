@@ -27,7 +27,7 @@ import math
 import pytest
 import torch
 
-from torch_pdt import PDT
+from torch_pdt import PDT, criteria
 from torch_pdt.criteria import CRITERIA, evaluate
 
 T, F = True, False
@@ -388,7 +388,7 @@ def test_pdt_plugin_paper_criterion_hand_worked():
     The epoch after a prediction is a plain one (interval = 1) and leaves the weights alone.
     """
     p, pdt = _setup("pdt")
-    assert pdt.config["forecast"] == "paper" and pdt.config["history_after_jump"] == "optimizer"
+    assert pdt.config.forecast == "paper" and pdt.config.history_after_jump == "optimizer"
     for epoch in (0, 1):
         _set(p, w(epoch))
         stats = pdt.step()
@@ -434,7 +434,7 @@ def test_pdt_plugin_reference_criterion_hand_worked():
     After the step, the assembled weights are the next start-of-epoch snapshot.
     """
     p, pdt = _setup("reference")
-    assert pdt.config["forecast"] == "increment"
+    assert pdt.config.forecast == "increment"
     for epoch in (0, 1):
         _set(p, w(epoch + 1))  # the optimizer's epoch ends on the next point of the trajectory
         stats = pdt.step()
@@ -452,3 +452,12 @@ def test_pdt_plugin_reference_criterion_hand_worked():
     # the newest snapshot is now the assembled start of epoch 3
     newest = pdt.state_dict()["history"]["snapshots"][0][-1]
     torch.testing.assert_close(newest, expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", [*criteria.DECLARED])
+def test_each_criterion_declares_exactly_the_checks_it_makes(name):
+    """The passes report rejections for the declared checks (torch_pdt.passes.Plan.checks): they must
+    be the ones the rule returns."""
+    x = torch.zeros(3)
+    criterion = criteria.make(name, ratio=0.5, draws=criteria.RandomDraws())
+    assert set(criterion(x, x, x, x, 1)) & set(criteria.CHECKS) == set(criterion.checks)

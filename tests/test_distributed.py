@@ -241,11 +241,11 @@ def test_ddp_adaptive_rollback_with_rank_local_losses_keeps_replicas_bit_identic
     rise = [loss[spike] / loss[spike - 1] - 1 for loss in losses]
     assert rise[0] <= 0.05 < rise[1]
     for r in ranks:
-        decisions = [s["schedule"] for s in r["stats"]]
-        # The scheduler saw the mean of the ranks' losses, on both ranks alike.
+        decisions = [s["pacing"] for s in r["stats"]]
+        # The pacing rule saw the mean of the ranks' losses, on both ranks alike.
         assert [d["loss"] for d in decisions] == [(a + b) / 2 for a, b in zip(*losses)]
         assert [s["rolled_back"] for s in r["stats"]] == [e == spike for e in range(worker.EPOCHS)]
-        assert r["stats"][spike]["schedule"]["verdict"] == "bad"
+        assert r["stats"][spike]["pacing"]["verdict"] == "bad"
         assert any(s["predicted"] for s in r["stats"][spike + 1 :])  # and predicted again, backed off
         # The rollback restored the optimizer's weights of the prediction's epoch, exactly, and
         # zeroed the velocities.
@@ -379,10 +379,10 @@ def test_distributed_pdt_auto_chooses_the_passes_as_pdt_does():
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         large = torch.nn.Linear(2000, 600)  # 1.2M elements: large enough for 'auto' to compile
-        fused = DistributedPDT(torch.optim.SGD(large.parameters(), lr=0.1))._history.fused
-        assert type(fused).__name__ == "_AgreedPasses"
+        compiled = DistributedPDT(torch.optim.SGD(large.parameters(), lr=0.1))._passes.compiled
+        assert type(compiled).__name__ == "_AgreedPasses"
         small = torch.nn.Linear(20, 6)
-        assert DistributedPDT(torch.optim.SGD(small.parameters(), lr=0.1))._history.fused is None
+        assert DistributedPDT(torch.optim.SGD(small.parameters(), lr=0.1))._passes.compiled is None
     finally:
         dist.destroy_process_group()
 

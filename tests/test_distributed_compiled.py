@@ -68,14 +68,14 @@ def check_decisions(stats: list[dict], before, after, single: dict, numel: int) 
 
 def test_ddp_compiled_decides_as_the_eager_passes_and_one_process(results):
     ranks = [r["ddp_compiled"] for r in results]
-    assert all(r["fused"] and r["error"] is None for r in ranks)  # compiled to the end, verify=True held
+    assert all(r["compiled"] and r["error"] is None for r in ranks)  # compiled to the end, verify=True held
     assert ranks[0]["stats"] == ranks[1]["stats"]
     numel = ranks[0]["stats"][0]["numel"]
     for single in results[0]["ddp_single"].values():
         check_decisions(ranks[0]["stats"], ranks[0]["before"], ranks[0]["after"], single, numel)
     # The eager DistributedPDT trains its own trajectory: the same decisions, the weights within rounding.
     eager = results[0]["ddp_eager"]
-    assert not eager["fused"]
+    assert not eager["compiled"]
     for mine, theirs in zip(ranks[0]["stats"], eager["stats"]):
         assert abs(mine.get("accepted", 0) - theirs.get("accepted", 0)) <= bound(numel)
     for a, b in zip(ranks[0]["after"][-1], eager["after"][-1]):
@@ -88,21 +88,21 @@ def test_fsdp2_compiled_decides_as_the_eager_passes_and_one_process(results):
     """Local shards through the compiled passes, the Gram summed over the ranks, and the per-parameter
     counts reduced as the eager pass's: the statistics of the whole model."""
     ranks = [r["fsdp_compiled"] for r in results]
-    assert all(r["fused"] and r["error"] is None for r in ranks)
+    assert all(r["compiled"] and r["error"] is None for r in ranks)
     assert ranks[0]["stats"] == ranks[1]["stats"]
     numel = ranks[0]["stats"][0]["numel"]
     before, after = gather(results, "fsdp_compiled", "before"), gather(results, "fsdp_compiled", "after")
     for single in results[0]["fsdp_single"].values():
         check_decisions(ranks[0]["stats"], before, after, single, numel)
     eager = [r["fsdp_eager"] for r in results]
-    assert eager[0]["stats"] == eager[1]["stats"] and not eager[0]["fused"]
+    assert eager[0]["stats"] == eager[1]["stats"] and not eager[0]["compiled"]
     for mine, theirs in zip(ranks[0]["stats"], eager[0]["stats"]):
         assert abs(mine.get("accepted", 0) - theirs.get("accepted", 0)) <= bound(numel)
     assert ranks[0]["kinds"][-1] == ["step", "kernel", "gram", "kernel", "counts"]
 
 
 def test_one_rank_without_a_compiler_puts_every_rank_on_the_eager_passes(results):
-    assert [r["auto_no_compiler"]["fused"] for r in results] == [False, False]
+    assert [r["auto_no_compiler"]["compiled"] for r in results] == [False, False]
 
 
 def test_auto_a_pass_that_fails_on_one_rank_makes_every_rank_go_eager_together(results):
@@ -111,7 +111,7 @@ def test_auto_a_pass_that_fails_on_one_rank_makes_every_rank_go_eager_together(r
     scenarios = (("auto_ddp_predict_fails", "ddp_compiled"), ("auto_fsdp_snapshot_fails", "fsdp_compiled"))
     for scenario, compiled in scenarios:
         ranks = [r[scenario] for r in results]
-        assert all(not r["fused"] and r["error"] is None for r in ranks)  # DDP: verify=True held every step
+        assert all(not r["compiled"] and r["error"] is None for r in ranks)  # DDP: verify=True held every step
         assert ranks[0]["stats"] == ranks[1]["stats"]
         reference = results[0][compiled]["stats"]
         numel = reference[0]["numel"]

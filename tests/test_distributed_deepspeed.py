@@ -77,4 +77,4 @@ def test_zero3_refuses_what_it_cannot_do(ranks):
     refused = ranks[0]["persistent"]["refused"]
     assert refused["on_jump"] == "DeepSpeedPDT supports on_jump='keep' only (see torch_pdt.distributed.deepspeed)"
     assert refused["every_n_steps"].startswith("DeepSpeedPDT supports every_n_steps=None only")
-    assert refused["scheduler"].startswith("DeepSpeedPDT: scheduler='adaptive'")
+    assert refused["pacing"].startswith("DeepSpeedPDT: pacing='adaptive'")

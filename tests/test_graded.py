@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torch_pdt import PDT, criteria, prediction, reference
+from torch_pdt.passes import Plan
 
 # Two snapshots s0, s1 of three elements; the optimizer's step is s1 - s0 = (1, -1, 0).
 S = torch.tensor([[0.0, 0.0, 5.0], [1.0, -1.0, 5.0]], dtype=torch.float64)
@@ -26,9 +27,8 @@ def run_pass(steps: torch.Tensor, graded: bool, on_chunk=None) -> tuple[torch.Te
     tau = steps.shape[0] // 2
     if not graded:
         steps = torch.cat([steps[:tau], steps[-1:]])
-    counts = prediction.predict_pass(
-        views, [w], steps, [0, 1], criteria.make("pdt"), write=True, on_chunk=on_chunk, graded=graded
-    )
+    plan = Plan(tau, "pdt", graded=graded)
+    counts = prediction.predict_pass(views, [w], steps, [0, 1], criteria.make("pdt"), plan, on_chunk=on_chunk)
     return w, counts
 
 
@@ -52,7 +52,7 @@ def test_hand_worked_an_element_lands_at_the_largest_passing_horizon():
     assert ungraded.tolist() == [1.0, -1.0, 5.0] and plain.per_horizon is None
     assert plain.statistics(plain.counts(), ["w"], [3])["rejected"] == stats["rejected"]
     # The float64 twin, written step by step, agrees.
-    twin = reference.apply_steps(S, S[1].clone(), steps, "pdt", graded=True)
+    twin = reference.apply_coefficients(S, S[1].clone(), steps, "pdt", horizon=len(steps) // 2, graded=True)
     assert twin.weights.tolist() == [2.5, -2.5, 5.0] and twin.levels.tolist() == [2, 2, 0]
 
 

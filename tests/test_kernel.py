@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from torch_pdt import PDT, dmd, kernel, reference
+from torch_pdt import PDT, kernel, prediction, reference
 from torch_pdt.criteria import CRITERIA, extremes
+from torch_pdt.passes import Plan
 from torch_pdt.snapshots import SnapshotHistory
 
 H, TAU = 3, 3
@@ -42,13 +43,13 @@ def _trajectory(sizes, dtype, epochs, seed=0):
     return out
 
 
-def _reference(rows, param, steps, criterion, mirrored, tau, origin_is_param=False):
+def _reference(rows, param, steps, criterion, start_of_epoch, tau, origin_is_param=False):
     """Float64 decisions (torch_pdt.reference, the readable twin), new weights and rounding scale."""
     S = torch.stack([r.to(torch.float64) for r in rows])
     new = (param.to(torch.float64) if origin_is_param else S[-1]) + steps[tau] @ S
     # (With rounded snapshots the kernel starts from the weights, the twin from the newest
     # snapshot: the same decisions but for overflow, which these weights never reach.)
-    accept = reference.apply_steps(S, param, steps, criterion, start_of_epoch=not mirrored).accept
+    accept = reference.apply_coefficients(S, param, steps, criterion, horizon=tau, start_of_epoch=start_of_epoch).accept
     # The size of the terms the float32 displacement sums: its rounding is a few units of this.
     X = torch.cat([S[:-1] - S[-1], S[-1:]])
     terms = kernel.ring_coefficients(steps, torch.float64, S.device)[tau].abs() @ X.abs()
@@ -69,25 +70,24 @@ def _run_pdt(criterion, sizes, dtype=torch.float32, forecast=None, epochs=H + 3,
     )
     history = pdt._history
     fused = kernel.FusedPasses(*history.layout())
-    mirrored = not pdt.config.start_of_epoch
+    start_of_epoch = pdt.config.start_of_epoch
     log = []
     eager_pass = pdt._pass
 
-    def both(steps, crit, write, ratio=0.0):
+    def both(steps, plan):
+        crit = plan.criterion
         before = [p.detach().clone().view(-1) for p in params]
         flats = [b.clone() for b in before]
         storage_rows = [s.clone() for s in history.layout()[0]]
         rows = history.rows()
-        per_param, totals, _ = fused.predict(
-            flats, rows, steps, crit, mirrored, write, origin_is_param=not history.exact and mirrored
-        )
+        per_param, totals = _fused_counts(fused.predict(flats, rows, steps, plan))
         assert all(torch.equal(a, b) for a, b in zip(storage_rows, history.layout()[0])), "storage changed"
         refs = []
         for (bucket, offset, numel), p in zip(history.layout()[1], params):
             ring = [history.layout()[0][bucket][j, offset : offset + numel] for j in rows]
-            origin_is_param = not history.exact and mirrored
-            refs.append(_reference(ring, p.detach().view(-1), steps, crit, mirrored, TAU, origin_is_param))
-        result = eager_pass(steps, crit, write, ratio)
+            origin_is_param = not history.exact and not start_of_epoch
+            refs.append(_reference(ring, p.detach().view(-1), steps, crit, start_of_epoch, TAU, origin_is_param))
+        result = eager_pass(steps, plan)
         log.append((result, per_param, totals, [p.detach().clone() for p in params], flats, refs, before))
         return result
 
@@ -99,6 +99,13 @@ def _run_pdt(criterion, sizes, dtype=torch.float32, forecast=None, epochs=H + 3,
         pdt.step()
     assert log, "no prediction ran"
     return log
+
+
+def _fused_counts(counts):
+    """A pass's counts as the fused pass counts them: per parameter, and [finite, consistency, lower,
+    upper, accepted]."""
+    passing = counts.passing
+    return counts.accepted, torch.cat([passing[3:], passing[:3], counts.accepted.sum()[None]])
 
 
 def _counts(result):
@@ -186,22 +193,23 @@ def _tensors(sizes, dtype, seed):
 
 
 @needs_compiler
-@pytest.mark.parametrize("per_tensor", [False, True], ids=["model", "per-tensor"])
-def test_copy_in_matches_the_eager_history_and_never_recompiles_as_the_ring_turns(per_tensor):
+@pytest.mark.parametrize("scope", ["model", "layer"])
+def test_copy_in_matches_the_eager_history_and_never_recompiles_as_the_ring_turns(scope):
     sizes = [kernel.SMALL + 5, 7, 1, 300]
-    eager, fused = (SnapshotHistory(_tensors(sizes, torch.float32, 0), H, per_tensor=per_tensor) for _ in range(2))
-    fused.fused = kernel.FusedPasses(*fused.layout(), per_tensor=per_tensor)
+    eager, fused = (SnapshotHistory(_tensors(sizes, torch.float32, 0), H, scope=scope) for _ in range(2))
+    eager_passes = prediction.EagerPasses(*eager.layout(), scope=scope)
+    fused_passes = kernel.FusedPasses(*fused.layout(), scope=scope)
     flats = _tensors(sizes, torch.float32, 1)
-    fused.push(flats)  # compile before counting
-    eager.push(flats)
+    fused.push(flats, fused_passes)  # compile before counting
+    eager.push(flats, eager_passes)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for epoch in range(2, 2 * H + 2):
         flats = _tensors(sizes, torch.float32, epoch)
-        eager.push(flats)
-        fused.push(flats)
+        eager.push(flats, eager_passes)
+        fused.push(flats, fused_passes)
         assert all(torch.equal(a, b) for a, b in zip(eager.layout()[0], fused.layout()[0]))
         torch.testing.assert_close(fused.grams(), eager.grams(), rtol=1e-12, atol=0.0)
-    assert fused.grams().shape[0] == (len(sizes) if per_tensor else 1)
+    assert fused.grams().shape[0] == (len(sizes) if scope == "layer" else 1)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
@@ -225,12 +233,12 @@ def test_the_uncompiled_functions_agree_with_the_compiled_ones_bit_for_bit_in_de
     sizes = [7, 1, 300]
     for use_compiled in (False, True) if kernel.compiles(torch.device("cpu")) else (False,):
         history = SnapshotHistory(_tensors(sizes, torch.float32, 0), H)
-        history.fused = kernel.FusedPasses(*history.layout(), use_compiled=use_compiled)
+        fused = kernel.FusedPasses(*history.layout(), use_compiled=use_compiled)
         for epoch, weights in enumerate(_trajectory(sizes, torch.float32, H)):
-            history.push(weights)
+            history.push(weights, fused)
         steps = torch.tensor([[0.5, -1.5, 1.0], [0.25, -0.75, 0.5], [1.0, -3.0, 2.0], [1.75, -5.25, 3.5]])
         flats = [w.clone() for w in weights]
-        per_param, totals, _ = history.fused.predict(flats, history.rows(), steps.double(), "pdt", True, True)
+        per_param, totals = _fused_counts(fused.predict(flats, history.rows(), steps.double(), Plan(3, "pdt")))
         if not use_compiled:
             expected = (per_param, totals, flats)
         else:
@@ -294,7 +302,7 @@ def test_pdt_with_the_compiled_kernel_runs_as_with_the_eager_one(criterion, capl
         compiled = _train("compiled", sizes, criterion=criterion)
     assert "compiled passes" in caplog.text
     _same_run(compiled, _train("eager", sizes, criterion=criterion), rtol=1e-6)
-    assert compiled[0]._history.fused is not None
+    assert compiled[0]._passes.compiled is not None
 
 
 @needs_compiler
@@ -314,7 +322,7 @@ def test_layerwise_and_graded_run_compiled_as_eager(options):
     sizes = [kernel.SMALL + 5, 7, 1, 300]
     compiled = _train("compiled", sizes, **options)
     eager = _train("eager", sizes, **options)
-    assert compiled[0]._history.fused is not None and compiled[0]._history.fused.per_tensor == ("scope" in options)
+    assert compiled[0]._passes.compiled.scope == options.get("scope", "model")
     _same_run(compiled, eager, rtol=1e-6)
     if options.get("graded"):  # some elements land short of tau: the case grading exists for
         assert any(any(s["accepted_per_horizon"][:-1]) for s in compiled[1] if s["predicted"])
@@ -323,12 +331,12 @@ def test_layerwise_and_graded_run_compiled_as_eager(options):
 def test_auto_runs_eager_where_the_kernel_does_not_apply_or_pay_off(caplog):
     with caplog.at_level("INFO", logger="torch_pdt"):
         pdt, _, _ = _train("auto", [7, 300], epochs=1)
-    assert pdt._history.fused is None and "eager passes (a small model)" in caplog.text
+    assert pdt._passes.compiled is None and "eager passes (a small model)" in caplog.text
     for kwargs, reason in (({"criterion": "random"}, "criterion='random'"), ({"on_jump": "reset"}, "on_jump='reset'")):
         caplog.clear()
         with caplog.at_level("INFO", logger="torch_pdt"):
             pdt, _, _ = _train("auto", [1] * kernel.AUTO_MIN_TENSORS, epochs=1, **kwargs)
-        assert pdt._history.fused is None and reason in caplog.text
+        assert pdt._passes.compiled is None and reason in caplog.text
         with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
             _train("compiled", [7], epochs=1, **kwargs)
     with pytest.raises(ValueError, match="kernel must be one of"):
@@ -338,7 +346,7 @@ def test_auto_runs_eager_where_the_kernel_does_not_apply_or_pay_off(caplog):
         caplog.clear()
         with caplog.at_level("INFO", logger="torch_pdt"):
             pdt = PDT(torch.optim.SGD(params, lr=0.0), history=3, horizon=horizon, graded=True)
-        assert (pdt._history.fused is not None) == fused
+        assert (pdt._passes.compiled is not None) == fused
     assert f"graded=True at horizon {horizon} > {horizon - 1}: slow to compile" in caplog.text
 
 
@@ -350,18 +358,19 @@ def test_auto_compiles_for_many_tensors_and_falls_back_to_eager_when_compiling_f
         with caplog.at_level("INFO", logger="torch_pdt"):
             failed = _train("auto", sizes, history=H + 3)
     assert "compiled passes" in caplog.text and "could not compile" in caplog.text
-    assert failed[0]._history.fused is None
+    assert failed[0]._passes.compiled is None
     _same_run(failed, _train("eager", sizes, history=H + 3), rtol=0.0)
 
 
 @needs_compiler
 def test_empty_tensors_in_a_bucket_count_nothing():
     history = SnapshotHistory(_tensors([0, 7, 0, 300, 0], torch.float32, 0), H)
-    history.fused = kernel.FusedPasses(*history.layout())
+    fused = kernel.FusedPasses(*history.layout())
     for weights in _trajectory([0, 7, 0, 300, 0], torch.float32, H):
-        history.push(weights)
+        history.push(weights, fused)
     steps = torch.tensor([[0.5, -1.5, 1.0], [0.25, -0.75, 0.5], [1.0, -3.0, 2.0], [1.75, -5.25, 3.5]]).double()
-    per_param, totals, _ = history.fused.predict([w.clone() for w in weights], history.rows(), steps, "pdt", True, True)
+    counts = fused.predict([w.clone() for w in weights], history.rows(), steps, Plan(3, "pdt"))
+    per_param, totals = _fused_counts(counts)
     assert per_param[[0, 2, 4]].tolist() == [0, 0, 0] and int(per_param.sum()) == int(totals[4])
 
 
@@ -438,25 +447,23 @@ def _step_along_smooth(pdt, params, sizes):
 
 
 @needs_compiler
-@pytest.mark.parametrize("per_tensor", [False, True], ids=["model", "per-tensor"])
-def test_the_second_gram_pass_matches_the_eager_one(per_tensor):
+@pytest.mark.parametrize("scope", ["model", "layer"])
+def test_the_second_gram_pass_matches_the_eager_one(scope):
     sizes = [kernel.SMALL + 5, 7, 0, 1, 300]
     epochs = _smooth(sizes, H + 2)
-    history = SnapshotHistory(epochs[0], H, per_tensor=per_tensor)
+    history = SnapshotHistory(epochs[0], H, scope=scope)
+    eager = prediction.EagerPasses(*history.layout(), chunk_size=1 << 10, scope=scope)
     for flats in epochs[1:]:
-        history.push(flats)
-    fused = kernel.FusedPasses(*history.layout(), per_tensor=per_tensor)
+        history.push(flats, eager)
+    fused = kernel.FusedPasses(*history.layout(), scope=scope)
     g = torch.Generator().manual_seed(1)
     W = torch.randn(H, H, generator=g, dtype=torch.float64) * 1e3  # entries like 1/sigma_min
-    T = dmd.consecutive_basis(H)
-    if per_tensor:
-        Ws = [None if i == 1 else W * (i + 1) for i in range(len(sizes))]
-        expected = history.tensor_gram_of(1 << 10)(Ws)
-        got = fused.gram(history.rows(), [None if w is None else (T @ w).T for w in Ws])
+    if scope == "layer":
+        W = [None if i == 1 else W * (i + 1) for i in range(len(sizes))]
+    expected = eager.gram(history.rows(), W)
+    got = fused.gram(history.rows(), W)
+    if scope == "layer":
         assert not got[1].any()
-    else:
-        expected = history.gram_of(1 << 10)(W)[None]
-        got = fused.gram(history.rows(), (T @ W).T)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
 
 
@@ -470,9 +477,9 @@ def test_a_smooth_history_takes_the_second_gram_pass_compiled_as_eager(scope):
         optimizer = torch.optim.SGD(params, lr=0.0)
         pdt = PDT(optimizer, history=H, horizon=TAU, start_epoch=H, interval=0, kernel=kernel_name, scope=scope)
         calls = []
-        if pdt._history.fused is not None:  # count the compiled second passes
-            second = pdt._history.fused._second
-            pdt._history.fused._second = lambda *a, second=second: calls.append(1) or second(*a)
+        if pdt._passes.compiled is not None:  # count the compiled second passes
+            second = pdt._passes.compiled._second
+            pdt._passes.compiled._second = lambda *a, second=second: calls.append(1) or second(*a)
         stats = _step_along_smooth(pdt, params, sizes)
         assert all(s["gram_passes"] == 2 for s in stats if s["predicted"]) and stats[-1]["predicted"]
         runs.append((pdt, stats, params, calls))
@@ -493,13 +500,13 @@ def test_a_second_gram_pass_that_fails_to_compile_runs_eager_under_auto_and_rais
             raise RuntimeError("no compiler for the second pass")
 
         if break_second:
-            pdt._history.fused._second = fails
+            pdt._passes.compiled._second = fails
         return pdt, _step_along_smooth(pdt, params, sizes), params
 
     with caplog.at_level("WARNING", logger="torch_pdt"):
         failed = run("auto", True)
     assert "could not compile" in caplog.text and "second pass" in caplog.text
-    assert failed[0]._history.fused is None and all(s["gram_passes"] == 2 for s in failed[1] if s["predicted"])
+    assert failed[0]._passes.compiled is None and all(s["gram_passes"] == 2 for s in failed[1] if s["predicted"])
     _same_run(failed, run("eager", False), rtol=1e-6)
     with pytest.raises(RuntimeError, match="second pass"):
         run("compiled", True)

@@ -177,11 +177,11 @@ def test_the_compiled_kernel_takes_one_call_per_tensor_and_auto_keeps_a_small_mo
     """(tests/test_kernel.py runs the compiled layerwise passes against the eager ones.)"""
     model = mlp(torch.float32)
     pdt = PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer", kernel="compiled")
-    fused = pdt._history.fused
-    assert fused.per_tensor and [g.members for g in fused.groups] == [(i,) for i in range(len(pdt.params))]
+    fused = pdt._passes.compiled
+    assert fused.scope == "layer" and [g.members for g in fused.groups] == [(i,) for i in range(len(pdt.params))]
     with caplog.at_level(logging.INFO, logger="torch_pdt"):
         pdt = PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer")
-    assert pdt._history.fused is None and "eager passes (a small model)" in caplog.text
+    assert pdt._passes.compiled is None and "eager passes (a small model)" in caplog.text
     with pytest.raises(ValueError, match="scope"):
         PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="tensor")
 

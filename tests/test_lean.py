@@ -73,7 +73,7 @@ CRITERION_NAMES = ["pdt", "authors", "accel_only", "consistency_only", "none"]
 @pytest.mark.parametrize("criterion", CRITERION_NAMES)
 def test_fused_pass_equals_the_plain_implementation(dtype, criterion):
     """Random snapshots and random coefficients, 1000 elements in chunks of 64 (1000 = 15 * 64 + 40):
-    same mask and same weights as the float64 reference (:func:`torch_pdt.reference.apply_steps`),
+    same mask and same weights as the float64 reference (:func:`torch_pdt.reference.apply_coefficients`),
     except where the float64 margin of a bound is within float32 rounding (there the fused pass,
     in float32, may decide either way)."""
     n = 1000
@@ -83,10 +83,10 @@ def test_fused_pass_equals_the_plain_implementation(dtype, criterion):
     rows = pdt._history.rows()
     S = torch.cat([s.double() for s in pdt._history._storage], dim=1)[rows]
     before = p.detach().clone()
-    twin = reference.apply_steps(S, before, steps, criterion, start_of_epoch=criterion == "authors")
+    twin = reference.apply_coefficients(S, before, steps, criterion, horizon=TAU, start_of_epoch=criterion == "authors")
     accept, expected = twin.accept, twin.weights
     margin = bound_margin(S, before, steps, start_of_epoch=criterion == "authors")
-    stats = pdt._pass(steps, criterion, write=True)
+    stats = pdt._pass(steps, pdt._plan(TAU, criterion, write=True))
     got = p.detach()
     changed = got != before
     decided = margin > 1e-5
@@ -111,7 +111,7 @@ def test_fused_pass_statistics_equal_the_criteria_module():
     S = pdt._history._storage[0][pdt._history.rows()]
     P = steps @ S
     verdict = evaluate("pdt", P[:TAU], S[-1] - S[-2], TAU, P[TAU])
-    stats = pdt._pass(steps, "pdt", write=False)
+    stats = pdt._pass(steps, pdt._plan(TAU, "pdt", write=False))
     assert stats["accepted"] == int(verdict.accept.sum())
     for check in ("consistency", "lower_bound", "upper_bound"):
         assert stats["rejected"][check] == int(getattr(verdict, check).sum()), check
@@ -179,7 +179,7 @@ def test_incremental_gram_equals_the_direct_one_through_wraparound_replace_and_r
         torch.testing.assert_close(history.gram(), direct_gram(history), rtol=1e-12, atol=0)
     with torch.no_grad():
         params[0].mul_(1.01)
-    history.replace_newest(pdt._flat_params())
+    history.replace_newest(pdt._flat_params(), pdt._passes)
     torch.testing.assert_close(history.gram(), direct_gram(history), rtol=1e-12, atol=0)
     other = PDT(torch.optim.SGD(params, lr=0.0), history=3, start_epoch=100, chunk_size=50)
     other.load_state_dict(pdt.state_dict())

@@ -12,6 +12,7 @@ from test_graded import mlp, train
 from torch import nn
 
 from torch_pdt import PDT, criteria, kernel, prediction, reference
+from torch_pdt.passes import Plan
 
 # Two snapshots s0, s1 of three elements; the optimizer's step is s1 - s0 = (1, -1, 0).
 S = torch.tensor([[0.0, 0.0, 5.0], [1.0, -1.0, 5.0]], dtype=torch.float64)
@@ -27,17 +28,10 @@ def steps_along_delta(a: list[float], graded: bool) -> torch.Tensor:
 
 def run_pass(steps: torch.Tensor, graded: bool, linear: bool, on_chunk=None) -> tuple[torch.Tensor, dict]:
     w = S[1].clone()
-    counts = prediction.predict_pass(
-        [(0, 0, S.clone())],
-        [w],
-        steps,
-        [0, 1],
-        criteria.make("pdt"),
-        write=True,
-        on_chunk=on_chunk,
-        graded=graded,
-        linear=linear,
-    )
+    tau = len(steps) // 2 if graded else len(steps) - 1
+    plan = Plan(tau, "pdt", graded=graded, linear=linear)
+    views = [(0, 0, S.clone())]
+    counts = prediction.predict_pass(views, [w], steps, [0, 1], criteria.make("pdt"), plan, on_chunk=on_chunk)
     return w, counts.statistics(counts.counts(), ["w"], [3])
 
 
@@ -52,7 +46,7 @@ def test_hand_worked_the_accepted_elements_take_tau_times_the_last_step():
     assert forecast.tolist() == pytest.approx([2.5, -2.5, 5.0]) and w.tolist() == [3.0, -3.0, 5.0]
     assert stats == forecast_stats and stats["accepted"] == 2  # the same judgement, counts included
     assert landing[0][:2].tolist() == [1.0, 1.0]  # on_jump='rescale' sees the optimizer's own step
-    twin = reference.apply_steps(S, S[1].clone(), steps, "pdt", linear=True)
+    twin = reference.apply_coefficients(S, S[1].clone(), steps, "pdt", horizon=2, linear=True)
     assert twin.weights.tolist() == [3.0, -3.0, 5.0]
 
 
@@ -61,28 +55,20 @@ def test_hand_worked_graded_lands_at_k_times_the_last_step():
     steps = steps_along_delta([1.0, 0.5, -1.0], graded=True)
     w, stats = run_pass(steps, graded=True, linear=True)
     assert w.tolist() == [3.0, -3.0, 5.0] and stats["accepted_per_horizon"] == [0, 2, 0]
-    twin = reference.apply_steps(S, S[1].clone(), steps, "pdt", graded=True, linear=True)
+    twin = reference.apply_coefficients(S, S[1].clone(), steps, "pdt", horizon=3, graded=True, linear=True)
     assert twin.weights.tolist() == [3.0, -3.0, 5.0] and twin.levels.tolist() == [2, 2, 0]
 
 
 def test_hand_worked_start_of_epoch_snapshots_extrapolate_from_the_snapshot():
-    """The authors' layout: the snapshot s1 is where the epoch started, delta = w - s1 = (0.5, -0.5, 0), and
-    the forecast D = 1.5 (s1 - s0) is within [|delta|, 3 |delta|] along delta: the forecast would put the
+    """Start-of-epoch snapshots (the authors' code): the snapshot s1 is where the epoch started,
+    delta = w - s1 = (0.5, -0.5, 0), and the forecast D = 1.5 (s1 - s0) is within [|delta|, 3 |delta|] along delta: the forecast would put the
     moving elements at s1 + D, the linear jump puts them at s1 + 2 delta."""
     steps = torch.tensor([[-0.75, 0.75], [-0.75, 0.75], [-1.5, 1.5]], dtype=torch.float64)  # tau = 2
     written = {}
     for linear in (False, True):
         w = torch.tensor([1.5, -1.5, 5.0], dtype=torch.float64)
-        prediction.predict_pass(
-            [(0, 0, S.clone())],
-            [w],
-            steps,
-            [0, 1],
-            criteria.make("authors"),
-            write=True,
-            start_of_epoch=True,
-            linear=linear,
-        )
+        plan = Plan(2, "authors", start_of_epoch=True, linear=linear)
+        prediction.predict_pass([(0, 0, S.clone())], [w], steps, [0, 1], criteria.make("authors"), plan)
         written[linear] = w.tolist()
     assert written == {False: [2.5, -2.5, 5.0], True: [2.0, -2.0, 5.0]}
 
@@ -94,9 +80,8 @@ def test_a_linear_jump_that_overflows_the_dtype_is_rejected():
     steps = torch.tensor([[-0.6, 0.6], [-0.6, 0.6], [-1.2, 1.2]], dtype=torch.float64)  # D = 1.2 delta, tau = 2
     for linear, expected, nonfinite in ((False, [55000.0, 2.2], 0), (True, [25000.0, 3.0], 1)):
         w = S16[1].clone()
-        counts = prediction.predict_pass(
-            [(0, 0, S16.clone())], [w], steps, [0, 1], criteria.make("pdt"), write=True, linear=linear
-        )
+        plan = Plan(2, "pdt", linear=linear)
+        counts = prediction.predict_pass([(0, 0, S16.clone())], [w], steps, [0, 1], criteria.make("pdt"), plan)
         stats = counts.statistics(counts.counts(), ["w"], [2])
         assert w.tolist() == pytest.approx(expected, rel=1e-3) and stats["rejected"]["nonfinite"] == nonfinite
 

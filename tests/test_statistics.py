@@ -19,7 +19,7 @@ from torch import nn
 
 from torch_pdt import PDT, PDTMisuseWarning, PDTStatistics
 from torch_pdt.misuse import EVERY_STEP_CALLS
-from torch_pdt.statistics import RejectionCounts, ScheduleStatistics, scalars
+from torch_pdt.statistics import RejectionCounts, PacingStatistics, scalars
 
 KEYS = set(PDTStatistics.__annotations__)
 JSON_TYPES = (bool, int, float, str, type(None))
@@ -39,7 +39,7 @@ def check_epochs(stats: list, names: list[str]) -> None:
     for s in stats:
         assert set(s) == KEYS, s["epoch"]
         assert set(s["rejected"]) == set(RejectionCounts.__annotations__)
-        assert set(s["schedule"]) == set(ScheduleStatistics.__annotations__)
+        assert set(s["pacing"]) == set(PacingStatistics.__annotations__)
         assert list(s["accepted_ratio_per_param"]) == names
         assert plain_json(s), s
         assert json.loads(json.dumps(s, allow_nan=False)) == s
@@ -54,7 +54,7 @@ def test_every_epoch_has_the_same_keys_and_is_plain_json():
     """Warm-up, predictions, a rollback, interval epochs, predict=False, a failed decomposition."""
     model, data = make_model(), make_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    pdt = PDT(opt, history=3, horizon=4, start_epoch=2, interval=0, scheduler="adaptive", criterion="none", model=model)
+    pdt = PDT(opt, history=3, horizon=4, start_epoch=2, interval=0, pacing="adaptive", criterion="none", model=model)
     # (loss, learning rate, predict): the 1.5 rolls back the prediction of epoch 2; the last
     # epoch's infinite learning rate makes the weights non-finite and the loss NaN.
     plan = [(1.0, 0.2, True)] * 3 + [(1.5, 0.2, True), (1.0, 0.2, True), (1.0, 0.2, False)]
@@ -78,9 +78,9 @@ def test_every_epoch_has_the_same_keys_and_is_plain_json():
             assert set(s["accepted_ratio_per_param"].values()) == {0.0} and set(s["rejected"].values()) == {0}
             assert s["numel"] == pdt.numel and s["random_ratio"] is None and s["optimizer_state_untouched"] == []
     assert [s["gram_passes"] for s in stats if not s["predicted"]] == [0] * 6 + [1]  # the failure tried one
-    assert stats[3]["rolled_back"] and stats[3]["schedule"]["verdict"] == "bad" and stats[3]["rollbacks"] == 1
-    assert stats[-1]["schedule"]["loss"] is None  # NaN is not JSON
-    assert stats[0]["schedule"]["loss"] == 1.0 and stats[0]["schedule"]["reference_loss"] is None
+    assert stats[3]["rolled_back"] and stats[3]["pacing"]["verdict"] == "bad" and stats[3]["rollbacks"] == 1
+    assert stats[-1]["pacing"]["loss"] is None  # NaN is not JSON
+    assert stats[0]["pacing"]["loss"] == 1.0 and stats[0]["pacing"]["reference_loss"] is None
 
 
 @pytest.mark.parametrize(
@@ -121,9 +121,9 @@ def test_scalars_are_named_numbers_the_same_every_epoch():
     flat = [scalars(s) for s in stats]
     assert all(set(f) == set(flat[0]) for f in flat)
     assert all(type(v) is float for f in flat for v in f.values())
-    names = {"accepted_ratio", "predicted", "rejected/consistency", "schedule/horizon"}
+    names = {"accepted_ratio", "predicted", "rejected/consistency", "pacing/horizon"}
     names.add("accepted_ratio_per_param/0.bias")
-    assert names <= set(flat[0]) and not {"reason", "eigenvalues", "schedule/verdict"} & set(flat[0])
+    assert names <= set(flat[0]) and not {"reason", "eigenvalues", "pacing/verdict"} & set(flat[0])
     assert (flat[0]["predicted"], flat[2]["predicted"]) == (0.0, 1.0)
     assert flat[2]["accepted"] == stats[2]["accepted"] > 0
     assert flat[2]["rejected/upper_bound"] == stats[2]["rejected"]["upper_bound"]
@@ -133,7 +133,7 @@ def test_scalars_are_named_numbers_the_same_every_epoch():
 @pytest.mark.parametrize("criterion", ["pdt", "random"])
 def test_scalar_names_vary_only_by_the_documented_ones(criterion):
     """The names outside docs/statistics.md's exceptions are the same every epoch, whatever the criterion."""
-    varying = {"schedule/loss", "schedule/reference_loss", "random_ratio"}
+    varying = {"pacing/loss", "pacing/reference_loss", "random_ratio"}
     page = (Path(__file__).resolve().parents[1] / "docs" / "statistics.md").read_text()
     sentence = page[page.index("The names are the same") :].split(".\n")[0]
     assert all(f"`{name}`" in sentence for name in varying), sentence
@@ -231,7 +231,7 @@ def test_step_after_every_optimizer_step_points_to_every_n_steps():
     "options, named",
     [
         (dict(tolerance=0.1), "tolerance"),
-        (dict(patience=2, scheduler="authors"), "patience"),
+        (dict(patience=2, pacing="authors"), "patience"),
         (dict(random_ratio=0.5), "random_ratio"),
         (dict(history_after_jump="assembled", criterion="authors"), "history_after_jump"),
     ],
@@ -249,9 +249,9 @@ def test_an_option_the_configuration_ignores_is_said(options, named):
     "options",
     [
         dict(),
-        dict(scheduler="adaptive", tolerance=0.1, patience=2),
+        dict(pacing="adaptive", tolerance=0.1, patience=2),
         dict(criterion="random", random_ratio=0.5, seed=3),  # seed is never reported
-        dict(criterion="authors", scheduler="authors"),
+        dict(criterion="authors", pacing="authors"),
         dict(history_after_jump="assembled", seed=1),
         dict(every_n_steps=1),  # step mode after every optimizer step: the user's explicit choice
     ],
@@ -310,3 +310,9 @@ def test_an_unknown_option_is_named_with_the_valid_ones():
     message = str(raised.value)
     assert "'horizn' (did you mean 'horizon'?)" in message and "'colour'" in message
     assert "the options are: history, horizon, start_epoch, interval, criterion" in message
+
+
+def test_an_option_from_before_the_renames_is_refused_with_its_new_name():
+    opt = torch.optim.SGD(make_model().parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"unknown PDT option 'scheduler' \(renamed 'pacing'\)"):
+        PDT(opt, scheduler="adaptive")

@@ -1,11 +1,14 @@
 """torch-pdt: Predictive Differential Training as a plug-in beside any ``torch.optim`` optimizer.
 
-One concept per module: :mod:`~torch_pdt.pdt` (the orchestrator, :class:`PDT`),
-:mod:`~torch_pdt.config` (its options), :mod:`~torch_pdt.params` (which tensors, flat and
-sharded), :mod:`~torch_pdt.snapshots` (the ring buffer and its Gram matrix),
-:mod:`~torch_pdt.dmd` (DMD from a Gram matrix), :mod:`~torch_pdt.prediction` (predict, mask,
-assemble), :mod:`~torch_pdt.criteria` (the masks), :mod:`~torch_pdt.pacing` (how far and how often
-to predict: the horizon and interval), :mod:`~torch_pdt.jump` (optimizer state after a jump),
+One concept per module: :mod:`~torch_pdt.pdt` (the epoch state machine, :class:`PDT`),
+:mod:`~torch_pdt.config` (its options), :mod:`~torch_pdt.compat` (checkpoints in earlier names),
+:mod:`~torch_pdt.params` (which tensors, flat and sharded), :mod:`~torch_pdt.snapshots` (the
+ring buffer and its Gram matrix), :mod:`~torch_pdt.dmd` (DMD from a Gram matrix),
+:mod:`~torch_pdt.fitting` (the DMD of the history, per model or per layer),
+:mod:`~torch_pdt.passes` (the seam of the passes over the snapshots: a plan, the eager
+:mod:`~torch_pdt.prediction` and the compiled :mod:`~torch_pdt.kernel`),
+:mod:`~torch_pdt.criteria` (the masks), :mod:`~torch_pdt.pacing` (how far and how often to
+predict: the horizon and interval), :mod:`~torch_pdt.jump` (optimizer state after a jump),
 :mod:`~torch_pdt.statistics` (what ``step()`` returns), :mod:`~torch_pdt.misuse` (the warnings
 on misuse), :mod:`~torch_pdt.batchnorm` (fresh BatchNorm statistics after a jump),
 :mod:`~torch_pdt.checkpoint` (atomic saves), and :mod:`~torch_pdt.reference` (a readable
@@ -17,16 +20,18 @@ float64 twin of one step, for tests and benchmarks).
 from . import (
     batchnorm,
     checkpoint,
+    compat,
     config,
     criteria,
     dmd,
+    fitting,
     jump,
     misuse,
     pacing,
     params,
+    passes,
     prediction,
     reference,
-    schedule,
     statistics,
 )
 from .batchnorm import recompute_batch_norm
@@ -43,18 +48,20 @@ __all__ = [
     "PDTStatistics",
     "batchnorm",
     "checkpoint",
+    "compat",
     "config",
     "criteria",
     "dmd",
+    "fitting",
     "jump",
     "misuse",
     "pacing",
     "params",
+    "passes",
     "prediction",
     "recompute_batch_norm",
     "reference",
     "save_atomic",
-    "schedule",
     "statistics",
 ]
 __version__ = "0.1.0"

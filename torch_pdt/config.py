@@ -29,23 +29,20 @@ import torch
 from .dmd import CHUNK_SIZE
 from .dmd import Forecast as ForecastForm
 
-__all__ = ["ADDED", "ALIASES", "SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "check_names", "is_bool"]
+__all__ = ["ALIASES", "SEED_RANGE", "PDTConfig", "as_int", "as_loss", "as_real", "check_names", "is_bool"]
 
 CriterionName = Literal["pdt", "authors", "accel_only", "consistency_only", "none", "random"]
 Modes = Literal["projected", "exact"]
 HistoryAfterJump = Literal["optimizer", "assembled"]
 Storage = Literal["same", "cpu", "bf16"]
-Scheduler = Literal["fixed", "authors", "adaptive"]
+Pacing = Literal["fixed", "authors", "adaptive"]
 OnJump = Literal["keep", "reset", "rescale"]
 Kernel = Literal["auto", "compiled", "eager"]
 Scope = Literal["model", "layer"]
 Jump = Literal["forecast", "linear"]
 
-ADDED = {"scope": "model", "graded": False, "jump": "forecast"}
-"""Options added after checkpoints were first saved: a checkpoint without one was saved at its default."""
-
-ALIASES = {"criterion": {"reference": "authors"}, "scheduler": {"reference": "authors"}}
-"""Earlier names of choices, still accepted: ``"reference"`` was the authors' criterion and scheduler."""
+ALIASES = {"criterion": {"reference": "authors"}, "pacing": {"reference": "authors"}}
+"""Earlier names of choices, still accepted: ``"reference"`` was the authors' criterion and pacing rule."""
 
 SEED_RANGE = (0, 2**64 - 1)
 """Seeds a ``torch.Generator`` takes."""
@@ -90,8 +87,18 @@ def as_loss(value: Any) -> float:
     raise ValueError(f"loss must be a real number or a one-element real tensor, got {value!r}")
 
 
+RENAMED_OPTIONS = {"scheduler": "pacing"}
+"""Earlier option names -> current ones: refused with the new name in the message, and translated
+in a saved ``"config"`` (:func:`torch_pdt.compat.upgrade`)."""
+
+
 def check_names(names: Iterable[str]) -> None:
     """``TypeError`` naming every name in ``names`` that is not an option, with the valid ones.
+
+    >>> check_names(["scheduler"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    TypeError: unknown PDT option 'scheduler' (renamed 'pacing'); the options are: history, horizon, ...
 
     >>> check_names(["horizn"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -101,8 +108,14 @@ def check_names(names: Iterable[str]) -> None:
     valid = [f.name for f in fields(PDTConfig)]
     unknown = [n for n in names if n not in valid]
     if unknown:
-        hints = [difflib.get_close_matches(n, valid, n=1) for n in unknown]
-        said = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in zip(unknown, hints))
+
+        def hint(name: str) -> str:
+            if name in RENAMED_OPTIONS:
+                return f" (renamed {RENAMED_OPTIONS[name]!r})"
+            close = difflib.get_close_matches(name, valid, n=1)
+            return f" (did you mean {close[0]!r}?)" if close else ""
+
+        said = ", ".join(f"{n!r}{hint(n)}" for n in unknown)
         raise TypeError(f"unknown PDT option {said}; the options are: {', '.join(valid)}")
 
 
@@ -143,7 +156,7 @@ class PDTConfig:
             or in bfloat16 (``"bf16"``).
         every_n_steps: step mode: PDT steps itself after every ``K`` optimizer steps (``None``:
             you call ``step()`` once per epoch).
-        scheduler: the pacing rule, how ``horizon`` and ``interval`` evolve
+        pacing: the pacing rule, how ``horizon`` and ``interval`` evolve
             (:mod:`torch_pdt.pacing`): ``"fixed"``, ``"authors"`` (earlier name ``"reference"``)
             or ``"adaptive"``.
         tolerance: ``"adaptive"``: relative loss rise that makes a prediction bad (finite, >= 0).
@@ -180,7 +193,7 @@ class PDTConfig:
     chunk_size: int = CHUNK_SIZE
     storage: Storage = "same"
     every_n_steps: int | None = None
-    scheduler: Scheduler = "fixed"
+    pacing: Pacing = "fixed"
     tolerance: float = 0.05
     patience: int = 3
     on_jump: OnJump = "keep"
@@ -202,7 +215,7 @@ class PDTConfig:
             ("modes", Modes),
             ("history_after_jump", HistoryAfterJump),
             ("storage", Storage),
-            ("scheduler", Scheduler),
+            ("pacing", Pacing),
             ("on_jump", OnJump),
             ("kernel", Kernel),
             ("scope", Scope),
@@ -228,16 +241,16 @@ class PDTConfig:
         if not 0 <= tolerance < math.inf:
             raise ValueError(f"tolerance must be a finite float >= 0, got {self.tolerance!r}")
         set_(self, "tolerance", tolerance)
-        if self.scheduler == "adaptive" and (self.start_of_epoch or self.history_after_jump != "optimizer"):
+        if self.pacing == "adaptive" and (self.start_of_epoch or self.history_after_jump != "optimizer"):
             raise ValueError(
-                "scheduler='adaptive' rolls back to the optimizer's weights held in the history: it needs "
+                "pacing='adaptive' rolls back to the optimizer's weights held in the history: it needs "
                 "history_after_jump='optimizer' and a criterion other than 'authors' (start-of-epoch snapshots), "
                 f"got {self.history_after_jump!r}, {self.criterion!r}"
             )
-        if self.scheduler != "fixed" and self.every_n_steps is not None:
+        if self.pacing != "fixed" and self.every_n_steps is not None:
             raise ValueError(
-                f"scheduler={self.scheduler!r} needs step(loss=...), which step mode (every_n_steps) calls without a "
-                "loss; use scheduler='fixed'"
+                f"pacing={self.pacing!r} needs step(loss=...), which step mode (every_n_steps) calls without a "
+                "loss; use pacing='fixed'"
             )
 
     def _check_truncation(self) -> None:
@@ -262,12 +275,12 @@ class PDTConfig:
         ``seed`` is not reported, though only ``criterion="random"`` draws: a run's seed is
         commonly passed to everything, and ignoring it changes nothing a user expects.
 
-        >>> PDTConfig(scheduler="fixed").ignored(["tolerance", "horizon"])
-        ["tolerance (it applies to scheduler='adaptive' only; got scheduler='fixed')"]
+        >>> PDTConfig(pacing="fixed").ignored(["tolerance", "horizon"])
+        ["tolerance (it applies to pacing='adaptive' only; got pacing='fixed')"]
         """
         rules = {
-            "tolerance": ("scheduler='adaptive'", self.scheduler == "adaptive", f"scheduler={self.scheduler!r}"),
-            "patience": ("scheduler='adaptive'", self.scheduler == "adaptive", f"scheduler={self.scheduler!r}"),
+            "tolerance": ("pacing='adaptive'", self.pacing == "adaptive", f"pacing={self.pacing!r}"),
+            "patience": ("pacing='adaptive'", self.pacing == "adaptive", f"pacing={self.pacing!r}"),
             "random_ratio": ("criterion='random'", self.criterion == "random", f"criterion={self.criterion!r}"),
             # Start-of-epoch snapshots are taken after the jump: the assembled weights, whatever this says.
             "history_after_jump": ("criteria other than 'authors'", not self.start_of_epoch, "criterion='authors'"),
@@ -283,24 +296,19 @@ class PDTConfig:
         """Whether snapshots are the weights each epoch *started* from (the authors' code), not ended with."""
         return self.criterion == "authors"
 
-    def __getitem__(self, key: str) -> Any:
-        """Read access by name, as when the configuration was a dict: ``pdt.config["horizon"]``."""
-        if key not in self.saved():
-            raise KeyError(key)
-        return getattr(self, key)
-
     def saved(self) -> dict[str, Any]:
         """The options a checkpoint records and must match on load (all but ``chunk_size`` and ``kernel``)."""
         return {k: v for k, v in asdict(self).items() if k not in ("chunk_size", "kernel")}
 
     def check_saved(self, saved: Any) -> None:
-        """``ValueError`` unless ``saved`` (a checkpoint's :meth:`saved`) matches, earlier names resolved."""
+        """``ValueError`` unless ``saved`` (a checkpoint's :meth:`saved`, in the current names:
+        :func:`torch_pdt.compat.upgrade`) matches."""
         if not isinstance(saved, Mapping):
             raise ValueError(f"saved config must be a dict, got {type(saved).__name__}")
         diff = []
         for key, value in self.saved().items():
-            theirs = saved.get(key, ADDED.get(key))
-            if (ALIASES.get(key, {}).get(theirs, theirs) if isinstance(theirs, str) else theirs) != value:
+            theirs = saved.get(key)
+            if theirs != value:
                 diff.append(f"{key}={theirs!r} (saved) vs {value!r} (now)")
         if diff:
             raise ValueError("PDT state was saved with another configuration: " + ", ".join(diff))

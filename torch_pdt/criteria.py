@@ -27,6 +27,11 @@ final displacement and has inclusive bounds with a ``tau + 1`` upper bound:
 ``"random"`` (a baseline of the paper) accepts each element with a probability, drawn from
 generators of its own (:class:`RandomDraws`); it is a criterion like the others
 (:func:`make`), whose one check is not a rejection reason.
+
+Each criterion *declares* the checks it makes (:data:`DECLARED`): the statistics report a
+rejection count for exactly those, whichever implementation of the prediction pass ran
+(:mod:`torch_pdt.passes`). A new criterion is a rule here, its declaration, its branch in the
+compiled pass (:mod:`torch_pdt.kernel`) and in the float64 twin (:mod:`torch_pdt.reference`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .config import ALIASES
 __all__ = [
     "CHECKS",
     "CRITERIA",
+    "DECLARED",
     "NEEDS_STEPS",
     "Criterion",
     "RandomDraws",
@@ -109,6 +115,16 @@ def _none(low: Tensor, high: Tensor, displacement: Tensor, delta: Tensor, tau: i
 CHECKS = ("consistency", "lower_bound", "upper_bound")
 """The checks whose failures PDT reports (``rejected`` in its statistics)."""
 
+DECLARED: dict[str, tuple[str, ...]] = {
+    "pdt": CHECKS,
+    "authors": CHECKS,
+    "accel_only": ("lower_bound", "upper_bound"),
+    "consistency_only": ("consistency",),
+    "none": (),
+    "random": (),
+}
+"""The checks of :data:`CHECKS` each criterion makes (``"random"``'s draw is no rejection reason)."""
+
 NEEDS_STEPS = {"pdt", "consistency_only"}
 """Criteria that look at every intermediate step (through its extremes), not just the displacement."""
 
@@ -143,6 +159,11 @@ class Criterion:
     rule: Rule
     needs_steps: bool = False
     """Whether it reads ``low`` and ``high`` (else they may be ``None``)."""
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        """The checks of :data:`CHECKS` it makes (:data:`DECLARED`)."""
+        return DECLARED[self.name]
 
     def __call__(self, low: Tensor | None, high: Tensor | None, displacement: Tensor, delta: Tensor, tau: int):
         return self.rule(low, high, displacement, delta, tau)

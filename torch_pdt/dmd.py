@@ -240,7 +240,7 @@ def first_factor(K1: Tensor, m: int, resolution: float = 0.0) -> tuple[Tensor, T
 
     Returns ``(R1, W1, enough)``: ``enough`` when the pass's loss of orthogonality is at most
     ``resolution`` (no second pass needed). Split from :func:`orthogonal_factor` so that PDT's
-    layerwise fit can make the second Gram pass of every layer in one pass over the snapshots.
+    per-layer fit (``scope="layer"``) can make the second Gram pass of every layer in one pass over the snapshots.
 
     Raises:
         DMDError: the snapshots are not finite or all zero.

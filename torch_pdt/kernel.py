@@ -26,8 +26,8 @@ rest). The coefficients are a tensor, so new ones never recompile. The mask is t
 finite in the parameter's dtype (:math:`s_{h-1} + \tau\Delta` with ``linear``), the parameter
 elsewhere.
 
-**Layerwise and graded.** With ``scope="layer"`` every parameter is its own call of each pass
-(:class:`FusedPasses` ``per_tensor``): its inner products are its own Gram block, and its
+**Per layer and graded.** With ``scope="layer"`` every parameter is its own call of each pass
+(:class:`FusedPasses`): its inner products are its own Gram block, and its
 coefficients its own DMD's. With ``graded=True`` the coefficients are ``2 tau x h`` (the steps,
 then the displacements :math:`D_1..D_\tau`) and the same loop, after the decision at ``tau``,
 goes down ``k = tau - 1..1`` with the running extremes of the steps' keys; it writes each
@@ -37,7 +37,7 @@ element's landing horizon into a byte per element, which the counts per horizon 
 enough (a smooth history: :func:`torch_pdt.dmd.orthogonal_factor`), the fit reads the snapshots
 once more for the Gram matrix of :math:`Q_1 = B W_1`: per element the ``q`` values
 :math:`v = M s` with :math:`M = (TW_1)^\top`, and their ``q (q + 1) / 2`` products, summed in
-float64. It needs no parameter, so without ``per_tensor`` it is one call per storage bucket.
+float64. It needs no parameter, so with ``scope="model"`` it is one call per storage bucket.
 
 Three forms keep the compiled loop one loop, and cheap (measured on CPU with inductor):
 
@@ -59,8 +59,9 @@ displacement or step lies within a few float32 units of a bound (or a step withi
 units of zero) may be decided differently. ``tests/test_kernel.py`` bounds this at
 :data:`DECISION_BOUND` of the elements, against the eager pass and a float64 reference.
 
-Compiling (``torch.compile`` with inductor) needs a C++ compiler on CPU or Triton on GPU;
-:func:`compiled` returns ``None`` where the first call fails, and the caller runs eager.
+Compiling (``torch.compile`` with inductor) needs a C++ compiler on CPU or Triton on GPU
+(:func:`compiles`); :class:`FusedPasses` is the compiled implementation of
+:mod:`torch_pdt.passes`, which falls back to the eager one where compiling fails.
 """
 
 from __future__ import annotations
@@ -72,10 +73,16 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from . import dmd
+from .prediction import Coefficients, PassCounts
+
+if TYPE_CHECKING:
+    from .passes import Plan
 
 __all__ = [
     "AUTO_MAX_GRADED_HORIZON",
@@ -231,7 +238,7 @@ def predict_mask_assemble(
     coef: Tensor,
     tau: int,
     criterion: str,
-    mirrored: bool,
+    start_of_epoch: bool,
     write: bool,
     origin_is_param: bool = False,
     accepted: Tensor | None = None,
@@ -241,13 +248,13 @@ def predict_mask_assemble(
     r"""One parameter's prediction: returns integer counts ``[finite, consistency, lower, upper, accepted]``.
 
     ``rows`` are the ``h`` ring rows, oldest first; ``coef`` is ``(tau + 1) x h`` in
-    :func:`work_dtype` (:func:`ring_coefficients`). ``mirrored``: the newest row is the
-    optimizer's result and :math:`\Delta = s_{h-1} - s_{h-2}` (the paper); otherwise the rows
-    are start-of-epoch weights and :math:`\Delta` is ``param`` minus the newest row (the
-    authors' code). The counts are of elements passing each check (zero for a check the
+    :func:`work_dtype` (:func:`ring_coefficients`). ``start_of_epoch``: the rows are
+    start-of-epoch weights and :math:`\Delta` is ``param`` minus the newest row (the authors'
+    code); otherwise the newest row is the optimizer's result and
+    :math:`\Delta = s_{h-1} - s_{h-2}` (the paper). The counts are of elements passing each check (zero for a check the
     criterion does not make); with ``write`` the accepted elements of ``param`` are replaced.
     ``origin_is_param``: the forecast starts from ``param`` rather than the newest row (rows
-    that round the weights, mirrored). ``accepted``, if given, receives the per-element
+    that round the weights, at the end of an epoch). ``accepted``, if given, receives the per-element
     decision as 0/1 (graded: the landing horizon, 0 for none), for a bucket of small parameters,
     whose counts are then split, and for the counts per horizon.
     ``linear``: accepted elements move by ``tau`` times :math:`\Delta` instead of by :math:`D`
@@ -266,10 +273,10 @@ def predict_mask_assemble(
             acc = acc + coef[k, j] * X[j]
         return acc
 
-    if mirrored:
-        delta = last - rows[-2].to(dtype)
-    else:
+    if start_of_epoch:
         delta = param.to(dtype) - last
+    else:
+        delta = last - rows[-2].to(dtype)
     origin = param.to(dtype) if origin_is_param else last
     bound = overflow_threshold(param.dtype)
 
@@ -323,19 +330,19 @@ def predict_mask_assemble(
 
 
 def ring_coefficients(
-    steps: Tensor, dtype: torch.dtype, device: torch.device, rows: Sequence[int] | None = None
+    coefficients: Tensor, dtype: torch.dtype, device: torch.device, rows: Sequence[int] | None = None
 ) -> Tensor:
     r"""``(tau + 1) x h`` coefficients on the ring rows (oldest first) for :func:`predict_mask_assemble`.
 
-    ``steps`` (float64, ``(tau + 1) x h``) maps the snapshots to the predicted steps and the
+    ``coefficients`` (float64, ``(tau + 1) x h``) maps the snapshots to the predicted steps and the
     displacement; as the rows enter as :math:`X_j = s_j - s_{h-1}` and :math:`X_{h-1} = s_{h-1}`,
     the newest column takes the sum of all (in float64, before rounding). The sum runs in the
     storage order of ``rows`` (the storage rows, oldest first), as in the eager pass, so that
     both round it alike: for an element that never moved it is the whole forecast.
     """
-    coef = steps.clone()
-    by_storage = torch.zeros_like(steps)
-    by_storage[:, list(range(steps.shape[1])) if rows is None else list(rows)] = steps
+    coef = coefficients.clone()
+    by_storage = torch.zeros_like(coefficients)
+    by_storage[:, list(range(coefficients.shape[1])) if rows is None else list(rows)] = coefficients
     coef[:, -1] = by_storage.sum(1)
     return coef.to(device=device, dtype=dtype)
 
@@ -438,8 +445,8 @@ class FusedPasses:
         slots: ``(bucket, column offset, numel)`` of every parameter, in parameter order.
         use_compiled: run the compiled functions (else the same functions eagerly: memory of
             a few dozen parameter-sized temporaries, for testing).
-        per_tensor: one Gram matrix and one forecast per parameter (``scope="layer"``): every
-            parameter gets calls of its own, small ones too.
+        scope: ``"layer"``: one Gram matrix and one forecast per parameter; every parameter gets
+            calls of its own, small ones too.
     """
 
     def __init__(
@@ -447,13 +454,13 @@ class FusedPasses:
         storage: Sequence[Tensor],
         slots: Sequence[tuple[int, int, int]],
         use_compiled: bool = True,
-        per_tensor: bool = False,
+        scope: str = "model",
     ) -> None:
         self.storage = list(storage)
         self.slots = list(slots)
         self.capacity = self.storage[0].shape[0]
-        self.per_tensor = per_tensor
-        self.groups = _groups(self.slots, share=not per_tensor)
+        self.scope = scope
+        self.groups = _groups(self.slots, share=scope != "layer")
         self._staged: dict[_Group, tuple[Tensor, list[Tensor], Tensor]] = {}
         self.use_compiled = use_compiled
         self._enter = compiled(gram_update) if use_compiled else gram_update
@@ -493,14 +500,15 @@ class FusedPasses:
     def copy_in(self, flats: Sequence[Tensor], row: int) -> Tensor:
         r"""Copy ``flats`` into ring row ``row``; the ``blocks x (h + 1) x 2`` float64 inner products, on CPU.
 
-        One block for the whole model, or one per parameter with ``per_tensor``. Row ``j`` of a
+        One block for the whole model, or one per parameter with ``scope="layer"``. Row ``j`` of a
         block is :math:`(\langle d_j, s\rangle, \langle d_j, d\rangle)` for the storage row
         ``j`` (its difference to the row before it, cyclically), with ``s`` the new snapshot and
         ``d`` its difference; the last row is :math:`(\langle s, s\rangle, \langle s, d\rangle)`.
         """
         h = self.capacity
         order = [(row - i) % h for i in range(h)]  # newest first
-        blocks = len(self.slots) if self.per_tensor else 1
+        per_layer = self.scope == "layer"
+        blocks = len(self.slots) if per_layer else 1
         parts: dict[torch.device, list[tuple[int, Tensor]]] = {}
         with torch.no_grad(), self._variants():
             for group in self.groups:
@@ -509,7 +517,7 @@ class FusedPasses:
                 rows = self.storage[group.bucket][:, group.start : group.stop]
                 source = self._source(group, flats)
                 part = self._enter(source, [rows[j] for j in order[1:]], rows[row])
-                parts.setdefault(part.device, []).append((group.members[0] if self.per_tensor else 0, part))
+                parts.setdefault(part.device, []).append((group.members[0] if per_layer else 0, part))
         total = torch.zeros(blocks, 2 * h + 1, dtype=torch.float64)
         for found in parts.values():  # one host transfer per device
             index = torch.tensor([block for block, _ in found])
@@ -521,20 +529,24 @@ class FusedPasses:
         dots[:, h, 1] = total[:, 0]
         return dots
 
-    def gram(self, rows: Sequence[int], combination: Tensor | Sequence[Tensor | None]) -> Tensor:
+    def gram(self, rows: Sequence[int], W: Tensor | Sequence[Tensor | None]) -> Tensor:
         r"""The second Gram pass: float64 :math:`(SM^\top)^\top (SM^\top)`, ``blocks x q x q`` on CPU.
 
-        ``rows``: the storage rows oldest first; ``combination``: the ``q x m`` matrix
-        :math:`M = (TW)^\top` of :func:`second_gram`, or with ``per_tensor`` one per parameter
-        (``None``: skipped, its block is zero). Without ``per_tensor`` the pass is one call per
-        storage bucket, whatever the parameters' sizes: the Gram matrix is of all of them.
+        ``rows``: the storage rows oldest first; ``W``: the ``m x q`` basis change of
+        :func:`torch_pdt.dmd.orthogonal_factor`, whose :math:`M = (TW)^\top` :func:`second_gram`
+        applies, or with ``scope="layer"`` one per parameter (``None``: skipped, its block is
+        zero). With ``scope="model"`` the pass is one call per storage bucket, whatever the
+        parameters' sizes: the Gram matrix is of all of them.
         """
-        layerwise = not isinstance(combination, Tensor)
-        q = (next(c for c in combination if c is not None) if layerwise else combination).shape[0]
-        if layerwise:
+        T = dmd.consecutive_basis(len(rows))
+        per_layer = not isinstance(W, Tensor)
+        if per_layer:
+            combination = [None if w is None else (T @ w).T for w in W]
+            q = next(c for c in combination if c is not None).shape[0]
             stretches = [(g.members[0], g.bucket, g.start, g.stop, combination[g.members[0]]) for g in self.groups]
         else:
-            stretches = [(0, b, 0, s.shape[1], combination) for b, s in enumerate(self.storage)]
+            q = W.shape[1]
+            stretches = [(0, b, 0, s.shape[1], (T @ W).T) for b, s in enumerate(self.storage)]
         parts: dict[torch.device, list[tuple[int, Tensor]]] = {}
         with torch.no_grad(), self._variants():
             for block, bucket, start, stop, mine in stretches:
@@ -543,7 +555,7 @@ class FusedPasses:
                 storage = self.storage[bucket][:, start:stop]
                 part = self._second([storage[j] for j in rows], mine.to(storage.device))
                 parts.setdefault(part.device, []).append((block, part))
-        upper = torch.zeros(len(self.slots) if layerwise else 1, q * (q + 1) // 2, dtype=torch.float64)
+        upper = torch.zeros(len(self.slots) if per_layer else 1, q * (q + 1) // 2, dtype=torch.float64)
         for found in parts.values():  # one host transfer per device
             upper.index_add_(0, torch.tensor([b for b, _ in found]), torch.stack([p for _, p in found]).cpu())
         i, j = torch.triu_indices(q, q)
@@ -553,31 +565,21 @@ class FusedPasses:
         return K
 
     def predict(
-        self,
-        flats: Sequence[Tensor],
-        rows: Sequence[int],
-        steps: Tensor | Sequence[Tensor | None],
-        criterion: str,
-        mirrored: bool,
-        write: bool,
-        origin_is_param: bool = False,
-        linear: bool = False,
-        graded: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Predict, mask and (with ``write``) assemble every parameter (``linear``, ``graded``: see
-        :func:`predict_mask_assemble`).
+        self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
+    ) -> PassCounts:
+        """Predict, mask and (with ``plan.write``) assemble every parameter (:func:`predict_mask_assemble`).
 
-        ``rows``: the storage rows oldest first; ``steps``: float64 ``(tau + 1) x h`` (graded:
-        ``2 tau x h``), the predicted steps and the displacement as combinations of the snapshots
-        (unmirrored); with ``per_tensor`` one per parameter, ``None`` for a parameter without a
-        fit, whose elements are kept and counted as passing every check.
-        Returns the accepted elements per parameter, the totals
-        ``[finite, consistency, lower_bound, upper_bound, accepted]`` and (graded) the elements
-        landing at each ``k = 1..tau``, int64 on CPU.
+        ``rows``: the storage rows oldest first; ``coefficients``: float64 ``(tau + 1) x h``
+        (graded: ``2 tau x h``), the predicted steps and the displacement as combinations of the
+        snapshots; with ``scope="layer"`` one per parameter, ``None`` for a parameter without a
+        fit, whose elements are kept and counted as passing every check. The ``hooks`` of the eager
+        pass (``on_chunk`` for ``on_jump``, ``draws`` for the random criterion) are refused:
+        :func:`torch_pdt.passes.choose` never gives such a plan here.
         """
-        layerwise = not isinstance(steps, Tensor)
-        some = next(s for s in steps if s is not None) if layerwise else steps
-        tau = some.shape[0] // 2 if graded else some.shape[0] - 1
+        if hooks or plan.criterion not in KERNEL_CRITERIA:
+            raise ValueError("the compiled pass runs neither on_jump other than 'keep' nor criterion='random'")
+        per_layer = not isinstance(coefficients, Tensor)
+        tau, graded = plan.horizon, plan.graded
         level_dtype = torch.int8 if tau <= torch.iinfo(torch.int8).max else torch.int32
         coefs: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
         totals: dict[torch.device, Tensor] = {}
@@ -590,14 +592,14 @@ class FusedPasses:
 
         with torch.no_grad(), self._variants():
             for group in self.groups:
-                mine = steps[group.members[0]] if layerwise else steps
+                mine = coefficients[group.members[0]] if per_layer else coefficients
                 if group.stop == group.start or mine is None:
                     kept += group.stop - group.start
                     per_param.append(torch.zeros(len(group.members), dtype=torch.int64))
                     continue
                 storage = self.storage[group.bucket][:, group.start : group.stop]
                 param = self._source(group, flats)
-                key = (group.members[0] if layerwise else 0, param.device, work_dtype(param.dtype))
+                key = (group.members[0] if per_layer else 0, param.device, work_dtype(param.dtype))
                 if key not in coefs:
                     coefs[key] = ring_coefficients(mine, key[2], key[1], rows)
                 accepted = None
@@ -608,12 +610,12 @@ class FusedPasses:
                     param,
                     coefs[key],
                     tau,
-                    criterion,
-                    mirrored,
-                    write,
-                    origin_is_param,
+                    plan.criterion,
+                    plan.start_of_epoch,
+                    plan.write,
+                    plan.origin_is_param,
                     accepted,
-                    linear,
+                    plan.linear,
                     graded,
                 )
                 counts = counts.to(torch.int64)
@@ -627,7 +629,7 @@ class FusedPasses:
                 landed = ((accepted > 0) if graded else accepted).cumsum(0, dtype=torch.int64)
                 cumulative = torch.cat([bounds.new_zeros(1), landed])
                 per_param.append(cumulative[bounds[1:]] - cumulative[bounds[:-1]])  # empty tensors too
-                if write:
+                if plan.write:
                     torch._foreach_copy_([flats[i] for i in group.members], parts)
         # Host transfers only now: the first waits for the device, the others find it done.
         total = sum((t.cpu() for t in totals.values()), torch.zeros(5, dtype=torch.int64))
@@ -635,4 +637,6 @@ class FusedPasses:
         per_horizon = None
         if graded:
             per_horizon = sum((t.cpu() for t in levels.values()), torch.zeros(tau + 1, dtype=torch.int64))[1:]
-        return torch.cat([t.cpu() for t in per_param]), total, per_horizon
+        finite, consistency, lower, upper, _ = total.unbind()
+        passing = torch.stack([consistency, lower, upper, finite])
+        return PassCounts(torch.cat([t.cpu() for t in per_param]), passing, set(plan.checks), per_horizon)

@@ -18,12 +18,12 @@ and what to do instead. Five kinds, each warned at most once per PDT:
   at a worse loss). ``every_n_steps=K`` is the way to step it every ``K`` optimizer steps. Full-batch
   training, where an epoch *is* one optimizer step, looks the same; there the warning can be
   ignored.
-* an option that the chosen criterion or scheduler ignores (``tolerance`` without
-  ``scheduler="adaptive"``: :meth:`~torch_pdt.config.PDTConfig.ignored`), at construction;
+* an option that the chosen criterion or pacing rule ignores (``tolerance`` without
+  ``pacing="adaptive"``: :meth:`~torch_pdt.config.PDTConfig.ignored`), at construction;
   only when given a value other than its default (:func:`ignored_options`), so that a PDT
   rebuilt from another's ``config.saved()`` is not warned.
 
-The optimizer steps are counted by an optimizer step post-hook (``Optimizer.register_step_post_hook``);
+The optimizer steps are counted by an optimizer step post-hook (:func:`register_step_hook`);
 an optimizer without one, a PDT after :meth:`~torch_pdt.PDT.close`, or weights updated without
 ``optimizer.step()`` are not judged.
 
@@ -60,6 +60,7 @@ __all__ = [
     "PDTMisuseWarning",
     "StepWatch",
     "ignored_options",
+    "register_step_hook",
     "warn_once",
     "watch_other_optimizers",
 ]
@@ -102,12 +103,12 @@ def ignored_options(config: PDTConfig, options: Mapping[str, Any]) -> list[str]:
     """:meth:`~torch_pdt.config.PDTConfig.ignored` for the ``options`` given a value other than the default.
 
     A default value changes nothing, wherever it came from: ``PDT(opt, **other.config.saved())``
-    passes every option, ``tolerance`` included, with ``scheduler="fixed"``.
+    passes every option, ``tolerance`` included, with ``pacing="fixed"``.
 
     >>> ignored_options(PDTConfig(), PDTConfig().saved())
     []
     >>> ignored_options(PDTConfig(), {"tolerance": 0.5})
-    ["tolerance (it applies to scheduler='adaptive' only; got scheduler='fixed')"]
+    ["tolerance (it applies to pacing='adaptive' only; got pacing='fixed')"]
     """
     defaults = {f.name: f.default for f in dataclasses.fields(PDTConfig)}
     return config.ignored([k for k, v in options.items() if k not in defaults or v != defaults[k]])
@@ -136,6 +137,33 @@ def watch_other_optimizers(watch: StepWatch, optimizer: torch.optim.Optimizer, p
 
     handle = register_optimizer_step_post_hook(after_any_step)
     weakref.finalize(watch, handle.remove)
+
+
+def register_step_hook(
+    owner: Any, optimizer: torch.optim.Optimizer, required: bool
+) -> torch.utils.hooks.RemovableHandle | None:
+    """The optimizer post-hook that calls ``owner._after_optimizer_step``, holding ``owner`` (a
+    PDT) only weakly: a PDT that is dropped stops counting and stepping.
+
+    Step mode (``required``) needs it; epoch mode only counts steps for this module, and goes
+    without where the optimizer cannot take a hook (no ``register_step_post_hook``, or a
+    subclass that skipped ``Optimizer.__init__``): ``None`` then.
+    """
+    ref = weakref.ref(owner)
+
+    def after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        pdt = ref()
+        if pdt is not None:
+            pdt._after_optimizer_step(optimizer, args, kwargs)
+
+    try:
+        handle = optimizer.register_step_post_hook(after_optimizer_step)
+    except AttributeError:
+        if required:
+            raise
+        return None
+    weakref.finalize(owner, handle.remove)
+    return handle
 
 
 class StepWatch:

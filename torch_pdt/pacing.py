@@ -1,9 +1,8 @@
 r"""Pacing: how far PDT jumps (its horizon :math:`\tau`) and how often (its interval :math:`T_i`),
 as the loss goes.
 
-Not a learning-rate schedule: that one stays the user's and goes on untouched. (The option
-that picks a pacing rule is ``PDT(scheduler=...)``; an earlier version called this module
-``torch_pdt.schedule``, which still imports.) :class:`~torch_pdt.PDT` asks its pacing rule, at
+Not a learning-rate schedule: that one stays the user's and goes on untouched. The option
+that picks a pacing rule is ``PDT(pacing=...)``. :class:`~torch_pdt.PDT` asks its pacing rule, at
 every epoch end, what to do with the loss the user passes to ``PDT.step(loss=...)`` (the
 epoch's mean training loss, or a held-out loss measured after the optimizer's epoch). Three
 rules:
@@ -68,8 +67,8 @@ MAX_BACKED_OFF_INTERVAL = 15
 
 @dataclass
 class Decision:
-    """What a pacing rule decided at one epoch end (in the statistics as ``stats["schedule"]``,
-    a :class:`~torch_pdt.statistics.ScheduleStatistics`)."""
+    """What a pacing rule decided at one epoch end (in the statistics as ``stats["pacing"]``,
+    a :class:`~torch_pdt.statistics.PacingStatistics`)."""
 
     loss: float | None
     """The loss the user passed, if any."""
@@ -117,14 +116,14 @@ class FixedPacing:
         expected = set(self.state_dict())
         if not isinstance(state, dict) or set(state) != expected:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"scheduler state has keys {keys}, expected {sorted(expected)} ({self.name!r})")
+            raise ValueError(f"pacing state has keys {keys}, expected {sorted(expected)} ({self.name!r})")
         checked = {key: self._checked(key, value) for key, value in state.items()}
         for key, value in checked.items():
             setattr(self, key, value)
 
     def _checked(self, key: str, value: Any) -> Any:
         """A saved field, validated (``ValueError`` naming it) and as a plain Python value."""
-        name = f"scheduler state {key!r}"
+        name = f"pacing state {key!r}"
         if key == "horizon":
             return as_int(name, value, 1, self.initial_horizon)
         return as_int(name, value, 0)  # interval, rollbacks
@@ -160,8 +159,8 @@ class AuthorsPacing(FixedPacing):
     def _checked(self, key: str, value: Any) -> Any:
         if key == "losses":
             if not isinstance(value, (list, tuple)) or len(value) > 2:
-                raise ValueError(f"scheduler state 'losses' must be a list of at most 2 losses, got {value!r}")
-            return [as_real("scheduler state 'losses'", v) for v in value]
+                raise ValueError(f"pacing state 'losses' must be a list of at most 2 losses, got {value!r}")
+            return [as_real("pacing state 'losses'", v) for v in value]
         return super()._checked(key, value)
 
 
@@ -209,20 +208,20 @@ class AdaptivePacing(FixedPacing):
 
     def _checked(self, key: str, value: Any) -> Any:
         if key == "pending":
-            return None if value is None else as_real("scheduler state 'pending'", value)
+            return None if value is None else as_real("pacing state 'pending'", value)
         if key == "good_streak":
-            return as_int("scheduler state 'good_streak'", value, 0, self.patience - 1)
+            return as_int("pacing state 'good_streak'", value, 0, self.patience - 1)
         return super()._checked(key, value)
 
 
 PACINGS = {s.name: s for s in (FixedPacing, AuthorsPacing, AdaptivePacing)}
-"""Pacing rule name (the ``scheduler=`` option) -> class."""
+"""Pacing rule name (the ``pacing=`` option) -> class."""
 
 
 def make(name: str, horizon: int, interval: int, tolerance: float, patience: int) -> FixedPacing:
     """The pacing rule called ``name`` (one of :data:`PACINGS`, or ``"reference"`` for ``"authors"``)
     starting from ``horizon`` and ``interval``."""
-    name = ALIASES["scheduler"].get(name, name)
+    name = ALIASES["pacing"].get(name, name)
     if name == "adaptive":
         return AdaptivePacing(horizon, interval, tolerance, patience)
     return PACINGS[name](horizon, interval)

@@ -1,27 +1,27 @@
 """The PDT plug-in: epoch-level DMD prediction beside any ``torch.optim`` optimizer.
 
-:class:`PDT` is the orchestrator: the epoch state machine (snapshot, predict when due, roll
-back when the pacing rule says so), step mode's optimizer hook, and its state. The concepts it
-orchestrates live one per module: options (:mod:`~torch_pdt.config`), parameters
-(:mod:`~torch_pdt.params`), snapshots (:mod:`~torch_pdt.snapshots`), DMD (:mod:`~torch_pdt.dmd`),
-the prediction pass (:mod:`~torch_pdt.prediction`), masks (:mod:`~torch_pdt.criteria`), the
-pacing of τ and Ti (:mod:`~torch_pdt.pacing`), and the optimizer's state after a jump
+:class:`PDT` is the epoch state machine: snapshot, predict when due, roll back when the pacing
+rule says so, step mode's optimizer hook, and its state. The concepts it orchestrates live one
+per module: options (:mod:`~torch_pdt.config`), parameters (:mod:`~torch_pdt.params`),
+snapshots (:mod:`~torch_pdt.snapshots`), the DMD fit of the history (:mod:`~torch_pdt.fitting`,
+on :mod:`~torch_pdt.dmd`), the passes over the snapshots (:mod:`~torch_pdt.passes`: a plan,
+an eager and a compiled implementation), masks (:mod:`~torch_pdt.criteria`), the pacing of τ
+and Ti (:mod:`~torch_pdt.pacing`), and the optimizer's state after a jump
 (:mod:`~torch_pdt.jump`). :mod:`~torch_pdt.reference` is a readable float64 twin of one step.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint, criteria, dmd, jump, kernel, misuse, pacing, params, prediction, statistics
+from . import checkpoint, compat, criteria, fitting, jump, misuse, pacing, params, passes, statistics
 from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
+from .prediction import Coefficients
 from .snapshots import SnapshotHistory
 from .statistics import PDTStatistics
 
@@ -60,7 +60,7 @@ class PDT:
         **options: the other options, each a field of :class:`~torch_pdt.config.PDTConfig`
             (``criterion``, ``forecast``, ``modes``, ``rank``, ``rtol``, ``history_after_jump``,
             ``random_ratio``, ``seed``, ``chunk_size``, ``storage``, ``every_n_steps``,
-            ``scheduler``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
+            ``pacing``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
             ``graded``, ``jump``). Every invalid value raises a ``ValueError`` naming it.
 
     ``scope="layer"`` fits one DMD per parameter tensor to that tensor's own snapshots (as the
@@ -90,7 +90,7 @@ class PDT:
     optimizer's steps, so that misuse is said once per PDT as a
     :class:`~torch_pdt.misuse.PDTMisuseWarning`: :meth:`step` again with no optimizer step in
     between, :meth:`step` after every optimizer step or by hand in step mode, another optimizer
-    stepping PDT's parameters, an option the chosen scheduler or criterion ignores
+    stepping PDT's parameters, an option the chosen pacing rule or criterion ignores
     (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
     predicted elements are rejected, and a decomposition that fails (rank 0, non-finite
     snapshots) skips the prediction, with the reason in the returned statistics. When
@@ -137,15 +137,13 @@ class PDT:
         self._layouts = [params.Layout.of(p) for p in self.params]
         self._sharded = any(isinstance(p, DTensor) for p in self.params)
         # Snapshots hold what this process updates: the local shards of sharded parameters.
-        self._history = SnapshotHistory(
-            self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size, per_tensor=cfg.scope == "layer"
-        )
-        if cfg.scheduler == "adaptive" and not self._history.exact:
+        self._history = SnapshotHistory(self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size, cfg.scope)
+        if cfg.pacing == "adaptive" and not self._history.exact:
             raise ValueError(
-                f"scheduler='adaptive' restores weights from the snapshots, which storage={cfg.storage!r} rounds; "
+                f"pacing='adaptive' restores weights from the snapshots, which storage={cfg.storage!r} rounds; "
                 "use storage='same' or 'cpu'"
             )
-        self.pacing = pacing.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
+        self.pacing = pacing.make(cfg.pacing, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
         self._draws = criteria.RandomDraws(cfg.seed)
         self.epoch = 0
         self.plain_epochs = 0
@@ -154,7 +152,7 @@ class PDT:
         """The statistics of the latest :meth:`step` (empty before the first)."""
         self._warned_untouched = False
         self._watch = misuse.StepWatch()
-        self._hook = _register_step_hook(self, required=cfg.every_n_steps is not None)
+        self._hook = misuse.register_step_hook(self, optimizer, required=cfg.every_n_steps is not None)
         self._watch.counting = self._hook is not None
         misuse.watch_other_optimizers(self._watch, optimizer, self.params)
         self._choose_kernel()
@@ -164,11 +162,6 @@ class PDT:
         if ignored:
             message = f"PDT ignores {'; '.join(ignored)}: leave it out, or choose the setting it applies to"
             misuse.warn_once(self._watch.said, "ignored", message)
-
-    @property
-    def schedule(self) -> pacing.FixedPacing:
-        """The earlier name of :attr:`pacing`, the rule for the horizon and interval."""
-        return self.pacing
 
     @property
     def chunk_size(self) -> int:
@@ -192,7 +185,7 @@ class PDT:
             loss: the loss of the epoch that just ended (mean training loss, or a held-out
                 loss of the weights the optimizer reached): any real number, numpy scalar or
                 one-element tensor; required by the ``"authors"`` and ``"adaptive"`` pacing
-                rules (``scheduler=``), ignored by ``"fixed"``.
+                rules (``pacing=``), ignored by ``"fixed"``.
             predict: with ``False`` the snapshot is still taken (and the pacing rule still sees
                 the loss) but no prediction runs (the epoch counts as a plain one): a caller's
                 own rule can switch PDT off and on.
@@ -225,7 +218,7 @@ class PDT:
         if self.config.start_of_epoch:
             self._snapshot()
         elif jumped and self.config.history_after_jump == "assembled":
-            self._history.replace_newest(self._flat_params())
+            self._history.replace_newest(self._flat_params(), self._passes)
         self.epoch += 1
         self.last_stats = stats
         self._watch.pdt_stepped(self.config.every_n_steps is not None)
@@ -256,7 +249,7 @@ class PDT:
 
     def _loss_value(self, loss: Any) -> float | None:
         if loss is None and self.pacing.needs_loss:
-            raise ValueError(f"loss is required: scheduler={self.pacing.name!r} needs step(loss=...)")
+            raise ValueError(f"loss is required: pacing={self.pacing.name!r} needs step(loss=...)")
         return None if loss is None else as_loss(loss)
 
     def _roll_back(self, decision: pacing.Decision) -> None:
@@ -285,14 +278,24 @@ class PDT:
         """Fit DMD to the history, turn the forecast into step coefficients, run the pass."""
         cfg = self.config
         tau = self.pacing.horizon
-        fitted = self._fit_layers(tau) if cfg.scope == "layer" else self._fit_model(tau)
+        history, rows = self._history, self._history.rows()
+        fitted = fitting.fit(
+            lambda: self._reduce_gram(history.grams()),
+            lambda W: self._reduce_gram(self._passes.gram(rows, W)),
+            len(history),
+            history.resolution,
+            cfg,
+            tau,
+            self.names,
+            self._model_numels(),
+        )
         if "reason" in fitted:
             return fitted
-        steps = fitted.pop("steps")
+        coefficients = fitted.pop("coefficients")
         ratio = cfg.random_ratio
         if cfg.criterion == "random" and ratio == "measured":
-            ratio = self._pass(steps, "pdt", write=False)["accepted"] / self.numel
-        result = self._pass(steps, cfg.criterion, write=True, ratio=ratio)
+            ratio = self._pass(coefficients, self._plan(tau, "pdt", write=False))["accepted"] / self.numel
+        result = self._pass(coefficients, self._plan(tau, cfg.criterion, write=True, ratio=ratio))
         if cfg.criterion == "random":
             result["random_ratio"] = ratio
         # Elements of layers without a fit (scope="layer") are kept, and counted apart.
@@ -301,129 +304,34 @@ class PDT:
         result["rejected"]["unfitted"] = sum(n for n, layer in zip(numels, layers.values()) if layer["reason"])
         return result | {"horizon": tau, "predicted": True, "accepted_ratio": result["accepted"] / self.numel} | fitted
 
-    def _fit_model(self, tau: int) -> dict[str, Any]:
-        """One DMD of all parameters: its step coefficients and statistics, or the reason it failed."""
+    def _plan(self, tau: int, criterion: str, write: bool, ratio: float = 0.0) -> passes.Plan:
         cfg = self.config
-        m = len(self._history)
-        passes = [1]  # the first Gram pass is the history's incremental Gram
-        second_pass = self._second_gram_pass(layerwise=False)
+        return passes.Plan(
+            tau,
+            criteria.canonical(criterion),
+            start_of_epoch=cfg.start_of_epoch,
+            # The newest snapshot is w_opt exactly unless the storage rounds it.
+            origin_is_param=not self._history.exact and not cfg.start_of_epoch,
+            graded=cfg.graded,
+            linear=cfg.jump == "linear",
+            write=write,
+            ratio=ratio,
+        )
 
-        def gram_of(W: Tensor) -> Tensor:
-            passes[0] += 1
-            return self._reduce_gram(second_pass(W))
+    def _pass(self, coefficients: Coefficients, plan: passes.Plan) -> dict[str, Any]:
+        """One prediction pass (:meth:`torch_pdt.passes.Backend.predict`) and its statistics.
 
-        try:
-            gram = self._reduce_gram(self._history.gram())
-            R, W = dmd.orthogonal_factor(gram_of, m, gram=gram, resolution=self._history.resolution)
-            basis = dmd.consecutive_basis(m)
-            fit = dmd.fit_factor(R, W, basis=basis, exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol)
-        except dmd.DMDError as e:
-            return {"reason": f"decomposition failed: {e}", "gram_passes": passes[0]}
-        steps = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
-        if not torch.isfinite(steps).all():
-            return {
-                "reason": "decomposition failed: non-finite forecast",
-                "eigenvalues": statistics.complex_pairs(fit.eigenvalues),
-                "rank": fit.rank,
-                "gram_passes": passes[0],
-            }
-        eigenvalues = statistics.complex_pairs(fit.eigenvalues)
-        return {"steps": steps, "eigenvalues": eigenvalues, "rank": fit.rank, "gram_passes": passes[0]}
-
-    def _fit_layers(self, tau: int) -> dict[str, Any]:
-        r"""``scope="layer"``: one DMD per parameter tensor, from its own ``h x h`` Gram matrix.
-
-        All tensors' Gram matrices are reduced together (one collective where sharded), and the
-        second Gram pass, for the tensors whose first factor is not accurate enough
-        (:func:`torch_pdt.dmd.first_factor`), is one pass over the snapshots for all of them.
-        A tensor whose fit fails (rank 0, a non-finite forecast) is kept as the optimizer left
-        it; its reason is in ``layers``. Returns the per-tensor step coefficients (``None``
-        where no fit) and the statistics ``layers`` (per tensor: ``rank``, ``eigenvalues`` as
-        ``[re, im]`` pairs, ``reason``), ``rank`` (the largest),
-        ``eigenvalues`` (empty: they are per tensor) and ``gram_passes``; or the reason no
-        tensor could be fitted.
+        ``coefficients`` (``(tau + 1) x h``, snapshots oldest first; ``2 tau x h`` where graded)
+        map the snapshots to the ``tau`` predicted steps and the displacement; with
+        ``scope="layer"`` there is one per parameter (``None``: not predicted).
         """
-        cfg = self.config
-        history = self._history
-        m = len(history)
-        try:
-            grams = self._reduce_gram(history.grams())
-        except dmd.DMDError as e:
-            return {"reason": f"decomposition failed: {e}", "gram_passes": 1}
-        firsts: list[tuple[Tensor, Tensor, bool] | str] = []
-        for K in grams:
-            try:
-                firsts.append(dmd.first_factor(K, m, history.resolution))
-            except dmd.DMDError as e:
-                firsts.append(str(e))
-        refine = [None if isinstance(f, str) or f[2] else f[1] for f in firsts]
-        passes = 1
-        second = None
-        if any(w is not None for w in refine):
-            passes += 1
-            try:
-                second = self._reduce_gram(self._second_gram_pass(layerwise=True)(refine))
-            except dmd.DMDError as e:
-                return {"reason": f"decomposition failed: {e}", "gram_passes": passes}
-        steps: list[Tensor | None] = []
-        layers: dict[str, dict[str, Any]] = {}
-        numels = self._model_numels()
-        for i, (name, first) in enumerate(zip(self.names, firsts)):
-            try:
-                if numels[i] == 0:  # its Gram matrix is zero too: say why, not "rank 0"
-                    raise dmd.DMDError("no elements")
-                if isinstance(first, str):
-                    raise dmd.DMDError(first)
-                R1, W1, _ = first
-                R, W = dmd.finish_factor(R1, W1, m, None if refine[i] is None else second[i])
-                fit = dmd.fit_factor(
-                    R, W, basis=dmd.consecutive_basis(m), exact=cfg.modes == "exact", rank=cfg.rank, rtol=cfg.rtol
-                )
-                coefficients = fit.step_coefficients(tau, cfg.forecast, cfg.graded)
-                if not torch.isfinite(coefficients).all():
-                    raise dmd.DMDError("non-finite forecast")
-            except dmd.DMDError as e:
-                steps.append(None)
-                layers[name] = {"rank": 0, "eigenvalues": [], "reason": str(e)}
-                continue
-            steps.append(coefficients)
-            layers[name] = {"rank": fit.rank, "eigenvalues": statistics.complex_pairs(fit.eigenvalues), "reason": None}
-        if all(s is None for s in steps):
-            return {"reason": "decomposition failed: no layer could be fitted", "gram_passes": passes, "layers": layers}
-        rank = max(layer["rank"] for layer in layers.values())
-        return {"steps": steps, "eigenvalues": [], "rank": rank, "gram_passes": passes, "layers": layers}
-
-    def _pass(
-        self, steps: Tensor | list[Tensor | None], criterion: str, write: bool, ratio: float = 0.0
-    ) -> dict[str, Any]:
-        """One prediction pass (:func:`torch_pdt.prediction.predict_pass`) and its statistics.
-
-        ``steps`` (``(tau + 1) x h``, snapshots oldest first; ``2 tau x h`` where graded) maps
-        the snapshots to the ``tau`` predicted steps and the displacement; with ``scope="layer"``
-        there is one per parameter (``None``: not predicted).
-        """
-        on_jump = self.config.on_jump if write else "keep"
+        on_jump = self.config.on_jump if plan.write else "keep"
         on_chunk, untouched = jump.prepare(self.optimizer, self.params, on_jump)
         if untouched and not self._warned_untouched:
             self._warned_untouched = True
             logger.warning("PDT on_jump=%r leaves unknown optimizer state %s unchanged", on_jump, sorted(untouched))
-        history = self._history
-        counts = self._fused_pass(steps, criterion, write) if history.fused is not None else None
-        if counts is None:
-            counts = prediction.predict_pass(
-                history.views(self.config.chunk_size),
-                self._flat_params(),
-                steps,
-                history.rows(),
-                criteria.make(criterion, ratio=ratio, draws=self._draws),
-                write=write,
-                start_of_epoch=self.config.start_of_epoch,
-                # The newest snapshot is w_opt exactly unless the storage rounds it.
-                origin_is_param=not history.exact and not self.config.start_of_epoch,
-                on_chunk=on_chunk,
-                graded=self.config.graded,
-                linear=self.config.jump == "linear",
-            )
+        flats, rows = self._flat_params(), self._history.rows()
+        counts = self._passes.predict(flats, rows, coefficients, plan, on_chunk=on_chunk, draws=self._draws)
         stats = counts.statistics(self._reduce_counts(counts.counts()), self.names, self._model_numels())
         return ({"optimizer_state_untouched": sorted(untouched)} if on_jump != "keep" else {}) | stats
 
@@ -448,116 +356,11 @@ class PDT:
 
     def _snapshot(self) -> None:
         """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
-        flats = self._flat_params()
-        try:
-            self._history.push(flats)
-        except Exception as e:
-            if self._history.fused is None or self.config.kernel == "compiled":
-                raise
-            self._use_eager(e)
-            self._history.replace_newest(flats)  # the ring has advanced: the row is written afresh
-
-    # --- the compiled kernel ---------------------------------------------------------------
+        self._history.push(self._flat_params(), self._passes)
 
     def _choose_kernel(self) -> None:
-        """Give the history the fused passes, or leave it eager; log which, once."""
-        cfg = self.config
-        storage, _ = self._history.layout()
-        devices = {local_shard(p).device for p in self.params}
-        unsupported = [
-            reason
-            for reason, applies in (
-                ("criterion='random'", cfg.criterion not in kernel.KERNEL_CRITERIA),
-                (f"on_jump={cfg.on_jump!r}", cfg.on_jump != "keep"),
-                ("snapshots on another device", {s.device for s in storage} != devices),
-                ("no compiler for " + ", ".join(sorted(map(str, devices))), not all(map(kernel.compiles, devices))),
-            )
-            if applies
-        ]
-        if cfg.kernel == "compiled" and unsupported:
-            raise ValueError(f"kernel='compiled' is not available here: {'; '.join(unsupported)}")
-        small = self.numel < kernel.AUTO_MIN_NUMEL and len(self.params) < kernel.AUTO_MIN_TENSORS
-        long_graded = cfg.graded and cfg.horizon > kernel.AUTO_MAX_GRADED_HORIZON
-        if cfg.kernel == "eager" or unsupported or (cfg.kernel == "auto" and (small or long_graded)):
-            if cfg.kernel == "eager":
-                reason = "kernel='eager'"
-            elif unsupported:
-                reason = "; ".join(unsupported)
-            elif small:
-                reason = "a small model"
-            else:
-                reason = f"graded=True at horizon {cfg.horizon} > {kernel.AUTO_MAX_GRADED_HORIZON}: slow to compile"
-            logger.info("PDT runs the eager passes (%s)", reason)
-            return
-        if cfg.kernel == "compiled":
-            _probe_compiled(self._flat_params(), cfg.history, cfg.storage)
-        logger.info("PDT runs the compiled passes (kernel=%r)", cfg.kernel)
-        self._history.fused = kernel.FusedPasses(*self._history.layout(), per_tensor=cfg.scope == "layer")
-
-    def _second_gram_pass(self, layerwise: bool) -> Callable[[Any], Tensor]:
-        """The second Cholesky-QR Gram pass (:func:`torch_pdt.dmd.orthogonal_factor`): given ``W``
-        (layerwise: one per tensor, ``None`` to skip), the Gram matrix of the basis times ``W``;
-        compiled (:meth:`torch_pdt.kernel.FusedPasses.gram`) where the history has the fused passes,
-        and eager after a failure to compile under ``kernel="auto"``."""
-        history = self._history
-        chunk = self.config.chunk_size
-        eager = history.tensor_gram_of(chunk) if layerwise else history.gram_of(chunk)
-        T = dmd.consecutive_basis(len(history))
-
-        def gram_of(W: Any) -> Tensor:
-            if history.fused is not None:
-                try:
-                    if layerwise:
-                        return history.fused.gram(history.rows(), [None if w is None else (T @ w).T for w in W])
-                    return history.fused.gram(history.rows(), (T @ W).T)[0]
-                except Exception as e:
-                    if self.config.kernel == "compiled":
-                        raise
-                    self._use_eager(e)
-            return eager(W)
-
-        return gram_of
-
-    def _use_eager(self, error: Exception) -> None:
-        """``kernel="auto"``: compiling failed; run eager from now on."""
-        logger.warning(
-            "PDT could not compile its passes (%s: %s); it runs the eager passes", type(error).__name__, error
-        )
-        self._history.fused = None
-
-    def _fused_pass(
-        self, steps: Tensor | list[Tensor | None], criterion: str, write: bool
-    ) -> prediction.PassCounts | None:
-        """The prediction pass by the compiled kernel; ``None`` when compiling failed under ``kernel="auto"``."""
-        history = self._history
-        mirrored = not self.config.start_of_epoch
-        flats = self._flat_params()
-        name = criteria.canonical(criterion)
-        try:
-            per_param, totals, per_horizon = history.fused.predict(
-                flats,
-                history.rows(),
-                steps,
-                name,
-                mirrored,
-                write,
-                origin_is_param=not history.exact and mirrored,
-                linear=self.config.jump == "linear",
-                graded=self.config.graded,
-            )
-        except Exception as e:
-            # Parameters written before the failure are restored from the newest snapshot,
-            # which holds them exactly in the mirrored (paper) layout; otherwise give up.
-            if self.config.kernel == "compiled" or not (mirrored and history.exact):
-                raise
-            history.copy_newest_to(flats)
-            self._use_eager(e)
-            return None
-        finite, consistency, lower, upper, _ = totals.unbind()
-        probe = torch.zeros(1)
-        applied = set(criteria.make(name)(probe, probe, probe, probe, 1))
-        passing = torch.stack([consistency, lower, upper, finite])
-        return prediction.PassCounts(per_param, passing, applied, per_horizon)
+        """Choose the passes (:func:`torch_pdt.passes.choose`) into ``self._passes``; a subclass may refuse some."""
+        self._passes = passes.choose(self._history, self.config, self._flat_params(), self.numel)
 
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         """The Gram matrix of the whole model from this process's; a sharded subclass sums the ranks'."""
@@ -606,7 +409,7 @@ class PDT:
             "epoch": self.epoch,
             "plain_epochs": self.plain_epochs,
             "optimizer_steps": self.optimizer_steps,
-            "schedule": self.pacing.state_dict(),
+            "pacing": self.pacing.state_dict(),
             "history": self._history.state_dict(),
             "generators": self._draws.state_dict(),
         }
@@ -614,9 +417,11 @@ class PDT:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; raises ``ValueError`` (changing nothing) on a mismatch.
 
-        Every field's type and range is checked, and every part built aside, before any is committed.
+        A state in earlier names loads too (:func:`torch_pdt.compat.upgrade`). Every field's type
+        and range is checked, and every part built aside, before any is committed.
         """
-        keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "schedule", "history", "generators"}
+        state_dict = compat.upgrade(state_dict)
+        keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "pacing", "history", "generators"}
         if not isinstance(state_dict, dict):
             raise ValueError(f"not a PDT state: a {type(state_dict).__name__}, not a dict")
         missing = keys - set(state_dict)
@@ -626,8 +431,8 @@ class PDT:
         self.config.check_saved(state_dict["config"])
         counters = [as_int(f"saved {k}", state_dict[k], 0) for k in ("epoch", "plain_epochs", "optimizer_steps")]
         cfg = self.config
-        restored = pacing.make(cfg.scheduler, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
-        restored.load_state_dict(state_dict["schedule"])
+        restored = pacing.make(cfg.pacing, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
+        restored.load_state_dict(state_dict["pacing"])
         draws = self._draws.restored(state_dict["generators"], {local_shard(p).device for p in self.params})
         self._history.check_state(state_dict["history"])
         # Only now commit.
@@ -636,47 +441,3 @@ class PDT:
         self.epoch, self.plain_epochs, self.optimizer_steps = counters
         self._draws = draws
 
-
-def _register_step_hook(pdt: PDT, required: bool) -> torch.utils.hooks.RemovableHandle | None:
-    """The optimizer post-hook, holding ``pdt`` only weakly: a PDT that is dropped stops counting and stepping.
-
-    Step mode (``required``) needs it; epoch mode only counts steps for :mod:`~torch_pdt.misuse`,
-    and goes without where the optimizer cannot take a hook (no ``register_step_post_hook``, or
-    a subclass that skipped ``Optimizer.__init__``): ``None`` then.
-    """
-    ref = weakref.ref(pdt)
-
-    def after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        owner = ref()
-        if owner is not None:
-            owner._after_optimizer_step(optimizer, args, kwargs)
-
-    try:
-        handle = pdt.optimizer.register_step_post_hook(after_optimizer_step)
-    except AttributeError:
-        if required:
-            raise
-        return None
-    weakref.finalize(pdt, handle.remove)
-    return handle
-
-
-def _probe_compiled(flats: list[Tensor], capacity: int, storage: str) -> None:
-    """``kernel="compiled"``: ``ValueError`` now, not at the first :meth:`PDT.step`, if the compiler
-    is present but cannot build the snapshot pass (a broken toolchain, a failing inductor).
-
-    The pass is compiled and run once on a stand-in of 8 elements per (device, dtype) and the
-    same ring capacity and storage: its dynamic-shape graph is the one the real snapshots then reuse, so the
-    probe costs no second compilation.
-    """
-    kinds = {(t.device, t.dtype): torch.zeros(8, dtype=t.dtype, device=t.device) for t in flats}
-    probe = SnapshotHistory(list(kinds.values()), capacity, storage)
-    probe.fused = kernel.FusedPasses(*probe.layout())
-    try:
-        probe.push(list(kinds.values()))
-    except Exception as e:
-        raise ValueError(
-            f"kernel='compiled' is not available here: compiling the snapshot pass failed "
-            f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); "
-            "use kernel='auto' or 'eager'"
-        ) from e

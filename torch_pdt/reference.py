@@ -48,7 +48,7 @@ from torch import Tensor
 
 from .config import ALIASES
 
-__all__ = ["Result", "apply_steps", "forecasts", "judge", "step"]
+__all__ = ["Result", "apply_coefficients", "forecasts", "judge", "step"]
 
 CRITERIA = ("pdt", "authors", "accel_only", "consistency_only", "none", "random")
 
@@ -249,23 +249,23 @@ def step(
     return _assemble(increments, D, origin, delta, weights, criterion, write, graded, jump == "linear", **draw)
 
 
-def apply_steps(
+def apply_coefficients(
     snapshots: Tensor,
     weights: Tensor,
-    steps: Tensor,
+    coefficients: Tensor,
     criterion: str,
     *,
+    horizon: int,
     start_of_epoch: bool = False,
     graded: bool = False,
     linear: bool = False,
 ) -> Result:
-    """The prediction pass given its coefficients: ``steps`` (``(tau + 1) x m``) maps the snapshots
-    (rows of the ``m x N`` matrix ``snapshots``, oldest first) to the ``tau`` predicted steps and
-    the displacement, as :func:`torch_pdt.prediction.predict_pass` takes them (graded:
-    ``2 tau x m``, whose displacements past the steps this twin recomputes as their sums). In
-    float64; does not write; ``linear`` as ``jump="linear"``."""
-    P = steps.to(torch.float64) @ snapshots.to(torch.float64)
-    tau = steps.shape[0] // 2 if graded else steps.shape[0] - 1
+    """The prediction pass given its coefficients: ``coefficients`` (``(horizon + 1) x m``) map the
+    snapshots (rows of the ``m x N`` matrix ``snapshots``, oldest first) to the ``horizon``
+    predicted steps and the displacement, as :func:`torch_pdt.prediction.predict_pass` takes
+    them (graded: ``2 horizon x m``, whose displacements past the steps this twin recomputes as
+    their sums). In float64; does not write; ``linear`` as ``jump="linear"``."""
+    P = coefficients.to(torch.float64) @ snapshots.to(torch.float64)
     origin = snapshots[-1].to(torch.float64)
     delta = weights.to(torch.float64) - origin if start_of_epoch else origin - snapshots[-2].to(torch.float64)
-    return _assemble(P[:tau], P[-1], origin, delta, weights, criterion, False, graded, linear)
+    return _assemble(P[:horizon], P[-1], origin, delta, weights, criterion, False, graded, linear)

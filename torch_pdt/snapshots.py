@@ -12,28 +12,37 @@ the newest snapshot itself. A new snapshot changes only its own difference and t
 snapshot, so :meth:`push` copies the parameters in and computes those ``2 capacity`` inner
 products in the same pass over the rows: :math:`O(N h)` work per epoch, not :math:`O(N h^2)`.
 
-With ``per_tensor=True`` (PDT's ``scope="layer"``) the same pass sums the inner products of
-each tensor apart, keeping one such Gram matrix per tensor (:meth:`grams`); the whole
-snapshot's Gram matrix is then their sum.
+With ``scope="layer"`` the same pass sums the inner products of each tensor apart, keeping
+one such Gram matrix per tensor (:meth:`grams`); the whole snapshot's Gram matrix is then
+their sum.
+
+The ring only stores: the pass that copies a snapshot in and computes its inner products is
+given to :meth:`push` (:mod:`torch_pdt.passes`: eager or compiled).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 import torch
 from torch import Tensor
 
 from . import dmd, kernel
-from .config import Storage, as_int
-from .params import flat_view  # noqa: F401 (its earlier home)
+from .config import Scope, Storage, as_int
 
-__all__ = ["STORAGE", "SnapshotHistory"]
+__all__ = ["STORAGE", "CopyIn", "SnapshotHistory"]
 
 STORAGE = get_args(Storage)
 """Where snapshots live: beside the parameters, in (pinned) CPU memory, or in bfloat16."""
+
+
+class CopyIn(Protocol):
+    """A copy-in pass (:meth:`torch_pdt.passes.Passes.copy_in`): writes ``tensors`` into ring row
+    ``row`` and returns the ``blocks x (capacity + 1) x 2`` inner products the row changes."""
+
+    def copy_in(self, tensors: Sequence[Tensor], row: int) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -56,10 +65,8 @@ class SnapshotHistory:
             tensors are on an accelerator (the same as ``"same"`` for CPU tensors);
             ``"bf16"`` in bfloat16 on the tensors' device (half the memory of float32, but
             differences below 2^-8 of a weight are lost: see the README).
-        chunk_size: elements per chunk of the copy-in pass (bounds its working memory).
-        per_tensor: keep one Gram matrix per tensor (:meth:`grams`) rather than one in all.
-
-    Arithmetic on snapshots happens in float64 chunks on the tensors' own devices.
+        chunk_size: elements per chunk of the eager passes over the snapshots.
+        scope: ``"layer"`` keeps one Gram matrix per tensor (:meth:`grams`), ``"model"`` one in all.
     """
 
     def __init__(
@@ -68,7 +75,7 @@ class SnapshotHistory:
         capacity: int,
         storage: str = "same",
         chunk_size: int = dmd.CHUNK_SIZE,
-        per_tensor: bool = False,
+        scope: Scope = "model",
     ) -> None:
         if storage not in STORAGE:
             raise ValueError(f"storage must be one of {STORAGE}, got {storage!r}")
@@ -101,12 +108,10 @@ class SnapshotHistory:
         ]
         self.count = 0
         self._next = 0
-        self.per_tensor = per_tensor
+        self.scope = scope
         # One Gram matrix per tensor, or one (in a leading dimension of 1) for all of them.
-        blocks = len(self._slots) if per_tensor else 1
+        blocks = len(self._slots) if scope == "layer" else 1
         self._gram = torch.zeros(blocks, capacity + 1, capacity + 1, dtype=torch.float64)
-        # When set, snapshots enter through its fused copy-in pass (one call per parameter group).
-        self.fused: kernel.FusedPasses | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -127,7 +132,7 @@ class SnapshotHistory:
 
     def layout(self) -> tuple[list[Tensor], list[tuple[int, int, int]]]:
         """The ring storage (one ``(capacity, n)`` tensor per bucket) and every tensor's
-        ``(bucket, column offset, numel)`` in it, for :class:`torch_pdt.kernel.FusedPasses`."""
+        ``(bucket, column offset, numel)`` in it, for the passes (:mod:`torch_pdt.passes`)."""
         return self._storage, [(s.bucket, s.offset, s.numel) for s in self._slots]
 
     def rows(self) -> list[int]:
@@ -135,80 +140,22 @@ class SnapshotHistory:
         first = (self._next - self.count) % self.capacity
         return [(first + i) % self.capacity for i in range(self.count)]
 
-    def views(self, chunk_size: int) -> Iterator[tuple[int, int, Tensor]]:
-        """Yield ``(tensor index, start, rows)``: ``rows`` is a ``(capacity, c)`` view of the storage.
-
-        Rows are in storage order (see :meth:`rows`); chunks never straddle two tensors and
-        hold at most ``chunk_size`` elements.
-        """
-        for i, slot in enumerate(self._slots):
-            storage = self._storage[slot.bucket]
-            for start in range(0, slot.numel, chunk_size):
-                stop = min(start + chunk_size, slot.numel)
-                yield i, start, storage[:, slot.offset + start : slot.offset + stop]
-
-    def _enter(self, row: int, tensors: Sequence[Tensor]) -> None:
-        """Write ``tensors`` into ``row`` (the newest) and update the Gram entries it changes.
-
-        One pass per chunk: convert the ``capacity`` rows to float64 once (the new one from
-        the source, rounded to the storage dtype first), form every cyclic row difference
-        (exact for float32 values), take the inner products of all of them and of the new
-        snapshot with the new difference and with the new snapshot, and copy the chunk in.
-        Sums stay on the tensors' devices until the end (no host sync per chunk); the final
-        transfer of the sums also waits for asynchronous copies into pinned storage.
-        """
-        h = self.capacity
-        if self.fused is not None:
-            self._set_gram(row, self.fused.copy_in(tensors, row))
-            return
-        blocks = self._gram.shape[0]
-        work: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
-        with torch.no_grad():
-            for i, (slot, t) in enumerate(zip(self._slots, tensors, strict=True)):
-                storage = self._storage[slot.bucket]
-                device = t.device
-                flat = t.reshape(-1)
-                if device not in work:
-                    size = min(self.chunk_size, max(s.numel for s in self._slots))
-                    work[device] = (
-                        torch.zeros(blocks, h + 1, 2, dtype=torch.float64, device=device),
-                        torch.empty(h, size, dtype=torch.float64, device=device),
-                        torch.empty(h + 2, size, dtype=torch.float64, device=device),
-                    )
-                sums, Ybuf, Zbuf = work[device]
-                sums = sums[i if self.per_tensor else 0]
-                for start in range(0, slot.numel, self.chunk_size):
-                    stop = min(start + self.chunk_size, slot.numel)
-                    rows = storage[:, slot.offset + start : slot.offset + stop]
-                    source = flat[start:stop]
-                    Y, Z = Ybuf[:, : stop - start], Zbuf[:, : stop - start]
-                    Y.copy_(rows.to(device, non_blocking=True))
-                    Y[row].copy_(source if storage.dtype == source.dtype else source.to(storage.dtype))
-                    rows[row].copy_(source, non_blocking=True)
-                    torch.sub(Y[1:], Y[:-1], out=Z[1:h])
-                    torch.sub(Y[0], Y[h - 1], out=Z[0])
-                    # The new snapshot and (again) its difference, side by side for one product.
-                    Z[h].copy_(Y[row])
-                    Z[h + 1].copy_(Z[row])
-                    sums.addmm_(Z[: h + 1], Z[h:].T)
-        zero = torch.zeros(blocks, h + 1, 2, dtype=torch.float64)
-        self._set_gram(row, sum((w[0].cpu() for w in work.values()), zero))
-
     def _set_gram(self, row: int, dots: Tensor) -> None:
         """Enter the ``blocks x (capacity + 1) x 2`` inner products of the snapshot now in ``row``."""
         h = self.capacity
         self._gram[:, h, :] = self._gram[:, :, h] = dots[:, :, 0]
         self._gram[:, row, :] = self._gram[:, :, row] = dots[:, :, 1]
 
-    def push(self, tensors: Sequence[Tensor]) -> None:
-        """Append a snapshot, dropping the oldest one when full."""
+    def push(self, tensors: Sequence[Tensor], passes: CopyIn) -> None:
+        """Append a snapshot, dropping the oldest one when full, copied in by ``passes``."""
         row = self._next
         self._next = (self._next + 1) % self.capacity
         self.count = min(self.count + 1, self.capacity)
-        self._enter(row, tensors)
+        self._set_gram(row, passes.copy_in(tensors, row))
 
-    def replace_newest(self, tensors: Sequence[Tensor]) -> None:
-        self._enter((self._next - 1) % self.capacity, tensors)
+    def replace_newest(self, tensors: Sequence[Tensor], passes: CopyIn) -> None:
+        row = (self._next - 1) % self.capacity
+        self._set_gram(row, passes.copy_in(tensors, row))
 
     def copy_newest_to(self, tensors: Sequence[Tensor]) -> None:
         """Write the newest snapshot into ``tensors`` (flat, in the order given at construction).
@@ -226,54 +173,10 @@ class SnapshotHistory:
         return grams[0] if grams.shape[0] == 1 else grams.sum(0)
 
     def grams(self) -> Tensor:
-        r"""The Gram matrices :math:`C^\top C`, one per tensor with ``per_tensor`` (else one):
+        r"""The Gram matrices :math:`C^\top C`, one per tensor with ``scope="layer"`` (else one):
         float64 ``blocks x count x count``."""
         index = [self.capacity, *self.rows()[1:]]
         return self._gram[:, index][:, :, index].clone()
-
-    def tensor_gram_of(self, chunk_size: int) -> Callable[[Sequence[Tensor | None]], Tensor]:
-        """``gram_of`` of every tensor at once, for the second Gram pass of a layerwise fit: given
-        one basis change ``W[i]`` (``count x q``) per tensor, or ``None`` to skip it, the
-        ``len(tensors) x q x q`` Gram matrices (zero where skipped) from one pass over the
-        snapshots (:func:`torch_pdt.dmd.snapshot_gram_of` over each tensor's chunks)."""
-        rows = self.rows()
-        T = dmd.consecutive_basis(self.count)
-
-        def gram_of(W: Sequence[Tensor | None]) -> Tensor:
-            q = next(w for w in W if w is not None).shape[1]
-            K = torch.zeros(len(self._slots), q, q, dtype=torch.float64)
-            for i, (slot, w) in enumerate(zip(self._slots, W, strict=True)):
-                if w is None:
-                    continue
-                storage = self._storage[slot.bucket]
-                index = torch.tensor(rows, device=storage.device)
-                stop = slot.offset + slot.numel
-
-                def chunks(index=index, storage=storage, offset=slot.offset, stop=stop) -> Iterator[Tensor]:
-                    return (
-                        storage[index, start : min(start + chunk_size, stop)]
-                        for start in range(offset, stop, chunk_size)
-                    )
-
-                K[i] = dmd.snapshot_gram_of(chunks, self.count, basis=T)(w)
-            return K
-
-        return gram_of
-
-    def row_chunks(self, chunk_size: int) -> Iterator[Tensor]:
-        """All snapshots, oldest first, as ``(count, c)`` chunks of the flat storage."""
-        rows = self.rows()
-        for storage in self._storage:
-            index = torch.tensor(rows, device=storage.device)
-            for start in range(0, storage.shape[1], chunk_size):
-                yield storage[index, start : start + chunk_size]
-
-    def gram_of(self, chunk_size: int) -> dmd.GramOf:
-        """``gram_of(W)`` of the consecutive basis by a pass over the snapshots, for
-        :func:`torch_pdt.dmd.orthogonal_factor`'s second pass."""
-        return dmd.snapshot_gram_of(
-            lambda: self.row_chunks(chunk_size), self.count, basis=dmd.consecutive_basis(self.count)
-        )
 
     def state_dict(self) -> dict[str, Any]:
         rows = self.rows()
@@ -290,8 +193,8 @@ class SnapshotHistory:
         }
 
     def _saved_gram(self, grams: Tensor) -> Tensor:
-        """As checkpoints hold it: one matrix for the whole model (as before ``per_tensor``), else a stack."""
-        return grams if self.per_tensor else grams[0]
+        """As checkpoints hold it: one matrix for the whole model (as before ``scope``), else a stack."""
+        return grams if self.scope == "layer" else grams[0]
 
     def check_state(self, state: Any) -> dict[str, Any]:
         """Validate a :meth:`state_dict` for this history (``ValueError`` naming the field); nothing changes."""
@@ -330,5 +233,5 @@ class SnapshotHistory:
         self._gram.zero_()
         gram = state["gram"].to(torch.float64)
         self._gram[:, torch.tensor(index)[:, None], torch.tensor(index)[None, :]] = (
-            gram if self.per_tensor else gram[None]
+            gram if self.scope == "layer" else gram[None]
         )

@@ -43,7 +43,7 @@ __all__ = [
     "LayerStatistics",
     "PDTStatistics",
     "RejectionCounts",
-    "ScheduleStatistics",
+    "PacingStatistics",
     "complex_pairs",
     "finite",
     "nothing_predicted",
@@ -81,8 +81,8 @@ class LayerStatistics(TypedDict):
     """Why it could not be fitted (then it is not predicted); ``None`` when it was."""
 
 
-class ScheduleStatistics(TypedDict):
-    """The pacing rule's :class:`~torch_pdt.pacing.Decision` of this epoch (``scheduler=``)."""
+class PacingStatistics(TypedDict):
+    """The pacing rule's :class:`~torch_pdt.pacing.Decision` of this epoch (``pacing=``)."""
 
     loss: float | None
     """The loss passed to ``step(loss=...)``; ``None`` when none was passed or it was not finite."""
@@ -135,7 +135,7 @@ class PDTStatistics(TypedDict):
     factor was not accurate enough); 0 when no decomposition was attempted."""
     horizon: int
     """``tau`` of this epoch's prediction, in epochs; 0 when nothing was predicted (the current
-    value is ``schedule["horizon"]``)."""
+    value is ``pacing["horizon"]``)."""
     random_ratio: float | None
     """``criterion="random"``: the fraction it accepted at random; else, or with nothing
     predicted, ``None``."""
@@ -147,7 +147,7 @@ class PDTStatistics(TypedDict):
     ``eigenvalues`` is ``[]``); else, or with no decomposition attempted, ``{}``."""
     optimizer_state_untouched: list[str]
     """``on_jump="reset"``/``"rescale"``: optimizer state keys it left unchanged; else ``[]``."""
-    schedule: ScheduleStatistics
+    pacing: PacingStatistics
     """The pacing rule's decision of this epoch."""
     rolled_back: bool
     """Whether this epoch restored the weights from before the last prediction (``"adaptive"``)."""
@@ -195,7 +195,7 @@ def nothing_predicted(
         "accepted_per_horizon": [],
         "layers": {},
         "optimizer_state_untouched": [],
-        "schedule": {
+        "pacing": {
             "loss": finite(decision.loss),
             "verdict": decision.verdict,
             "reference_loss": finite(decision.reference_loss),
@@ -210,11 +210,11 @@ def nothing_predicted(
 
 def scalars(stats: PDTStatistics) -> dict[str, float]:
     """Every number in ``stats`` by a flat name (``"rejected/consistency"``,
-    ``"accepted_ratio_per_param/<name>"``, ``"schedule/horizon"``), bools as 0.0 or 1.0, for
+    ``"accepted_ratio_per_param/<name>"``, ``"pacing/horizon"``), bools as 0.0 or 1.0, for
     loggers that take only scalars (TensorBoard's ``add_scalar``, Lightning's ``log_dict``).
 
     Strings, lists and ``None`` values are left out, so the set of names is the same every epoch
-    except for ``schedule/loss`` and ``schedule/reference_loss``, which appear when known, and
+    except for ``pacing/loss`` and ``pacing/reference_loss``, which appear when known, and
     ``random_ratio`` (``criterion="random"``), which appears in epochs that predicted.
     """
     out: dict[str, float] = {}

@@ -26,7 +26,7 @@ def _pdt_bench(*args, prelude=""):
         (["--methods", "baseline", "--pdt", "histroy=3"], "'histroy' is not a PDT option (did you mean history?)"),
         (["--methods", "baseline,pdt", "--pdt", "bogus=1", "--jobs", "2"], "--pdt: 'bogus' is not a PDT option;"),
         (["--methods", "pdt@shceduler=adaptive"], "bad suffix 'shceduler=adaptive' in 'pdt@shceduler=adaptive'"),
-        (["--methods", "pdt@scheduler=adaptve"], "pdt@scheduler=adaptve: scheduler must be one of"),
+        (["--methods", "pdt@pacing=adaptve"], "pdt@pacing=adaptve: pacing must be one of"),
     ],
 )
 def test_a_bad_pdt_option_is_one_line_before_any_run(args, named, tmp_path):
@@ -81,10 +81,10 @@ def test_the_stress_example_runs_its_setting_and_variants_through_compare(tmp_pa
     args = ["--setting", "tau9", "--variants", "fixed,adaptive-reset", *QUICK, "--seeds", "0", "--jobs", "0"]
     assert stress.main([*args, "--quiet", "--out", str(tmp_path)]) == 0
     runs = records.load_named_runs(tmp_path)
-    assert set(runs) == {"baseline-seed0", "pdt-seed0", "pdt@scheduler=adaptive@on_jump=reset-seed0"}
-    config = runs["pdt@scheduler=adaptive@on_jump=reset-seed0"]["config"]
+    assert set(runs) == {"baseline-seed0", "pdt-seed0", "pdt@pacing=adaptive@on_jump=reset-seed0"}
+    config = runs["pdt@pacing=adaptive@on_jump=reset-seed0"]["config"]
     assert (config["horizon"], config["lr"], config["batch_size"], config["optimizer"]) == (9, 0.05, 128, "sgd")
-    assert "pdt@scheduler=adaptive@on_jump=reset" in capsys.readouterr().out
+    assert "pdt@pacing=adaptive@on_jump=reset" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

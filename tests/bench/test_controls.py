@@ -23,15 +23,15 @@ def test_method_suffixes_combine_and_bad_ones_are_named():
     assert (m.schedule_free, m.lr, m.epochs) == (True, 0.5, 30)
     assert parse_method("ema").ema_decay == EMA_DECAY and parse_method("ema@decay=0.9").ema_decay == 0.9
     assert parse_method("baseline@lrx2@epochs=7").lr_scale == 2.0
-    adaptive = parse_method("pdt@scheduler=adaptive@tolerance=0.1@on_jump=reset")
-    assert adaptive.pdt == {"criterion": "pdt", "scheduler": "adaptive", "tolerance": 0.1, "on_jump": "reset"}
+    adaptive = parse_method("pdt@pacing=adaptive@tolerance=0.1@on_jump=reset")
+    assert adaptive.pdt == {"criterion": "pdt", "pacing": "adaptive", "tolerance": 0.1, "on_jump": "reset"}
     for bad, words in [
         ("baseline@epochs=0", "bad value"),
         ("baseline@epochs=x", "bad suffix"),
         ("baseline@decay=0.9", "bad value"),  # only ema has a decay
         ("ema@decay=1.5", "bad value"),
         ("pdt@tau=3", "bad suffix"),  # not a PDT option
-        ("baseline@scheduler=adaptive", "bad value"),  # a PDT option, on a method without PDT
+        ("baseline@pacing=adaptive", "bad value"),  # a PDT option, on a method without PDT
         ("nope@lrx2", "unknown method"),
         ("pdt@horizon=2@horizon=3", "'pdt@horizon=2@horizon=3' sets horizon twice"),
         ("baseline@lrx2@lr=0.1", "sets lr twice"),  # the scale would be ignored

@@ -36,6 +36,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from ..params import local_shard
 from ..pdt import PDT
+from ..prediction import EagerPasses
 from ..snapshots import SnapshotHistory
 from .pdt import DistributedPDT
 
@@ -122,11 +123,12 @@ class DCPState(Stateful):
             raise ValueError(f"saved ring position must be integers within the history, got {count}, {ring_next}")
         # Replay the snapshots, oldest first, at their ring positions (see the module docstring).
         replay = SnapshotHistory(
-            pdt._flat_params(), history.capacity, pdt.config.storage, pdt.chunk_size, per_tensor=history.per_tensor
+            pdt._flat_params(), history.capacity, pdt.config.storage, pdt.chunk_size, history.scope
         )
         replay._next = (ring_next - count) % history.capacity
+        copy_in = EagerPasses(*replay.layout(), chunk_size=pdt.chunk_size, scope=history.scope)
         for row in [(replay._next + i) % history.capacity for i in range(count)]:
-            replay.push([ring[row].reshape(-1) for ring in rings])
+            replay.push([ring[row].reshape(-1) for ring in rings], copy_in)
         state = {k: v for k, v in rest.items() if k not in ("format", "names", "next", "count", "ranks")}
         state["history"] = replay.state_dict()
         run = rest.get("ranks", {}).get("run")

@@ -14,7 +14,7 @@ re-gathered at once, as the engine does after its own steps.
 Supported: ZeRO stage 3, epoch mode (``step()`` once per epoch on every rank), ``on_jump="keep"``,
 the ``"fixed"`` and ``"authors"`` pacing rules. Refused, with the reason: stages 1 and 2 (their fp32
 master copy is one flat buffer per parameter group, cut across parameters), optimizer
-offload, ``every_n_steps``, ``on_jump="reset"/"rescale"`` and ``scheduler="adaptive"`` (the
+offload, ``every_n_steps``, ``on_jump="reset"/"rescale"`` and ``pacing="adaptive"`` (the
 velocities live in DeepSpeed's partitioned optimizer state, which PDT does not write).
 
 Example (every rank, after ``deepspeed.initialize``)::
@@ -81,9 +81,9 @@ class DeepSpeedPDT(DistributedPDT):
                 raise ValueError(
                     f"DeepSpeedPDT supports {option}={allowed!r} only (see torch_pdt.distributed.deepspeed)"
                 )
-        if kwargs.get("scheduler") == "adaptive":
+        if kwargs.get("pacing") == "adaptive":
             raise ValueError(
-                "DeepSpeedPDT: scheduler='adaptive' rolls back velocities, which live in DeepSpeed's state"
+                "DeepSpeedPDT: pacing='adaptive' rolls back velocities, which live in DeepSpeed's state"
             )
         if "sharded" in kwargs:
             raise ValueError("DeepSpeedPDT is sharded by construction; leave sharded out")

@@ -29,7 +29,7 @@ collectives of different epochs (FSDP2). So:
   and of the parameter layout; a difference raises ``ValueError`` on every rank, naming the
   settings and the ranks (sharded: a third sums the parts' sizes, for the statistics);
 * every :meth:`~DistributedPDT.step` starts with one ``all_reduce`` of each rank's step
-  counter, optimizer steps since construction, loss and ``predict`` flag. The scheduler sees
+  counter, optimizer steps since construction, loss and ``predict`` flag. The pacing rule sees
   the **mean of the ranks' losses** :math:`\bar L = \frac1W \sum_r L_r` (a float64 sum in rank
   order, the same on every rank), so rollbacks and the :math:`\tau`/:math:`T_i` schedule are
   the same everywhere. Ranks at different counters raise :class:`RanksOutOfStepError`, and a
@@ -85,7 +85,7 @@ Example (one process per rank, e.g. under ``torchrun``)::
 
     model = fully_shard(model)  # or DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters())
-    pdt = DistributedPDT(opt, history=5, horizon=5, scheduler="adaptive")
+    pdt = DistributedPDT(opt, history=5, horizon=5, pacing="adaptive")
     for epoch in range(epochs):
         loss = train_one_epoch(model, opt)  # this rank's mean loss
         pdt.step(loss=loss)  # same call, same decision, same statistics on every rank
@@ -108,9 +108,10 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.algorithms.join import Joinable, JoinHook
 
-from .. import dmd, kernel
+from .. import compat, dmd, kernel, passes
 from ..params import DTensor, local_shard
 from ..pdt import PDT
+from ..prediction import Coefficients, PassCounts
 
 __all__ = ["CompiledPassError", "DistributedPDT", "RanksOutOfStepError", "ReplicaMismatchError"]
 
@@ -180,11 +181,12 @@ class _AgreedPasses:
     """:class:`torch_pdt.kernel.FusedPasses` whose every call ends in a vote of the ranks on its success.
 
     ``agree(pass, error)`` returns when every rank's call succeeded, else raises
-    :class:`CompiledPassError` on every rank (held weakly: the PDT owns the history that owns this).
+    :class:`CompiledPassError` on every rank (held weakly: the PDT owns the backend that owns this),
+    which :class:`torch_pdt.passes.Backend` then handles alike on every rank.
     """
 
-    def __init__(self, passes: kernel.FusedPasses, agree: weakref.WeakMethod) -> None:
-        self.passes = passes
+    def __init__(self, fused: kernel.FusedPasses, agree: weakref.WeakMethod) -> None:
+        self.fused = fused
         self._agree = agree
 
     def _agreed(self, what: str, run: Callable[[], Any]) -> Any:
@@ -197,13 +199,15 @@ class _AgreedPasses:
         return result
 
     def copy_in(self, flats: Sequence[Tensor], row: int) -> Tensor:
-        return self._agreed("snapshot pass", lambda: self.passes.copy_in(flats, row))
+        return self._agreed("snapshot pass", lambda: self.fused.copy_in(flats, row))
 
-    def gram(self, rows: Sequence[int], combination: Tensor | Sequence[Tensor | None]) -> Tensor:
-        return self._agreed("second Gram pass", lambda: self.passes.gram(rows, combination))
+    def gram(self, rows: Sequence[int], W: Tensor | Sequence[Tensor | None]) -> Tensor:
+        return self._agreed("second Gram pass", lambda: self.fused.gram(rows, W))
 
-    def predict(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-        return self._agreed("prediction pass", lambda: self.passes.predict(*args, **kwargs))
+    def predict(
+        self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: passes.Plan
+    ) -> PassCounts:
+        return self._agreed("prediction pass", lambda: self.fused.predict(flats, rows, coefficients, plan))
 
 
 class DistributedPDT(PDT, Joinable):
@@ -279,9 +283,9 @@ class DistributedPDT(PDT, Joinable):
             raise
         # The run's token (rank 0's draw) names this instance in every header; a fresh state's
         # origin is the token itself.
-        self._token, compiling = self._vote(failed=False, compiled=self._history.fused is not None)
+        self._token, compiling = self._vote(failed=False, compiled=self._passes.compiled is not None)
         self._run = self._token
-        if self._history.fused is not None and len(compiling) < self.world_size:
+        if self._passes.compiled is not None and len(compiling) < self.world_size:
             self._all_eager(compiling)
         self._origin, self._origin_note = _hash(("fresh", self._run)), "a fresh start"
         self._check_agreement()
@@ -319,9 +323,9 @@ class DistributedPDT(PDT, Joinable):
         """``kernel="auto"`` where only the ranks ``compiling`` chose the compiled passes: every rank runs eager."""
         eager = sorted(set(range(self.world_size)) - set(compiling))
         logger.warning("PDT runs the eager passes on every rank: rank(s) %s cannot compile", eager)
-        self._history.fused = None
+        self._passes.compiled = None
         if len(self._history):  # the first snapshot (start-of-epoch criteria): its Gram row as eager ranks have it
-            self._history.replace_newest(self._flat_params())
+            self._history.replace_newest(self._flat_params(), self._passes)
 
     def _check_agreement(self) -> None:
         """Raise ``ValueError`` on every rank unless all ranks have the same settings and layout."""
@@ -387,7 +391,7 @@ class DistributedPDT(PDT, Joinable):
         """:meth:`torch_pdt.PDT.step` on every rank with the mean of the ranks' losses.
 
         One gather first collects every rank's step counter, optimizer steps since its previous
-        call, state origin, ``loss`` and ``predict``; the scheduler then sees the mean loss on
+        call, state origin, ``loss`` and ``predict``; the pacing rule then sees the mean loss on
         every rank. With ``verify=True``, the replica check follows.
 
         Raises:
@@ -501,7 +505,8 @@ class DistributedPDT(PDT, Joinable):
 
     def _resumed(self, state_dict: dict[str, Any], run: int | None) -> None:
         """Record the origin of a state just loaded: what every rank's must equal at the next step."""
-        shared = [state_dict[k] for k in ("epoch", "plain_epochs", "optimizer_steps", "schedule")]
+        state_dict = compat.upgrade(state_dict)
+        shared = [state_dict[k] for k in ("epoch", "plain_epochs", "optimizer_steps", "pacing")]
         if not self.sharded:  # the snapshots are every rank's too
             snapshots = state_dict["history"]["snapshots"]
             shared.append([_bit_checksums(t.reshape(-1), self.chunk_size).tolist() for t in snapshots])
@@ -532,9 +537,9 @@ class DistributedPDT(PDT, Joinable):
                 for q in map(local_shard, self.params)
             ]
             if self._history.rows()[-1:] == newest:  # failed before the ring advanced
-                self._history.push(lost)
+                self._history.push(lost, self._passes)
             else:
-                self._history.replace_newest(lost)
+                self._history.replace_newest(lost, self._passes)
 
     def _reduce_gram(self, gram: Tensor) -> Tensor:
         if not self.sharded:
@@ -557,8 +562,9 @@ class DistributedPDT(PDT, Joinable):
 
     def _choose_kernel(self) -> None:
         super()._choose_kernel()
-        if self._history.fused is not None:
-            self._history.fused = _AgreedPasses(self._history.fused, weakref.WeakMethod(self._agree_on_pass))
+        backend = self._passes
+        if backend.compiled is not None:
+            backend.compiled = _AgreedPasses(backend.compiled, weakref.WeakMethod(self._agree_on_pass))
 
     def _agree_on_pass(self, what: str, error: Exception | None) -> None:
         """After a compiled pass: raise :class:`CompiledPassError` on every rank if it failed on any."""
