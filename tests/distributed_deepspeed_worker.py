@@ -20,9 +20,10 @@ from distributed_worker import EPOCHS, GLOBAL_BATCH, PDT_ARGS, data, mlp
 from torch_pdt.distributed.deepspeed import DeepSpeedPDT
 
 
-def run(rank: int, world: int, persistence_threshold: int | None) -> dict:
+def run(rank: int, world: int, persistence_threshold: int | None, kernel: str = "auto") -> dict:
     """``persistence_threshold``: ZeRO-3's ``stage3_param_persistence_threshold`` (``None``: its default,
-    under which all four small tensors stay whole on every rank; 0: every tensor partitioned)."""
+    under which all four small tensors stay whole on every rank; 0: every tensor partitioned);
+    ``kernel``: PDT's passes (``"auto"`` runs this small model eager)."""
     model = mlp(16, 33, 5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     config = {
@@ -32,7 +33,7 @@ def run(rank: int, world: int, persistence_threshold: int | None) -> dict:
         "zero_allow_untested_optimizer": True,
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
-    pdt = DeepSpeedPDT(engine, **PDT_ARGS)
+    pdt = DeepSpeedPDT(engine, **PDT_ARGS, kernel=kernel)
     x, y = data(16, 5)
     part = GLOBAL_BATCH // world
     out = {"before": [], "after": [], "stats": [], "gathered": [], "refused": {}}
@@ -49,6 +50,7 @@ def run(rank: int, world: int, persistence_threshold: int | None) -> dict:
         with deepspeed.zero.GatheredParameters(params):
             out["gathered"].append([p.detach().reshape(-1).clone() for p in params])
     out["snapshot_bytes"] = pdt.snapshot_bytes
+    out["compiled"] = pdt._passes.compiled is not None
     for option in ({"on_jump": "reset"}, {"every_n_steps": 2}, {"pacing": "adaptive"}):
         try:
             DeepSpeedPDT(engine, **PDT_ARGS, **option)
@@ -62,7 +64,11 @@ def main() -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     os.environ |= {"LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
     deepspeed.init_distributed(dist_backend="gloo")
-    out = {"persistent": run(rank, world, None), "partitioned": run(rank, world, 0)}
+    out = {
+        "persistent": run(rank, world, None),
+        "partitioned": run(rank, world, 0),
+        "compiled": run(rank, world, 0, kernel="compiled"),
+    }
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 

@@ -1,7 +1,8 @@
 """DeepSpeedPDT on two gloo CPU ranks under ZeRO-3, against one process replaying the gathered fp32 weights.
 
 Skips without DeepSpeed (``pip install 'torch-pdt[deepspeed]'``; not part of ``[test]``); the
-refusal without it is tested always. One launch, about 25 s on a loaded 2-core machine: slow.
+refusal without it is tested always. One launch, about 25 s on a loaded 2-core machine (a minute with
+a cold inductor cache, for the compiled run): slow.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["persistent", "partitioned"])
+@pytest.mark.parametrize("layout", ["persistent", "partitioned", "compiled"])
 def test_zero3_predictions_are_the_single_process_predictions(ranks, layout):
     """Each rank snapshots its unpadded fp32 partitions (half the snapshot memory); one process replaying the
-    gathered weights takes the same decisions and writes the same weights, and the engine computes with them."""
+    gathered weights takes the same decisions and writes the same weights, and the engine computes with them.
+    "compiled": every tensor partitioned, the compiled passes against the one process's eager ones."""
     import distributed_worker as worker
 
     runs = [r[layout] for r in ranks]
     assert runs[0]["stats"] == runs[1]["stats"]
+    assert all(r["compiled"] == (layout == "compiled") for r in runs)
     model = worker.mlp(16, 33, 5)
     single = PDT(torch.optim.SGD(model.parameters(), lr=0.1), **worker.PDT_ARGS)
     assert sum(r["snapshot_bytes"] for r in runs) == single.snapshot_bytes
