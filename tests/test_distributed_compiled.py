@@ -14,14 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from test_distributed import WORLD, launch
 from torch_pdt import kernel
 
 if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 if not kernel.compiles(torch.device("cpu")):
     pytest.skip("torch.compile has no C++ compiler here", allow_module_level=True)
-
-from test_distributed import WORLD, launch  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("distributed_compiled_worker.py")
