@@ -57,7 +57,7 @@ from torch_pdt import PDT
 
 from . import plots, report, tasks
 from .compare import Report, _code_version, _float_list, _int_list, _jobs, _positive, check_pdt, execute
-from .methods import SCHEDULES, Method, make_optimizer, parse_method
+from .methods import SCHEDULES, Method, make_optimizer, parse_method, with_lr
 from .metrics import by_method, describe
 from .records import save_json, stored_config, write_text
 from .tasks.agnews import FILE
@@ -554,7 +554,7 @@ def _steps(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     if args.reference not in methods:
         methods.insert(0, args.reference)
-    methods += [m for m in (f"{args.reference}@lr={lr:g}" for lr in args.lr_sweep or ()) if m not in methods]
+    methods += [m for m in (with_lr(args.reference, lr) for lr in args.lr_sweep or ()) if m not in methods]
     data = str(args.data or default_data())
     load_text(data)  # a missing or short file fails before any run
     configs = []
