@@ -496,9 +496,9 @@ def test_a_per_rank_file_with_a_foreign_run_token_changes_nothing(one_rank_group
 
 @pytest.mark.xfail(
     strict=True,
-    reason="PDT._fused_pass (torch_pdt/pdt.py) falls back to eager only for exact snapshots in the end-of-epoch "
-    "layout; with storage='bf16' or criterion='authors' a failed compile of the prediction pass raises at every "
-    "step. Fix after the passes seam lands",
+    reason="the compiled prediction pass falls back to eager only for exact snapshots in the end-of-epoch layout "
+    "(PDT._fused_pass in torch_pdt/pdt.py; Backend.predict in torch_pdt/passes.py after the passes seam); with "
+    "storage='bf16' or criterion='authors' a failed compile raises at every step. Fix after the seam lands",
 )
 @pytest.mark.parametrize("options", [{"storage": "bf16"}, {"criterion": "authors"}])
 def test_auto_kernel_falls_back_when_the_prediction_pass_fails_to_compile(monkeypatch, options):
@@ -506,11 +506,14 @@ def test_auto_kernel_falls_back_when_the_prediction_pass_fails_to_compile(monkey
     strikes first: the snapshot and Gram passes compile, the prediction pass does not."""
     from torch_pdt import kernel
 
+    attempts = []
+
     def compiled(fn):
         if fn is not kernel.predict_mask_assemble:
             return fn  # the eager function stands in for its compiled graph
 
         def broken(*args, **kwargs):
+            attempts.append(fn)
             raise RuntimeError("simulated inductor failure")
 
         return broken
@@ -522,14 +525,13 @@ def test_auto_kernel_falls_back_when_the_prediction_pass_fails_to_compile(monkey
     drift = [torch.randn(3) * 0.01 for _ in params]
     opt = torch.optim.SGD(params, lr=0.0)
     pdt = PDT(opt, history=4, horizon=3, start_epoch=4, kernel="auto", **options)
-    assert pdt._history.fused is not None
     for _ in range(8):
         with torch.no_grad():
             for p, d in zip(params, drift):
                 p.add_(d)
         opt.step()
         pdt.step()
-    assert pdt._history.fused is None and pdt.epoch == 8
+    assert pdt.epoch == 8 and len(attempts) == 1  # the compiled pass was tried once, then eager from then on
     assert all(torch.isfinite(p).all() for p in params)
 
 
