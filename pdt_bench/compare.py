@@ -29,7 +29,7 @@ import torch
 from torch_pdt import PDT, PDTConfig
 
 from . import metrics, peers, report, tasks
-from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method
+from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method, with_lr
 from .records import Epoch, Run, load_run, pack, save_json, stored_config
 from .train import RunConfig, run
 
@@ -484,7 +484,10 @@ def _compare(args: argparse.Namespace) -> int:
     if args.existing and args.rerun:
         raise ValueError("--existing runs nothing and --rerun runs everything again: choose one")
     if args.lr_sweep:
-        methods += [m for m in (f"{args.reference}@lr={lr:g}" for lr in args.lr_sweep) if m not in methods]
+        methods += [m for m in (with_lr(args.reference, lr) for lr in args.lr_sweep) if m not in methods]
+    if args.mask_epoch is not None and args.mask_epoch > _epochs(args):
+        # No run reaches that epoch: the heatmap would be left out silently, after every run.
+        raise ValueError(f"--mask-epoch {args.mask_epoch} is past the last epoch ({_epochs(args)})")
     if args.budget_sweep:
         methods += [m for m in budget_methods(args.reference, args.budget_sweep, _epochs(args)) if m not in methods]
     out = args.out or Path("results") / args.task
@@ -525,7 +528,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="also run the reference with its whole LR schedule compressed to these fractions of the epochs",
     )
     p.add_argument("--out", type=Path, help="output directory (default results/<task>)")
-    p.add_argument("--mask-epoch", type=int, help="epoch whose PDT mask is saved for the heatmap (default T0+1)")
+    p.add_argument(
+        "--mask-epoch", type=_positive(int), help="epoch whose PDT mask is saved for the heatmap (default T0+1)"
+    )
     p.add_argument("--wide", action="store_true", help="print every figure of report.md's table, not the compact one")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs under OUT/tensorboard")
     add_run_arguments(p)

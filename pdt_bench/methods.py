@@ -34,6 +34,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "parse_method",
+    "with_lr",
 ]
 
 EMA_DECAY = 0.99
@@ -255,6 +256,18 @@ def parse_method(name: str) -> Method:
         given.add(setting)
         method = _apply(method, suffix, name)
     return method
+
+
+def with_lr(name: str, lr: float) -> str:
+    """The method ``name`` at learning rate ``lr``: ``name@lr=<lr>``, written with ``:g`` (the names of
+    the committed studies) where that reads back as ``lr``, else exactly: ``:g`` keeps 6 digits, and
+    ``--lr-sweep 0.1234567,0.1234568`` ran one method at 0.123457, neither rate asked for.
+
+    >>> with_lr("baseline", 0.1), with_lr("baseline", 1.0), with_lr("baseline", 0.1234567)
+    ('baseline@lr=0.1', 'baseline@lr=1', 'baseline@lr=0.1234567')
+    """
+    short = f"{lr:g}"
+    return f"{name}@lr={short if float(short) == lr else repr(lr)}"
 
 
 def _sgd(params: Iterable, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -47,6 +47,7 @@ from torch import nn
 from torch_pdt import PDT, reference
 
 from . import memory
+from .compare import _positive, check_device
 from .report import markdown_table
 
 __all__ = [
@@ -411,6 +412,11 @@ def format_sweep(results: list[dict[str, Any]]) -> str:
 
 
 def _overhead(args: argparse.Namespace) -> int:
+    # Every option before the first measurement: a bad one was found after minutes of timing.
+    check_device(args.device)
+    n = None if args.sweep else parse_count(args.params)
+    if n is not None and args.tensors > n:
+        raise ValueError(f"--tensors must be in [1, N = {n}], got {args.tensors}")
     if args.threads:
         torch.set_num_threads(args.threads)
     common = dict(
@@ -435,7 +441,6 @@ def _overhead(args: argparse.Namespace) -> int:
         print(format_sweep(results))
         return 0
     results = []
-    n = parse_count(args.params)
     layouts = (1, args.tensors) if args.tensors > 1 else (1,)
     for i, kernel in enumerate(kernels):
         for tensors in layouts:
@@ -458,9 +463,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--horizon", type=int, default=5, help="tau, epochs predicted ahead (default 5)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--storage", choices=["same", "cpu", "bf16"], default="same", help="snapshot storage")
-    p.add_argument("--repeat", type=int, default=5, help="timed prediction steps (default 5)")
-    p.add_argument("--chunk-size", type=int, help="elements per chunk (default: PDT's)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--repeat", type=_positive(int), default=5, help="timed prediction steps (default 5)")
+    p.add_argument("--chunk-size", type=_positive(int), help="elements per chunk (default: PDT's)")
+    p.add_argument("--threads", type=_positive(int), help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--kernel",
         choices=["both", "eager", "compiled", "auto"],
@@ -476,7 +481,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="the weights' history: drift and noise, or a smooth drift that takes the second Gram pass (default noisy)",
     )
     p.add_argument(
-        "--tensors", type=int, default=1, help="split N into this many tensors, and time one tensor beside (default 1)"
+        "--tensors", type=_positive(int), default=1, help="split N into this many tensors, and time one tensor beside (default 1)"
     )
     p.add_argument("--naive", action="store_true", help="also time the straightforward implementation")
     p.add_argument("--sweep", action="store_true", help="time N = 1M, 10M, 57M, 100M instead")

@@ -23,12 +23,13 @@ training took to get there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import lzma
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -153,16 +154,26 @@ def _not_a_record(where: str, error: Exception) -> None:
 
 
 def _decompress(store: Path) -> str:
-    """The text of ``store``; where the stream is damaged, the text before the damage, said on stderr."""
-    raw = store.read_bytes()
-    decompressor = lzma.LZMADecompressor()
+    """The text of ``store``; where the stream is damaged, the text before the damage, said on stderr.
+
+    A file of several xz streams one after another (``cat a.xz b.xz``, which ``xz -d`` reads whole)
+    is read whole too: one decompressor stops at the end of the first stream and left the rest unread.
+    """
+    remaining, chunk = store.read_bytes(), 1 << 16
     parts: list[bytes] = []
     try:
-        # In chunks, so that the lines before a corrupt block are kept.
-        for start in range(0, len(raw), 1 << 16):
-            parts.append(decompressor.decompress(raw[start : start + (1 << 16)]))
-        if not decompressor.eof:
-            raise EOFError("the compressed stream ends early")
+        while True:  # one xz stream per pass; an empty file is one stream that ends early
+            decompressor = lzma.LZMADecompressor()
+            start = 0
+            # In chunks, so that the lines before a corrupt block are kept.
+            while not decompressor.eof and start < len(remaining):
+                parts.append(decompressor.decompress(remaining[start : start + chunk]))
+                start += chunk
+            if not decompressor.eof:
+                raise EOFError("the compressed stream ends early")
+            remaining = (decompressor.unused_data + remaining[start:]).lstrip(b"\0")  # xz pads streams with zeros
+            if not remaining:
+                break
     except (lzma.LZMAError, EOFError) as e:
         lines = b"".join(parts).count(b"\n")
         print(f"{store}: damaged after line {lines} ({e}); the runs after it count as not run", file=sys.stderr)
@@ -261,23 +272,43 @@ def pack(directory: Path) -> Path | None:
     written (atomically), and ``runs/`` too if nothing else is left in it. The same runs give
     the same bytes (sorted lines, compact JSON, no time stamp in xz), and an unchanged store is
     not written again. A damaged store line is not carried over: its run counts as not run. With
-    no readable run file, nothing is written (``None``). One process at a time packs a directory:
-    the harness packs in the process that launched the runs, after they finished.
+    no readable run file, nothing is written (``None``). Two processes packing one directory at
+    once (two studies sharing an ``--out``) take turns on a lock file, ``directory/.runs.lock``:
+    each reads the store the other wrote, so neither drops the other's runs.
     """
     directory = Path(directory)
-    files = _run_files(directory)
-    if not files:
+    if not (directory / "runs").is_dir():
         return None
-    lines = _read_store(directory) | {name: _line(name, run) for name, run in files.items()}
-    data = lzma.compress("".join(lines[name] + "\n" for name in sorted(lines)).encode(), preset=_PRESET)
-    store = directory / STORE
-    if not store.exists() or store.read_bytes() != data:
-        write_text(store, data)
-    for name in files:
-        (directory / "runs" / f"{name}.json").unlink()
-    if not any((directory / "runs").iterdir()):
-        (directory / "runs").rmdir()
-    return store
+    with _locked(directory / ".runs.lock"):
+        files = _run_files(directory)
+        if not files:
+            return None
+        lines = _read_store(directory) | {name: _line(name, run) for name, run in files.items()}
+        data = lzma.compress("".join(lines[name] + "\n" for name in sorted(lines)).encode(), preset=_PRESET)
+        store = directory / STORE
+        if not store.exists() or store.read_bytes() != data:
+            write_text(store, data)
+        for name in files:
+            (directory / "runs" / f"{name}.json").unlink()
+        if not any((directory / "runs").iterdir()):
+            (directory / "runs").rmdir()
+        return store
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if need be; POSIX ``flock``, Windows ``msvcrt.locking``)."""
+    with open(path, "a+b") as f:
+        if os.name == "nt":
+            import msvcrt
+
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises OSError
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def main(argv: Sequence[str] | None = None) -> int:

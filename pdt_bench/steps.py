@@ -56,8 +56,18 @@ from torch import Tensor, nn
 from torch_pdt import PDT
 
 from . import plots, report, tasks
-from .compare import Report, _code_version, _float_list, _int_list, _jobs, _positive, check_pdt, execute
-from .methods import SCHEDULES, Method, make_optimizer, parse_method
+from .compare import (
+    Report,
+    _code_version,
+    _float_list,
+    _int_list,
+    _jobs,
+    _non_negative,
+    _positive,
+    check_pdt,
+    execute,
+)
+from .methods import SCHEDULES, Method, make_optimizer, parse_method, with_lr
 from .metrics import by_method, describe
 from .records import save_json, stored_config, write_text
 from .tasks.agnews import FILE
@@ -554,7 +564,7 @@ def _steps(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     if args.reference not in methods:
         methods.insert(0, args.reference)
-    methods += [m for m in (f"{args.reference}@lr={lr:g}" for lr in args.lr_sweep or ()) if m not in methods]
+    methods += [m for m in (with_lr(args.reference, lr) for lr in args.lr_sweep or ()) if m not in methods]
     data = str(args.data or default_data())
     load_text(data)  # a missing or short file fails before any run
     configs = []
@@ -635,7 +645,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--eta-min", type=float, default=0.0, help="final learning rate of the cosine (default 0)")
     g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, either schedule (default 100)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
+    g.add_argument("--weight-decay", type=_non_negative, default=0.0, help="default 0")
     g.add_argument("--width", type=_positive(int), default=64, help="model width, a multiple of 4 (default 64)")
     g = p.add_argument_group("data and machine")
     g.add_argument("--data", type=Path, help=f"the AG News CSV (default $PDT_DATA/{FILE}, else ../shared/data/{FILE})")

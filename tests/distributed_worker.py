@@ -352,34 +352,47 @@ def two_instances(rank: int, world: int) -> dict:
 
 
 def uneven_inputs(rank: int, world: int) -> dict:
-    """DDP under Join: rank 1 has one batch fewer in epoch 2; with and without the PDT in Join."""
+    """DDP under Join: rank 1 has one batch fewer in epoch 2 (or none at all: ``empty_epoch``); with and
+    without the PDT in Join. Each run records its misuse warnings."""
+    import warnings
+
     from torch.distributed.algorithms.join import Join
+
+    from torch_pdt.misuse import PDTMisuseWarning
 
     x, y = data(8, 3)
 
-    def train(with_pdt: bool) -> dict:
+    def train(with_pdt: bool, missing: int = 1) -> dict:
         model = nn.parallel.DistributedDataParallel(mlp(8, 16, 3))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         pdt = DistributedPDT(opt, **PDT_ARGS, verify=True)
         stats = []
-        for epoch in range(6):
-            part = GLOBAL_BATCH // world
-            batches = range(0, len(x) - (GLOBAL_BATCH if rank == 1 and epoch == 2 else 0), GLOBAL_BATCH)
-            with Join([model, pdt] if with_pdt else [model]):
-                for i in batches:
-                    opt.zero_grad()
-                    lo = i + rank * part
-                    nn.functional.mse_loss(model(x[lo : lo + part]), y[lo : lo + part]).backward()
-                    opt.step()
-            message = error(pdt.step)
-            if message is not None:
-                return {"message": message, "epoch": epoch}
-            stats.append(pdt.last_stats["predicted"])
-        return {"message": None, "predicted": stats, "after": flat(model)}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PDTMisuseWarning)
+            for epoch in range(6):
+                part = GLOBAL_BATCH // world
+                batches = range(0, len(x) - (missing * GLOBAL_BATCH if rank == 1 and epoch == 2 else 0), GLOBAL_BATCH)
+                with Join([model, pdt] if with_pdt else [model]):
+                    for i in batches:
+                        opt.zero_grad()
+                        lo = i + rank * part
+                        nn.functional.mse_loss(model(x[lo : lo + part]), y[lo : lo + part]).backward()
+                        opt.step()
+                message = error(pdt.step)
+                if message is not None:
+                    return {"message": message, "epoch": epoch}
+                stats.append(pdt.last_stats["predicted"])
+        misuse = [str(w.message) for w in caught if issubclass(w.category, PDTMisuseWarning)]
+        return {"message": None, "predicted": stats, "after": flat(model), "misuse": misuse}
 
     model = nn.parallel.DistributedDataParallel(mlp(8, 16, 3))
     step_mode = DistributedPDT(torch.optim.SGD(model.parameters()), **PDT_ARGS, every_n_steps=2)
-    return {"joined": train(True), "not_joined": train(False), "step_mode": error(lambda: Join([model, step_mode]))}
+    return {
+        "joined": train(True),
+        "not_joined": train(False),
+        "empty_epoch": train(True, missing=len(x) // GLOBAL_BATCH),
+        "step_mode": error(lambda: Join([model, step_mode])),
+    }
 
 
 def raise_in_pass(rank: int, world: int) -> None:

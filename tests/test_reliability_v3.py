@@ -375,3 +375,200 @@ def test_a_state_that_contains_itself_is_refused_not_a_recursion_error():
     with pytest.raises(ValueError, match="contains itself"):
         pdt.load_state_dict(saved)
     assert state_bytes(pdt) == before
+
+
+# --- Self-attack, second pass: the DCP state, old and foreign states, compiled fallbacks, the store -
+
+
+def trained_pdt(epochs: int = 4) -> PDT:
+    model, data = make_model(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = PDT(opt, history=3, horizon=2, kernel="eager")
+    for _ in range(epochs):
+        train_epoch(model, opt, data)
+        pdt.step()
+    return pdt
+
+
+def dcp_state(change: dict) -> dict:
+    """A :class:`DCPState` dictionary of a trained PDT with the saved rest (or, under ``"snapshots"``, the
+    snapshots) changed: ``None`` removes a key."""
+    from torch_pdt.distributed.dcp import DCPState
+
+    saved = DCPState(trained_pdt()).state_dict()
+    rest = torch.load(io.BytesIO(saved["rest"]), weights_only=True)
+    snapshots = dict(saved["snapshots"])
+    for key, value in change.items():
+        target = snapshots if key.startswith("snapshot ") else rest
+        key = key.removeprefix("snapshot ")
+        if value is None:
+            target.pop(key)
+        else:
+            target[key] = value(target[key]) if callable(value) else value
+    buffer = io.BytesIO()
+    torch.save(rest, buffer)
+    return {"rest": buffer.getvalue(), "snapshots": snapshots}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"names": None}, r"lacks \['names'\]"),
+        ({"count": None}, r"lacks \['count'\]"),
+        ({"next": None}, r"lacks \['next'\]"),
+        ({"count": True}, "count=True"),
+        ({"next": 3}, "next=3"),
+        ({"next": -1}, "next=-1"),
+        ({"ranks": "x"}, "ranks entry"),
+        ({"ranks": {"run": "abc"}}, "ranks entry"),
+        ({"snapshot 3": None}, "no snapshots of parameter group0.param3"),
+        ({"snapshot 0": lambda t: t[:, :1]}, r"are \(3, 1, 8\), expected \(3, 16, 8\)"),
+    ],
+)
+def test_a_damaged_dcp_state_is_a_value_error_that_changes_nothing(change, message):
+    """Self-attack: a DCP state missing a key of its rest was a ``KeyError``; a ring position of True, or
+    past the history, loaded; a snapshot of another shape was a ``RuntimeError`` of ``reshape``."""
+    from torch_pdt.distributed.dcp import DCPState
+
+    pdt = trained_pdt(epochs=1)  # another state than the saved one: a load would show
+    before = state_bytes(pdt)
+    with pytest.raises(ValueError, match=message):
+        DCPState(pdt).load_state_dict(dcp_state(change))
+    assert state_bytes(pdt) == before
+
+
+@pytest.mark.parametrize("rest", [b"garbage", None, "truncated"])
+def test_unreadable_dcp_bytes_are_a_value_error(rest):
+    """Self-attack: damaged bytes were an ``UnpicklingError`` or a zip ``RuntimeError``; no bytes a ``KeyError``."""
+    from torch_pdt.distributed.dcp import DCPState
+
+    pdt = trained_pdt(epochs=1)
+    state = dcp_state({})
+    state["rest"] = state["rest"][:50] if rest == "truncated" else rest
+    before = state_bytes(pdt)
+    with pytest.raises(ValueError, match="DCPState"):
+        DCPState(pdt).load_state_dict(state)
+    assert state_bytes(pdt) == before
+
+
+@pytest.fixture
+def one_rank_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def distributed_pdt():
+    from torch_pdt.distributed import DistributedPDT
+
+    model = make_model()
+    return DistributedPDT(torch.optim.SGD(model.parameters(), lr=0.1), history=3, horizon=2, kernel="eager")
+
+
+def test_a_dcp_state_with_a_foreign_run_token_is_refused_before_the_load(one_rank_group):
+    """Self-attack: ``DistributedPDT`` records the run token after committing the state; a token that is not
+    an int (``"abc"``) raised ``ValueError: Unknown format code 'x'`` with the state already loaded."""
+    from torch_pdt.distributed.dcp import DCPState
+
+    pdt = distributed_pdt()
+    before = state_bytes(pdt)
+    with pytest.raises(ValueError, match="ranks entry"):
+        foreign = {"run": "abc", "rank": 0, "world_size": 1, "sharded": False}
+        DCPState(pdt).load_state_dict(dcp_state({"ranks": foreign}))
+    assert state_bytes(pdt) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DistributedPDT.load_state_dict (torch_pdt/distributed/pdt.py) converts ranks['run'] with int() after "
+    "PDT.load_state_dict committed the state; fix after the distributed/pdt.py rewrite lands",
+)
+def test_a_per_rank_file_with_a_foreign_run_token_changes_nothing(one_rank_group):
+    saved = trained_pdt().state_dict() | {"ranks": {"run": "abc", "rank": 0, "world_size": 1, "sharded": False}}
+    pdt = distributed_pdt()
+    before = state_bytes(pdt)
+    with pytest.raises(ValueError, match="ranks"):
+        pdt.load_state_dict(saved)
+    assert state_bytes(pdt) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the compiled prediction pass falls back to eager only for exact snapshots in the end-of-epoch layout "
+    "(PDT._fused_pass in torch_pdt/pdt.py; Backend.predict in torch_pdt/passes.py after the passes seam); with "
+    "storage='bf16' or criterion='authors' a failed compile raises at every step. Fix after the seam lands",
+)
+@pytest.mark.parametrize("options", [{"storage": "bf16"}, {"criterion": "authors"}])
+def test_auto_kernel_falls_back_when_the_prediction_pass_fails_to_compile(monkeypatch, options):
+    """kernel='auto' promises 'eager from then on if compiling fails'. The failure is simulated where it
+    strikes first: the snapshot and Gram passes compile, the prediction pass does not."""
+    from torch_pdt import kernel
+
+    attempts = []
+
+    def compiled(fn):
+        if fn is not kernel.predict_mask_assemble:
+            return fn  # the eager function stands in for its compiled graph
+
+        def broken(*args, **kwargs):
+            attempts.append(fn)
+            raise RuntimeError("simulated inductor failure")
+
+        return broken
+
+    monkeypatch.setattr(kernel, "compiles", lambda device: True)
+    monkeypatch.setattr(kernel, "compiled", compiled)
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(3)) for _ in range(kernel.AUTO_MIN_TENSORS)]  # enough tensors to compile
+    drift = [torch.randn(3) * 0.01 for _ in params]
+    opt = torch.optim.SGD(params, lr=0.0)
+    pdt = PDT(opt, history=4, horizon=3, start_epoch=4, kernel="auto", **options)
+    for _ in range(8):
+        with torch.no_grad():
+            for p, d in zip(params, drift):
+                p.add_(d)
+        opt.step()
+        pdt.step()
+    assert pdt.epoch == 8 and len(attempts) == 1  # the compiled pass was tried once, then eager from then on
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+# --- recompute_batch_norm: non-finite batches ---------------------------------------------------
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_batch_holding_nan_or_inf_keeps_the_batch_norm_statistics(poison):
+    """Self-attack: one batch holding NaN made every running mean and variance NaN, and the call returned True."""
+    model = bn_model()
+    before = bn_state(model)
+    batches = [torch.randn(8, 3), torch.full((8, 3), poison)]
+    with pytest.raises(ValueError, match=r"non-finite running statistics in 1, 4"):
+        recompute_batch_norm(model, batches)
+    after = bn_state(model)
+    assert [(m, t) for m, t, _ in after] == [(m, t) for m, t, _ in before]
+    assert all(torch.equal(a, b) for (_, _, x), (_, _, y) in zip(before, after) for a, b in zip(x, y))
+
+
+# --- the DeepSpeed adapter: what it is given ----------------------------------------------------
+
+
+def test_deepspeed_adapter_given_a_model_is_a_type_error():
+    """Self-attack: ``DeepSpeedPDT(model)`` was ``AttributeError: ... 'zero_optimization_stage'``."""
+    pytest.importorskip("deepspeed")
+    from torch_pdt.distributed.deepspeed import DeepSpeedPDT
+
+    with pytest.raises(TypeError, match="needs the engine of deepspeed.initialize, got Sequential"):
+        DeepSpeedPDT(make_model(), history=3)
+
+
+def test_deepspeed_adapter_at_stage_0_gives_the_reason_of_stage_0():
+    """Self-attack: stage 0 was refused because 'stages 1-2 keep the fp32 master copy as one flat buffer'."""
+    pytest.importorskip("deepspeed")
+    from types import SimpleNamespace
+
+    from torch_pdt.distributed.deepspeed import DeepSpeedPDT
+
+    with pytest.raises(ValueError, match=r"stage 0: without ZeRO .* DistributedPDT\(engine.optimizer\)"):
+        DeepSpeedPDT(SimpleNamespace(zero_optimization_stage=lambda: 0), history=3)

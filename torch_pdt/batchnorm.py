@@ -65,16 +65,18 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[Tensor | tuple | li
     ``requires_grad=False``) keeps its statistics and stays in eval mode during the passes.
     A BatchNorm without running statistics (``track_running_stats=False``) has none to refresh.
 
-    All or nothing: if a forward pass raises (a batch of the wrong shape, a loader of dicts),
-    every BatchNorm gets back its running statistics, ``num_batches_tracked`` and ``momentum``,
-    and the error propagates.
+    All or nothing: if a forward pass raises (a batch of the wrong shape, a loader of dicts), or
+    the batches give a non-finite running mean or variance (a batch holding NaN or Inf), every
+    BatchNorm gets back its running statistics, ``num_batches_tracked`` and ``momentum``, and the
+    error propagates.
 
     Returns whether there was a BatchNorm to refresh (``False``: nothing ran).
 
     Raises:
         ValueError: when ``batches`` is empty (and the model has a BatchNorm to refresh), before
             anything changes: the running statistics would be reset to mean 0, variance 1 with
-            nothing to average.
+            nothing to average; or when the batches give non-finite statistics (after the passes,
+            with every statistic restored), naming the BatchNorm layers.
     """
     norms = [
         m
@@ -100,6 +102,15 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[Tensor | tuple | li
             bn.momentum = None
         for batch in itertools.chain([first], it):
             model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        # A batch holding NaN or Inf (or activations that overflow) averages into every later statistic:
+        # keep the statistics the model had, as for a batch that raised.
+        refreshed = {id(bn) for bn in norms}
+        bad = [name or type(m).__name__ for name, m in model.named_modules() if id(m) in refreshed and not _finite(m)]
+        if bad:
+            raise ValueError(
+                f"recompute_batch_norm: the batches gave non-finite running statistics in {', '.join(bad)}; "
+                "the statistics are kept as they were"
+            )
     except BaseException:
         for bn, _, old in saved:
             for b, value in zip(_statistics(bn), old):
@@ -111,6 +122,10 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[Tensor | tuple | li
         for m, training in modes:
             m.training = training
     return True
+
+
+def _finite(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    return bool(torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all())
 
 
 def _statistics(bn: nn.modules.batchnorm._BatchNorm) -> list[Tensor]:

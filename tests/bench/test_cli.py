@@ -94,6 +94,9 @@ def test_the_stress_example_runs_its_setting_and_variants_through_compare(tmp_pa
         (["--threads", "-2"], "argument --threads: expected a positive int, got '-2'"),
         (["--train-subset", "0"], "argument --train-subset: expected a positive int, got '0'"),
         (["--eta-min", "nan"], "argument --eta-min: expected a finite number >= 0, got 'nan'"),
+        # Self-attack (second pass): --mask-epoch 0 fell back to the default, -5 or 99 drew no heatmap, silently.
+        (["--mask-epoch", "0"], "argument --mask-epoch: expected a positive int, got '0'"),
+        (["--mask-epoch", "3"], "--mask-epoch 3 is past the last epoch (2)"),
         (["--device", "meta"], "--device meta: a meta tensor holds no data to train on"),
         (["--device", "nonsense"], "--device nonsense:"),
         pytest.param(

@@ -127,3 +127,13 @@ def test_a_seed_or_lr_given_twice_runs_once(tmp_path):
     assert cli.main(["compare", *quick, "--methods", "baseline", "--seeds", "0,0", "--lr-sweep", "0.1,0.1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0] and summary["methods"]["baseline@lr=0.1"]["runs"] == 1
+
+
+def test_an_lr_sweep_runs_the_rates_it_was_given(tmp_path, capsys):
+    """Self-attack (second pass): ``@lr={lr:g}`` kept 6 digits, so 0.1234567 and 0.1234568 ran once, at 0.123457."""
+    quick = ["--task", "mnist1d-mlp", "--tiny", "--epochs", "1", "--quiet", "--out", str(tmp_path / "x")]
+    sweep = ["--lr-sweep", "0.1234567,0.1234568,1"]
+    assert cli.main(["compare", *quick, "--methods", "baseline", *sweep, "--existing"]) == 2
+    left_out = capsys.readouterr().err
+    assert "baseline@lr=0.1234567-seed0" in left_out and "baseline@lr=0.1234568-seed0" in left_out
+    assert "baseline@lr=1-seed0" in left_out  # a rate :g writes exactly keeps the committed studies' name

@@ -79,3 +79,28 @@ def test_the_tensors_split_the_parameters_evenly():
     assert bench.split_sizes(5, 5) == [1] * 5
     with pytest.raises(ValueError, match="--tensors"):
         bench.split_sizes(5, 6)
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        # Self-attack (second pass): 0 or -1 tensors, threads or chunk size ran with a default silently;
+        # --repeat 0 ended in "no median for empty data", --threads -2 and --device meta in tracebacks, and
+        # more tensors than N were refused after the one-tensor timing had run.
+        (["--tensors", "0"], "argument --tensors: expected a positive int, got '0'"),
+        (["--threads", "0"], "argument --threads: expected a positive int, got '0'"),
+        (["--threads", "-2"], "argument --threads: expected a positive int, got '-2'"),
+        (["--chunk-size", "0"], "argument --chunk-size: expected a positive int, got '0'"),
+        (["--repeat", "0"], "argument --repeat: expected a positive int, got '0'"),
+        (["--device", "meta"], "--device meta: a meta tensor holds no data"),
+        (["--params", "10", "--tensors", "20"], "--tensors must be in [1, N = 10], got 20"),
+    ],
+)
+def test_a_bad_overhead_option_is_one_line_before_any_timing(args, named, capsys):
+    try:
+        code = cli.main(["overhead", "--kernel", "eager", "--params", "1000", *args])
+    except SystemExit as e:  # argparse's refusal
+        code = e.code
+    printed = capsys.readouterr()
+    assert code == 2 and printed.out == ""
+    assert printed.err.count("\n") == 1 and named in printed.err

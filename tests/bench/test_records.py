@@ -2,6 +2,7 @@
 
 import json
 import lzma
+import multiprocessing
 import os
 from dataclasses import dataclass
 
@@ -165,3 +166,41 @@ def test_a_figure_is_a_palette_png_that_keeps_every_line_colour(tmp_path):
     used = [color for _, color in image.convert("RGB").getcolors(plots.COLORS)]
     for line in [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)]:  # tab10's C0, C1, C2
         assert min(max(abs(a - b) for a, b in zip(color, line)) for color in used) <= 2
+
+
+def test_a_store_of_concatenated_streams_is_read_whole(tmp_path, capsys):
+    """Self-attack (second pass): ``cat a.xz b.xz`` (which ``xz -d`` reads whole) lost b's runs without a word."""
+    runs = _runs()
+    first, second = tmp_path / "a", tmp_path / "b"
+    _write_files(first, {"baseline-seed0": runs["baseline-seed0"]})
+    _write_files(second, {"pdt-seed0": runs["pdt-seed0"]})
+    joined = records.pack(first).read_bytes() + records.pack(second).read_bytes()
+    (first / records.STORE).write_bytes(joined)
+    assert list(records.load_named_runs(first)) == ["baseline-seed0", "pdt-seed0"]
+    assert capsys.readouterr().err == ""
+
+
+def _pack_after(directory, names, barrier):
+    _write_files(directory, {name: _runs()[name] for name in names})
+    barrier.wait()
+    records.pack(directory)
+
+
+def test_two_processes_packing_one_study_at_once_keep_every_run(tmp_path):
+    """Self-attack (second pass): two studies sharing an ``--out`` packed at once; the second to unlink a run
+    file died with ``FileNotFoundError`` (6 of 6 tries), and one could write a store without the other's runs."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(4):
+        directory = tmp_path / str(attempt)
+        barrier = context.Barrier(2)
+        workers = [
+            context.Process(target=_pack_after, args=(directory, names, barrier))
+            for names in (["baseline-seed0"], ["pdt-seed0", "pdt-seed1"])
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert [w.exitcode for w in workers] == [0, 0]
+        assert list(records.load_named_runs(directory)) == ["baseline-seed0", "pdt-seed0", "pdt-seed1"]
+        assert not (directory / "runs").exists()

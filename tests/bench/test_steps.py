@@ -160,6 +160,9 @@ def test_a_run_file_that_is_not_a_record_is_named_and_run_again(content, data, t
         ("--threads", "0", "argument --threads: expected a positive int, got '0'"),
         ("--eta-min", "-1e-3", "--eta-min must be a finite learning rate, 0 or more, got -0.001"),
         ("--eta-min", "nan", "--eta-min must be a finite learning rate, 0 or more, got nan"),
+        # Self-attack (second pass): a NaN weight decay passes torch's `< 0` check and trains on NaN.
+        ("--weight-decay", "nan", "argument --weight-decay: expected a finite number >= 0, got 'nan'"),
+        ("--weight-decay", "-1", "argument --weight-decay: expected a finite number >= 0, got '-1'"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_run(option, value, message, data, tmp_path, capsys):

@@ -111,16 +111,9 @@ class DCPState(Stateful):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved on this rank's shards; ``ValueError``, changing nothing, on a mismatch."""
         pdt = self.pdt
-        rest = torch.load(io.BytesIO(state_dict["rest"]), weights_only=True)
-        if not isinstance(rest, dict) or rest.get("format") != _FORMAT:
-            raise ValueError("not a PDT state saved by DCPState")
-        if rest["names"] != list(pdt.names):
-            raise ValueError(f"saved PDT state is of other parameters: {rest['names']} vs {list(pdt.names)}")
-        rings = [local_shard(state_dict["snapshots"][str(i)]) for i in range(len(pdt.params))]
+        rest, rings = self._read(state_dict)
         history = pdt._history
         count, ring_next = rest["count"], rest["next"]
-        if not (isinstance(count, int) and isinstance(ring_next, int) and 0 <= count <= history.capacity):
-            raise ValueError(f"saved ring position must be integers within the history, got {count}, {ring_next}")
         # Replay the snapshots, oldest first, at their ring positions (see the module docstring).
         replay = SnapshotHistory(
             pdt._flat_params(), history.capacity, pdt.config.storage, pdt.chunk_size, history.scope
@@ -136,6 +129,50 @@ class DCPState(Stateful):
             pdt._load_resharded(state, run)
         else:
             pdt.load_state_dict(state)
+
+    def _read(self, state_dict: Any) -> tuple[dict[str, Any], list[Tensor]]:
+        """The saved rest and this rank's rings, every part that the load reads checked first: a damaged or
+        foreign state is a ``ValueError`` naming what is wrong, never a ``KeyError`` half-way through the load."""
+        pdt = self.pdt
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("rest"), bytes):
+            raise ValueError("not a PDT state saved by DCPState: no serialised 'rest' entry")
+        try:
+            rest = torch.load(io.BytesIO(state_dict["rest"]), weights_only=True)
+        except Exception as e:  # unpickling and zip errors: the bytes are damaged, or are not a PDT state
+            raise ValueError(f"PDT state saved by DCPState is unreadable ({type(e).__name__}): {e}") from e
+        if not isinstance(rest, dict) or rest.get("format") != _FORMAT:
+            raise ValueError("not a PDT state saved by DCPState")
+        missing = sorted({"names", "next", "count"} - set(rest))
+        if missing:
+            raise ValueError(f"PDT state saved by DCPState lacks {missing}")
+        if rest["names"] != list(pdt.names):
+            raise ValueError(f"saved PDT state is of other parameters: {rest['names']} vs {list(pdt.names)}")
+        count, ring_next, capacity = rest["count"], rest["next"], pdt._history.capacity
+        # bool is an int subclass: True would load as a count of 1
+        integers = type(count) is int and type(ring_next) is int
+        if not (integers and 0 <= count <= capacity and 0 <= ring_next < capacity):
+            raise ValueError(
+                f"saved ring position must be integers within the history of {capacity}, got count={count!r}, "
+                f"next={ring_next!r}"
+            )
+        ranks = rest.get("ranks", {})
+        # DistributedPDT records the run token after the state is committed: check it now, not then.
+        if not isinstance(ranks, dict) or type(ranks.get("run", 0)) is not int:
+            raise ValueError(f"saved ranks entry must be a dict whose run is an int, got {ranks!r}")
+        snapshots = state_dict.get("snapshots")
+        if not isinstance(snapshots, dict):
+            raise ValueError("not a PDT state saved by DCPState: no 'snapshots' entry")
+        rings = []
+        for i, (name, p) in enumerate(zip(pdt.names, pdt.params)):
+            ring = snapshots.get(str(i))
+            if not isinstance(ring, Tensor):
+                raise ValueError(f"PDT state saved by DCPState has no snapshots of parameter {name}")
+            ring = local_shard(ring)
+            expected = (capacity, *local_shard(p).shape)
+            if tuple(ring.shape) != expected:
+                raise ValueError(f"saved snapshots of {name} are {tuple(ring.shape)}, expected {expected}")
+            rings.append(ring)
+        return rest, rings
 
 
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -60,6 +60,7 @@ class DeepSpeedPDT(DistributedPDT):
 
     Raises:
         ImportError: without DeepSpeed installed.
+        TypeError: when ``engine`` is not a DeepSpeed engine (a model, an optimizer).
         ValueError: for a setting this adapter refuses (see the module docstring).
     """
 
@@ -68,7 +69,17 @@ class DeepSpeedPDT(DistributedPDT):
             from deepspeed.utils import safe_get_local_fp32_param
         except ImportError as e:
             raise ImportError("DeepSpeedPDT needs DeepSpeed: pip install 'torch-pdt[deepspeed]'") from e
+        if not callable(getattr(engine, "zero_optimization_stage", None)):
+            raise TypeError(
+                f"DeepSpeedPDT needs the engine of deepspeed.initialize, got {type(engine).__name__} "
+                "(a model's optimizer goes to PDT or DistributedPDT)"
+            )
         stage = engine.zero_optimization_stage()
+        if stage == 0:
+            raise ValueError(
+                "DeepSpeedPDT supports ZeRO stage 3, got stage 0: without ZeRO every rank holds the whole "
+                "parameters; in fp32, use DistributedPDT(engine.optimizer) instead"
+            )
         if stage != 3:
             raise ValueError(
                 f"DeepSpeedPDT supports ZeRO stage 3, got stage {stage}: stages 1-2 keep the fp32 master copy as one "
