@@ -373,12 +373,6 @@ def test_join_with_an_empty_epoch_on_one_rank_runs_on(results):
     assert all(torch.equal(a, b) for a, b in zip(*ends))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the misuse watch is not told of Join: DistributedPDT's join hook (torch_pdt/distributed/pdt.py) sets "
-    "only _uneven, so rank 1 is warned 'step() was called again with no optimizer step in between' for an "
-    "epoch Join handled; fix after the distributed/pdt.py rewrite lands",
-)
 def test_join_with_an_empty_epoch_on_one_rank_warns_of_no_misuse(results):
     assert [r["uneven"]["empty_epoch"]["misuse"] for r in results] == [[], []]
 

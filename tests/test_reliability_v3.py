@@ -480,11 +480,6 @@ def test_a_dcp_state_with_a_foreign_run_token_is_refused_before_the_load(one_ran
     assert state_bytes(pdt) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DistributedPDT.load_state_dict (torch_pdt/distributed/pdt.py) converts ranks['run'] with int() after "
-    "PDT.load_state_dict committed the state; fix after the distributed/pdt.py rewrite lands",
-)
 def test_a_per_rank_file_with_a_foreign_run_token_changes_nothing(one_rank_group):
     saved = trained_pdt().state_dict() | {"ranks": {"run": "abc", "rank": 0, "world_size": 1, "sharded": False}}
     pdt = distributed_pdt()

@@ -183,6 +183,12 @@ class StepWatch:
         self._at_last_step: int | None = None
         self._others_at_last_step = 0
         self._single_steps = 0
+        self._empty_epoch_expected = False
+
+    def expect_empty_epoch(self) -> None:
+        """The coming ``PDT.step()`` may follow no optimizer step rightly: under ``Join`` with uneven
+        inputs a rank can run out of batches for a whole epoch, and its repeated snapshot is no misuse."""
+        self._empty_epoch_expected = True
 
     def optimizer_stepped(self) -> None:
         self.optimizer_steps += 1
@@ -218,7 +224,8 @@ class StepWatch:
         if not self.counting or last is None or self.optimizer_steps == 0:
             return
         between = self.optimizer_steps - last
-        if between == 0 and others == 0:  # in step mode the hook steps PDT after an optimizer step only
+        expected, self._empty_epoch_expected = self._empty_epoch_expected, False
+        if between == 0 and others == 0 and not expected:  # in step mode the hook steps PDT after an optimizer step only
             warn_once(
                 self.said,
                 "repeated",

@@ -440,6 +440,8 @@ class DistributedPDT(PDT, Joinable):
                 ranks = column.nonzero().flatten().tolist()
                 raise ValueError(f"PDT ranks disagree: only rank(s) {ranks} passed {what}; no rank stepped")
         mean = losses.mean().item() if given[0] else None
+        if uneven.any():
+            self._watch.expect_empty_epoch()
         stats = super().step(mean, predict=predict)
         self._uneven, self._steps_at_last = False, self._watch.optimizer_steps
         if self.verify:
@@ -489,6 +491,12 @@ class DistributedPDT(PDT, Joinable):
         if ranks is not None:
             if not isinstance(ranks, dict) or not {"run", "rank", "world_size", "sharded"} <= set(ranks):
                 raise ValueError("saved ranks entry must be a dict with run, rank, world_size and sharded")
+            # Checked here, before anything is loaded: a refusal after the load would leave it half-done.
+            integers = [ranks[k] for k in ("run", "rank", "world_size")]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in integers):
+                raise ValueError(f"saved ranks entry: run, rank and world_size must be ints, got {integers}")
+            if not isinstance(ranks["sharded"], bool):
+                raise ValueError(f"saved ranks entry: sharded must be a bool, got {ranks['sharded']!r}")
             if self.sharded and (ranks["rank"], ranks["world_size"]) != (self.rank, self.world_size):
                 raise ValueError(
                     f"PDT rank {self.rank} of {self.world_size}: this is rank {ranks['rank']}'s state of a sharded "
@@ -496,7 +504,7 @@ class DistributedPDT(PDT, Joinable):
                     "torch_pdt.distributed.dcp to load on another world size)"
                 )
         super().load_state_dict(state_dict)
-        self._resumed(state_dict, None if ranks is None else int(ranks["run"]))
+        self._resumed(state_dict, None if ranks is None else ranks["run"])
 
     def _load_resharded(self, state_dict: dict[str, Any], run: int | None) -> None:
         """Load a state whose snapshots are this rank's shards already (from :mod:`torch_pdt.distributed.dcp`)."""
