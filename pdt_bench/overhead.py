@@ -11,7 +11,7 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   size), PDT's checks of the optimizer and the parameters' layouts, the ``h x h`` algebra,
   the predict-mask-assemble pass; for each ``--kernel``
   (default both: the eager passes and the compiled ones of :mod:`torch_pdt.kernel`, after
-  an untimed prediction that compiles them), each against the floor of its own run;
+  a first prediction that compiles them, timed apart), each against the floor of its own run;
 * the extra memory PDT holds (RSS on CPU, the CUDA allocator on GPU) against ``h N`` values;
 * ``--scope layer`` and ``--graded`` time those options (one tensor of ``N``: the per-tensor code
   paths, one operator);
@@ -202,6 +202,7 @@ def measure(
     for _ in range(history):
         weights.advance(params)
         step()
+    first = log["step"][-1]
     for key in log:
         log[key].clear()
     stats = []
@@ -225,6 +226,7 @@ def measure(
         "threads": torch.get_num_threads(),
         "copy": copies,
         "step": log["step"],
+        "first_prediction": first,
         "copy_in_gram": log["push"],
         "second_gram": seconds,
         "pass": log["pass"],
@@ -336,6 +338,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['trajectory']} trajectory, device {r['device']}, storage {r['storage']}, {r['threads']} thread(s), "
         f"{len(r['step'])} repetitions (median [min - max])",
         f"  passes run                {passes_run(r)}",
+        f"  first prediction          {r['first_prediction']:9.2f} s (compiling, for compiled passes)",
         f"  step                      {_ms(r['step'])}",
         f"    copy-in + Gram update   {_ms(r['copy_in_gram'])}",
         f"      (plain copy of N)     {_ms(r['copy'])}",

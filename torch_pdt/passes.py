@@ -167,8 +167,7 @@ def choose(history: SnapshotHistory, config: PDTConfig, flats: Sequence[Tensor],
     cannot run: the criterion ``"random"``, ``on_jump`` other than ``"keep"``, snapshots on
     another device than the parameters, no compiler, or a compiler that fails on a probe.
     ``"auto"`` also stays eager for a small model (:data:`~torch_pdt.kernel.AUTO_MIN_NUMEL`
-    elements and :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS` tensors) and for a graded horizon
-    beyond :data:`~torch_pdt.kernel.AUTO_MAX_GRADED_HORIZON`.
+    elements and :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS` tensors).
     """
     storage, _ = history.layout()
     devices = {f.device for f in flats}
@@ -185,16 +184,13 @@ def choose(history: SnapshotHistory, config: PDTConfig, flats: Sequence[Tensor],
     if config.kernel == "compiled" and unsupported:
         raise ValueError(f"kernel='compiled' is not available here: {'; '.join(unsupported)}")
     small = numel < kernel.AUTO_MIN_NUMEL and len(flats) < kernel.AUTO_MIN_TENSORS
-    long_graded = config.graded and config.horizon > kernel.AUTO_MAX_GRADED_HORIZON
-    if config.kernel == "eager" or unsupported or (config.kernel == "auto" and (small or long_graded)):
+    if config.kernel == "eager" or unsupported or (config.kernel == "auto" and small):
         if config.kernel == "eager":
             reason = "kernel='eager'"
         elif unsupported:
             reason = "; ".join(unsupported)
-        elif small:
-            reason = "a small model"
         else:
-            reason = f"graded=True at horizon {config.horizon} > {kernel.AUTO_MAX_GRADED_HORIZON}: slow to compile"
+            reason = "a small model"
         logger.info("PDT runs the eager passes (%s)", reason)
         return Backend(history, config)
     if config.kernel == "compiled":
