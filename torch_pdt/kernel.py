@@ -34,7 +34,7 @@ unrolled loop: Eq. 7 for every ``k`` at once from two minima over the steps
 (:func:`_consistent_up_to`), the landing horizon a maximum over ``k`` of the horizons whose
 checks pass, its :math:`D_k` then formed from the gathered coefficients. One compiled graph
 serves every ``tau`` (the unrolled loop compiled for a minute at ``tau = 32``); the pass runs in
-chunks of :data:`GRADED_CHUNK` elements and writes each element's landing horizon into a byte
+chunks of :data:`CALL_CHUNK` elements and writes each element's landing horizon into a byte
 per element, which the counts per horizon are taken from.
 
 **The second Gram pass** (:func:`second_gram`). Where one Cholesky-QR pass is not accurate
@@ -82,8 +82,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import dmd
-from .prediction import Coefficients, PassCounts
+from . import criteria, dmd
+from .prediction import Coefficients, OnChunk, PassCounts
 
 if TYPE_CHECKING:
     from .passes import Plan
@@ -92,11 +92,10 @@ __all__ = [
     "AUTO_MIN_NUMEL",
     "AUTO_MIN_TENSORS",
     "DECISION_BOUND",
-    "KERNEL_CRITERIA",
     "KERNELS",
     "PAD",
     "FusedPasses",
-    "GRADED_CHUNK",
+    "CALL_CHUNK",
     "SMALL",
     "compiled",
     "compiles",
@@ -109,9 +108,6 @@ __all__ = [
 
 KERNELS = ("auto", "compiled", "eager")
 """``PDT(kernel=...)``: compile where possible, always compile (fail otherwise), never compile."""
-
-KERNEL_CRITERIA = ("pdt", "accel_only", "consistency_only", "authors", "none")
-"""Criteria the fused pass implements (``"random"`` draws from the eager pass's generator)."""
 
 PAD = 16
 """Elements of padding ahead of every ring row. Compiled functions specialise on a view's
@@ -283,6 +279,8 @@ def predict_mask_assemble(
     accepted: Tensor | None = None,
     linear: bool = False,
     graded: bool = False,
+    drawn: Tensor | None = None,
+    jump_steps: Tensor | None = None,
 ) -> Tensor:
     r"""One parameter's prediction: returns integer counts ``[finite, consistency, lower, upper, accepted]``.
 
@@ -300,6 +298,10 @@ def predict_mask_assemble(
     (``PDT(jump="linear")``). ``graded``: ``coef`` is ``2 tau x h``, the steps then the
     displacements :math:`D_1..D_\tau`, and an element that fails at ``tau`` lands at the largest
     ``k`` whose checks pass (:mod:`torch_pdt.prediction`); the checks' counts are those at ``tau``.
+    ``drawn``: ``criterion="random"``'s draws, the elements it accepts where finite.
+    ``jump_steps``, if given (``2 x n``), receives for ``on_jump`` the predicted step at the landing
+    horizon (:math:`\Delta` itself with ``linear``) and :math:`\Delta`
+    (:data:`torch_pdt.prediction.OnChunk`).
     """
     h = len(rows)
     dtype = coef.dtype
@@ -348,6 +350,7 @@ def predict_mask_assemble(
         checks = _checks(criterion, consistent(tau), displacement, delta, tau)
         accept = level > 0
         new, _ = landing(level.to(dtype), chosen)
+        last_step = combination(coef[(level - 1).clamp(min=0)].T)
         if accepted is not None:
             accepted.copy_(level)
     else:
@@ -362,8 +365,14 @@ def predict_mask_assemble(
             consistent = _same_sign(low, high, delta)
         checks = _checks(criterion, consistent, displacement, delta, tau)
         accept = _all(finite, checks)
+        if drawn is not None:
+            accept = accept & drawn
+        last_step = combination(coef[tau - 1])
         if accepted is not None:
             accepted.copy_(accept)
+    if jump_steps is not None:
+        jump_steps[0].copy_(delta if linear else last_step)
+        jump_steps[1].copy_(delta)
     if write:
         param.copy_(torch.where(accept, new.to(param.dtype), param))
     # Two counts per int64 sum, the second in the high 32 bits (exact below 2^31 elements):
@@ -440,9 +449,11 @@ seconds once, the fused passes save about 10 ns per element and step on CPU."""
 AUTO_MIN_TENSORS = 256
 """... or of at least this many tensors: the eager pass costs about 200 us per tensor and step."""
 
-GRADED_CHUNK = 1 << 20
-"""Elements per call of the graded pass: its reductions over the horizons keep three int32 values
-per element in memory (12 MB a call), within the ``N`` values of extra memory PDT allows itself."""
+CALL_CHUNK = 1 << 20
+"""Elements per call of a prediction pass that keeps values per element: graded (its reductions
+over the horizons, three int32 values), ``on_jump`` (the steps it scales velocities by, two
+values and a byte) or ``criterion="random"`` (the draws, a byte): at most tens of MB a call,
+within the ``N`` values of extra memory PDT allows itself."""
 
 SMALL = 1 << 14
 """Parameters with fewer elements than this share one call per pass with their neighbours in
@@ -618,6 +629,17 @@ class FusedPasses:
         K[:, j, i] = upper
         return K
 
+    def _hand_over(self, group: _Group, start: int, accept: Tensor, jump_steps: Tensor, on_chunk: OnChunk) -> None:
+        """``on_chunk`` for each parameter of ``group`` with elements among the group's ``start:start + n``."""
+        stop = start + accept.numel()
+        offset = 0
+        for i in group.members:
+            lo, hi = max(start, offset), min(stop, offset + self.slots[i][2])
+            if lo < hi:
+                part = slice(lo - start, hi - start)
+                on_chunk(i, lo - offset, accept[part], jump_steps[0, part], jump_steps[1, part])
+            offset += self.slots[i][2]
+
     def predict(
         self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
     ) -> PassCounts:
@@ -626,14 +648,18 @@ class FusedPasses:
         ``rows``: the storage rows oldest first; ``coefficients``: float64 ``(tau + 1) x h``
         (graded: ``2 tau x h``), the predicted steps and the displacement as combinations of the
         snapshots; with ``scope="layer"`` one per parameter, ``None`` for a parameter without a
-        fit, whose elements are kept and counted as passing every check. The ``hooks`` of the eager
-        pass (``on_chunk`` for ``on_jump``, ``draws`` for the random criterion) are refused:
-        :func:`torch_pdt.passes.choose` never gives such a plan here.
+        fit, whose elements are kept and counted as passing every check. The ``hooks`` are the
+        eager pass's: ``on_chunk`` (:data:`~torch_pdt.prediction.OnChunk`, for ``on_jump``) is
+        called per parameter and call, as the eager pass calls it per chunk; ``draws``
+        (:class:`~torch_pdt.criteria.RandomDraws`) are drawn in the eager pass's element order.
         """
-        if hooks or plan.criterion not in KERNEL_CRITERIA:
-            raise ValueError("the compiled pass runs neither on_jump other than 'keep' nor criterion='random'")
+        on_chunk: OnChunk | None = hooks.get("on_chunk")
+        draws: criteria.RandomDraws | None = hooks.get("draws")
         per_layer = not isinstance(coefficients, Tensor)
         tau, graded = plan.horizon, plan.graded
+        random = plan.criterion == "random"
+        if random and draws is None:
+            raise ValueError("criterion 'random' needs its generators (draws)")
         level_dtype = torch.int8 if tau <= torch.iinfo(torch.int8).max else torch.int32
         coefs: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
         totals: dict[torch.device, Tensor] = {}
@@ -657,28 +683,32 @@ class FusedPasses:
                 if key not in coefs:
                     coefs[key] = ring_coefficients(mine, key[2], key[1], rows)
                 accepted = None
-                if group.staged or graded:
+                if group.staged or graded or on_chunk is not None:
                     accepted = torch.empty(param.shape, dtype=level_dtype, device=param.device)
-                # Graded: in chunks, whose per-element reductions over the horizons stay in memory
-                # (12 bytes an element) a bounded while.
-                step = GRADED_CHUNK if graded else param.numel()
-                counts = sum(
-                    self._predict(
-                        [storage[j, start : start + step] for j in rows],
-                        param[start : start + step],
+                step = CALL_CHUNK if graded or random or on_chunk is not None else param.numel()
+                counts = torch.zeros(5, dtype=torch.int64, device=param.device)
+                for start in range(0, param.numel(), step):
+                    stop = min(start + step, param.numel())
+                    jump_steps = None
+                    if on_chunk is not None:
+                        jump_steps = torch.empty(2, stop - start, dtype=key[2], device=param.device)
+                    counts += self._predict(
+                        [storage[j, start:stop] for j in rows],
+                        param[start:stop],
                         coefs[key],
                         tau,
                         plan.criterion,
                         plan.start_of_epoch,
                         plan.write,
                         plan.origin_is_param,
-                        None if accepted is None else accepted[start : start + step],
+                        None if accepted is None else accepted[start:stop],
                         plan.linear,
                         graded,
+                        draws.mask(param[start:stop], plan.ratio) if random else None,
+                        jump_steps,
                     )
-                    for start in range(0, param.numel(), step)
-                )
-                counts = counts.to(torch.int64)
+                    if on_chunk is not None:
+                        self._hand_over(group, start, accepted[start:stop] > 0, jump_steps, on_chunk)
                 add(totals, counts)
                 if graded:
                     add(levels, torch.bincount(accepted, minlength=tau + 1))  # of the bytes: no int64 copy
