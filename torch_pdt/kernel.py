@@ -449,11 +449,12 @@ seconds once, the fused passes save about 10 ns per element and step on CPU."""
 AUTO_MIN_TENSORS = 256
 """... or of at least this many tensors: the eager pass costs about 200 us per tensor and step."""
 
-CALL_CHUNK = 1 << 20
+CALL_CHUNK = 1 << 18
 """Elements per call of a prediction pass that keeps values per element: graded (its reductions
 over the horizons, three int32 values), ``on_jump`` (the steps it scales velocities by, two
-values and a byte) or ``criterion="random"`` (the draws, a byte): at most tens of MB a call,
-within the ``N`` values of extra memory PDT allows itself."""
+values and a byte) or ``criterion="random"`` (the draws, a byte): a few MB a call, within the
+``N`` values of extra memory PDT allows itself, and in cache between the loops of a call (the
+graded pass at 8M elements, one thread: 46 ms in calls of 2^18, 50-55 ms of 2^20, 47-86 ms in one)."""
 
 SMALL = 1 << 14
 """Parameters with fewer elements than this share one call per pass with their neighbours in
