@@ -147,7 +147,8 @@ class Backend:
     ) -> PassCounts:
         if self.compiled is not None:
             touched: list[bool] = []  # velocities scaled by on_jump cannot be restored
-            noted = dict(hooks)
+            # Only the hooks the plan uses: a wrapper of the compiled passes may take none.
+            noted = {"draws": hooks["draws"]} if plan.criterion == "random" and "draws" in hooks else {}
             on_chunk = hooks.get("on_chunk")
             if on_chunk is not None:
 
