@@ -11,10 +11,11 @@ it predicts, reads the ``h`` snapshots and writes the parameters: at least
   size), PDT's checks of the optimizer and the parameters' layouts, the ``h x h`` algebra,
   the predict-mask-assemble pass; for each ``--kernel``
   (default both: the eager passes and the compiled ones of :mod:`torch_pdt.kernel`, after
-  an untimed prediction that compiles them), each against the floor of its own run;
+  a first prediction that compiles them, timed apart), each against the floor of its own run;
 * the extra memory PDT holds (RSS on CPU, the CUDA allocator on GPU) against ``h N`` values;
-* ``--scope layer`` and ``--graded`` time those options (one tensor of ``N``: the per-tensor code
-  paths, one operator);
+* ``--scope layer``, ``--graded``, ``--criterion`` and ``--on-jump`` time those options (one
+  tensor of ``N``: the per-tensor code paths, one operator; ``--on-jump`` gives SGD momentum
+  buffers to scale);
 * with ``--naive``, the straightforward implementation (:mod:`torch_pdt.reference`, in float32) on the same
   snapshots; with ``--sweep``, the step time for ``N`` in 1M, 10M, 57M and 100M.
 
@@ -162,6 +163,8 @@ def measure(
     kernel: str = "eager",
     scope: str = "model",
     graded: bool = False,
+    criterion: str = "pdt",
+    on_jump: str = "keep",
     trajectory: str = "noisy",
     tensors: int = 1,
 ) -> dict[str, Any]:
@@ -176,7 +179,9 @@ def measure(
     # Measured on buffers that exist anyway, so that no transient allocation raises the
     # process's peak memory before PDT's is measured.
     copies = copy_seconds(weights.weights, weights.noise, repeat)
-    opt = torch.optim.SGD(params, lr=0.0)
+    opt = torch.optim.SGD(params, lr=0.0, momentum=0.9 if on_jump != "keep" else 0.0)
+    for p in params if on_jump != "keep" else ():
+        opt.state[p]["momentum_buffer"] = torch.ones_like(p)
     gc.collect()
     memory.reset_peak(dev)
     before = memory.current(dev)
@@ -191,6 +196,8 @@ def measure(
         kernel=kernel,
         scope=scope,
         graded=graded,
+        criterion=criterion,
+        on_jump=on_jump,
         **kwargs,
     )
     log: dict[str, list[float]] = {"push": [], "pass": [], "step": [], "second": [], "checks": []}
@@ -203,6 +210,7 @@ def measure(
     for _ in range(history):
         weights.advance(params)
         step()
+    first = log["step"][-1]
     for key in log:
         log[key].clear()
     stats = []
@@ -220,12 +228,15 @@ def measure(
         "storage": storage,
         "scope": scope,
         "graded": graded,
+        "criterion": criterion,
+        "on_jump": on_jump,
         "trajectory": trajectory,
         "tensors": tensors,
         "kernel": "compiled" if pdt._passes.compiled is not None else "eager",
         "threads": torch.get_num_threads(),
         "copy": copies,
         "step": log["step"],
+        "first_prediction": first,
         "copy_in_gram": log["push"],
         "second_gram": seconds,
         "pass": log["pass"],
@@ -334,9 +345,11 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"PDT step, {r['kernel']} passes, N = {n:,} float32 parameters in {r['tensors']:,} tensor(s), h = {h}, "
         f"tau = {r['horizon']}, scope {r['scope']}{', graded' if r['graded'] else ''}, "
+        f"criterion {r['criterion']}, on_jump {r['on_jump']}, "
         f"{r['trajectory']} trajectory, device {r['device']}, storage {r['storage']}, {r['threads']} thread(s), "
         f"{len(r['step'])} repetitions (median [min - max])",
         f"  passes run                {passes_run(r)}",
+        f"  first prediction          {r['first_prediction']:9.2f} s (compiling, for compiled passes)",
         f"  step                      {_ms(r['step'])}",
         f"    copy-in + Gram update   {_ms(r['copy_in_gram'])}",
         f"      (plain copy of N)     {_ms(r['copy'])}",
@@ -428,6 +441,8 @@ def _overhead(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         scope=args.scope,
         graded=args.graded,
+        criterion=args.criterion,
+        on_jump=args.on_jump,
         trajectory=args.trajectory,
     )
     kernels = ("eager", "compiled") if args.kernel == "both" else (args.kernel,)
@@ -474,6 +489,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--scope", choices=["model", "layer"], default="model", help="PDT's scope (default model)")
     p.add_argument("--graded", action="store_true", help="PDT's graded horizon")
+    p.add_argument("--criterion", default="pdt", help="PDT's criterion (default pdt)")
+    p.add_argument("--on-jump", default="keep", help="PDT's on_jump (default keep)")
     p.add_argument(
         "--trajectory",
         choices=TRAJECTORIES,

@@ -261,13 +261,18 @@ def test_decisions_differ_from_the_eager_pass_and_the_float64_reference_within_t
         assert abs(int(totals[4]) - result["accepted"]) <= kernel.DECISION_BOUND * n
 
 
-def _train(kernel_name, sizes, dtype=torch.float32, criterion="pdt", epochs=H + 4, history=H, **kwargs):
-    """PDT with the given kernel over a trajectory: its statistics and final weights."""
+def _train(kernel_name, sizes, dtype=torch.float32, criterion="pdt", epochs=H + 4, history=H, horizon=TAU, **kwargs):
+    """PDT with the given kernel over a trajectory: its statistics and final weights (the optimizer, SGD
+    with momentum, never steps: its velocities are random, for ``on_jump`` to scale)."""
     params = [nn.Parameter(torch.zeros(n, dtype=dtype)) for n in sizes]
+    optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
+    g = torch.Generator().manual_seed(5)
+    for p in params:
+        optimizer.state[p]["momentum_buffer"] = torch.randn(p.shape, generator=g).to(dtype)
     pdt = PDT(
-        torch.optim.SGD(params, lr=0.0),
+        optimizer,
         history=history,
-        horizon=TAU,
+        horizon=horizon,
         start_epoch=history,
         interval=0,
         criterion=criterion,
@@ -313,8 +318,10 @@ def test_pdt_with_the_compiled_kernel_runs_as_with_the_eager_one(criterion, capl
         dict(graded=True, criterion="accel_only"),
         dict(scope="layer", graded=True, criterion="authors"),
         dict(graded=True, criterion="consistency_only", jump="linear"),
+        dict(graded=True),
+        dict(graded=True, criterion="none", dtype=torch.float64),
     ],
-    ids=["layer", "graded", "layer-graded-authors", "graded-linear"],
+    ids=["layer", "graded", "layer-graded-authors", "graded-linear", "graded-pdt", "graded-none-float64"],
 )
 def test_layerwise_and_graded_run_compiled_as_eager(options):
     """One operator per tensor and the graded landing: the same decisions, counts per horizon and weights
@@ -324,7 +331,7 @@ def test_layerwise_and_graded_run_compiled_as_eager(options):
     eager = _train("eager", sizes, **options)
     assert compiled[0]._passes.compiled.scope == options.get("scope", "model")
     _same_run(compiled, eager, rtol=1e-6)
-    if options.get("graded"):  # some elements land short of tau: the case grading exists for
+    if options.get("criterion") in ("accel_only", "authors", "consistency_only"):  # some land short of tau
         assert any(any(s["accepted_per_horizon"][:-1]) for s in compiled[1] if s["predicted"])
 
 
@@ -332,22 +339,81 @@ def test_auto_runs_eager_where_the_kernel_does_not_apply_or_pay_off(caplog):
     with caplog.at_level("INFO", logger="torch_pdt"):
         pdt, _, _ = _train("auto", [7, 300], epochs=1)
     assert pdt._passes.compiled is None and "eager passes (a small model)" in caplog.text
-    for kwargs, reason in (({"criterion": "random"}, "criterion='random'"), ({"on_jump": "reset"}, "on_jump='reset'")):
-        caplog.clear()
-        with caplog.at_level("INFO", logger="torch_pdt"):
-            pdt, _, _ = _train("auto", [1] * kernel.AUTO_MIN_TENSORS, epochs=1, **kwargs)
-        assert pdt._passes.compiled is None and reason in caplog.text
-        with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
-            _train("compiled", [7], epochs=1, **kwargs)
+    for kwargs in ({"criterion": "random"}, {"on_jump": "reset"}):  # compiled passes for every option
+        pdt, _, _ = _train("auto", [1] * kernel.AUTO_MIN_TENSORS, epochs=1, **kwargs)
+        assert pdt._passes.compiled is not None
     with pytest.raises(ValueError, match="kernel must be one of"):
         _train("fast", [7], epochs=1)
+    # A long graded horizon compiles too: its graph does not grow with tau.
     params = [nn.Parameter(torch.zeros(3)) for _ in range(kernel.AUTO_MIN_TENSORS)]
-    for horizon, fused in ((kernel.AUTO_MAX_GRADED_HORIZON, True), (kernel.AUTO_MAX_GRADED_HORIZON + 1, False)):
-        caplog.clear()
-        with caplog.at_level("INFO", logger="torch_pdt"):
-            pdt = PDT(torch.optim.SGD(params, lr=0.0), history=3, horizon=horizon, graded=True)
-        assert (pdt._passes.compiled is not None) == fused
-    assert f"graded=True at horizon {horizon} > {horizon - 1}: slow to compile" in caplog.text
+    assert PDT(torch.optim.SGD(params, lr=0.0), history=3, horizon=130, graded=True)._passes.compiled is not None
+
+
+def _consistent_at_every_horizon(steps, delta):
+    horizons = torch.arange(1, len(steps) + 1, dtype=torch.int32)[:, None]
+    consistent = kernel._consistent_up_to(torch.stack(steps), delta, horizons)
+    return torch.stack([consistent(k) for k in range(1, len(steps) + 1)])
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_graded_sign_test_in_closed_form_decides_as_the_running_extremes_on_every_special_value(dtype):
+    """Eq. 7 for every horizon at once (two minima over the steps) against the eager pass's sign test of
+    the first k steps' extremes, for every k, on every delta and every three steps of special values."""
+    tiny = torch.finfo(dtype).tiny
+    specials = [0.0, -0.0, math.inf, -math.inf, math.nan, -math.nan, tiny / 4, -tiny / 4, tiny, -1.5, 2.0]
+    values = torch.tensor(specials, dtype=dtype)
+    d, a, b, c = torch.meshgrid(values, values, values, values, indexing="ij")
+    delta, steps = d.reshape(-1), [a.reshape(-1), b.reshape(-1), c.reshape(-1)]
+    rule = CRITERIA["consistency_only"]
+    expected = torch.stack(
+        [rule(*extremes(torch.stack(steps[:k])), None, delta, k)["consistency"] for k in range(1, 4)]
+    )
+    torch.testing.assert_close(_consistent_at_every_horizon(steps, delta), expected)
+    compiled = torch.compile(_consistent_at_every_horizon, dynamic=True, fullgraph=True)
+    torch.testing.assert_close(compiled(steps, delta), expected)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(criterion="random"),
+        dict(on_jump="reset"),
+        dict(on_jump="rescale"),
+        dict(on_jump="rescale", graded=True, criterion="accel_only"),
+        dict(on_jump="rescale", jump="linear", scope="layer"),
+    ],
+    ids=["random", "reset", "rescale", "rescale-graded", "rescale-linear-layer"],
+)
+def test_random_and_on_jump_run_compiled_as_eager(options, monkeypatch):
+    """The random criterion draws the eager pass's numbers (CPU generators draw in element order,
+    whatever the calls), and on_jump scales the same velocities, in calls of 1,000 elements."""
+    monkeypatch.setattr(kernel, "CALL_CHUNK", 1000)
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    compiled, eager = _train("compiled", sizes, **options), _train("eager", sizes, **options)
+    assert compiled[0]._passes.compiled is not None
+    _same_run(compiled, eager, rtol=1e-6)
+    for p, q in zip(compiled[2], eager[2]):
+        a, b = compiled[0].optimizer.state[p]["momentum_buffer"], eager[0].optimizer.state[q]["momentum_buffer"]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        if options.get("on_jump") == "reset":
+            assert torch.equal(a == 0, b == 0)
+
+
+@needs_compiler
+def test_the_graded_pass_compiles_once_for_every_horizon_and_in_chunks_decides_as_eager(monkeypatch):
+    """One graph serves every tau (compile time independent of it); chunks of the graded pass (here of
+    100 elements, across a large parameter and a staged group) decide as the eager pass."""
+    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    _train("compiled", sizes, graded=True, horizon=2)  # compiled here (or by the tests above)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    monkeypatch.setattr(kernel, "CALL_CHUNK", 100)
+    for horizon in (3, 7):
+        compiled = _train("compiled", sizes, graded=True, horizon=horizon)
+        _same_run(compiled, _train("eager", sizes, graded=True, horizon=horizon), rtol=1e-6)
+    # At most one more graph: a chunk's storage offset is not zero (dynamic shapes specialise on it).
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= graphs + 1
 
 
 @needs_compiler

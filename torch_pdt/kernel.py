@@ -29,9 +29,13 @@ elsewhere.
 **Per layer and graded.** With ``scope="layer"`` every parameter is its own call of each pass
 (:class:`FusedPasses`): its inner products are its own Gram block, and its
 coefficients its own DMD's. With ``graded=True`` the coefficients are ``2 tau x h`` (the steps,
-then the displacements :math:`D_1..D_\tau`) and the same loop, after the decision at ``tau``,
-goes down ``k = tau - 1..1`` with the running extremes of the steps' keys; it writes each
-element's landing horizon into a byte per element, which the counts per horizon are taken from.
+then the displacements :math:`D_1..D_\tau`) and the horizons are a tensor dimension, not an
+unrolled loop: Eq. 7 for every ``k`` at once from two minima over the steps
+(:func:`_consistent_up_to`), the landing horizon a maximum over ``k`` of the horizons whose
+checks pass, its :math:`D_k` then formed from the gathered coefficients. One compiled graph
+serves every ``tau`` (the unrolled loop compiled for a minute at ``tau = 32``); the pass runs in
+chunks of :data:`CALL_CHUNK` elements and writes each element's landing horizon into a byte
+per element, which the counts per horizon are taken from.
 
 **The second Gram pass** (:func:`second_gram`). Where one Cholesky-QR pass is not accurate
 enough (a smooth history: :func:`torch_pdt.dmd.orthogonal_factor`), the fit reads the snapshots
@@ -78,21 +82,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import dmd
-from .prediction import Coefficients, PassCounts
+from . import criteria, dmd
+from .prediction import Coefficients, OnChunk, PassCounts
 
 if TYPE_CHECKING:
     from .passes import Plan
 
 __all__ = [
-    "AUTO_MAX_GRADED_HORIZON",
     "AUTO_MIN_NUMEL",
     "AUTO_MIN_TENSORS",
     "DECISION_BOUND",
-    "KERNEL_CRITERIA",
     "KERNELS",
     "PAD",
     "FusedPasses",
+    "CALL_CHUNK",
     "SMALL",
     "compiled",
     "compiles",
@@ -105,9 +108,6 @@ __all__ = [
 
 KERNELS = ("auto", "compiled", "eager")
 """``PDT(kernel=...)``: compile where possible, always compile (fail otherwise), never compile."""
-
-KERNEL_CRITERIA = ("pdt", "accel_only", "consistency_only", "authors", "none")
-"""Criteria the fused pass implements (``"random"`` draws from the eager pass's generator)."""
 
 PAD = 16
 """Elements of padding ahead of every ring row. Compiled functions specialise on a view's
@@ -212,13 +212,14 @@ def _same_sign(low: Tensor, high: Tensor, delta: Tensor) -> Tensor:
 
 
 def _checks(
-    criterion: str, low: Tensor | None, high: Tensor | None, displacement: Tensor, delta: Tensor, tau: int
+    criterion: str, consistent: Tensor | None, displacement: Tensor, delta: Tensor, tau: int | Tensor
 ) -> dict[str, Tensor]:
-    """The checks of ``criterion`` (:mod:`torch_pdt.criteria`) at horizon ``tau``: ``low`` and
-    ``high`` are the order keys of the smallest and largest of the first ``tau`` steps."""
+    """The checks of ``criterion`` (:mod:`torch_pdt.criteria`) at horizon ``tau`` (a tensor of
+    horizons broadcasts): ``consistent`` is Eq. 7 over the first ``tau`` steps, for the criteria
+    that make it."""
     checks: dict[str, Tensor] = {}
     if criterion in ("pdt", "consistency_only"):
-        checks["consistency"] = _same_sign(low, high, delta)
+        checks["consistency"] = consistent
     elif criterion == "authors":
         key = _order_key(displacement)
         checks["consistency"] = _same_sign(key, key, delta)
@@ -230,6 +231,40 @@ def _checks(
         checks["lower_bound"] = jump >= step
         checks["upper_bound"] = jump <= (tau + 1) * step
     return checks
+
+
+def _all(mask: Tensor, checks: dict[str, Tensor]) -> Tensor:
+    for passed in checks.values():
+        mask = mask & passed
+    return mask
+
+
+def _unchecked(k: Tensor | int) -> Tensor | None:
+    """Eq. 7 at ``k`` for a criterion that does not make it: no check."""
+    return None
+
+
+def _consistent_up_to(steps: Tensor, delta: Tensor, horizons: Tensor) -> Callable[[Tensor | int], Tensor | None]:
+    r"""Eq. 7 over the first ``k`` of the ``tau x n`` ``steps``, for any ``k``, from two minima over the horizons.
+
+    :func:`_same_sign` of the running extremes, in closed form: without a NaN among the first
+    ``k`` steps it passes while every one has ``delta``'s sign (``> 0``, ``< 0``, or a zero of
+    either sign where ``delta`` is zero or NaN), i.e. for ``k`` below the first step that has
+    not; with a NaN, exactly where ``delta`` is zero or NaN. The first such step and the first
+    NaN are minima over the horizon dimension, which ``torch.compile`` fuses into one loop
+    whatever ``tau``, where the running extremes were unrolled over it.
+    """
+    positive, negative = delta > 0, delta < 0
+    zero = ~(positive | negative)  # or NaN
+    signed = torch.where(positive, steps > 0, torch.where(negative, steps < 0, steps == 0))
+    never = torch.full_like(horizons, steps.shape[0] + 1)
+    first_out = torch.where(signed, never, horizons).amin(0)
+    first_nan = torch.where(steps != steps, horizons, never).amin(0)
+
+    def consistent(k: Tensor | int) -> Tensor:
+        return (k < first_out) | (zero & (k >= first_nan))
+
+    return consistent
 
 
 def predict_mask_assemble(
@@ -244,6 +279,8 @@ def predict_mask_assemble(
     accepted: Tensor | None = None,
     linear: bool = False,
     graded: bool = False,
+    drawn: Tensor | None = None,
+    jump_steps: Tensor | None = None,
 ) -> Tensor:
     r"""One parameter's prediction: returns integer counts ``[finite, consistency, lower, upper, accepted]``.
 
@@ -261,16 +298,22 @@ def predict_mask_assemble(
     (``PDT(jump="linear")``). ``graded``: ``coef`` is ``2 tau x h``, the steps then the
     displacements :math:`D_1..D_\tau`, and an element that fails at ``tau`` lands at the largest
     ``k`` whose checks pass (:mod:`torch_pdt.prediction`); the checks' counts are those at ``tau``.
+    ``drawn``: ``criterion="random"``'s draws, the elements it accepts where finite.
+    ``jump_steps``, if given (``2 x n``), receives for ``on_jump`` the predicted step at the landing
+    horizon (:math:`\Delta` itself with ``linear``) and :math:`\Delta`
+    (:data:`torch_pdt.prediction.OnChunk`).
     """
     h = len(rows)
     dtype = coef.dtype
     last = rows[-1].to(dtype)
     X = [r.to(dtype) - last for r in rows[:-1]]
 
-    def combination(k: int) -> Tensor:
-        acc = coef[k, h - 1] * last
+    def combination(c: Tensor) -> Tensor:
+        """``sum_j c[j] X_j``: ``c`` is one row of coefficients, or ``h x ...`` of them broadcast
+        against the elements (``h x tau x 1`` for every horizon, ``h x n`` for one per element)."""
+        acc = c[h - 1] * last
         for j in range(h - 1):
-            acc = acc + coef[k, j] * X[j]
+            acc = acc + c[j] * X[j]
         return acc
 
     if start_of_epoch:
@@ -279,8 +322,9 @@ def predict_mask_assemble(
         delta = last - rows[-2].to(dtype)
     origin = param.to(dtype) if origin_is_param else last
     bound = overflow_threshold(param.dtype)
+    needs_steps = criterion in ("pdt", "consistency_only")
 
-    def landing(k: int, displacement: Tensor) -> tuple[Tensor, Tensor]:
+    def landing(k: int | Tensor, displacement: Tensor) -> tuple[Tensor, Tensor]:
         """The new value at horizon ``k`` and whether it is finite in the parameter's dtype."""
         # Compared in the working precision against the smallest value that rounds to inf,
         # because inductor elided a round trip through the parameter's dtype (an fp16
@@ -288,34 +332,47 @@ def predict_mask_assemble(
         new = origin + (k * delta if linear else displacement)
         return new, new.abs() < bound
 
-    displacement = combination(2 * tau - 1 if graded else tau)
-    new, finite = landing(tau, displacement)
-    lows: list[Tensor | None] = [None] * tau
-    highs: list[Tensor | None] = [None] * tau
-    if criterion in ("pdt", "consistency_only"):  # running extremes of the steps' order keys
-        keys = [_order_key(combination(k)) for k in range(tau)]
-        lows[0], highs[0] = keys[0], keys[0]
-        for k in range(1, tau):
-            lows[k], highs[k] = torch.minimum(lows[k - 1], keys[k]), torch.maximum(highs[k - 1], keys[k])
-    checks = _checks(criterion, lows[-1], highs[-1], displacement, delta, tau)
-    accept = finite
-    for passed in checks.values():
-        accept = accept & passed
     if graded:
-        level = torch.where(accept, tau, 0)
-        for k in range(tau - 1, 0, -1):
-            D = combination(tau + k - 1)
-            candidate, ok = landing(k, D)
-            ok = ok & (level == 0)
-            for passed in _checks(criterion, lows[k - 1], highs[k - 1], D, delta, k).values():
-                ok = ok & passed
-            level = torch.where(ok, k, level)
-            new = torch.where(ok, candidate, new)
+        # Every horizon at once, as a tensor dimension: compiled, its loop is not unrolled over
+        # tau (compile time and code size independent of it). The element lands at the largest k
+        # whose checks pass, a maximum over that dimension.
+        horizons = torch.arange(1, tau + 1, dtype=torch.int32, device=last.device)[:, None]
+        consistent = _unchecked
+        if needs_steps:
+            consistent = _consistent_up_to(combination(coef[:tau].T[..., None]), delta, horizons)
+        D = combination(coef[tau:].T[..., None])
+        _, finite_k = landing(horizons, D)
+        ok = _all(finite_k, _checks(criterion, consistent(horizons), D, delta, horizons))
+        level = torch.where(ok, horizons, 0).amax(0)
+        chosen = combination(coef[tau - 1 + level.clamp(min=1)].T)
+        displacement = combination(coef[2 * tau - 1])
+        _, finite = landing(tau, displacement)
+        checks = _checks(criterion, consistent(tau), displacement, delta, tau)
         accept = level > 0
+        new, _ = landing(level.to(dtype), chosen)
+        last_step = combination(coef[(level - 1).clamp(min=0)].T)
         if accepted is not None:
             accepted.copy_(level)
-    elif accepted is not None:
-        accepted.copy_(accept)
+    else:
+        displacement = combination(coef[tau])
+        new, finite = landing(tau, displacement)
+        consistent = None
+        if needs_steps:  # the extremes of the steps' order keys
+            keys = [_order_key(combination(coef[k])) for k in range(tau)]
+            low, high = keys[0], keys[0]
+            for key in keys[1:]:
+                low, high = torch.minimum(low, key), torch.maximum(high, key)
+            consistent = _same_sign(low, high, delta)
+        checks = _checks(criterion, consistent, displacement, delta, tau)
+        accept = _all(finite, checks)
+        if drawn is not None:
+            accept = accept & drawn
+        last_step = combination(coef[tau - 1])
+        if accepted is not None:
+            accepted.copy_(accept)
+    if jump_steps is not None:
+        jump_steps[0].copy_(delta if linear else last_step)
+        jump_steps[1].copy_(delta)
     if write:
         param.copy_(torch.where(accept, new.to(param.dtype), param))
     # Two counts per int64 sum, the second in the high 32 bits (exact below 2^31 elements):
@@ -351,6 +408,12 @@ _OPTIONS = {
     # inductor compiles C++ with -ffp-contract=off by default; the pass is h (tau + 1)
     # multiply-adds per element, and fused ones are both faster and more accurate.
     "cpp.enable_floating_point_contract_flag": "fast",
+    # The graded pass's tau x n steps and displacements feed several reductions over the
+    # horizons; past inductor's default thresholds it stored both (8 tau bytes per element, and
+    # 3x slower at tau = 5) instead of recomputing them inside the one loop.
+    "realize_reads_threshold": 1000,
+    "realize_opcount_threshold": 10000,
+    "realize_acc_reads_threshold": 1000,
 }
 
 
@@ -386,9 +449,12 @@ seconds once, the fused passes save about 10 ns per element and step on CPU."""
 AUTO_MIN_TENSORS = 256
 """... or of at least this many tensors: the eager pass costs about 200 us per tensor and step."""
 
-AUTO_MAX_GRADED_HORIZON = 32
-"""... and, with ``graded=True``, a horizon of at most this: the graded loop is unrolled over the
-horizons, and its compile time grows with them (minutes at 130 on a loaded 2-core CPU)."""
+CALL_CHUNK = 1 << 18
+"""Elements per call of a prediction pass that keeps values per element: graded (its reductions
+over the horizons, three int32 values), ``on_jump`` (the steps it scales velocities by, two
+values and a byte) or ``criterion="random"`` (the draws, a byte): a few MB a call, within the
+``N`` values of extra memory PDT allows itself, and in cache between the loops of a call (the
+graded pass at 8M elements, one thread: 46 ms in calls of 2^18, 50-55 ms of 2^20, 47-86 ms in one)."""
 
 SMALL = 1 << 14
 """Parameters with fewer elements than this share one call per pass with their neighbours in
@@ -564,6 +630,17 @@ class FusedPasses:
         K[:, j, i] = upper
         return K
 
+    def _hand_over(self, group: _Group, start: int, accept: Tensor, jump_steps: Tensor, on_chunk: OnChunk) -> None:
+        """``on_chunk`` for each parameter of ``group`` with elements among the group's ``start:start + n``."""
+        stop = start + accept.numel()
+        offset = 0
+        for i in group.members:
+            lo, hi = max(start, offset), min(stop, offset + self.slots[i][2])
+            if lo < hi:
+                part = slice(lo - start, hi - start)
+                on_chunk(i, lo - offset, accept[part], jump_steps[0, part], jump_steps[1, part])
+            offset += self.slots[i][2]
+
     def predict(
         self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
     ) -> PassCounts:
@@ -572,14 +649,18 @@ class FusedPasses:
         ``rows``: the storage rows oldest first; ``coefficients``: float64 ``(tau + 1) x h``
         (graded: ``2 tau x h``), the predicted steps and the displacement as combinations of the
         snapshots; with ``scope="layer"`` one per parameter, ``None`` for a parameter without a
-        fit, whose elements are kept and counted as passing every check. The ``hooks`` of the eager
-        pass (``on_chunk`` for ``on_jump``, ``draws`` for the random criterion) are refused:
-        :func:`torch_pdt.passes.choose` never gives such a plan here.
+        fit, whose elements are kept and counted as passing every check. The ``hooks`` are the
+        eager pass's: ``on_chunk`` (:data:`~torch_pdt.prediction.OnChunk`, for ``on_jump``) is
+        called per parameter and call, as the eager pass calls it per chunk; ``draws``
+        (:class:`~torch_pdt.criteria.RandomDraws`) are drawn in the eager pass's element order.
         """
-        if hooks or plan.criterion not in KERNEL_CRITERIA:
-            raise ValueError("the compiled pass runs neither on_jump other than 'keep' nor criterion='random'")
+        on_chunk: OnChunk | None = hooks.get("on_chunk")
+        draws: criteria.RandomDraws | None = hooks.get("draws")
         per_layer = not isinstance(coefficients, Tensor)
         tau, graded = plan.horizon, plan.graded
+        random = plan.criterion == "random"
+        if random and draws is None:
+            raise ValueError("criterion 'random' needs its generators (draws)")
         level_dtype = torch.int8 if tau <= torch.iinfo(torch.int8).max else torch.int32
         coefs: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
         totals: dict[torch.device, Tensor] = {}
@@ -603,22 +684,32 @@ class FusedPasses:
                 if key not in coefs:
                     coefs[key] = ring_coefficients(mine, key[2], key[1], rows)
                 accepted = None
-                if group.staged or graded:
+                if group.staged or graded or on_chunk is not None:
                     accepted = torch.empty(param.shape, dtype=level_dtype, device=param.device)
-                counts = self._predict(
-                    [storage[j] for j in rows],
-                    param,
-                    coefs[key],
-                    tau,
-                    plan.criterion,
-                    plan.start_of_epoch,
-                    plan.write,
-                    plan.origin_is_param,
-                    accepted,
-                    plan.linear,
-                    graded,
-                )
-                counts = counts.to(torch.int64)
+                step = CALL_CHUNK if graded or random or on_chunk is not None else param.numel()
+                counts = torch.zeros(5, dtype=torch.int64, device=param.device)
+                for start in range(0, param.numel(), step):
+                    stop = min(start + step, param.numel())
+                    jump_steps = None
+                    if on_chunk is not None:
+                        jump_steps = torch.empty(2, stop - start, dtype=key[2], device=param.device)
+                    counts += self._predict(
+                        [storage[j, start:stop] for j in rows],
+                        param[start:stop],
+                        coefs[key],
+                        tau,
+                        plan.criterion,
+                        plan.start_of_epoch,
+                        plan.write,
+                        plan.origin_is_param,
+                        None if accepted is None else accepted[start:stop],
+                        plan.linear,
+                        graded,
+                        draws.mask(param[start:stop], plan.ratio) if random else None,
+                        jump_steps,
+                    )
+                    if on_chunk is not None:
+                        self._hand_over(group, start, accepted[start:stop] > 0, jump_steps, on_chunk)
                 add(totals, counts)
                 if graded:
                     add(levels, torch.bincount(accepted, minlength=tau + 1))  # of the bytes: no int64 copy

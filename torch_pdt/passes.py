@@ -92,8 +92,8 @@ class Passes(Protocol):
     def predict(
         self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
     ) -> PassCounts:
-        """``hooks``: the eager pass's ``on_chunk`` (:data:`torch_pdt.prediction.OnChunk`, for
-        ``on_jump``) and ``draws`` (the random criterion's generators); the compiled pass takes none."""
+        """``hooks``: ``on_chunk`` (:data:`torch_pdt.prediction.OnChunk`, for ``on_jump``) and
+        ``draws`` (the random criterion's generators)."""
 
 
 class Backend:
@@ -103,7 +103,8 @@ class Backend:
     call and every later one (one warning); under ``kernel="compiled"`` the error propagates.
     A prediction pass that fails part-way is redone eagerly only where the parameters it may
     have written can be restored exactly from the newest snapshot (end-of-epoch snapshots,
-    stored exactly); otherwise its error propagates.
+    stored exactly) and it has not yet touched the optimizer's state (``on_jump``); otherwise
+    its error propagates.
 
     Args:
         history: the snapshot ring the passes read and write.
@@ -145,12 +146,23 @@ class Backend:
         self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
     ) -> PassCounts:
         if self.compiled is not None:
+            touched: list[bool] = []  # velocities scaled by on_jump cannot be restored
+            # Only the hooks the plan uses: a wrapper of the compiled passes may take none.
+            noted = {"draws": hooks["draws"]} if plan.criterion == "random" and "draws" in hooks else {}
+            on_chunk = hooks.get("on_chunk")
+            if on_chunk is not None:
+
+                def on_chunk_noted(*args: Any) -> None:
+                    touched.append(True)
+                    on_chunk(*args)
+
+                noted["on_chunk"] = on_chunk_noted
             try:
-                return self.compiled.predict(flats, rows, coefficients, plan)
+                return self.compiled.predict(flats, rows, coefficients, plan, **noted)
             except Exception as e:
                 # Parameters written before the failure are restored from the newest snapshot,
                 # which holds them exactly only at the end of an epoch and in their own dtype.
-                if self.kernel == "compiled" or plan.start_of_epoch or not self._history.exact:
+                if self.kernel == "compiled" or plan.start_of_epoch or not self._history.exact or touched:
                     raise
                 self._history.copy_newest_to(flats)
                 self._fall_back(e)
@@ -164,19 +176,16 @@ def choose(history: SnapshotHistory, config: PDTConfig, flats: Sequence[Tensor],
     the elements of the whole model.
 
     ``kernel="compiled"`` raises ``ValueError`` (before any snapshot) where the compiled passes
-    cannot run: the criterion ``"random"``, ``on_jump`` other than ``"keep"``, snapshots on
-    another device than the parameters, no compiler, or a compiler that fails on a probe.
+    cannot run: snapshots on another device than the parameters, no compiler, or a compiler that
+    fails on a probe.
     ``"auto"`` also stays eager for a small model (:data:`~torch_pdt.kernel.AUTO_MIN_NUMEL`
-    elements and :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS` tensors) and for a graded horizon
-    beyond :data:`~torch_pdt.kernel.AUTO_MAX_GRADED_HORIZON`.
+    elements and :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS` tensors).
     """
     storage, _ = history.layout()
     devices = {f.device for f in flats}
     unsupported = [
         reason
         for reason, applies in (
-            ("criterion='random'", config.criterion not in kernel.KERNEL_CRITERIA),
-            (f"on_jump={config.on_jump!r}", config.on_jump != "keep"),
             ("snapshots on another device", {s.device for s in storage} != devices),
             ("no compiler for " + ", ".join(sorted(map(str, devices))), not all(map(kernel.compiles, devices))),
         )
@@ -185,16 +194,13 @@ def choose(history: SnapshotHistory, config: PDTConfig, flats: Sequence[Tensor],
     if config.kernel == "compiled" and unsupported:
         raise ValueError(f"kernel='compiled' is not available here: {'; '.join(unsupported)}")
     small = numel < kernel.AUTO_MIN_NUMEL and len(flats) < kernel.AUTO_MIN_TENSORS
-    long_graded = config.graded and config.horizon > kernel.AUTO_MAX_GRADED_HORIZON
-    if config.kernel == "eager" or unsupported or (config.kernel == "auto" and (small or long_graded)):
+    if config.kernel == "eager" or unsupported or (config.kernel == "auto" and small):
         if config.kernel == "eager":
             reason = "kernel='eager'"
         elif unsupported:
             reason = "; ".join(unsupported)
-        elif small:
-            reason = "a small model"
         else:
-            reason = f"graded=True at horizon {config.horizon} > {kernel.AUTO_MAX_GRADED_HORIZON}: slow to compile"
+            reason = "a small model"
         logger.info("PDT runs the eager passes (%s)", reason)
         return Backend(history, config)
     if config.kernel == "compiled":

@@ -78,10 +78,10 @@ class PDT:
     ``"eager"`` (chunked torch operations), or ``"auto"`` (default): compiled where
     ``torch.compile`` can build kernels (a C++ compiler on CPU, Triton on GPU) and it pays off
     (:data:`~torch_pdt.kernel.AUTO_MIN_NUMEL` elements or :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS`
-    tensors, and graded horizons up to :data:`~torch_pdt.kernel.AUTO_MAX_GRADED_HORIZON`), else
+    tensors), else
     eager, and eager from then on if compiling fails; one log line says which.
-    The compiled passes cover every criterion but ``"random"``, with ``on_jump="keep"`` and the
-    snapshots on the parameters' devices, and decide as the eager ones up to rounding
+    The compiled passes cover every criterion and ``on_jump``, with the snapshots on the
+    parameters' devices, and decide as the eager ones up to rounding
     (:data:`~torch_pdt.kernel.DECISION_BOUND`).
 
     With ``every_n_steps=K`` (step mode) PDT steps itself after every ``K`` optimizer steps
