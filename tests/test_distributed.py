@@ -418,3 +418,28 @@ def test_a_closed_or_dropped_distributed_pdt_stops_counting_and_stepping():
         opt.step()  # and nothing steps it
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("options", [{"criterion": "random"}, {"on_jump": "rescale"}])
+def test_compiled_distributed_pdt_runs_the_options_whose_passes_take_hooks(options):
+    """The random criterion's draws and on_jump's velocity hook reach the compiled pass through the
+    ranks' agreed wrapper (under kernel='compiled' a pass that cannot take them raises)."""
+    from torch_pdt.distributed import DistributedPDT
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(20, 6)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        pdt = DistributedPDT(opt, history=3, horizon=2, start_epoch=2, kernel="compiled", **options)
+        x, y = torch.randn(64, 20), torch.randn(64, 6)
+        predicted = []
+        for _ in range(4):
+            for _ in range(3):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+            predicted.append(pdt.step()["predicted"])
+        assert any(predicted) and pdt._passes.compiled is not None
+    finally:
+        dist.destroy_process_group()

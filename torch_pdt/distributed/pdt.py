@@ -205,9 +205,14 @@ class _AgreedPasses:
         return self._agreed("second Gram pass", lambda: self.fused.gram(rows, W))
 
     def predict(
-        self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: passes.Plan
+        self,
+        flats: Sequence[Tensor],
+        rows: Sequence[int],
+        coefficients: Coefficients,
+        plan: passes.Plan,
+        **hooks: Any,
     ) -> PassCounts:
-        return self._agreed("prediction pass", lambda: self.fused.predict(flats, rows, coefficients, plan))
+        return self._agreed("prediction pass", lambda: self.fused.predict(flats, rows, coefficients, plan, **hooks))
 
 
 class DistributedPDT(PDT, Joinable):
