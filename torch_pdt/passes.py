@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -101,10 +101,13 @@ class Backend:
 
     Under ``kernel="auto"`` a compiled pass that raises is replaced by the eager one, for this
     call and every later one (one warning); under ``kernel="compiled"`` the error propagates.
-    A prediction pass that fails part-way is redone eagerly only where the parameters it may
-    have written can be restored exactly from the newest snapshot (end-of-epoch snapshots,
-    stored exactly) and it has not yet touched the optimizer's state (``on_jump``); otherwise
-    its error propagates.
+    A prediction pass that fails part-way is redone eagerly where the parameters it may have
+    written can be restored exactly and it has not yet touched the optimizer's state
+    (``on_jump``); otherwise its error propagates. The newest snapshot restores them at the end
+    of an epoch when stored exactly; elsewhere (start-of-epoch snapshots, ``storage="bf16"``)
+    the first call of each kind of pass, the one that compiles, runs beside a copy of the
+    parameters: a compile failure, the failure ``"auto"`` exists for, then loses nothing, for
+    one transient copy of the parameters per kind of pass.
 
     Args:
         history: the snapshot ring the passes read and write.
@@ -117,6 +120,7 @@ class Backend:
         self.eager = prediction.EagerPasses(*history.layout(), chunk_size=config.chunk_size, scope=config.scope)
         self.compiled = compiled
         self._history = history
+        self._compiled_kinds: set[tuple[Any, ...]] = set()
 
     def _fall_back(self, error: Exception) -> None:
         if self.kernel == "compiled":
@@ -157,15 +161,26 @@ class Backend:
                     on_chunk(*args)
 
                 noted["on_chunk"] = on_chunk_noted
+            # The newest snapshot holds the parameters exactly only at the end of an epoch and in
+            # their own dtype; elsewhere a pass of a kind not yet compiled runs beside a copy.
+            from_snapshot = not plan.start_of_epoch and self._history.exact
+            kind = (replace(plan, ratio=0.0), on_chunk is not None)  # one graph serves every ratio
+            copies = None
+            if self.kernel == "auto" and plan.write and not from_snapshot and kind not in self._compiled_kinds:
+                copies = [f.clone() for f in flats]
             try:
-                return self.compiled.predict(flats, rows, coefficients, plan, **noted)
+                counts = self.compiled.predict(flats, rows, coefficients, plan, **noted)
             except Exception as e:
-                # Parameters written before the failure are restored from the newest snapshot,
-                # which holds them exactly only at the end of an epoch and in their own dtype.
-                if self.kernel == "compiled" or plan.start_of_epoch or not self._history.exact or touched:
+                if self.kernel == "compiled" or touched or not (from_snapshot or copies is not None):
                     raise
-                self._history.copy_newest_to(flats)
+                if from_snapshot:
+                    self._history.copy_newest_to(flats)
+                else:
+                    torch._foreach_copy_(list(flats), copies)
                 self._fall_back(e)
+            else:
+                self._compiled_kinds.add(kind)
+                return counts
         return self.eager.predict(flats, rows, coefficients, plan, **hooks)
 
 
