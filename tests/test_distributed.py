@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import weakref
@@ -27,6 +28,13 @@ _spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
 worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(worker)  # the model and PDT settings the ranks use
 WORLD = 2
+
+
+def free_port() -> str:
+    """A TCP port free on this machine now, for a launch's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def launch(

@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from test_distributed import free_port
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -29,11 +30,6 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("distributed_accelerate_worker.py")
 WORLD = 2
 
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def accelerate_launch(out: Path, timeout: float) -> subprocess.CompletedProcess:

@@ -13,8 +13,7 @@ import sys
 import pytest
 import torch
 
-from test_distributed import launch
-from test_distributed_lightning import free_port
+from test_distributed import free_port, launch
 from torch_pdt import PDT
 
 

@@ -5,24 +5,18 @@ One launch, about 20 s on a loaded 2-core machine (three fits per rank), so mark
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_distributed import launch
+from test_distributed import free_port, launch
 
 pytest.importorskip("lightning.pytorch")
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("distributed_lightning_worker.py")
 
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def test_lightning_fsdp2_saves_and_resumes_pdt_bit_exactly(tmp_path):
