@@ -61,7 +61,7 @@ from typing import Any
 
 from .metrics import by_method, summarize
 from .plots import plane_words
-from .records import load_runs, write_text
+from .records import STORE, load_runs, write_text
 from .report import HELD_OUT, did_not_learn, link, markdown_table, no_effect, no_effect_cell, percent_change
 
 __all__ = ["add_command", "load_targets", "write_results"]
@@ -654,17 +654,25 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
     ``notes``, the hand-written account of how the study was run (linked, not copied: one source)."""
     targets = targets or {}
     studies = []
-    for summary_path in sorted(study.glob("*/summary.json")):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{summary_path}: not a compare summary ({e})") from None
-        if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
-            raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
+    # A study is a directory with a summary or a run store: the tree keeps the stores, and a summary
+    # is derived data (written by `compare`, left out of git to keep docs/results small).
+    found = {p.parent for p in study.glob("*/summary.json")} | {p.parent for p in study.glob(f"*/{STORE}")}
+    for directory in sorted(found):
+        summary_path = directory / "summary.json"
+        summary = {"methods": {}, "reference": "baseline", "seeds": []}  # compare's default reference
+        if summary_path.exists():
+            try:
+                summary = json.loads(summary_path.read_text())
+            except ValueError as e:
+                raise ValueError(f"{summary_path}: not a compare summary ({e})") from None
+            if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
+                raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
         # Summarised again from the runs where they are: a summary written before a figure existed shows it.
-        if runs := load_runs(summary_path.parent):
+        if runs := load_runs(directory):
             summary = summarize(runs, reference=summary["reference"])
-        studies.append((summary_path.parent.name, summary_path.parent, summary))
+        elif not summary_path.exists():
+            continue
+        studies.append((directory.name, directory, summary))
     unknown = sorted(set(targets) - {name for name, _, _ in studies} - set(SECTIONS))
     if unknown and studies:
         print(f"targets for studies not under {study}: {', '.join(unknown)}", file=sys.stderr)
