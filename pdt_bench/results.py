@@ -598,6 +598,8 @@ def _tuned(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, Any]
         "'PDT on schedule-free': each point PDT moves (`@point=`), in epochs to schedule-free's own best "
         "training loss at the same lr, seed by seed.\n\n" + markdown_table(headers, rows)
     )
+    if missing := [n for n in listed if n not in {name for name, _, _ in ran}]:
+        lines.append(f"Not run yet (counted as missing): {', '.join(missing)}")
     if lines:
         text += "\n\n" + "\n".join(f"- {line}" for line in lines)
     return text, lines

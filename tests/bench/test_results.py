@@ -239,7 +239,7 @@ def test_tuned_targets_count_studies_with_the_measured_numbers(tmp_path, capsys)
             continue
         summary = {"methods": {}, "reference": "baseline", "seeds": [0, 1]}
         (tmp_path / study / "summary.json").write_text(json.dumps(summary))
-    want = {"studies": list(hits), "held_out": 0.2, "held_out_studies": 2, "accuracy_tolerance": 0.003,
+    want = {"studies": [*hits, "v3-d"], "held_out": 0.2, "held_out_studies": 2, "accuracy_tolerance": 0.003,
             "stacked": 0.15, "stacked_studies": 1, "ahead_of": ["lawa", "random-mask"], "ahead_studies": 1}
     targets = tmp_path / "targets.json"
     targets.write_text(json.dumps({"tuned": want}))
@@ -256,6 +256,7 @@ def test_tuned_targets_count_studies_with_the_measured_numbers(tmp_path, capsys)
     assert "best training loss, on ≥ 1 studies: 1 of 3 (v3-a (`pdt-schedule-free@lr=0.5`)); **reached**" in section
     assert "PDT ahead of `lawa` and `random-mask` in epochs to the tuned baseline's best val acc, on ≥ 1 studies: " \
         "2 of 3 (v3-a, v3-c); **reached**" in section
+    assert "- Not run yet (counted as missing): v3-d" in section
     # The page puts the section right after the headline, and `results` prints every target line.
     assert text.index("## At the tuned configuration") < text.index("## v3-a")
     assert "not reached: 1 instead of 2" in capsys.readouterr().out
