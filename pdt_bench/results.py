@@ -56,6 +56,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -717,8 +718,8 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
     tuned, tuned_lines = _tuned(studies, targets.get("tuned", {}))
     if tuned:
         parts.insert(2, tuned)
-        for line in tuned_lines:
-            print(line.replace("**", ""))
+        for line in tuned_lines:  # a terminal's 100 columns
+            print(textwrap.fill(line.replace("**", ""), 100, subsequent_indent="  "))
     if variants := _variants(studies, targets.get("variants", {})):
         parts.append(variants)
     if step_mode := _step_mode(study, out, targets.get("steps", {})):
