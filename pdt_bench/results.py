@@ -27,6 +27,21 @@ a lead of at least ``lead`` with a mean final accuracy at most ``accuracy_tolera
 on at least ``studies`` studies; ``not_counted`` names studies shown but not counted (a search
 on the seeds of another study is not one more study).
 
+The key ``"tuned"`` sets targets across the studies it lists, each run at its tuned configuration
+(the reference is the baseline at its tuned lr; ``scripts/study.sh``'s v3 studies)::
+
+    {"tuned": {"studies": ["v3-a", "v3-b"], "held_out": 0.2, "held_out_studies": 3,
+               "accuracy_tolerance": 0.003, "stacked": 0.15, "stacked_studies": 2,
+               "ahead_of": ["lawa", "random-mask"], "ahead_studies": 4}}
+
+``held_out``: PDT's median reduction in epochs to the reference's best validation accuracy, with a
+mean final accuracy at most ``accuracy_tolerance`` below, on ``held_out_studies`` studies;
+``stacked``: PDT on schedule-free (``pdt-schedule-free...``) against schedule-free at the same lr
+(``schedule-free...``, the name without ``pdt-`` and ``@point=``): its median reduction in epochs
+to schedule-free's best training loss, seed by seed, at the better point run, on
+``stacked_studies`` studies; ``ahead_of``: PDT reaches the reference's best validation accuracy in
+fewer epochs (median) than each of these methods, on ``ahead_studies`` studies.
+
 The step-mode studies of ``pdt-bench steps`` under ``STUDY/steps/<name>/`` get a section of their
 own; the targets file's ``"steps"`` key, ``{"fewer": 0.15}``, is the median share of fewer steps
 to the baseline's best held-out loss that a method run on at least three seeds must reach.
@@ -41,12 +56,13 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from .metrics import by_method, summarize
 from .plots import plane_words
-from .records import load_runs, write_text
+from .records import STORE, load_runs, write_text
 from .report import HELD_OUT, did_not_learn, link, markdown_table, no_effect, no_effect_cell, percent_change
 
 __all__ = ["add_command", "load_targets", "write_results"]
@@ -74,7 +90,17 @@ VARIANTS = ("pdt", "pdt-linear", "pdt-layer", "pdt-graded", "pdt-layer-graded", 
 before any ``@`` is one of these, other than ``pdt`` alone, is a variant."""
 VARIANT_KEYS = {"lead": float, "accuracy_tolerance": float, "studies": int, "not_counted": list}
 STEPS_KEYS = {"fewer": float}
-SECTIONS = {"variants": VARIANT_KEYS, "steps": STEPS_KEYS}
+TUNED_KEYS = {
+    "studies": list,
+    "held_out": float,
+    "held_out_studies": int,
+    "accuracy_tolerance": float,
+    "stacked": float,
+    "stacked_studies": int,
+    "ahead_of": list,
+    "ahead_studies": int,
+}
+SECTIONS = {"variants": VARIANT_KEYS, "steps": STEPS_KEYS, "tuned": TUNED_KEYS}
 """Keys of the targets file that are not studies but sections of the page, with their own keys."""
 
 
@@ -454,6 +480,141 @@ def _variants(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, A
     return text
 
 
+def _stacked(directory: Path, methods: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """PDT on schedule-free against schedule-free at the same lr: stacked method -> its summary with
+    schedule-free as the reference (TTB to schedule-free's best training loss, seed by seed)."""
+    pairs = {}
+    for name in methods:
+        if name.split("@")[0] != "pdt-schedule-free":
+            continue
+        plain = "@".join(p for p in name.removeprefix("pdt-").split("@") if not p.startswith("point="))
+        if plain in methods:
+            pairs[name] = plain
+    if not pairs:
+        return {}
+    runs = load_runs(directory)
+    out = {}
+    for stacked, plain in pairs.items():
+        chosen = [r for r in runs if r["method"] in (stacked, plain)]
+        out[stacked] = summarize(chosen, reference=plain)["methods"][stacked] | {"reference": plain}
+    return out
+
+
+def _point(stacked: str) -> str:
+    """The schedule-free sequence a ``pdt-schedule-free`` method moves (``eval`` unless ``@point=`` says)."""
+    return next((p.split("=")[1] for p in stacked.split("@") if p.startswith("point=")), "eval")
+
+
+def _faster(ours: float | None, theirs: float | None) -> bool:
+    """A median reduction ahead of another (a miss, ``None``, is behind every reach)."""
+    return ours is not None and (theirs is None or ours > theirs)
+
+
+def _tuned(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, Any]) -> tuple[str, list[str]]:
+    """The section on the studies at their tuned configuration (the targets file's ``"tuned"``): a row
+    per study, then each target with its measured count; ("", []) when none of them ran."""
+    listed = want.get("studies", [])
+    ran = [(n, d, s) for n, d, s in studies if n in listed and PDT in s["methods"]]
+    if not ran:
+        return "", []
+    tolerance = want.get("accuracy_tolerance", ACCURACY_TOLERANCE)
+    peers = want.get("ahead_of", [])
+    rows, met = [], {"held_out": [], "stacked": [], "ahead": []}
+    for name, directory, summary in ran:
+        methods, reference = summary["methods"], summary["reference"]
+        pdt, base = methods[PDT], methods[reference]
+        reduction = pdt["reduction_acc_epochs"]["median"]
+        gap = pdt["final_val_acc"]["mean"] - base["final_val_acc"]["mean"]
+        if "held_out" in want and reduction is not None and reduction >= want["held_out"] and gap >= -tolerance:
+            met["held_out"].append(name)
+        stacked = _stacked(directory, methods)
+        gains = {n: m["reduction_loss_epochs"]["median"] for n, m in stacked.items()}
+        cells = [f"{_epochs(m, 'loss')}, {percent_change(gains[n])}" for n, m in stacked.items()]
+        best = max(gains, key=lambda n: -math.inf if gains[n] is None else gains[n], default=None)
+        best_reduction = None if best is None else gains[best]
+        if "stacked" in want and best_reduction is not None and best_reduction >= want["stacked"]:
+            met["stacked"].append(f"{name} (`{best}`)")
+        ahead = []
+        for peer in peers:
+            theirs = methods[peer]["reduction_acc_epochs"]["median"] if peer in methods else None
+            ahead.append(peer in methods and _faster(reduction, theirs))
+        if peers and all(ahead):
+            met["ahead"].append(name)
+        rows.append(
+            [
+                name,
+                str(pdt["compared"]),
+                _epochs(base, "acc"),
+                f"{_epochs(pdt, 'acc')}, {percent_change(reduction)}",
+                f"{100 * gap:+.2f}",
+                *(
+                    f"{_epochs(methods[p], 'acc')}, {percent_change(methods[p]['reduction_acc_epochs']['median'])}"
+                    if p in methods
+                    else "not run"
+                    for p in peers
+                ),
+                "; ".join(f"{n}: {_epochs(methods[n], 'acc')}" for n in methods if n.split("@")[0] == "schedule-free")
+                or "not run",
+                "; ".join(f"{_point(n)}: {c}" for n, c in zip(stacked, cells)) or "not run",
+            ]
+        )
+    headers = ["study", "seeds", "tuned baseline", "PDT", "PDT acc", *peers, "schedule-free", "PDT on schedule-free"]
+    lines = []
+    total = len(ran)
+    if "held_out" in want:
+        lines.append(
+            _count_line(
+                f"PDT ≥ {100 * want['held_out']:.0f}% fewer epochs to the tuned baseline's best val acc, "
+                f"final accuracy at most {100 * tolerance:.1f} points lower",
+                met["held_out"],
+                total,
+                want.get("held_out_studies"),
+            )
+        )
+    if "stacked" in want:
+        lines.append(
+            _count_line(
+                f"PDT on schedule-free ≥ {100 * want['stacked']:.0f}% fewer epochs to schedule-free's best "
+                "training loss",
+                met["stacked"],
+                total,
+                want.get("stacked_studies"),
+            )
+        )
+    if peers:
+        lines.append(
+            _count_line(
+                f"PDT ahead of {' and '.join(f'`{p}`' for p in peers)} in epochs to the tuned baseline's best val acc",
+                met["ahead"],
+                total,
+                want.get("ahead_studies"),
+            )
+        )
+    text = (
+        "## At the tuned configuration: PDT against what practitioners run\n\n"
+        "Each study's reference is the baseline at its tuned learning rate (chosen by final validation accuracy). "
+        "Epochs to the tuned baseline's best validation accuracy: median (min–max) over seeds, how many reached "
+        "it, and the median reduction; 'PDT acc': PDT's mean final accuracy against the tuned baseline's, in "
+        "points. 'schedule-free' (at its tuned lr): its epochs to the tuned baseline's best validation accuracy. "
+        "'PDT on schedule-free': each point PDT moves (`@point=`), in epochs to schedule-free's own best "
+        "training loss at the same lr, seed by seed.\n\n" + markdown_table(headers, rows)
+    )
+    if missing := [n for n in listed if n not in {name for name, _, _ in ran}]:
+        lines.append(f"Not run yet (counted as missing): {', '.join(missing)}")
+    if lines:
+        text += "\n\n" + "\n".join(f"- {line}" for line in lines)
+    return text, lines
+
+
+def _count_line(words: str, met: list[str], total: int, needed: int | None) -> str:
+    """A target over studies: how many met it, which, and reached or not with the count it needed."""
+    where = f" ({', '.join(met)})" if met else ""
+    if needed is None:
+        return f"{words}: {len(met)} of {total} studies{where}"
+    verdict = "**reached**" if len(met) >= needed else f"**not reached**: {len(met)} instead of {needed}"
+    return f"{words}, on ≥ {needed} studies: {len(met)} of {total}{where}; {verdict}"
+
+
 def _step_mode(study: Path, out: Path, want: dict[str, Any]) -> str:
     """The section on the ``pdt-bench steps`` studies under ``study/steps/``: each one's table, plot and
     link, and the best method on three seeds or more against ``want["fewer"]``; "" when there are none."""
@@ -496,17 +657,25 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
     ``notes``, the hand-written account of how the study was run (linked, not copied: one source)."""
     targets = targets or {}
     studies = []
-    for summary_path in sorted(study.glob("*/summary.json")):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{summary_path}: not a compare summary ({e})") from None
-        if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
-            raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
+    # A study is a directory with a summary or a run store: the tree keeps the stores, and a summary
+    # is derived data (written by `compare`, left out of git to keep docs/results small).
+    found = {p.parent for p in study.glob("*/summary.json")} | {p.parent for p in study.glob(f"*/{STORE}")}
+    for directory in sorted(found):
+        summary_path = directory / "summary.json"
+        summary = {"methods": {}, "reference": "baseline", "seeds": []}  # compare's default reference
+        if summary_path.exists():
+            try:
+                summary = json.loads(summary_path.read_text())
+            except ValueError as e:
+                raise ValueError(f"{summary_path}: not a compare summary ({e})") from None
+            if not isinstance(summary, dict) or not {"methods", "reference", "seeds"} <= set(summary):
+                raise ValueError(f"{summary_path}: not a compare summary (no methods, reference or seeds)")
         # Summarised again from the runs where they are: a summary written before a figure existed shows it.
-        if runs := load_runs(summary_path.parent):
+        if runs := load_runs(directory):
             summary = summarize(runs, reference=summary["reference"])
-        studies.append((summary_path.parent.name, summary_path.parent, summary))
+        elif not summary_path.exists():
+            continue
+        studies.append((directory.name, directory, summary))
     unknown = sorted(set(targets) - {name for name, _, _ in studies} - set(SECTIONS))
     if unknown and studies:
         print(f"targets for studies not under {study}: {', '.join(unknown)}", file=sys.stderr)
@@ -546,6 +715,11 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
             )
             + _landscape(directory, rel)
         )
+    tuned, tuned_lines = _tuned(studies, targets.get("tuned", {}))
+    if tuned:
+        parts.insert(2, tuned)
+        for line in tuned_lines:  # a terminal's 100 columns
+            print(textwrap.fill(line.replace("**", ""), 100, subsequent_indent="  "))
     if variants := _variants(studies, targets.get("variants", {})):
         parts.append(variants)
     if step_mode := _step_mode(study, out, targets.get("steps", {})):

@@ -8,6 +8,10 @@
 #   bash scripts/study.sh                                  # everything, then docs/results.md
 #   STUDIES="mnist1d-mlp-sgd toy" bash scripts/study.sh     # some studies, then the page
 #   STUDIES=none bash scripts/study.sh                      # only rewrite the page
+#   STUDIES=v3 JOBS=2 bash scripts/study.sh                 # the v3 studies only (issue 21)
+# The v3 studies (v3-<task>, after the v2 ones by default) ask what practitioners run: each task's
+# baseline and schedule-free tuned by an lr sweep (v3-<task>-lr, chosen by final validation
+# accuracy), then PDT, the controls, LAWA and schedule-free (alone and under PDT) at the tuned lrs.
 # The step-mode study is scripts/study-steps.sh.
 source "$(dirname "$0")/env.sh"
 out="${OUT:-docs/results}"
@@ -69,8 +73,66 @@ search() {
   compare --out "$out/search-mnist1d-mlp-sgd" --seeds 0,1,2 --methods "$grid" --task mnist1d-mlp
 }
 
+# The tuned learning rate of PREFIX (a method: `baseline`, `schedule-free`) in a compare directory:
+# the highest mean final validation accuracy over `PREFIX@lr=X` and PREFIX itself, whose rate is
+# DEFAULT (the task's); a rate that diverged on any seed is out. Ties go to the first in the
+# summary's order.
+best_lr_by_acc() {
+  python - "$@" <<'PY'
+import json, sys
+path, prefix, default = sys.argv[1:]
+s = json.load(open(f"{path}/summary.json"))["methods"]
+lrs = {name: float(name.split("=")[1]) for name in s if name.startswith(f"{prefix}@lr=")}
+if prefix in s:
+    lrs[prefix] = float(default)
+lrs = {n: lr for n, lr in lrs.items() if not s[n]["diverged"] and s[n]["final_val_acc"]["mean"] is not None}
+print(f"{lrs[max(lrs, key=lambda n: s[n]['final_val_acc']['mean'])]:g}" if lrs else "")
+PY
+}
+
+# A v3 study (issue 21): what practitioners run. NAME is the study, DEFAULT_LR the task's lr,
+# BASE_LRS and SF_LRS the swept lrs (comma-separated, log-spaced around the task's and around
+# schedule-free's default), then the compare options. The sweep (seeds $sweep_seeds) goes to
+# v3-NAME-lr; the baseline and schedule-free are each tuned by final validation accuracy; then at
+# the tuned lrs, in priority order on seeds 0-2 (v3-NAME): PDT and the controls, schedule-free and
+# PDT stacked on it (both points), the tuned baseline compressed to PDT's epochs, PDT with EMA.
+sweep_seeds="${SWEEP_SEEDS:-0}"
+v3_core=baseline,pdt,random-mask,lawa,pdt-lawa
+v3() {
+  local name="$1" default_lr="$2" base_lrs="$3" sf_lrs="$4"
+  shift 4
+  local sweep="$out/v3-$name-lr" sf_methods="" lr
+  for lr in ${sf_lrs//,/ }; do sf_methods+=",schedule-free@lr=$lr"; done
+  compare --out "$sweep" --seeds "$sweep_seeds" --methods "baseline" --lr-sweep "$base_lrs" "$@"
+  compare --out "$sweep" --seeds "$sweep_seeds" --methods "baseline$sf_methods" --lr-sweep "$base_lrs" "$@"
+  local base sf
+  base="$(best_lr_by_acc "$sweep" baseline "$default_lr")"
+  sf="$(best_lr_by_acc "$sweep" schedule-free "$default_lr")"
+  echo "v3-$name: tuned lr $base (baseline), $sf (schedule-free), by final val acc on seeds $sweep_seeds" >&2
+  [ -n "$base" ] && [ -n "$sf" ] || return 1
+  local dir="$out/v3-$name" methods="$v3_core"
+  compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
+  methods+=",schedule-free@lr=$sf,pdt-schedule-free@lr=$sf"
+  compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
+  local e
+  e="$(pdt_epochs "$dir")"
+  [ -n "$e" ] && methods+=",baseline@epochs=$e"
+  methods+=",pdt-schedule-free@lr=$sf@point=train,pdt-ema"
+  compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
+}
+
 run_study() {
   case "$1" in
+    v3-mnist1d-cnn-sgd) v3 mnist1d-cnn-sgd 0.05 0.1,0.2,0.4,0.8 0.25,0.5,1,2,4 --task mnist1d-cnn ;;
+    v3-mnist1d-mlp-sgd) v3 mnist1d-mlp-sgd 0.05 0.1,0.2,0.4,0.8,1.6,3.2 0.25,0.5,1,2,4,8 --task mnist1d-mlp ;;
+    v3-mnist1d-mlp-adam)
+      v3 mnist1d-mlp-adam 0.001 0.0005,0.002,0.004,0.008 0.0005,0.001,0.002,0.004,0.008,0.016 \
+        --task mnist1d-mlp --optimizer adam --lr 0.001 --eta-min 1e-5
+      ;;
+    v3-agnews-transformer)
+      v3 agnews-transformer 0.0005 0.00025,0.001,0.002,0.004 0.00025,0.0005,0.001,0.002,0.004 --task agnews-transformer
+      ;;
+    v3-cifar10-resnet-recipe) v3 cifar10-resnet-recipe 0.1 0.05,0.2,0.4 0.25,0.5,1,2 --task cifar10-resnet-recipe ;;
     cifar10-fcn-paper)
       study "$1" "$three" --task cifar10-fcn
       compare --out "$out/$1" --seeds "$three" --methods "$all_methods,pdt-fresh-bn" --task cifar10-fcn
@@ -97,7 +159,11 @@ run_study() {
 }
 
 # STUDIES picks some, in order (e.g. two streams at JOBS=1 each); "none" only rewrites the page.
-for name in ${STUDIES:-cifar10-fcn-paper mnist1d-mlp-sgd agnews-lstm-paper mnist1d-cnn-sgd mnist1d-mlp-adam cifar10-fcn-practical search toy}; do
-  [ "$name" = none ] || run_study "$name"
+v3_studies="v3-mnist1d-cnn-sgd v3-mnist1d-mlp-sgd v3-mnist1d-mlp-adam v3-agnews-transformer v3-cifar10-resnet-recipe"
+v2_studies="cifar10-fcn-paper mnist1d-mlp-sgd agnews-lstm-paper mnist1d-cnn-sgd mnist1d-mlp-adam cifar10-fcn-practical"
+# STUDIES=v3 runs the v3 studies only, by priority (the cheap tasks first).
+[ "${STUDIES:-}" = v3 ] && STUDIES="$v3_studies"
+for name in ${STUDIES:-$v2_studies search toy $v3_studies}; do
+  [ "$name" = none ] || run_study "$name" || echo "study $name stopped: exit status $?" >&2
 done
 pdt-bench results "$out" --out docs/results.md --targets scripts/study-targets.json --notes docs/results/notes.md

@@ -34,7 +34,9 @@ def code_blocks(path: Path, language: str = "python") -> list[str]:
 
 
 def relative_links(path: Path) -> list[str]:
-    return [t for t in LINK.findall(prose(path.read_text())) if not re.match(r"[a-z]+:", t)]
+    # A target in angle brackets (`[a](<b c.md>)`, how `pdt-bench results` writes links) is the path inside them.
+    targets = [t.removeprefix("<").removesuffix(">") for t in LINK.findall(prose(path.read_text()))]
+    return [t for t in targets if not re.match(r"[a-z]+:", t)]
 
 
 def slug(heading: str) -> str:

@@ -197,3 +197,67 @@ def test_step_mode_studies_get_their_section_and_target(tmp_path):
     (tmp_path / "steps" / "adamw" / "summary.json").write_text(json.dumps(summary))
     text = write_results(tmp_path, tmp_path / "page.md", {"steps": {"fewer": 0.15}}).read_text()
     assert "none of `pdt` reached it on most seeds: **not reached**" in text
+
+
+def _run(method: str, seed: int, hit: int, epochs: int = 10, final_acc: float = 0.80) -> dict:
+    """A run record whose val acc and training loss reach 0.80 and 1.0 (the baseline's bests) at epoch
+    ``hit`` (never, if past ``epochs``), the accuracy ending at ``final_acc``."""
+    rows = []
+    for e in range(1, epochs + 1):
+        acc = (final_acc if e == epochs else 0.80) if e >= hit else 0.5 + 0.02 * e
+        loss = 1.0 if e >= hit else 2.0 - 0.05 * e
+        row = {"epoch": e, "train_time": float(e), "pdt_time": 0.0, "eval_time": 0.1, "train_loss": loss}
+        row |= {"batch_loss": loss, "train_acc": acc, "val_loss": loss, "val_acc": acc, "lr": 0.1, "pdt": None}
+        rows.append(row)
+    return {"task": "t", "method": method, "seed": seed, "config": {}, "epochs": rows, "diverged": False}
+
+
+def test_tuned_targets_count_studies_with_the_measured_numbers(tmp_path, capsys):
+    """The "tuned" targets: PDT to the tuned baseline's best val acc (with the accuracy), PDT on schedule-free
+    against schedule-free's own best training loss at the better point, PDT ahead of the averages."""
+    from pdt_bench.records import pack, save_json
+    from pdt_bench.results import load_targets, write_results
+
+    hits = {
+        # PDT 30 % sooner, ahead of both controls; stacked 20 % sooner at point=eval, 10 % at point=train.
+        "v3-a": {"baseline": 10, "pdt": 7, "lawa": 9, "random-mask": 8, "schedule-free@lr=0.5": 10,
+                 "pdt-schedule-free@lr=0.5": 8, "pdt-schedule-free@lr=0.5@point=train": 9},
+        # PDT 10 % sooner, behind the random mask; stacked never reaches schedule-free's best.
+        "v3-b": {"baseline": 10, "pdt": 9, "lawa": 11, "random-mask": 8, "schedule-free@lr=0.5": 10,
+                 "pdt-schedule-free@lr=0.5": 11},
+        # PDT 40 % sooner but 1 point less accurate at the end: the held-out target is missed.
+        "v3-c": {"baseline": 10, "pdt": 6, "lawa": 11, "random-mask": 11},
+    }
+    for study, methods in hits.items():
+        for method, hit in methods.items():
+            for seed in (0, 1):
+                acc = 0.79 if (study, method) == ("v3-c", "pdt") else 0.80
+                path = tmp_path / study / "runs" / f"{method}-seed{seed}.json"
+                save_json(path, _run(method, seed, hit, final_acc=acc))
+        if study == "v3-c":  # only its run store, as a clone has it (summaries are not committed)
+            assert pack(tmp_path / study) is not None and not (tmp_path / study / "runs").exists()
+            continue
+        summary = {"methods": {}, "reference": "baseline", "seeds": [0, 1]}
+        (tmp_path / study / "summary.json").write_text(json.dumps(summary))
+    want = {"studies": [*hits, "v3-d"], "held_out": 0.2, "held_out_studies": 2, "accuracy_tolerance": 0.003,
+            "stacked": 0.15, "stacked_studies": 1, "ahead_of": ["lawa", "random-mask"], "ahead_studies": 1}
+    targets = tmp_path / "targets.json"
+    targets.write_text(json.dumps({"tuned": want}))
+    text = write_results(tmp_path, tmp_path / "page.md", load_targets(targets)).read_text()
+    section = text.split("## At the tuned configuration")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| v3-")}
+    assert "7 (7–7) 2/2, +30%" in rows["v3-a"] and "; train: 9 (9–9) 2/2, +10%" in rows["v3-a"]
+    assert "eval: 8 (8–8) 2/2, +20%" in rows["v3-a"] and "n/r 0/2, n/r" in rows["v3-b"]
+    cells = {name: [c.strip() for c in row.split("|")[1:-1]] for name, row in rows.items()}
+    assert cells["v3-b"][-2] == "schedule-free@lr=0.5: 10 (10–10) 2/2"
+    assert cells["v3-c"][3:5] == ["6 (6–6) 2/2, +40%", "-1.00"] and cells["v3-c"][-2:] == ["not run", "not run"]
+    assert "val acc, final accuracy at most 0.3 points lower, on ≥ 2 studies: 1 of 3 (v3-a); **not reached**: 1 " \
+        "instead of 2" in section
+    assert "best training loss, on ≥ 1 studies: 1 of 3 (v3-a (`pdt-schedule-free@lr=0.5`)); **reached**" in section
+    assert "PDT ahead of `lawa` and `random-mask` in epochs to the tuned baseline's best val acc, on ≥ 1 studies: " \
+        "2 of 3 (v3-a, v3-c); **reached**" in section
+    assert "- Not run yet (counted as missing): v3-d" in section
+    # The page puts the section right after the headline, and `results` prints every target line.
+    assert text.index("## At the tuned configuration") < text.index("## v3-a")
+    printed = capsys.readouterr().out
+    assert "not reached: 1 instead of 2" in printed and max(map(len, printed.splitlines())) <= 100
