@@ -211,6 +211,8 @@ class StepWatch:
         no or exactly one optimizer step."""
         last, self._at_last_step = self._at_last_step, self.optimizer_steps
         others, self._others_at_last_step = self.other_steps - self._others_at_last_step, self.other_steps
+        # Consumed by this call whatever it judges, so it never excuses a later repeated step.
+        empty_epoch_expected, self._empty_epoch_expected = self._empty_epoch_expected, False
         if step_mode and not self.in_hook and self.counting:
             warn_once(
                 self.said,
@@ -224,8 +226,8 @@ class StepWatch:
         if not self.counting or last is None or self.optimizer_steps == 0:
             return
         between = self.optimizer_steps - last
-        expected, self._empty_epoch_expected = self._empty_epoch_expected, False
-        if between == 0 and others == 0 and not expected:  # in step mode the hook steps PDT after an optimizer step only
+        # In step mode the hook steps PDT after an optimizer step only.
+        if between == 0 and others == 0 and not empty_epoch_expected:
             warn_once(
                 self.said,
                 "repeated",
