@@ -180,8 +180,18 @@ def measure_ranks(engine: str, world: int, job: dict[str, Any]) -> list[dict[str
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_rank_main, args=(world, _free_port(), engine, job, out), nprocs=world, start_method="spawn")
-        return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
+        files = [Path(out, f"rank{r}.json") for r in range(world)]
+        try:
+            mp.start_processes(
+                _rank_main, args=(world, _free_port(), engine, job, out), nprocs=world, start_method="spawn"
+            )
+        except mp.ProcessExitedException:
+            # gloo can abort a rank as the group is torn down, after every rank wrote its result
+            # (seen once in five runs of the test: "terminate called without an active exception").
+            # The measurement is complete then; an abort before that is an error.
+            if not all(f.exists() for f in files):
+                raise
+        return [json.loads(f.read_text()) for f in files]
 
 
 def _ms(seconds: float) -> str:
