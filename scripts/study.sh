@@ -112,6 +112,13 @@ v3() {
   [ -n "$base" ] && [ -n "$sf" ] || return 1
   local dir="$out/v3-$name" methods="$v3_core"
   compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
+  # Budget curves (issue 26): the tuned baseline and PDT with the schedule compressed to 0.8, 0.67
+  # and 0.5 of the task's epochs ($budget_epochs), then the variants kept for them.
+  local b m
+  for m in baseline pdt ${budget_variants//,/ }; do
+    for b in $budget_epochs; do methods+=",$m@epochs=$b"; done
+    compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
+  done
   methods+=",schedule-free@lr=$sf,pdt-schedule-free@lr=$sf"
   compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
   local e
@@ -121,7 +128,13 @@ v3() {
   compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
 }
 
+# The compressed budgets of a v3 study, in epochs: 0.8, 0.67 and 0.5 of the task's 60 or 30.
+budgets_of() { case "$1" in 60) echo "48 40 30" ;; 30) echo "24 20 15" ;; esac; }
+budget_variants="${BUDGET_VARIANTS:-pdt-lawa}"
+
 run_study() {
+  budget_epochs="$(budgets_of 60)"
+  case "$1" in v3-agnews-transformer | v3-cifar10-resnet-recipe) budget_epochs="$(budgets_of 30)" ;; esac
   case "$1" in
     v3-mnist1d-cnn-sgd) v3 mnist1d-cnn-sgd 0.05 0.1,0.2,0.4,0.8 0.25,0.5,1,2,4 --task mnist1d-cnn ;;
     v3-mnist1d-mlp-sgd) v3 mnist1d-mlp-sgd 0.05 0.1,0.2,0.4,0.8,1.6,3.2 0.25,0.5,1,2,4,8 --task mnist1d-mlp ;;
