@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from .budget import Point
 from .metrics import best, by_method, cumulative_flops
 from .records import Landscape, Run
 
@@ -33,6 +34,7 @@ __all__ = [
     "DPI",
     "compact_png",
     "loss_against_flops",
+    "plot_budget",
     "plane_words",
     "plot_landscape",
     "plot_steps",
@@ -392,6 +394,24 @@ def plot_sweep(
     return _save(fig, Path(out_path), title)
 
 
+def plot_budget(path: Path, curves: dict[str, list[Point]], target: float, title: str | None = None) -> Path:
+    """Best validation accuracy within each budget against the budget, a line per method
+    (:func:`pdt_bench.budget.curves`); ``target`` (the reference's full-budget best less the
+    tolerance, mean over seeds) dotted."""
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for i, (method, points) in enumerate(curves.items()):
+        ax.plot(
+            [p.fraction for p in points], [100 * p.best_acc for p in points], "o-", color=f"C{i % 10}", label=method
+        )
+    ax.axhline(100 * target, color="grey", linestyle=":", label="target")
+    ax.set_xlabel("budget: fraction of the full schedule's epochs")
+    ax.set_ylabel("best validation accuracy within it (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path), title)
+
+
 def _by_flops(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
     """Training losses interpolated on a common grid of cumulative FLOPs, over the span every run covers."""
     flops = [cumulative_flops(r) for r in runs]
@@ -400,7 +420,9 @@ def _by_flops(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
     return grid, np.array(losses)
 
 
-def loss_against_flops(path: Path, runs: list[Run], reference: str = "baseline", title: str | None = None) -> list[Path]:
+def loss_against_flops(
+    path: Path, runs: list[Run], reference: str = "baseline", title: str | None = None
+) -> list[Path]:
     """Paper Fig. 9(b): training loss against cumulative FLOPs (:func:`~pdt_bench.metrics.cumulative_flops`).
 
     One colour per method, geometric mean ± geometric std over its successful seeds; a dashed line
@@ -527,7 +549,8 @@ def plot_landscape(path: Path, landscape: Landscape) -> Path:
 
 
 def plot_diagnosis(path: Path, reports: list[dict[str, Any]], title: str) -> Path:
-    """Per parameter kind over the epochs judged: accepted share, increment SNR, forecast errors (``pdt-bench diagnose``)."""
+    """Per parameter kind over the epochs judged: accepted share, increment SNR, forecast errors
+    (``pdt-bench diagnose``)."""
     from torch_pdt.diagnostics import KINDS, by_kind
 
     pooled = [(r["epoch"] + 1, by_kind(r)) for r in reports]  # 1-based epochs, as the curves
@@ -542,10 +565,16 @@ def plot_diagnosis(path: Path, reports: list[dict[str, Any]], title: str) -> Pat
         axes[0].plot(x, [p["accepted"] for _, p in points], color=colors[kind], label=kind)
         axes[1].plot(x, [p["snr"] for _, p in points], color=colors[kind], label=kind)
         settled = [(e, p) for e, p in points if p["forecast_error"] is not None]
-        axes[2].plot([e for e, _ in settled], [p["forecast_error"] for _, p in settled], color=colors[kind],
-                     label=f"{kind}, DMD")
-        axes[2].plot([e for e, _ in settled], [p["linear_error"] for _, p in settled], color=colors[kind],
-                     linestyle="--", label=f"{kind}, linear")
+        axes[2].plot(
+            [e for e, _ in settled], [p["forecast_error"] for _, p in settled], color=colors[kind], label=f"{kind}, DMD"
+        )
+        axes[2].plot(
+            [e for e, _ in settled],
+            [p["linear_error"] for _, p in settled],
+            color=colors[kind],
+            linestyle="--",
+            label=f"{kind}, linear",
+        )
     axes[0].set_ylabel("share accepted")
     axes[1].set_ylabel("median |mean| / sd of increments")
     axes[1].set_yscale("log")

@@ -42,6 +42,16 @@ to schedule-free's best training loss, seed by seed, at the better point run, on
 ``stacked_studies`` studies; ``ahead_of``: PDT reaches the reference's best validation accuracy in
 fewer epochs (median) than each of these methods, on ``ahead_studies`` studies.
 
+The key ``"budget_curves"`` sets what a method must save in budget (:mod:`pdt_bench.budget`)::
+
+    {"budget_curves": {"studies": ["v3-a", "v3-b", "v3-c"], "tolerance": 0.003, "at": 0.8,
+                       "studies_needed": 2, "drop": 0.005}}
+
+a method other than the baseline reaches the full-budget baseline's best validation accuracy (less
+``tolerance``) at a budget of at most ``at`` where the baseline at that budget does not, on
+``studies_needed`` of ``studies``; and at equal budget, its final accuracy never more than ``drop``
+below the baseline's.
+
 The step-mode studies of ``pdt-bench steps`` under ``STUDY/steps/<name>/`` get a section of their
 own; the targets file's ``"steps"`` key, ``{"fewer": 0.15}``, is the median share of fewer steps
 to the baseline's best held-out loss that a method run on at least three seeds must reach.
@@ -60,8 +70,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from . import budget
 from .metrics import by_method, summarize
-from .plots import plane_words
+from .plots import plane_words, plot_budget
 from .records import STORE, load_runs, write_text
 from .report import HELD_OUT, did_not_learn, link, markdown_table, no_effect, no_effect_cell, percent_change
 
@@ -100,7 +111,8 @@ TUNED_KEYS = {
     "ahead_of": list,
     "ahead_studies": int,
 }
-SECTIONS = {"variants": VARIANT_KEYS, "steps": STEPS_KEYS, "tuned": TUNED_KEYS}
+BUDGET_KEYS = {"studies": list, "tolerance": float, "at": float, "studies_needed": int, "drop": float}
+SECTIONS = {"variants": VARIANT_KEYS, "steps": STEPS_KEYS, "tuned": TUNED_KEYS, "budget_curves": BUDGET_KEYS}
 """Keys of the targets file that are not studies but sections of the page, with their own keys."""
 
 
@@ -606,6 +618,59 @@ def _tuned(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, Any]
     return text, lines
 
 
+def _budget_curves(studies: list[tuple[str, Path, dict[str, Any]]], want: dict[str, Any], out: Path) -> str:
+    """The section on budget curves (the targets file's ``"budget_curves"``): a table and a plot per study
+    that ran a compressed budget of the baseline, then the targets; "" when none did."""
+    tolerance = want.get("tolerance", ACCURACY_TOLERANCE)
+    listed = want.get("studies")
+    parts, saved, below, ran = [], {}, {}, []
+    for name, directory, summary in studies:
+        found = budget.curves(load_runs(directory), summary["reference"], tolerance)
+        if not found:
+            continue
+        reference, *methods = found
+        target = found[reference][-1].best_acc - tolerance
+        image = plot_budget(directory / "plots" / "budget.png", found, target, name)
+        rel = Path(os.path.relpath(image, out.parent)).as_posix()
+        parts.append(f"### {name}\n\n{budget.table(found)}\n\n" + link("budget curves", rel, image=True))
+        if listed is not None and name not in listed:
+            continue
+        ran.append(name)
+        baseline_reaches = {p.epochs: p.reaches for p in found[reference]}
+        for method in methods:
+            smallest = budget.smallest_budget(found[method])
+            saves = smallest is not None and smallest.fraction <= want.get("at", 1)
+            if saves and not baseline_reaches.get(smallest.epochs):
+                saved.setdefault(method, []).append(f"{name} ({smallest.fraction:.2f})")
+            else:
+                saved.setdefault(method, [])
+            gaps = [p.final_gap for p in found[method] if p.final_gap is not None]
+            if gaps and min(gaps) < -want.get("drop", math.inf):
+                below.setdefault(method, []).append(f"{name} ({100 * min(gaps):+.2f})")
+    if not parts:
+        return ""
+    lines = []
+    if "at" in want:
+        for method, met in sorted(saved.items()):
+            words = (
+                f"`{method}` reaches the full-budget baseline's best val acc (−{100 * tolerance:.1f} points) "
+                f"at ≤ {want['at']:g} of the budget where the baseline at that budget does not"
+            )
+            lines.append(_count_line(words, met, len(ran), want.get("studies_needed")))
+    for method, where in sorted(below.items()):
+        drop = f"{100 * want['drop']:.1f}"
+        lines.append(f"`{method}` ends more than {drop} points below the baseline at equal budget: {', '.join(where)}")
+    return (
+        "## Budget curves: the schedule compressed\n\n"
+        "Each method with its whole schedule compressed to a fraction of the full budget's epochs (`@epochs=E`). "
+        "A cell: the mean best validation accuracy within that budget (%), how many seeds reached the "
+        f"full-budget baseline's best (same seed, less {100 * tolerance:.1f} points), and the mean final accuracy "
+        "against the baseline at the same budget (points). 'smallest budget': where most seeds reach.\n\n"
+        + "\n\n".join(parts)
+        + ("\n\n" + "\n".join(f"- {line}" for line in lines) if lines else "")
+    )
+
+
 def _count_line(words: str, met: list[str], total: int, needed: int | None) -> str:
     """A target over studies: how many met it, which, and reached or not with the count it needed."""
     where = f" ({', '.join(met)})" if met else ""
@@ -720,6 +785,8 @@ def write_results(study: Path, out: Path, targets: dict[str, Any] | None = None,
         parts.insert(2, tuned)
         for line in tuned_lines:  # a terminal's 100 columns
             print(textwrap.fill(line.replace("**", ""), 100, subsequent_indent="  "))
+    if curves := _budget_curves(studies, targets.get("budget_curves", {}), out):
+        parts.insert(3 if tuned else 2, curves)
     if variants := _variants(studies, targets.get("variants", {})):
         parts.append(variants)
     if step_mode := _step_mode(study, out, targets.get("steps", {})):
