@@ -110,13 +110,17 @@ v3() {
   sf="$(best_lr_by_acc "$sweep" schedule-free "$default_lr")"
   echo "v3-$name: tuned lr $base (baseline), $sf (schedule-free), by final val acc on seeds $sweep_seeds" >&2
   [ -n "$base" ] && [ -n "$sf" ] || return 1
-  local dir="$out/v3-$name" methods="$v3_core"
+  local dir="$out/v3-$name" methods="baseline,pdt"
   compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
   # Budget curves (issue 26): the tuned baseline and PDT with the schedule compressed to 0.8, 0.67
-  # and 0.5 of the task's epochs ($budget_epochs), then the variants kept for them.
+  # and 0.5 of the task's epochs ($budget_epochs); then the controls, and the variants' curves.
   local b m
-  for m in baseline pdt ${budget_variants//,/ }; do
-    for b in $budget_epochs; do methods+=",$m@epochs=$b"; done
+  for m in baseline pdt _ ${budget_variants//,/ }; do
+    if [ "$m" = _ ]; then
+      methods+=",${v3_core#baseline,pdt,}"
+    else
+      for b in $budget_epochs; do methods+=",$m@epochs=$b"; done
+    fi
     compare --out "$dir" --seeds "$three" --methods "$methods" "$@" --lr "$base"
   done
   methods+=",schedule-free@lr=$sf,pdt-schedule-free@lr=$sf"
