@@ -147,7 +147,8 @@ run_study() {
         --task mnist1d-mlp --optimizer adam --lr 0.001 --eta-min 1e-5
       ;;
     v3-agnews-transformer)
-      v3 agnews-transformer 0.0005 0.00025,0.001,0.002,0.004 0.00025,0.0005,0.001,0.002,0.004 --task agnews-transformer
+      v3 agnews-transformer 0.0005 0.00025,0.001,0.002,0.004,0.008 0.00025,0.0005,0.001,0.002,0.004,0.008 \
+        --task agnews-transformer
       ;;
     v3-cifar10-resnet-recipe) v3 cifar10-resnet-recipe 0.1 0.05,0.2,0.4 0.25,0.5,1,2 --task cifar10-resnet-recipe ;;
     cifar10-fcn-paper)
