@@ -27,7 +27,9 @@ history's mean motion, rounded half up. Choices:
 * never longer than the user's :math:`\tau` (a warm-up, whose rates grow, keeps :math:`\tau`);
 * at least 1: a prediction that is due still runs, one epoch ahead, however low the rates
   ahead, so the prediction schedule (``interval``, the pacing rule) is the same as with
-  ``"epochs"``;
+  ``"epochs"``. With ``criterion="pdt"`` a horizon of 1 accepts nothing (Eq. 6 asks
+  :math:`|\Delta| < |D| \le \tau|\Delta|`), so there :math:`\tau_{eff} = 1` is no jump in
+  effect; the authors' bound :math:`(\tau + 1)|\delta|` still admits one;
 * :math:`\tau` where :math:`\bar r = 0` (the history says nothing about the rate's effect).
 
 Under a constant learning rate :math:`\tau_{eff} = \tau` exactly (the ratio is :math:`\tau`
