@@ -191,7 +191,9 @@ def test_resume_is_bit_identical_and_restores_the_recorded_rates():
         "auto",
         pytest.param(
             "compiled",
-            marks=pytest.mark.skipif(not kernel.compiles(torch.device("cpu")), reason="no C++ compiler for torch.compile"),
+            marks=pytest.mark.skipif(
+                not kernel.compiles(torch.device("cpu")), reason="no C++ compiler for torch.compile"
+            ),
         ),
     ],
 )

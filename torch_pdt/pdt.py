@@ -447,7 +447,16 @@ class PDT:
         and range is checked, and every part built aside, before any is committed.
         """
         state_dict = compat.upgrade(state_dict)
-        keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "pacing", "history", "generators", "learning_rates"}
+        keys = {
+            "config",
+            "epoch",
+            "plain_epochs",
+            "optimizer_steps",
+            "pacing",
+            "history",
+            "generators",
+            "learning_rates",
+        }
         if not isinstance(state_dict, dict):
             raise ValueError(f"not a PDT state: a {type(state_dict).__name__}, not a dict")
         missing = keys - set(state_dict)
