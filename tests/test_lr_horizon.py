@@ -206,3 +206,17 @@ def test_every_kernel_follows_the_changing_horizon(kernel_choice):
     assert len({s["horizon"] for s in stats if s["predicted"]}) >= 3
     assert [s["accepted"] for s in stats] == [s["accepted"] for s in stats_e]
     torch.testing.assert_close(weights(model), weights(model_e), rtol=1e-6, atol=1e-6)
+
+
+def test_the_recorded_rates_travel_through_a_dcp_checkpoint(tmp_path):
+    """``torch.distributed.checkpoint`` (one process): the rates are part of the state saved once."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch_pdt.distributed.dcp import DCPState
+
+    kwargs = dict(history=4, horizon=6, start_epoch=4, interval=0, horizon_by="lr")
+    _, pdt, _, _, _ = train(kwargs, ANNEALED[:7])
+    dcp.save({"pdt": DCPState(pdt)}, checkpoint_id=tmp_path, no_dist=True)
+    model = mlp()
+    resumed = PDT(torch.optim.SGD(model.parameters(), lr=0.1), model=model, **kwargs)
+    dcp.load({"pdt": DCPState(resumed)}, checkpoint_id=tmp_path, no_dist=True)
+    assert resumed.state_dict()["learning_rates"] == pdt.state_dict()["learning_rates"] == ANNEALED[3:7]
