@@ -29,7 +29,7 @@ import torch
 from torch_pdt import PDT, PDTConfig
 
 from . import metrics, peers, report, tasks
-from .methods import OPTIMIZERS, SCHEDULES, literal, parse_method, with_lr
+from .methods import METHODS, OPTIMIZERS, SCHEDULES, literal, parse_method, with_lr
 from .records import Epoch, Run, load_run, pack, save_json, stored_config
 from .train import RunConfig, run
 
@@ -518,7 +518,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         + "\n\n".join(textwrap.fill(text, 96) for text in tasks.protocols()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--methods", default="baseline,pdt", help="comma-separated method names (default baseline,pdt)")
+    p.add_argument(
+        "--methods",
+        default="baseline,pdt",
+        help=f"comma-separated method names, each with @ suffixes (default baseline,pdt): {', '.join(METHODS)}",
+    )
     p.add_argument("--reference", default="baseline", help="the method TTB targets come from (default baseline)")
     p.add_argument("--lr-sweep", type=_float_list(0.0, float("inf")), help="also run the reference at these lrs")
     p.add_argument(

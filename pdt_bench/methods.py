@@ -131,6 +131,12 @@ METHODS: dict[str, Method] = {
             "(jump='linear')",
         ),
         Method(
+            "pdt-lr-horizon",
+            {"criterion": "pdt", "horizon_by": "lr"},
+            description="PDT forecasting tau_eff <= tau epochs ahead, tau weighted by the learning rates ahead "
+            "(horizon_by='lr')",
+        ),
+        Method(
             "ema",
             ema_decay=EMA_DECAY,
             description=f"the baseline, evaluated on an EMA of its weights (decay {EMA_DECAY})",

@@ -9,7 +9,9 @@ earlier                                     now
 ==========================================  ==========================================
 state key ``"schedule"``                    ``"pacing"``
 option ``scheduler`` in ``"config"``        ``pacing``
-no ``scope``, ``graded`` or ``jump``        their defaults (:data:`ADDED`)
+no ``scope``, ``graded``, ``jump`` or       their defaults (:data:`ADDED`)
+``horizon_by``
+no state key ``"learning_rates"``           ``[]`` (none recorded: ``horizon_by="epochs"``)
 choice ``"reference"`` of a criterion       ``"authors"`` (:data:`torch_pdt.config.ALIASES`)
 or pacing rule
 ==========================================  ==========================================
@@ -33,7 +35,7 @@ __all__ = ["ADDED", "RENAMED", "RENAMED_OPTIONS", "upgrade"]
 RENAMED = {"schedule": "pacing"}
 """Earlier state keys -> current ones."""
 
-ADDED = {"scope": "model", "graded": False, "jump": "forecast"}
+ADDED = {"scope": "model", "graded": False, "jump": "forecast", "horizon_by": "epochs"}
 """Options added after checkpoints were first saved: a checkpoint without one was saved at its default."""
 
 
@@ -44,6 +46,7 @@ def upgrade(state: Any) -> Any:
     if not isinstance(state, Mapping):
         return state
     new = {RENAMED.get(k, k): v for k, v in state.items()}
+    new.setdefault("learning_rates", [])
     config = new.get("config")
     if isinstance(config, Mapping):
         config = {RENAMED_OPTIONS.get(k, k): v for k, v in config.items()}

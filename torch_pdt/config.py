@@ -40,6 +40,7 @@ OnJump = Literal["keep", "reset", "rescale"]
 Kernel = Literal["auto", "compiled", "eager"]
 Scope = Literal["model", "layer"]
 Jump = Literal["forecast", "linear"]
+HorizonBy = Literal["epochs", "lr"]
 
 ALIASES = {"criterion": {"reference": "authors"}, "pacing": {"reference": "authors"}}
 """Earlier names of choices, still accepted: ``"reference"`` was the authors' criterion and pacing rule."""
@@ -176,6 +177,13 @@ class PDTConfig:
             (``"linear"``; :math:`w + k\Delta` where ``graded`` lands at ``k``). The criterion
             judges the DMD forecast either way: with ``"linear"`` the DMD only chooses which
             elements jump.
+        horizon_by: what the horizon counts: ``"epochs"`` (``tau`` epochs ahead, the paper) or
+            ``"lr"``: ``tau`` epochs at the learning rate the history moved at. PDT records the
+            optimizer's learning rate at every snapshot and forecasts
+            :math:`\tau_{eff} \le \tau` epochs ahead, the epochs ahead weighted by their
+            learning rates extrapolated from the last two (:func:`torch_pdt.pacing.effective_horizon`):
+            under an annealed schedule the forecast then does not overshoot where the run is going;
+            under a constant learning rate :math:`\tau_{eff} = \tau` exactly.
     """
 
     history: int = 5
@@ -201,6 +209,7 @@ class PDTConfig:
     scope: Scope = "model"
     graded: bool = False
     jump: Jump = "forecast"
+    horizon_by: HorizonBy = "epochs"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the validated values replace the given ones once, here
@@ -220,6 +229,7 @@ class PDTConfig:
             ("kernel", Kernel),
             ("scope", Scope),
             ("jump", Jump),
+            ("horizon_by", HorizonBy),
         ]:
             set_(self, name, _choice(name, getattr(self, name), kind))
         forecast = self.forecast

@@ -7,7 +7,8 @@ snapshots (:mod:`~torch_pdt.snapshots`), the DMD fit of the history (:mod:`~torc
 on :mod:`~torch_pdt.dmd`), the passes over the snapshots (:mod:`~torch_pdt.passes`: a plan,
 an eager and a compiled implementation), masks (:mod:`~torch_pdt.criteria`), the pacing of τ
 and Ti (:mod:`~torch_pdt.pacing`), and the optimizer's state after a jump
-(:mod:`~torch_pdt.jump`). :mod:`~torch_pdt.reference` is a readable float64 twin of one step.
+(:mod:`~torch_pdt.jump`), the horizon of each prediction (:mod:`~torch_pdt.horizon`).
+:mod:`~torch_pdt.reference` is a readable float64 twin of one step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint, compat, criteria, fitting, jump, misuse, pacing, params, passes, statistics
+from . import checkpoint, compat, criteria, fitting, horizon, jump, misuse, pacing, params, passes, statistics
 from .config import PDTConfig, as_int, as_loss, check_names
 from .params import DTensor, local_shard
 from .prediction import Coefficients
@@ -61,7 +62,7 @@ class PDT:
             (``criterion``, ``forecast``, ``modes``, ``rank``, ``rtol``, ``history_after_jump``,
             ``random_ratio``, ``seed``, ``chunk_size``, ``storage``, ``every_n_steps``,
             ``pacing``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
-            ``graded``, ``jump``). Every invalid value raises a ``ValueError`` naming it.
+            ``graded``, ``jump``, ``horizon_by``). Every invalid value raises a ``ValueError`` naming it.
 
     ``scope="layer"`` fits one DMD per parameter tensor to that tensor's own snapshots (as the
     authors' layerwise trainer does) instead of one for the whole model, whose at most ``h - 1``
@@ -71,6 +72,11 @@ class PDT:
     ``jump="linear"`` moves an accepted element to :math:`w^{opt}_i + \tau\Delta` instead of
     to the forecast: the DMD and the criterion choose which elements jump, the optimizer's own
     last step how far (in the v2 study this was 1-5 epochs ahead of the forecast on every task).
+    ``horizon_by="lr"`` records the optimizer's learning rate at every snapshot and forecasts
+    :math:`\tau_{eff} \le \tau` epochs ahead, the epochs ahead weighted by their learning rates
+    (extrapolated from the last two) over the history's mean rate (:mod:`torch_pdt.horizon`):
+    under an annealed schedule the forecast does not run past where the run is going; under a
+    constant rate it is ``tau`` exactly. ``stats["horizon"]`` is the :math:`\tau_{eff}` used.
 
     ``kernel`` chooses how the two passes over the snapshots run: ``"compiled"``
     (:mod:`torch_pdt.kernel`: one ``torch.compile``\ d loop per parameter and pass, near the
@@ -145,6 +151,8 @@ class PDT:
             )
         self.pacing = pacing.make(cfg.pacing, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
         self._draws = criteria.RandomDraws(cfg.seed)
+        self._rates: list[float] = []
+        """``horizon_by="lr"``: the learning rate recorded with each snapshot in the history, oldest first."""
         self.epoch = 0
         self.plain_epochs = 0
         self.optimizer_steps = 0
@@ -155,9 +163,10 @@ class PDT:
         self._hook = misuse.register_step_hook(self, optimizer, required=cfg.every_n_steps is not None)
         self._watch.counting = self._hook is not None
         misuse.watch_other_optimizers(self._watch, optimizer, self.params)
+        rate = self._rate()  # horizon_by="lr" on an optimizer without learning rates fails here
         self._choose_kernel()
         if cfg.start_of_epoch:
-            self._snapshot()
+            self._record(rate)
         ignored = misuse.ignored_options(cfg, options)
         if ignored:
             message = f"PDT ignores {'; '.join(ignored)}: leave it out, or choose the setting it applies to"
@@ -201,6 +210,7 @@ class PDT:
                 optimizer state it cannot (sparse, or laid out unlike its parameter).
         """
         value = self._validate(loss, predict)
+        rate = self._rate()
         decision = self.pacing.observe(value)
         stats = statistics.nothing_predicted(self.epoch, self.names, self.numel, decision, self.pacing.rollbacks)
         if decision.rollback:
@@ -208,7 +218,7 @@ class PDT:
             stats["reason"] = "rolled back"
         else:
             if not self.config.start_of_epoch:
-                self._snapshot()
+                self._record(rate)
             stats.update(self._predict_if_due(predict))
 
         jumped = stats["predicted"] and stats["accepted"]
@@ -216,7 +226,7 @@ class PDT:
         if jumped:
             self.pacing.predicted(value)
         if self.config.start_of_epoch:
-            self._snapshot()
+            self._record(rate)
         elif jumped and self.config.history_after_jump == "assembled":
             self._history.replace_newest(self._flat_params(), self._passes)
         self.epoch += 1
@@ -236,12 +246,24 @@ class PDT:
             return {"reason": f"insufficient history ({len(self._history)} of {cfg.history} snapshots)"}
         return self._predict()
 
+    def _rate(self) -> float | None:
+        """``horizon_by="lr"``: the learning rate to record with the next snapshot (checked: a
+        ``ValueError`` before anything changes); else ``None``."""
+        return horizon.learning_rate(self.optimizer) if self.config.horizon_by == "lr" else None
+
+    def _record(self, rate: float | None) -> None:
+        """Snapshot the parameters and, where ``rate`` is given, record it beside the snapshot."""
+        self._snapshot()
+        if rate is not None:
+            self._rates = [*self._rates, rate][-self.config.history :]
+
     def _validate(self, loss: Any, predict: Any) -> float | None:
         """Everything :meth:`step` can check before it changes anything; the loss as a float (or ``None``)."""
         if not isinstance(predict, bool):
             raise ValueError(f"predict must be True or False, got {predict!r}")
         params.check_unchanged(self.optimizer, self.names, self.params, self._layouts)
         value = self._loss_value(loss)
+        self._rate()  # checked here too, where a distributed subclass makes every rank refuse together
         if self.config.on_jump != "keep":
             params.check_dense_state(self.optimizer, self.names, self.params, self.config.on_jump)
             jump.velocity_buffers(self.optimizer, self.params)
@@ -278,6 +300,8 @@ class PDT:
         """Fit DMD to the history, turn the forecast into step coefficients, run the pass."""
         cfg = self.config
         tau = self.pacing.horizon
+        if cfg.horizon_by == "lr":
+            tau = horizon.effective_horizon(self._rates, tau)
         history, rows = self._history, self._history.rows()
         fitted = fitting.fit(
             lambda: self._reduce_gram(history.grams()),
@@ -403,7 +427,8 @@ class PDT:
     # --- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: configuration, counters, pacing, snapshots, RNG states."""
+        """Everything needed to continue exactly: configuration, counters, pacing, snapshots, RNG
+        states, the learning rates recorded with the snapshots (``horizon_by="lr"``)."""
         return {
             "config": self.config.saved(),
             "epoch": self.epoch,
@@ -412,6 +437,7 @@ class PDT:
             "pacing": self.pacing.state_dict(),
             "history": self._history.state_dict(),
             "generators": self._draws.state_dict(),
+            "learning_rates": list(self._rates),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -421,7 +447,16 @@ class PDT:
         and range is checked, and every part built aside, before any is committed.
         """
         state_dict = compat.upgrade(state_dict)
-        keys = {"config", "epoch", "plain_epochs", "optimizer_steps", "pacing", "history", "generators"}
+        keys = {
+            "config",
+            "epoch",
+            "plain_epochs",
+            "optimizer_steps",
+            "pacing",
+            "history",
+            "generators",
+            "learning_rates",
+        }
         if not isinstance(state_dict, dict):
             raise ValueError(f"not a PDT state: a {type(state_dict).__name__}, not a dict")
         missing = keys - set(state_dict)
@@ -434,10 +469,12 @@ class PDT:
         restored = pacing.make(cfg.pacing, cfg.horizon, cfg.interval, cfg.tolerance, cfg.patience)
         restored.load_state_dict(state_dict["pacing"])
         draws = self._draws.restored(state_dict["generators"], {local_shard(p).device for p in self.params})
-        self._history.check_state(state_dict["history"])
+        count = self._history.check_state(state_dict["history"])["count"]
+        rates = horizon.checked_rates(state_dict["learning_rates"], count, cfg.horizon_by == "lr")
         # Only now commit.
         self._history.load_state_dict(state_dict["history"])
         self.pacing = restored
         self.epoch, self.plain_epochs, self.optimizer_steps = counters
         self._draws = draws
+        self._rates = rates
 

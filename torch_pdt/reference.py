@@ -23,6 +23,10 @@ Graded (``graded=True``): an element goes to :math:`\hat w_k` for the largest ``
 that passes the criterion judged on the first ``k`` steps with ``tau = k`` (and is finite).
 Linear (``jump="linear"``): the same judgement, but an accepted element goes to
 :math:`s_{m-1} + \tau\Delta` (graded: :math:`s_{m-1} + k\Delta`) instead of to the forecast.
+With the learning rates :math:`r_0 \dots r_{m-1}` recorded at the snapshots
+(``horizon_by="lr"``), the horizon is :math:`\tau_{eff}` (:func:`horizon`): the rates of the
+``tau`` epochs ahead, :math:`r_{m-1} + k(r_{m-1} - r_{m-2})` clipped at 0, summed over the
+mean of :math:`r_0 \dots r_{m-2}`, rounded half up, within ``[1, tau]`` (``tau`` where that mean is 0).
 
 PDT's own path (:mod:`torch_pdt.dmd`, :mod:`torch_pdt.prediction`) gets the same numbers from an
 ``h x h`` Gram matrix and one pass over the snapshots. This one costs ``O(N m)`` complex memory
@@ -48,7 +52,7 @@ from torch import Tensor
 
 from .config import ALIASES
 
-__all__ = ["Result", "apply_coefficients", "forecasts", "judge", "step"]
+__all__ = ["Result", "apply_coefficients", "forecasts", "horizon", "judge", "step"]
 
 CRITERIA = ("pdt", "authors", "accel_only", "consistency_only", "none", "random")
 
@@ -68,6 +72,8 @@ class Result:
     """The random criterion's acceptance probability, if it ran."""
     levels: Tensor | None = None
     """Graded: each element's horizon ``k`` (int64, 0 where none passed)."""
+    horizon: int = 0
+    """The horizon the step forecast (:func:`step`: ``tau``, or :math:`\tau_{eff}` given learning rates)."""
 
 
 def forecasts(
@@ -111,6 +117,21 @@ def forecasts(
         else:
             rows.append(last + (Phi @ ((eigenvalues**k - 1) * b)).real)
     return torch.stack(rows), eigenvalues
+
+
+def horizon(learning_rates: Sequence[float], tau: int) -> int:
+    """:math:`\tau_{eff}` (module docstring) from the rates recorded at the snapshots, oldest first, in float64.
+
+    >>> horizon([0.10, 0.09, 0.08, 0.07, 0.06], 5)  # (0.06 + 0.05 + 0.04 + 0.03 + 0.02) / 0.085 = 2.35
+    2
+    """
+    r = torch.tensor(learning_rates, dtype=torch.float64)
+    past = r[:-1].mean()  # the rate of each of the m - 1 increments, on average
+    if not past > 0:
+        return tau
+    ahead = r[-1] + torch.arange(tau, dtype=torch.float64) * (r[-1] - r[-2])  # the next tau epochs
+    ratio = float(ahead.clamp(min=0).sum() / past)
+    return min(tau, max(1, int(torch.floor(torch.tensor(ratio + 0.5)))))
 
 
 def judge(
@@ -215,6 +236,7 @@ def step(
     write: bool = True,
     graded: bool = False,
     jump: str = "forecast",
+    learning_rates: Sequence[float] | None = None,
 ) -> Result:
     """One PDT prediction from ``snapshots`` (flat, oldest first) for the flat ``weights``.
 
@@ -223,6 +245,8 @@ def step(
     end-of-epoch snapshots the newest is the optimizer's result, ``weights`` itself. ``"random"``
     draws from a fresh generator seeded with ``seed``. Writes the assembled weights into
     ``weights`` when ``write``. Computes in ``dtype``. ``graded``, ``jump``: see the module docstring.
+    ``learning_rates``: the rate recorded with each snapshot (``horizon_by="lr"``): the step
+    forecasts :func:`horizon` epochs ahead instead of ``tau``.
     """
     criterion = ALIASES["criterion"].get(criterion, criterion)
     if criterion not in CRITERIA:
@@ -231,6 +255,10 @@ def step(
         raise ValueError(f"jump must be 'forecast' or 'linear', got {jump!r}")
     forecast = forecast or ("increment" if criterion == "authors" else "paper")
     start_of_epoch = criterion == "authors" if start_of_epoch is None else start_of_epoch
+    if learning_rates is not None:
+        if len(learning_rates) != len(snapshots):
+            raise ValueError(f"one learning rate per snapshot: {len(learning_rates)} for {len(snapshots)}")
+        tau = horizon(learning_rates, tau)
     S = torch.stack([s.reshape(-1).to(dtype) for s in snapshots], dim=1)
     F, _ = forecasts(S, tau, form=forecast, modes=modes, rank=rank, rtol=rtol)
     origin = S[:, -1]
@@ -246,7 +274,9 @@ def step(
         draw = {"ratio": ratio, "generator": torch.Generator(device=weights.device).manual_seed(seed)}
     if graded and criterion == "random":
         raise ValueError("graded needs checks to grade by; criterion 'random' has none")
-    return _assemble(increments, D, origin, delta, weights, criterion, write, graded, jump == "linear", **draw)
+    result = _assemble(increments, D, origin, delta, weights, criterion, write, graded, jump == "linear", **draw)
+    result.horizon = tau
+    return result
 
 
 def apply_coefficients(

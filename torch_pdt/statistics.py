@@ -134,8 +134,9 @@ class PDTStatistics(TypedDict):
     """Passes over the snapshots that built a Gram matrix this epoch (1, or 2 when the first
     factor was not accurate enough); 0 when no decomposition was attempted."""
     horizon: int
-    """``tau`` of this epoch's prediction, in epochs; 0 when nothing was predicted (the current
-    value is ``pacing["horizon"]``)."""
+    """``tau`` of this epoch's prediction, in epochs (``horizon_by="lr"``: the effective horizon it
+    used, at most ``pacing["horizon"]``); 0 when nothing was predicted (the current value is
+    ``pacing["horizon"]``)."""
     random_ratio: float | None
     """``criterion="random"``: the fraction it accepted at random; else, or with nothing
     predicted, ``None``."""
