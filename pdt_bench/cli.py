@@ -23,6 +23,7 @@ COMMANDS = {
     "results": "one Markdown page over a study's compare directories",
     "landscape": "one seed's weight trajectories (baseline and PDT) over the training loss on a plane",
     "diagnose": "why PDT accepts what it accepts: per tensor and kind, on one run",
+    "nino": "NiNo and WNN+ against Adam and PDT in step mode on NiNo's C10 tasks",
 }
 """Sub-command -> its one-line help, each defined in the module of the same name. Only the command
 that runs is imported (torch and the tasks take seconds): ``pdt-bench --help`` imports none."""
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pdt-bench: error: {module} is missing: pip install 'torch-pdt[bench]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        words = "compare, sweep and steps keep every finished run: the same command continues"
+        words = "compare, sweep, steps and nino keep every finished run: the same command continues"
         print(f"pdt-bench: interrupted ({words})", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()

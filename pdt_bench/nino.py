@@ -38,20 +38,24 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import TypedDict
+from typing import TextIO, TypedDict
 
 import torch
 from torch import Tensor, nn
 
 from torch_pdt import PDT
 
-from . import tasks
+from . import records, tasks
 from .methods import METHODS as HARNESS_METHODS
 from .methods import parse_method
 from .tasks import cifar10
 
-__all__ = ["CHECKPOINTS", "METHODS", "NiNoConfig", "NiNoRun", "Unavailable", "check", "main", "nino_path", "run"]
+__all__ = [
+    "CHECKPOINTS", "METHODS", "NiNoConfig", "NiNoRun", "Unavailable", "add_command", "check", "main", "nino_path", "run"
+]
 
+SUMMARY = "NiNo and WNN+ against Adam and PDT in step mode on NiNo's C10 tasks"
+"""The one-line help of ``pdt-bench nino``."""
 METHODS = ("adam", "nino", "wnn+", "pdt")
 """``pdt`` takes PDT options after ``@`` (``pdt@every_n_steps=100@horizon=20``)."""
 CHECKPOINTS = {"nino": "nino_no_posw.pt", "wnn+": "nino_mlp.pt"}
@@ -175,6 +179,13 @@ class NiNoRun(TypedDict):
     config: dict
 
 
+def resolved(config: NiNoConfig) -> NiNoConfig:
+    """``config`` with NiNo's learning rate and target for the task where it leaves them ``None``."""
+    task = vision(nino_path(config.nino)).VISION_TASKS[config.task]
+    lr = task["lr"] if config.lr is None else config.lr
+    return replace(config, lr=lr, target=task["target"] if config.target is None else config.target)
+
+
 def _normalise(x: Tensor, norm: tuple[tuple[float, ...], tuple[float, ...]]) -> Tensor:
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in norm)
     return (x.float() / 255 - mean) / std
@@ -193,20 +204,21 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
     return loss / len(y), 100 * correct / len(y)
 
 
-def run(config: NiNoConfig) -> NiNoRun:
-    """Train NiNo's ``config.task`` with ``config.method`` until its target accuracy or ``max_steps``."""
+def run(config: NiNoConfig, log: TextIO | None = None) -> NiNoRun:
+    """Train NiNo's ``config.task`` with ``config.method`` until its target accuracy or ``max_steps``;
+    one line per evaluation to ``log`` if given."""
     path = nino_path(config.nino)
     check(config.method, path)
     task = vision(path).VISION_TASKS[config.task]
     if task["dataset"] != "CIFAR10":
         raise ValueError(f"{config.task}: only NiNo's CIFAR-10 tasks run here (C10-16, C10-32)")
+    config = resolved(config)
     device = torch.device(config.device)
     x, y, x_test, y_test = cifar10.load(tasks.data_root(config.data), tasks.cache_root(config.data))
     n_train = len(y) - len(y) // 12
     x, y = x[:n_train], y[:n_train]
     x_val, y_val = _normalise(x_test, task["norm"]).to(device), y_test.to(device)
-    target = task["target"] if config.target is None else config.target
-    lr = task["lr"] if config.lr is None else config.lr
+    target, lr = config.target, config.lr
 
     torch.manual_seed(config.seed)
     model = vision(path).Net(**task["net_args"]).to(device)
@@ -237,6 +249,9 @@ def run(config: NiNoConfig) -> NiNoRun:
             if step % config.eval_every == 0 or step == config.max_steps:
                 val_loss, val_acc = _evaluate(model, x_val, y_val)
                 curve.append(Point(step=step, val_loss=val_loss, val_acc=val_acc))
+                if log is not None:
+                    print(f"{config.method} seed {config.seed} step {step}: val loss {val_loss:.4f} "
+                          f"acc {val_acc:.2f} % ({clock:.0f} s)", file=log, flush=True)
                 reached = step if val_acc >= target else None
                 done = reached is not None or not math.isfinite(val_loss) or step >= config.max_steps
             if done:
@@ -265,19 +280,47 @@ def describe(result: NiNoRun) -> str:
     return head + f"not reached: best {result['best_acc']:.1f} % instead of {result['target']:g} % in {steps} steps"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pdt_bench.nino", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="C10-16", help="C10-16 or C10-32 (NiNo's utils/vision.py)")
-    parser.add_argument("--methods", default="adam,pdt", help=f"comma-separated from {', '.join(METHODS)}")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--max-steps", type=int, default=10_000)
-    parser.add_argument("--period", type=int, default=1_000, help="steps between NiNo nowcasts")
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--nino-path", type=Path, help="NiNo checkout ($PDT_NINO, else ../shared/third_party/nino)")
-    parser.add_argument("--data-dir", type=Path, help="where CIFAR-10 is (default $PDT_DATA or ../shared/data)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, help="write one JSON record per run here")
-    args = parser.parse_args(argv)
+SAME_RUN = ("task", "method", "seed", "max_steps", "period", "batch_size", "eval_every", "lr", "target")
+"""The options a stored run must share with the asked one to stand for it (paths and device may differ)."""
+
+
+def _stored(path: Path, config: NiNoConfig) -> NiNoRun | None:
+    """The finished run in ``path``, if there is one; a ValueError where it ran with other options."""
+    if not path.is_file():
+        return None
+    stored: NiNoRun = json.loads(path.read_text())
+    asked = asdict(resolved(config))
+    differ = [k for k in SAME_RUN if str(stored["config"].get(k)) != str(asked[k])]
+    if differ:
+        raise ValueError(f"{path} ran with other {', '.join(differ)}: give another --out, or --rerun to replace it")
+    return stored
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``pdt-bench nino`` (and ``python -m pdt_bench.nino``)."""
+    p.add_argument("--task", default="C10-16", help="C10-16 or C10-32 (NiNo's utils/vision.py)")
+    p.add_argument("--methods", default="adam,pdt", help=f"comma-separated from {', '.join(METHODS)}")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--max-steps", type=int, default=10_000)
+    p.add_argument("--period", type=int, default=1_000, help="steps between NiNo nowcasts")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--nino-path", type=Path, help="NiNo checkout ($PDT_NINO, else ../shared/third_party/nino)")
+    p.add_argument("--data-dir", type=Path, help="where CIFAR-10 is (default $PDT_DATA or ../shared/data)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", type=Path, help="write one JSON record per run here; a finished run is not run again")
+    p.add_argument("--rerun", action="store_true", help="run again even when the run's record exists in --out")
+    p.add_argument("--verbose", action="store_true", help="one line per evaluation on stderr")
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """The ``pdt-bench nino`` sub-command."""
+    p = sub.add_parser("nino", help=SUMMARY, description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.set_defaults(func=_nino)
+
+
+def _nino(args: argparse.Namespace) -> int:
     methods = args.methods.split(",")
     path = nino_path(args.nino_path)
     try:
@@ -286,17 +329,35 @@ def main(argv: list[str] | None = None) -> int:
     except (Unavailable, ValueError) as e:
         print(e, file=sys.stderr)
         return 2
+    torch.set_num_threads(args.threads)
     data = tasks.TaskOptions(data_dir=args.data_dir)
+    plan: list[tuple[NiNoConfig, Path | None, NiNoRun | None]] = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for method in methods:
             config = NiNoConfig(args.task, method, seed, args.max_steps, args.period, eval_every=args.eval_every,
                                 nino=path, data=data, device=args.device)
-            result = run(config)
-            print(describe(result), flush=True)
-            if args.out is not None:
-                args.out.mkdir(parents=True, exist_ok=True)
-                (args.out / f"{args.task}-{method}-seed{seed}.json").write_text(json.dumps(result, indent=1))
+            record = None if args.out is None else args.out / f"{args.task}-{method}-seed{seed}.json"
+            try:  # every stored run is checked before the first one runs
+                stored = None if record is None or args.rerun else _stored(record, config)
+            except ValueError as e:
+                print(e, file=sys.stderr)
+                return 2
+            plan.append((config, record, stored))
+    for config, record, result in plan:
+        if result is not None:
+            print(describe(result) + " (stored)", flush=True)
+            continue
+        result = run(config, log=sys.stderr if args.verbose else None)
+        print(describe(result), flush=True)
+        if record is not None:
+            records.save_json(record, result)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pdt_bench.nino", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return _nino(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The NiNo peer: one-line refusals (no extra, no checkout, no checkpoint), and Adam and PDT on NiNo's
-C10-16 task from its own ``utils/vision.py`` on fake CIFAR-10."""
+"""The NiNo peer: one-line refusals (no extra, no checkout, no checkpoint), a study that continues where
+it stopped, Adam and PDT on NiNo's C10-16 task from its own ``utils/vision.py`` on fake CIFAR-10, and
+NiNo's and WNN+'s nowcasts where its imports are installed."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -13,6 +15,19 @@ from pdt_bench import nino, tasks
 
 SHARED_NINO = Path(__file__).resolve().parents[3] / "shared" / "third_party" / "nino"
 needs_nino = pytest.mark.skipif(not (SHARED_NINO / "utils" / "vision.py").is_file(), reason="no NiNo checkout")
+FAKE_VISION = """
+import torch.nn as nn
+
+VISION_TASKS = {"C10-16": {"net_args": {"hid": 4}, "dataset": "CIFAR10", "norm": ((0.5,) * 3, (0.25,) * 3),
+                           "lr": 0.003, "target": 66.0}}
+
+
+class Net(nn.Sequential):
+    def __init__(self, hid):
+        super().__init__(nn.Conv2d(3, hid, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(hid, 10))
+"""
+"""A stand-in for NiNo's ``utils/vision.py``: its task table and model, small, with no NiNo checkout."""
 
 
 def _checkout(tmp_path: Path) -> Path:
@@ -88,3 +103,48 @@ def test_adam_and_pdt_train_on_the_same_batches_and_stop_at_the_target(fake_cifa
     # A target the first evaluation meets stops the run there.
     reached = nino.run(nino.NiNoConfig(method="adam", target=0.0, **common))
     assert reached["steps_to_target"] == 3 and len(reached["curve"]) == 1
+
+
+def test_the_command_continues_a_study_and_refuses_a_record_of_other_options(tmp_path, monkeypatch, capsys):
+    checkout = _checkout(tmp_path / "nino")
+    (checkout / "utils" / "vision.py").write_text(FAKE_VISION)
+    write_cifar_pickles(tmp_path / "data", per_batch=24)
+    monkeypatch.setenv("PDT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    command = ["--methods", "adam", "--max-steps", "4", "--eval-every", "2", "--nino-path", str(checkout),
+               "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert nino.main(command) == 0
+    record = out / "C10-16-adam-seed0.json"
+    first = record.read_text()
+    assert [p["step"] for p in nino.records.load_run(record)["curve"]] == [2, 4]
+    capsys.readouterr()
+    assert nino.main(command) == 0  # the finished run is read back, not run again
+    assert capsys.readouterr().out.strip().endswith("in 4 steps (stored)") and record.read_text() == first
+    assert nino.main([*command, "--max-steps", "6"]) == 2  # refused before anything runs
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "ran with other max_steps" in err and "--rerun" in err
+    assert record.read_text() == first
+    assert nino.main([*command, "--max-steps", "6", "--rerun"]) == 0
+    assert nino.records.load_run(record)["curve"][-1]["step"] == 6
+
+
+def test_pdt_bench_nino_is_the_same_command(tmp_path, monkeypatch, capsys):
+    from pdt_bench import cli
+
+    monkeypatch.setitem(sys.modules, "torch_geometric", None)
+    assert cli.main(["nino", "--methods", "wnn+", "--nino-path", str(_checkout(tmp_path))]) == 2
+    assert capsys.readouterr().err.startswith("NiNo peer refused: wnn+ needs")
+
+
+@needs_nino
+@pytest.mark.skipif(bool(nino._missing_modules()), reason="NiNo's imports (the [peers] extra) are not installed")
+def test_nino_and_wnn_nowcast_from_their_checkpoints(fake_cifar):
+    # A state every step (period 5 / ctx 5), so the first nowcast replaces step 5's update.
+    common = dict(task="C10-16", max_steps=10, period=5, batch_size=16, eval_every=5, target=101.0, nino=SHARED_NINO,
+                  data=fake_cifar)
+    adam = nino.run(nino.NiNoConfig(method="adam", **common))
+    for method in ("nino", "wnn+"):
+        nowcast = nino.run(nino.NiNoConfig(method=method, **common))
+        assert [p["step"] for p in nowcast["curve"]] == [5, 10]
+        assert nowcast["curve"][0] != adam["curve"][0]
+        assert all(math.isfinite(p["val_loss"]) for p in nowcast["curve"])
