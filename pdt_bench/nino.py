@@ -33,6 +33,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +49,7 @@ from torch_pdt import PDT
 from . import records, tasks
 from .methods import METHODS as HARNESS_METHODS
 from .methods import parse_method
+from .report import markdown_table
 from .tasks import cifar10
 
 __all__ = [
@@ -280,6 +282,42 @@ def describe(result: NiNoRun) -> str:
     return head + f"not reached: best {result['best_acc']:.1f} % instead of {result['target']:g} % in {steps} steps"
 
 
+def _first_step(curve: list[Point], accuracy: float) -> int | None:
+    return next((p["step"] for p in curve if p["val_acc"] >= accuracy), None)
+
+
+def _median_steps(steps: list[int | None]) -> str:
+    """Median over seeds (a miss counts as infinitely late), the range of those that got there, and how many."""
+    got = sorted(s for s in steps if s is not None)
+    ordered = got + [math.inf] * (len(steps) - len(got))
+    median = statistics.median(ordered)
+    spread = f" ({got[0]}–{got[-1]})" if len(got) > 1 else ""
+    return f"{'n/r' if median == math.inf else f'{median:g}'}{spread} {len(got)}/{len(steps)}"
+
+
+def table(results: list[NiNoRun], reference: str = "adam") -> str:
+    """A Markdown table of the head-to-head: per method, steps to the task's target and to the
+    ``reference``'s best accuracy of the same seed (median over seeds), best and final accuracy (means)."""
+    best = {r["seed"]: r["best_acc"] for r in results if r["method"] == reference}
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in results):
+        runs = [r for r in results if r["method"] == method]
+        paired = [r for r in runs if r["seed"] in best]
+        rows.append(
+            [
+                f"`{method}`",
+                str(len(runs)),
+                _median_steps([r["steps_to_target"] for r in runs]),
+                _median_steps([_first_step(r["curve"], best[r["seed"]]) for r in paired]) if paired else "-",
+                f"{statistics.fmean(r['best_acc'] for r in runs):.2f}",
+                f"{statistics.fmean(r['curve'][-1]['val_acc'] for r in runs if r['curve']):.2f}",
+            ]
+        )
+    target = f"{results[0]['target']:g} %" if results else "target"
+    headers = ["method", "seeds", f"steps to {target}", f"steps to {reference}'s best", "best acc %", "final acc %"]
+    return markdown_table(headers, rows)
+
+
 SAME_RUN = ("task", "method", "seed", "max_steps", "period", "batch_size", "eval_every", "lr", "target")
 """The options a stored run must share with the asked one to stand for it (paths and device may differ)."""
 
@@ -343,14 +381,23 @@ def _nino(args: argparse.Namespace) -> int:
                 print(e, file=sys.stderr)
                 return 2
             plan.append((config, record, stored))
+    done: list[NiNoRun] = []
     for config, record, result in plan:
         if result is not None:
             print(describe(result) + " (stored)", flush=True)
+            done.append(result)
             continue
         result = run(config, log=sys.stderr if args.verbose else None)
         print(describe(result), flush=True)
         if record is not None:
             records.save_json(record, result)
+        done.append(result)
+    if args.out is not None:  # every seed run so far into --out, not only this call's
+        done = [json.loads(p.read_text()) for p in sorted(args.out.glob(f"{args.task}-*-seed*.json"))]
+    text = table(done)
+    print(text)
+    if args.out is not None:
+        records.write_text(args.out / "report.md", f"# NiNo head-to-head, {args.task}\n\n{text}\n")
     return 0
 
 

@@ -119,7 +119,9 @@ def test_the_command_continues_a_study_and_refuses_a_record_of_other_options(tmp
     assert [p["step"] for p in nino.records.load_run(record)["curve"]] == [2, 4]
     capsys.readouterr()
     assert nino.main(command) == 0  # the finished run is read back, not run again
-    assert capsys.readouterr().out.strip().endswith("in 4 steps (stored)") and record.read_text() == first
+    printed = capsys.readouterr().out
+    assert "in 4 steps (stored)\n| method |" in printed and record.read_text() == first
+    assert (out / "report.md").read_text().count("| `adam` |") == 1  # the table over --out, in its report
     assert nino.main([*command, "--max-steps", "6"]) == 2  # refused before anything runs
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "ran with other max_steps" in err and "--rerun" in err
@@ -148,3 +150,23 @@ def test_nino_and_wnn_nowcast_from_their_checkpoints(fake_cifar):
         assert [p["step"] for p in nowcast["curve"]] == [5, 10]
         assert nowcast["curve"][0] != adam["curve"][0]
         assert all(math.isfinite(p["val_loss"]) for p in nowcast["curve"])
+
+
+def test_table_counts_steps_to_the_target_and_to_adams_best_of_the_same_seed():
+    from pdt_bench.nino import table
+
+    def result(method, seed, accs, reached=None):
+        curve = [{"step": 100 * (i + 1), "val_loss": 1.0, "val_acc": a} for i, a in enumerate(accs)]
+        return {"task": "C10-16", "method": method, "seed": seed, "target": 66.0, "steps_to_target": reached,
+                "best_acc": max(accs), "seconds": 1.0, "curve": curve, "config": {}}
+
+    results = [
+        result("adam", 0, [50, 60, 62, 61]),  # best 62 at step 300
+        result("adam", 1, [50, 64, 63, 63]),  # best 64 at step 200
+        result("nino", 0, [55, 62, 66], reached=300),  # 62 at step 200, the target at 300
+        result("nino", 1, [55, 63, 63, 62]),  # never 64: a miss on seed 1
+    ]
+    cells = [[c.strip() for c in row.split("|")[1:-1]] for row in table(results).splitlines()]
+    assert cells[0] == ["method", "seeds", "steps to 66 %", "steps to adam's best", "best acc %", "final acc %"]
+    assert cells[2] == ["`adam`", "2", "n/r 0/2", "250 (200–300) 2/2", "63.00", "62.00"]
+    assert cells[3] == ["`nino`", "2", "n/r 1/2", "n/r 1/2", "64.50", "64.00"]
