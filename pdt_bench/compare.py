@@ -30,7 +30,7 @@ from torch_pdt import PDT, PDTConfig
 
 from . import metrics, peers, report, tasks
 from .methods import METHODS, OPTIMIZERS, SCHEDULES, literal, parse_method, with_lr
-from .records import Epoch, Run, load_run, pack, save_json, stored_config
+from .records import Epoch, Run, load_run, pack, rounded, save_json, stored_config
 from .train import RunConfig, run
 
 __all__ = ["Progress", "add_command", "add_run_arguments", "check_pdt", "execute", "launch", "run_configs"]
@@ -272,7 +272,7 @@ def _run_to_file(config: RunConfig, path: Path, report: Report | None = None) ->
     record = run(config, out_dir=path.parent.parent, on_epoch=on_epoch)
     record["config"]["identity"] = _identity(config)
     record["config"]["code_version"] = _code_version()
-    save_json(path, record)
+    save_json(path, rounded(record))  # as the store keeps it: the run reads the same before and after a pack
     return path
 
 

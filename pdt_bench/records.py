@@ -9,9 +9,11 @@ first written to its own file (by the process that ran it: workers never share a
 :func:`pack` folds the files into the store and removes them. ``python -m pdt_bench.records
 DIR...`` converts folders of old run files the same way.
 
-Values are kept exact (floats round-trip through JSON); the size comes from compact JSON and xz,
-which compresses the committed studies 11x (28.9 MB of indented JSON files, 434 runs, to 2.5 MB;
-gzip -9 gives 3.8 MB: its 32 KB window misses the repetition across runs).
+The size comes from compact JSON and xz, which compresses the committed studies 11x (28.9 MB of
+indented JSON files, 434 runs, to 2.5 MB; gzip -9 gives 3.8 MB: its 32 KB window misses the
+repetition across runs), and from :func:`rounded`: the clocks and PDT's diagnostic statistics
+are kept to 5 and 6 significant digits, the measured values (losses, accuracies, learning rate)
+exactly: that took the committed stores from 3.03 MB to 2.10 MB (572 runs).
 
 A :class:`Run` holds times in seconds. ``train_time`` is the run's clock: training plus all PDT
 work, stopped while evaluating; it is cumulative, so the row of epoch ``e`` says how long
@@ -42,6 +44,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "pack",
+    "rounded",
     "save_json",
     "stored_config",
     "write_text",
@@ -59,11 +62,11 @@ class Epoch(TypedDict):
     epoch: int
     """1-based: the row after ``epoch`` epochs of training (and that epoch's PDT step)."""
     train_time: float
-    """Cumulative clock at the end of this epoch (training + PDT, no evaluation)."""
+    """Cumulative clock at the end of this epoch (training + PDT, no evaluation); 5 significant digits."""
     pdt_time: float
-    """Time of this epoch's PDT step (0 without PDT); included in ``train_time``."""
+    """Time of this epoch's PDT step (0 without PDT); included in ``train_time``; 5 significant digits."""
     eval_time: float
-    """Time spent evaluating after this epoch (not in ``train_time``)."""
+    """Time spent evaluating after this epoch (not in ``train_time``); 5 significant digits."""
     train_loss: float
     """Full-pass loss on the training set (or its fixed evaluation subset) after the PDT step."""
     batch_loss: float
@@ -261,36 +264,98 @@ def load_runs(directory: Path) -> list[Run]:
     return list(load_named_runs(directory).values())
 
 
+CLOCK_DIGITS = 5
+"""Significant digits kept of a run's clocks (``train_time``, ``pdt_time``, ``eval_time``, ``overhead["pdt_time"]``)."""
+DIAGNOSTIC_DIGITS = 6
+"""Significant digits kept of PDT's diagnostic statistics (eigenvalues, per-parameter ratios, per-layer DMDs)."""
+_CLOCKS = ("train_time", "pdt_time", "eval_time")
+_DIAGNOSTICS = ("eigenvalues", "accepted_ratio_per_param", "layers")
+
+
+def _round(value: Any, digits: int) -> Any:
+    """Every float in ``value`` (a number, or lists and dicts of them) to ``digits`` significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")  # the shortest text of that float has <= digits digits
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return value
+
+
+def rounded(run: Run) -> Run:
+    """``run`` with its clocks to :data:`CLOCK_DIGITS` and PDT's diagnostics to :data:`DIAGNOSTIC_DIGITS`
+    significant digits; every other value as it was. The same run again (``rounded(rounded(r)) == rounded(r)``).
+
+    Which fields: at full precision (17 digits each) they made 30 % of the committed stores' bytes.
+    The clocks are timer noise past a few digits; the harness quotes sums and ratios of them to 3
+    digits (the time columns, PDT's time share, the TTB seconds and reductions), which 5 digits move
+    by 5e-5 of their value at most: a quoted figure that sat on a rounding boundary moves by one in
+    its last digit (the committed studies' reports, rendered again: 10 figures, all seconds or time
+    reductions; with 6 digits, 2 figures for 35 KB more). The eigenvalues, the per-parameter accepted
+    ratios and the per-layer DMDs are read by plots alone. Kept exact, because a verdict compares
+    them with ``<=`` or a table quotes them, and rounding could make a tie: the losses and
+    accuracies, ``lr``, PDT's ``accepted_ratio`` (a quoted mean) and the pacing rule's losses (its
+    verdict compares them; they repeat ``batch_loss``, so xz stores them almost free). A record
+    without ``epochs`` (``pdt-bench steps``) is returned as it is.
+
+    >>> row = {"train_time": 12.345678901, "pdt_time": 0.0, "eval_time": 0.31724755100003676,
+    ...        "train_loss": 2.098807792663574, "pdt": {"eigenvalues": [[0.9991232124751082, 0.0]]}}
+    >>> r = rounded({"epochs": [row], "overhead": {"pdt_time": 0.941947251005331}})
+    >>> r["epochs"][0]  # doctest: +NORMALIZE_WHITESPACE
+    {'train_time': 12.346, 'pdt_time': 0.0, 'eval_time': 0.31725, 'train_loss': 2.098807792663574,
+     'pdt': {'eigenvalues': [[0.999123, 0.0]]}}
+    >>> r["overhead"], rounded(r) == r
+    ({'pdt_time': 0.94195}, True)
+    """
+    if "epochs" not in run:
+        return run
+    epochs = []
+    for row in run["epochs"]:
+        row = row | {k: _round(row[k], CLOCK_DIGITS) for k in _CLOCKS if k in row}
+        stats = row.get("pdt")
+        if stats:
+            row["pdt"] = stats | {k: _round(stats[k], DIAGNOSTIC_DIGITS) for k in _DIAGNOSTICS if k in stats}
+        epochs.append(row)
+    run = run | {"epochs": epochs}  # type: ignore[assignment]
+    if isinstance(run.get("overhead"), dict) and "pdt_time" in run["overhead"]:
+        run["overhead"] = run["overhead"] | {"pdt_time": _round(run["overhead"]["pdt_time"], CLOCK_DIGITS)}
+    return run
+
+
 def _line(name: str, run: Run) -> str:
-    return json.dumps({"name": name, "run": run}, separators=(",", ":"), allow_nan=True)
+    return json.dumps({"name": name, "run": rounded(run)}, separators=(",", ":"), allow_nan=True)
 
 
-def pack(directory: Path) -> Path | None:
+def pack(directory: Path, repack: bool = False) -> Path | None:
     """Fold the run files of ``directory/runs`` into ``directory/runs.jsonl.xz``; return the store.
 
     A file replaces the store's line of the same name; the files are removed once the store is
-    written (atomically), and ``runs/`` too if nothing else is left in it. The same runs give
-    the same bytes (sorted lines, compact JSON, no time stamp in xz), and an unchanged store is
-    not written again. A damaged store line is not carried over: its run counts as not run. With
-    no readable run file, nothing is written (``None``). Two processes packing one directory at
-    once (two studies sharing an ``--out``) take turns on a lock file, ``directory/.runs.lock``:
-    each reads the store the other wrote, so neither drops the other's runs.
+    written (atomically), and ``runs/`` too if nothing else is left in it. Every line is written
+    :func:`rounded`, the store's own lines too, so an older store takes the rounding the next time
+    it is packed (``repack``: even with no run file to fold). The same runs give the same bytes
+    (sorted lines, compact JSON, no time stamp in xz), and an unchanged store is not written again.
+    A damaged store line is not carried over: its run counts as not run. With nothing to write (no
+    readable run file, and with ``repack`` no stored run either), nothing is written (``None``). Two
+    processes packing one directory at once (two studies sharing an ``--out``) take turns on a lock
+    file, ``directory/.runs.lock``: each reads the store the other wrote, so neither drops the other's runs.
     """
     directory = Path(directory)
-    if not (directory / "runs").is_dir():
+    if not (directory / "runs").is_dir() and not (repack and (directory / STORE).is_file()):
         return None
     with _locked(directory / ".runs.lock"):
         files = _run_files(directory)
-        if not files:
+        stored = _read_store(directory) if files or repack else {}
+        runs = {name: json.loads(line)["run"] for name, line in stored.items()} | files
+        if not runs:
             return None
-        lines = _read_store(directory) | {name: _line(name, run) for name, run in files.items()}
-        data = lzma.compress("".join(lines[name] + "\n" for name in sorted(lines)).encode(), preset=_PRESET)
+        data = lzma.compress("".join(_line(name, runs[name]) + "\n" for name in sorted(runs)).encode(), preset=_PRESET)
         store = directory / STORE
         if not store.exists() or store.read_bytes() != data:
             write_text(store, data)
         for name in files:
             (directory / "runs" / f"{name}.json").unlink()
-        if not any((directory / "runs").iterdir()):
+        if (directory / "runs").is_dir() and not any((directory / "runs").iterdir()):
             (directory / "runs").rmdir()
         return store
 
@@ -312,18 +377,21 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pdt_bench.records DIR...``: pack every study under each ``DIR`` (a folder with ``runs/``)."""
+    """``python -m pdt_bench.records [--repack] DIR...``: pack every study (a folder with ``runs/``) in each ``DIR``."""
     parser = argparse.ArgumentParser(prog="python -m pdt_bench.records", description=main.__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="study directories, or folders holding them")
+    parser.add_argument("--repack", action="store_true", help=f"also rewrite each {STORE} (applies the rounding)")
     args = parser.parse_args(argv)
     for root in args.dirs:
-        for runs in sorted({root / "runs", *root.rglob("runs")}):
-            if not runs.is_dir():
-                continue
-            count = len(list(runs.glob("*.json")))
-            store = pack(runs.parent)
+        studies = {p.parent for p in [root / "runs", *root.rglob("runs")] if p.is_dir()}
+        if args.repack:
+            studies |= {p.parent for p in [root / STORE, *root.rglob(STORE)] if p.is_file()}
+        for study in sorted(studies):
+            count = len(list((study / "runs").glob("*.json")))
+            before = (study / STORE).stat().st_size if (study / STORE).exists() else 0
+            store = pack(study, repack=args.repack)
             if store is not None:
-                print(f"{runs.parent}: {count} run files -> {STORE} ({store.stat().st_size:,} bytes)")
+                print(f"{study}: {count} run files -> {STORE} ({before:,} -> {store.stat().st_size:,} bytes)")
     return 0
 
 

@@ -121,6 +121,87 @@ def test_a_rewrite_without_change_is_byte_identical(tmp_path):
     assert records.pack(tmp_path / "one") is None  # nothing to fold
 
 
+MEASURED = ("train_loss", "batch_loss", "train_acc", "val_loss", "val_acc", "lr")
+CLOCKS = ("train_time", "pdt_time", "eval_time")
+
+
+def _full_precision_run(seed):
+    """A run with PDT whose every float has 17 digits, as the harness measured them before :func:`records.rounded`."""
+    third = 1 / 3 + seed
+    stats = {
+        "predicted": True,
+        "accepted": 7,
+        "numel": 9,
+        "accepted_ratio": 7 / 9,
+        "accepted_ratio_per_param": {"0.weight": 2 / 3, "0.bias": 1.0},
+        "eigenvalues": [[0.9991232124751082, -0.0123456789012345], [None, 0.0]],
+        "layers": {"0.weight": {"rank": 2, "eigenvalues": [[1.2026918540347713, 0.0]], "reason": None}},
+        "pacing": {"loss": 2.2361056804656982, "verdict": "good", "reference_loss": 2.2361056804656985},
+    }
+    run = make_run("pdt", seed, [2.302585092994046, 0.1 + 0.2], [third, 0.7816666666666666], pdt=[None, stats])
+    for e in run["epochs"]:
+        e |= {"train_time": 0.9171030469997277 * e["epoch"] + third, "eval_time": 0.317247551000037, "lr": 0.04996642}
+    run["epochs"][1]["pdt_time"] = 0.016469817999677616
+    run["overhead"] = {"pdt_time": 0.016469817999677616, "numel": 9}
+    return run
+
+
+def _close(a, b, digits):
+    """``a`` and ``b`` (numbers, or lists and dicts of them) agree to ``digits`` significant digits."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], digits) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y, digits) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) <= 0.5 * 10 ** (1 - digits) * abs(a)
+    return a == b
+
+
+def test_a_pack_rounds_the_clocks_and_diagnostics_and_keeps_the_measured_values_exact(tmp_path):
+    runs = {f"pdt-seed{s}": _full_precision_run(s) for s in range(2)}
+    _write_files(tmp_path, runs)
+    store = records.pack(tmp_path)
+    for name, packed in records.load_named_runs(tmp_path).items():
+        for was, row in zip(runs[name]["epochs"], packed["epochs"]):
+            assert [row[k].hex() for k in MEASURED] == [was[k].hex() for k in MEASURED]  # bit for bit
+            assert _close([was[k] for k in CLOCKS], [row[k] for k in CLOCKS], records.CLOCK_DIGITS)
+            assert row["train_time"] != was["train_time"]  # rounded, not just kept
+            if was["pdt"]:
+                same = ("accepted_ratio", "pacing", "accepted", "predicted")
+                assert {k: row["pdt"][k] for k in same} == {k: was["pdt"][k] for k in same}
+                assert _close(was["pdt"], row["pdt"], records.DIAGNOSTIC_DIGITS)
+                assert row["pdt"]["eigenvalues"][0] == [0.999123, -0.0123457]
+        assert _close(runs[name]["overhead"], packed["overhead"], records.CLOCK_DIGITS)
+        assert records.rounded(packed) == packed  # rounding twice changes nothing
+    # A single run file is written rounded too: the run reads the same before and after a pack.
+    packed = records.load_named_runs(tmp_path)
+    records.save_json(tmp_path / "runs" / "pdt-seed0.json", records.rounded(runs["pdt-seed0"]))
+    assert records.load_named_runs(tmp_path) == packed
+    first = store.read_bytes()
+    os.utime(store, ns=(0, 0))
+    assert records.pack(tmp_path) == store and records.pack(tmp_path, repack=True) == store
+    assert store.read_bytes() == first and store.stat().st_mtime_ns == 0  # packing again: the same bytes, not rewritten
+
+
+def test_an_old_full_precision_store_loads_exactly_and_a_repack_rounds_it(tmp_path, capsys):
+    runs = {f"pdt-seed{s}": _full_precision_run(s) for s in range(2)}
+    lines = "".join(json.dumps({"name": n, "run": r}, separators=(",", ":")) + "\n" for n, r in sorted(runs.items()))
+    old = lzma.compress(lines.encode())  # a store written before the rounding
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / records.STORE).write_bytes(old)
+    assert _text(records.load_named_runs(tmp_path / "study")) == _text(runs)
+    assert records.main([str(tmp_path)]) == 0  # no runs/ folder: plain packing leaves the store alone
+    assert (tmp_path / "study" / records.STORE).read_bytes() == old
+    assert records.main(["--repack", str(tmp_path)]) == 0
+    assert "0 run files -> runs.jsonl.xz" in capsys.readouterr().out
+    repacked = records.load_named_runs(tmp_path / "study")
+    assert _text(repacked) == _text({n: records.rounded(r) for n, r in runs.items()}) != _text(runs)
+    for name, run in repacked.items():
+        measured = [[e[k] for k in MEASURED] for e in run["epochs"]]
+        assert measured == [[e[k] for k in MEASURED] for e in runs[name]["epochs"]]
+    assert not (tmp_path / "study" / "runs").exists()
+
+
 @dataclass
 class _Config:
     method: str
