@@ -10,8 +10,9 @@
 * **Flattening** (:func:`flat_view`): a 1-D view of each tensor in *memory* order, so that
   channels-last weights (and optimizer state laid out like them) are read and written in place.
 * **Layout** (:class:`Layout`): what the snapshot storage depends on (shape, dtype, device and
-  memory order of the local shard). :func:`check_unchanged` compares it at every step, before
-  anything changes.
+  memory order of the local shard). :func:`check_unchanged` compares it, and the optimizer's
+  tensors, before anything changes; :class:`Tracked` runs it at every step only where a cheap
+  fingerprint says that something may have changed, and keeps the flat views.
 
 Example:
     >>> model = torch.nn.Linear(3, 2)
@@ -22,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +39,7 @@ else:  # a build without torch.distributed has no DTensor parameters to look for
 __all__ = [
     "DTensor",
     "Layout",
+    "Tracked",
     "check_dense_state",
     "check_supported",
     "check_unchanged",
@@ -191,6 +195,70 @@ def check_unchanged(
                     f"parameter {name} changed {what}{dense} from {getattr(then, what)} to {getattr(now_, what)} "
                     "since PDT was created: its snapshots no longer fit it; create a new PDT"
                 )
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+_DTYPE = operator.attrgetter("dtype")
+
+
+class Tracked:
+    """The parameters PDT predicts: :func:`check_unchanged` at the cost of a few C-level passes over
+    the tensors, and their flat views (:func:`flat_views`) as of the last check.
+
+    The full check collects the optimizer's parameters with their names and compares each one's
+    :class:`Layout`: 3-4 us a tensor in Python, half of a predicting step for 10,000 one-element
+    tensors. This one compares a fingerprint taken with ``map`` over built-in getters (about
+    0.1 us a tensor each): the ids of every tensor in the groups PDT predicts and their
+    ``requires_grad`` (all ``collect`` reads), and the data pointer, size, strides and dtype of
+    each predicted tensor's local shard (all of its :class:`Layout` but the device, which no
+    pointer shares with another device: CPU and accelerator memory are distinct ranges of one
+    virtual address space). Where the fingerprint differs the full check runs: it raises on a
+    real change and takes the new fingerprint on a harmless one (``p.data`` replaced by a
+    tensor of the same layout elsewhere in memory, whose views are then made anew).
+
+    Args:
+        optimizer: the optimizer PDT steps beside.
+        names, params: :func:`collect`'s result for it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, names: Sequence[str], params: Sequence[Tensor]) -> None:
+        self.optimizer = optimizer
+        self.names = list(names)
+        self.params = list(params)
+        self.layouts = [Layout.of(p) for p in self.params]
+        self._sharded = any(isinstance(p, DTensor) for p in self.params)
+        self._fingerprint = self._take()
+        self._flats = flat_views(self.names, self.params)
+
+    def _take(self) -> tuple[list, ...]:
+        groups = (g["params"] for g in self.optimizer.param_groups if g.get("pdt", True))
+        members = list(itertools.chain.from_iterable(groups))
+        shards = list(map(local_shard, self.params)) if self._sharded else self.params
+        return (
+            list(map(id, members)),
+            list(map(_REQUIRES_GRAD, members)),
+            list(map(Tensor.data_ptr, shards)),
+            list(map(Tensor.size, shards)),
+            list(map(Tensor.stride, shards)),
+            list(map(_DTYPE, shards)),
+        )
+
+    def check(self) -> None:
+        """``ValueError`` (:func:`check_unchanged`'s) unless the optimizer trains the same tensors, laid out alike."""
+        now = self._take()
+        if now == self._fingerprint:
+            return
+        check_unchanged(self.optimizer, self.names, self.params, self.layouts)
+        if now[2] != self._fingerprint[2]:  # the same layouts in other memory
+            self._flats = flat_views(self.names, self.params)
+        self._fingerprint = now
+
+    def flats(self) -> list[Tensor]:
+        """1-D views of the (local shards of the) parameters in memory order, as of the last :meth:`check`.
+
+        Kept, not made at each call: building 10,000 views took 37 ms, three times a step.
+        """
+        return list(self._flats)
 
 
 def flat_views(names: Sequence[str], params: Sequence[Tensor]) -> list[Tensor]:

@@ -134,8 +134,7 @@ class PDT:
         params.check_supported(self.names, self.params)
         params.check_dense_state(optimizer, self.names, self.params, cfg.on_jump, model)
         self.numel = sum(p.numel() for p in self.params)
-        self._layouts = [params.Layout.of(p) for p in self.params]
-        self._sharded = any(isinstance(p, DTensor) for p in self.params)
+        self._tracked = params.Tracked(optimizer, self.names, self.params)
         # Snapshots hold what this process updates: the local shards of sharded parameters.
         self._history = SnapshotHistory(self._flat_params(), cfg.history, cfg.storage, cfg.chunk_size, cfg.scope)
         if cfg.pacing == "adaptive" and not self._history.exact:
@@ -240,7 +239,7 @@ class PDT:
         """Everything :meth:`step` can check before it changes anything; the loss as a float (or ``None``)."""
         if not isinstance(predict, bool):
             raise ValueError(f"predict must be True or False, got {predict!r}")
-        params.check_unchanged(self.optimizer, self.names, self.params, self._layouts)
+        self._tracked.check()
         value = self._loss_value(loss)
         if self.config.on_jump != "keep":
             params.check_dense_state(self.optimizer, self.names, self.params, self.config.on_jump)
@@ -342,17 +341,9 @@ class PDT:
         return [p.numel() for p in self.params]
 
     def _flat_params(self) -> list[Tensor]:
-        """1-D views of the (local shards of the) parameters in memory order (channels-last included).
-
-        Kept while every parameter's memory stays where it was (the same data pointers; the
-        layouts are checked at every step): building 10,000 views took 37 ms, three times a step.
-        """
-        shards = map(local_shard, self.params) if self._sharded else self.params
-        pointers = list(map(Tensor.data_ptr, shards))
-        cached = getattr(self, "_flats", None)
-        if cached is None or cached[0] != pointers:
-            cached = self._flats = (pointers, params.flat_views(self.names, self.params))
-        return list(cached[1])
+        """1-D views of the (local shards of the) parameters in memory order (channels-last included),
+        as of the check that starts every step (:meth:`torch_pdt.params.Tracked.flats`)."""
+        return self._tracked.flats()
 
     def _snapshot(self) -> None:
         """Push the current parameters; a sharded subclass turns a failure here into a skip on all ranks."""
@@ -440,4 +431,3 @@ class PDT:
         self.pacing = restored
         self.epoch, self.plain_epochs, self.optimizer_steps = counters
         self._draws = draws
-
