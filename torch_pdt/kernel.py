@@ -464,9 +464,10 @@ of 10,000 one-element tensors would be seconds per step."""
 
 @dataclass(frozen=True)
 class _Group:
-    """One call of each pass: a large parameter, or a run of small ones adjacent in the storage."""
+    """One call of each pass: a large parameter, or a run of small ones adjacent in the storage
+    (consecutive parameters: ``members`` is a range, so that their tensors are a slice of a list)."""
 
-    members: tuple[int, ...]
+    members: range
     bucket: int
     start: int
     stop: int
@@ -486,13 +487,13 @@ def _groups(slots: Sequence[tuple[int, int, int]], share: bool = True) -> list[_
         if run:
             bucket, offset, _ = slots[run[0]]
             last = slots[run[-1]]
-            groups.append(_Group(tuple(run), bucket, offset, last[1] + last[2]))
+            groups.append(_Group(range(run[0], run[-1] + 1), bucket, offset, last[1] + last[2]))
             run.clear()
 
     for i, (bucket, offset, numel) in enumerate(slots):
         if numel >= SMALL or not share:
             close()
-            groups.append(_Group((i,), bucket, offset, offset + numel))
+            groups.append(_Group(range(i, i + 1), bucket, offset, offset + numel))
             continue
         if run:
             prev = slots[run[-1]]
@@ -548,7 +549,7 @@ class FusedPasses:
         """
         found = self._staged.get(group)
         if found is None:
-            members = [flats[i] for i in group.members]
+            members = flats[group.members.start : group.members.stop]
             dtype = functools.reduce(torch.promote_types, (f.dtype for f in members))
             sizes = [self.slots[i][2] for i in group.members]
             buffer = torch.empty(sum(sizes), dtype=dtype, device=members[0].device)
@@ -556,12 +557,16 @@ class FusedPasses:
             found = self._staged[group] = (buffer, list(buffer.split(sizes)), bounds)
         return found
 
-    def _source(self, group: _Group, flats: Sequence[Tensor]) -> Tensor:
-        """The group's parameters as one 1-D tensor: the parameter itself, or (staged) its buffer filled."""
+    def _source(self, group: _Group, flats: Sequence[Tensor], newest: int | None = None) -> Tensor:
+        """The group's parameters as one 1-D tensor: the parameter itself, or (staged) its buffer filled,
+        from the parameters or from ring row ``newest`` where that holds them (one copy, where
+        gathering 10,000 one-element tensors took 1 ms)."""
         if not group.staged:
             return flats[group.members[0]]
         buffer = self._staging(group, flats)[0]
-        return torch.cat([flats[i] for i in group.members], out=buffer)
+        if newest is not None:
+            return buffer.copy_(self.storage[group.bucket][newest, group.start : group.stop])
+        return torch.cat(flats[group.members.start : group.members.stop], out=buffer)
 
     def copy_in(self, flats: Sequence[Tensor], row: int) -> Tensor:
         r"""Copy ``flats`` into ring row ``row``; the ``blocks x (h + 1) x 2`` float64 inner products, on CPU.
@@ -679,7 +684,7 @@ class FusedPasses:
                     per_param.append(torch.zeros(len(group.members), dtype=torch.int64))
                     continue
                 storage = self.storage[group.bucket][:, group.start : group.stop]
-                param = self._source(group, flats)
+                param = self._source(group, flats, rows[-1] if plan.newest_is_param else None)
                 key = (group.members[0] if per_layer else 0, param.device, work_dtype(param.dtype))
                 if key not in coefs:
                     coefs[key] = ring_coefficients(mine, key[2], key[1], rows)
@@ -721,7 +726,12 @@ class FusedPasses:
                 cumulative = torch.cat([bounds.new_zeros(1), landed])
                 per_param.append(cumulative[bounds[1:]] - cumulative[bounds[:-1]])  # empty tensors too
                 if plan.write:
-                    torch._foreach_copy_([flats[i] for i in group.members], parts)
+                    # Only the parameters with an accepted element: the others' values in the buffer
+                    # are their own (0.3-0.4 us a tensor copied, one thread).
+                    written = per_param[-1].nonzero()[:, 0].tolist()
+                    first = group.members.start
+                    if written:
+                        torch._foreach_copy_([flats[first + j] for j in written], [parts[j] for j in written])
         # Host transfers only now: the first waits for the device, the others find it done.
         total = sum((t.cpu() for t in totals.values()), torch.zeros(5, dtype=torch.int64))
         total[:4] += kept
