@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_pdt import PDT, kernel, prediction, reference
+from torch_pdt import PDT, kernel, prediction, reference, staging
 from torch_pdt.criteria import CRITERIA, extremes
 from torch_pdt.passes import Plan
 from torch_pdt.snapshots import SnapshotHistory
@@ -142,7 +142,7 @@ def _check(log, applied, rtol):
 @pytest.mark.parametrize("criterion", ["pdt", "accel_only", "consistency_only", "authors", "none"])
 def test_fused_passes_match_the_eager_pass(criterion):
     # One large parameter (its own call) for "pdt"; small ones share a staged call.
-    sizes = [kernel.SMALL + 5, 7, 1, 300] if criterion == "pdt" else [7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300] if criterion == "pdt" else [7, 1, 300]
     applied = APPLIED[criterion]
     for forecast in ("paper", "increment"):
         log = _run_pdt(criterion, sizes, forecast=forecast)
@@ -195,7 +195,7 @@ def _tensors(sizes, dtype, seed):
 @needs_compiler
 @pytest.mark.parametrize("scope", ["model", "layer"])
 def test_copy_in_matches_the_eager_history_and_never_recompiles_as_the_ring_turns(scope):
-    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300]
     eager, fused = (SnapshotHistory(_tensors(sizes, torch.float32, 0), H, scope=scope) for _ in range(2))
     eager_passes = prediction.EagerPasses(*eager.layout(), scope=scope)
     fused_passes = kernel.FusedPasses(*fused.layout(), scope=scope)
@@ -215,17 +215,70 @@ def test_copy_in_matches_the_eager_history_and_never_recompiles_as_the_ring_turn
 
 @needs_compiler
 def test_prediction_never_recompiles_as_the_ring_turns():
-    _run_pdt("pdt", [kernel.SMALL + 5, 7, 1, 300], epochs=H + 1)  # compiled here (or by the tests above)
+    _run_pdt("pdt", [staging.SMALL + 5, 7, 1, 300], epochs=H + 1)  # compiled here (or by the tests above)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    log = _run_pdt("pdt", [kernel.SMALL + 5, 7, 1, 300], epochs=3 * H)
+    log = _run_pdt("pdt", [staging.SMALL + 5, 7, 1, 300], epochs=3 * H)
     assert len(log) >= 2 * H
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 def test_small_parameters_share_one_call_per_pass():
-    history = SnapshotHistory(_tensors([1] * 10_000 + [kernel.SMALL, 3, 4], torch.float32, 0), H)
+    history = SnapshotHistory(_tensors([1] * 10_000 + [staging.SMALL, 3, 4], torch.float32, 0), H)
     groups = kernel.FusedPasses(*history.layout(), use_compiled=False).groups
     assert [len(g.members) for g in groups] == [10_000, 1, 2]
+
+
+LONG_RUN = [staging.SMALL + 5] + [7, 1, 30] * 12  # 36 small tensors after a large one
+
+
+def test_the_eager_passes_stage_only_a_long_run_of_small_tensors():
+    history = SnapshotHistory(_tensors(LONG_RUN + [staging.SMALL, 3, 4], torch.float32, 0), H)
+    groups = prediction.EagerPasses(*history.layout()).groups
+    assert prediction.EAGER_RUN <= 36 and [len(g.members) for g in groups] == [1, 36, 1, 1, 1]
+
+
+@needs_compiler
+def test_fused_passes_match_the_eager_pass_that_stages_a_long_run():
+    _check(_run_pdt("pdt", LONG_RUN), APPLIED["pdt"], rtol=4 * torch.finfo(torch.float32).eps)
+
+
+@pytest.mark.parametrize("graded", [False, True])
+def test_the_eager_pass_decides_a_staged_run_as_it_decides_each_tensor_alone(monkeypatch, graded):
+    """Counts, written weights and what on_jump's hook is handed, per parameter, with the run staged
+    and with every tensor in chunks of its own."""
+    history = SnapshotHistory(_tensors(LONG_RUN, torch.float32, 0), H)
+    for weights in _trajectory(LONG_RUN, torch.float32, H):
+        history.push(weights, prediction.EagerPasses(*history.layout()))
+    steps = torch.tensor([[0.5, -1.5, 1.0], [0.25, -0.75, 0.5], [1.0, -3.0, 2.0], [1.75, -5.25, 3.5]]).double()
+    if graded:
+        steps = torch.cat([steps[:3], steps[:3].cumsum(0)])
+    plan = Plan(TAU, "pdt", newest_is_param=True, graded=graded)
+
+    def run(least):
+        monkeypatch.setattr(prediction, "EAGER_RUN", least)
+        passes = prediction.EagerPasses(*history.layout())
+        handed = {i: [] for i in range(len(LONG_RUN))}
+        flats = [w.clone() for w in weights]
+        counts = passes.predict(
+            flats, history.rows(), steps, plan, on_chunk=lambda i, s, *a: handed[i].append((s, *(t.clone() for t in a)))
+        )
+        return passes, counts, flats, handed
+
+    (staged, *one), (alone, *other) = run(32), run(10**9)
+    assert len(staged.groups) == 2 and len(alone.groups) == len(LONG_RUN)
+    (counts, flats, handed), (counts_alone, flats_alone, handed_alone) = one, other
+    assert torch.equal(counts.accepted, counts_alone.accepted) and counts.accepted.sum() > 0
+    assert torch.equal(counts.passing, counts_alone.passing)
+    assert graded == (counts.per_horizon is not None) and (
+        not graded or torch.equal(counts.per_horizon, counts_alone.per_horizon)
+    )
+    # The matrix product rounds by chunk shape: within a few units of the weights' rounding.
+    eps, scale = torch.finfo(torch.float32).eps, max(float(w.abs().max()) for w in weights)
+    for i in range(len(LONG_RUN)):
+        torch.testing.assert_close(flats[i], flats_alone[i], rtol=4 * eps, atol=0)
+        assert [a[0] for a in handed[i]] == [0]  # from its own start, in one piece (views of work buffers: cloned)
+        for mine, theirs in zip(handed[i][0][1:], handed_alone[i][0][1:]):
+            torch.testing.assert_close(mine, theirs, rtol=4 * eps, atol=4 * eps * scale)
 
 
 def test_the_uncompiled_functions_agree_with_the_compiled_ones_bit_for_bit_in_decisions():
@@ -302,7 +355,7 @@ def _same_run(a, b, rtol):
 @needs_compiler
 @pytest.mark.parametrize("criterion", ["pdt", "authors"])
 def test_pdt_with_the_compiled_kernel_runs_as_with_the_eager_one(criterion, caplog):
-    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300]
     with caplog.at_level("INFO", logger="torch_pdt"):
         compiled = _train("compiled", sizes, criterion=criterion)
     assert "compiled passes" in caplog.text
@@ -326,7 +379,7 @@ def test_pdt_with_the_compiled_kernel_runs_as_with_the_eager_one(criterion, capl
 def test_layerwise_and_graded_run_compiled_as_eager(options):
     """One operator per tensor and the graded landing: the same decisions, counts per horizon and weights
     as the eager passes."""
-    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300]
     compiled = _train("compiled", sizes, **options)
     eager = _train("eager", sizes, **options)
     assert compiled[0]._passes.compiled.scope == options.get("scope", "model")
@@ -390,7 +443,7 @@ def test_random_and_on_jump_run_compiled_as_eager(options, monkeypatch):
     """The random criterion draws the eager pass's numbers (CPU generators draw in element order,
     whatever the calls), and on_jump scales the same velocities, in calls of 1,000 elements."""
     monkeypatch.setattr(kernel, "CALL_CHUNK", 1000)
-    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300]
     compiled, eager = _train("compiled", sizes, **options), _train("eager", sizes, **options)
     assert compiled[0]._passes.compiled is not None
     _same_run(compiled, eager, rtol=1e-6)
@@ -405,7 +458,7 @@ def test_random_and_on_jump_run_compiled_as_eager(options, monkeypatch):
 def test_the_graded_pass_compiles_once_for_every_horizon_and_in_chunks_decides_as_eager(monkeypatch):
     """One graph serves every tau (compile time independent of it); chunks of the graded pass (here of
     100 elements, across a large parameter and a staged group) decide as the eager pass."""
-    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300]
     _train("compiled", sizes, graded=True, horizon=2)  # compiled here (or by the tests above)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     monkeypatch.setattr(kernel, "CALL_CHUNK", 100)
@@ -442,7 +495,7 @@ def test_empty_tensors_in_a_bucket_count_nothing():
 
 @needs_compiler
 def test_a_compiled_run_resumed_from_its_state_dict_continues_bit_identically():
-    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300]
     whole = _train("compiled", sizes, epochs=H + 4)
     params = [nn.Parameter(torch.zeros(n)) for n in sizes]
     opt = torch.optim.SGD(params, lr=0.0)
@@ -515,7 +568,7 @@ def _step_along_smooth(pdt, params, sizes):
 @needs_compiler
 @pytest.mark.parametrize("scope", ["model", "layer"])
 def test_the_second_gram_pass_matches_the_eager_one(scope):
-    sizes = [kernel.SMALL + 5, 7, 0, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 0, 1, 300]
     epochs = _smooth(sizes, H + 2)
     history = SnapshotHistory(epochs[0], H, scope=scope)
     eager = prediction.EagerPasses(*history.layout(), chunk_size=1 << 10, scope=scope)
@@ -536,7 +589,7 @@ def test_the_second_gram_pass_matches_the_eager_one(scope):
 @needs_compiler
 @pytest.mark.parametrize("scope", ["model", "layer"])
 def test_a_smooth_history_takes_the_second_gram_pass_compiled_as_eager(scope):
-    sizes = [kernel.SMALL + 5, 7, 1, 300]
+    sizes = [staging.SMALL + 5, 7, 1, 300]
     runs = []
     for kernel_name in ("compiled", "eager"):
         params = [nn.Parameter(torch.zeros(n)) for n in sizes]

@@ -178,7 +178,7 @@ def test_the_compiled_kernel_takes_one_call_per_tensor_and_auto_keeps_a_small_mo
     model = mlp(torch.float32)
     pdt = PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer", kernel="compiled")
     fused = pdt._passes.compiled
-    assert fused.scope == "layer" and [g.members for g in fused.groups] == [(i,) for i in range(len(pdt.params))]
+    assert fused.scope == "layer" and [list(g.members) for g in fused.groups] == [[i] for i in range(len(pdt.params))]
     with caplog.at_level(logging.INFO, logger="torch_pdt"):
         pdt = PDT(torch.optim.SGD(model.parameters(), lr=0.1), scope="layer")
     assert pdt._passes.compiled is None and "eager passes (a small model)" in caplog.text

@@ -143,6 +143,50 @@ def test_a_changed_memory_order_raises_before_anything_changes():
     assert snapshot_of(pdt) == before
 
 
+def _squares() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Two square layers trained by PDT (one bias in float16), and a third opted out (``"pdt": False``)
+    with a frozen bias."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    model[1].bias.data = model[1].bias.data.half()
+    model[2].bias.requires_grad_(False)
+    groups = [{"params": [*model[0].parameters(), *model[1].parameters()]}, {"params": [model[2].weight], "pdt": False}]
+    groups[0]["params"].append(model[2].bias)  # frozen: in the group, not predicted
+    return model, torch.optim.SGD(groups, lr=0.0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # Each keeps the data pointer of the tensor it changes: the fingerprint's other parts must see it.
+        (lambda m, o: setattr(m[0].weight, "data", m[0].weight.data[:3]), "0.weight changed shape"),  # same strides
+        (lambda m, o: setattr(m[0].weight, "data", m[0].weight.data.t()), "0.weight changed stride"),
+        (lambda m, o: setattr(m[1].bias, "data", m[1].bias.data.view(torch.bfloat16)), "1.bias changed dtype"),
+        (lambda m, o: setattr(m[1].bias, "data", m[1].bias.data.view(2, 2)), "1.bias changed shape"),
+        # The optimizer's groups.
+        (lambda m, o: o.param_groups[0]["params"].__setitem__(1, nn.Parameter(torch.zeros(4))), "no longer in"),
+        (lambda m, o: o.param_groups[0]["params"].reverse(), "another order"),
+        (lambda m, o: o.add_param_group({"params": [nn.Parameter(torch.zeros(1))]}), "add_param_group"),
+        (lambda m, o: o.param_groups[1].__setitem__("pdt", True), "1 new tensor"),
+        (lambda m, o: m[2].bias.requires_grad_(True), "1 new tensor"),
+        (lambda m, o: m[1].weight.requires_grad_(False), "requires_grad turned off: 1.weight"),
+    ],
+)
+def test_the_check_at_every_step_sees_every_change(change, message):
+    """The check compares a cheap fingerprint and runs the full one only where it differs: every change the
+    full check refuses must change the fingerprint, also after a harmless change took a new one."""
+    model, opt = _squares()
+    pdt = PDT(opt, history=2, horizon=1, start_epoch=0, interval=0, criterion="none", model=model, kernel="eager")
+    pdt.step()
+    model[0].weight.data = model[0].weight.data.clone()  # same layout elsewhere: harmless, a new fingerprint
+    model[1].bias.data = torch.zeros(4, dtype=torch.float16)
+    pdt.step()
+    before = snapshot_of(pdt)
+    change(model, opt)
+    with pytest.raises(ValueError, match=message):
+        pdt.step()
+    assert snapshot_of(pdt) == before
+
+
 def test_rollback_after_a_dtype_change_is_refused_clearly():
     """model.double() after a prediction: the history holds float32 weights, a rollback could not be exact."""
     model, opt, pdt = trained(3, pacing="adaptive", criterion="none")

@@ -71,18 +71,16 @@ Compiling (``torch.compile`` with inductor) needs a C++ compiler on CPU or Trito
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from . import criteria, dmd
+from . import criteria, dmd, staging
 from .prediction import Coefficients, OnChunk, PassCounts
 
 if TYPE_CHECKING:
@@ -96,7 +94,6 @@ __all__ = [
     "PAD",
     "FusedPasses",
     "CALL_CHUNK",
-    "SMALL",
     "compiled",
     "compiles",
     "gram_update",
@@ -456,55 +453,10 @@ values and a byte) or ``criterion="random"`` (the draws, a byte): a few MB a cal
 ``N`` values of extra memory PDT allows itself, and in cache between the loops of a call (the
 graded pass at 8M elements, one thread: 46 ms in calls of 2^18, 50-55 ms of 2^20, 47-86 ms in one)."""
 
-SMALL = 1 << 14
-"""Parameters with fewer elements than this share one call per pass with their neighbours in
-the storage: a compiled call costs tens of microseconds whatever its size, which for a model
-of 10,000 one-element tensors would be seconds per step."""
-
-
-@dataclass(frozen=True)
-class _Group:
-    """One call of each pass: a large parameter, or a run of small ones adjacent in the storage."""
-
-    members: tuple[int, ...]
-    bucket: int
-    start: int
-    stop: int
-
-    @property
-    def staged(self) -> bool:
-        """Several parameters, copied into one contiguous tensor for the call."""
-        return len(self.members) > 1
-
-
-def _groups(slots: Sequence[tuple[int, int, int]], share: bool = True) -> list[_Group]:
-    """The calls: a group per large parameter and (``share``) per run of small ones, else one per parameter."""
-    groups: list[_Group] = []
-    run: list[int] = []
-
-    def close() -> None:
-        if run:
-            bucket, offset, _ = slots[run[0]]
-            last = slots[run[-1]]
-            groups.append(_Group(tuple(run), bucket, offset, last[1] + last[2]))
-            run.clear()
-
-    for i, (bucket, offset, numel) in enumerate(slots):
-        if numel >= SMALL or not share:
-            close()
-            groups.append(_Group((i,), bucket, offset, offset + numel))
-            continue
-        if run:
-            prev = slots[run[-1]]
-            if prev[0] != bucket or prev[1] + prev[2] != offset:
-                close()
-        run.append(i)
-    close()
-    return groups
-
 
 class FusedPasses:
-    """Both passes of a PDT step over a ring of snapshots, one kernel call per group of parameters.
+    """Both passes of a PDT step over a ring of snapshots, one kernel call per group of parameters
+    (:mod:`torch_pdt.staging`: a large parameter, or a run of small ones).
 
     Args:
         storage: the ring's ``(h, width)`` tensors, one per (device, dtype) bucket.
@@ -526,8 +478,8 @@ class FusedPasses:
         self.slots = list(slots)
         self.capacity = self.storage[0].shape[0]
         self.scope = scope
-        self.groups = _groups(self.slots, share=scope != "layer")
-        self._staged: dict[_Group, tuple[Tensor, list[Tensor], Tensor]] = {}
+        self.groups = staging.groups(self.slots, share=scope != "layer")
+        self._staged = staging.Staging(self.slots)
         self.use_compiled = use_compiled
         self._enter = compiled(gram_update) if use_compiled else gram_update
         self._predict = compiled(predict_mask_assemble) if use_compiled else predict_mask_assemble
@@ -539,29 +491,6 @@ class FusedPasses:
         if not self.use_compiled:
             return contextlib.nullcontext()
         return torch._dynamo.config.patch(recompile_limit=max(_GRAPHS, torch._dynamo.config.recompile_limit))
-
-    def _staging(self, group: _Group, flats: Sequence[Tensor]) -> tuple[Tensor, list[Tensor], Tensor]:
-        """A staged group's contiguous buffer, its per-parameter views and their bounds, made once.
-
-        Kept: for 10,000 one-element tensors, splitting the buffer into views costs 3.4 ms and the
-        bounds 1.1 ms per predicting step (one thread), a fifth of what the passes cost.
-        """
-        found = self._staged.get(group)
-        if found is None:
-            members = [flats[i] for i in group.members]
-            dtype = functools.reduce(torch.promote_types, (f.dtype for f in members))
-            sizes = [self.slots[i][2] for i in group.members]
-            buffer = torch.empty(sum(sizes), dtype=dtype, device=members[0].device)
-            bounds = torch.tensor([0, *sizes], device=buffer.device).cumsum(0)
-            found = self._staged[group] = (buffer, list(buffer.split(sizes)), bounds)
-        return found
-
-    def _source(self, group: _Group, flats: Sequence[Tensor]) -> Tensor:
-        """The group's parameters as one 1-D tensor: the parameter itself, or (staged) its buffer filled."""
-        if not group.staged:
-            return flats[group.members[0]]
-        buffer = self._staging(group, flats)[0]
-        return torch.cat([flats[i] for i in group.members], out=buffer)
 
     def copy_in(self, flats: Sequence[Tensor], row: int) -> Tensor:
         r"""Copy ``flats`` into ring row ``row``; the ``blocks x (h + 1) x 2`` float64 inner products, on CPU.
@@ -581,7 +510,7 @@ class FusedPasses:
                 if group.stop == group.start:
                     continue
                 rows = self.storage[group.bucket][:, group.start : group.stop]
-                source = self._source(group, flats)
+                source = self._staged.source(group, flats)
                 part = self._enter(source, [rows[j] for j in order[1:]], rows[row])
                 parts.setdefault(part.device, []).append((group.members[0] if per_layer else 0, part))
         total = torch.zeros(blocks, 2 * h + 1, dtype=torch.float64)
@@ -630,17 +559,6 @@ class FusedPasses:
         K[:, j, i] = upper
         return K
 
-    def _hand_over(self, group: _Group, start: int, accept: Tensor, jump_steps: Tensor, on_chunk: OnChunk) -> None:
-        """``on_chunk`` for each parameter of ``group`` with elements among the group's ``start:start + n``."""
-        stop = start + accept.numel()
-        offset = 0
-        for i in group.members:
-            lo, hi = max(start, offset), min(stop, offset + self.slots[i][2])
-            if lo < hi:
-                part = slice(lo - start, hi - start)
-                on_chunk(i, lo - offset, accept[part], jump_steps[0, part], jump_steps[1, part])
-            offset += self.slots[i][2]
-
     def predict(
         self, flats: Sequence[Tensor], rows: Sequence[int], coefficients: Coefficients, plan: Plan, **hooks: Any
     ) -> PassCounts:
@@ -679,7 +597,7 @@ class FusedPasses:
                     per_param.append(torch.zeros(len(group.members), dtype=torch.int64))
                     continue
                 storage = self.storage[group.bucket][:, group.start : group.stop]
-                param = self._source(group, flats)
+                param = self._staged.source(group, flats, storage[rows[-1]] if plan.newest_is_param else None)
                 key = (group.members[0] if per_layer else 0, param.device, work_dtype(param.dtype))
                 if key not in coefs:
                     coefs[key] = ring_coefficients(mine, key[2], key[1], rows)
@@ -709,19 +627,17 @@ class FusedPasses:
                         jump_steps,
                     )
                     if on_chunk is not None:
-                        self._hand_over(group, start, accepted[start:stop] > 0, jump_steps, on_chunk)
+                        accept = accepted[start:stop] > 0
+                        self._staged.hand_over(group, start, on_chunk, accept, jump_steps[0], jump_steps[1])
                 add(totals, counts)
                 if graded:
                     add(levels, torch.bincount(accepted, minlength=tau + 1))  # of the bytes: no int64 copy
                 if not group.staged:
                     per_param.append(counts[4:])
                     continue
-                _, parts, bounds = self._staging(group, flats)
-                landed = ((accepted > 0) if graded else accepted).cumsum(0, dtype=torch.int64)
-                cumulative = torch.cat([bounds.new_zeros(1), landed])
-                per_param.append(cumulative[bounds[1:]] - cumulative[bounds[:-1]])  # empty tensors too
+                per_param.append(self._staged.per_member(group, flats, accepted))
                 if plan.write:
-                    torch._foreach_copy_([flats[i] for i in group.members], parts)
+                    self._staged.write_back(group, flats, per_param[-1])
         # Host transfers only now: the first waits for the device, the others find it done.
         total = sum((t.cpu() for t in totals.values()), torch.zeros(5, dtype=torch.int64))
         total[:4] += kept

@@ -61,6 +61,9 @@ class Plan:
             newest snapshot is the optimizer's result and its step the last difference.
         origin_is_param: the forecast starts from the parameter rather than the newest snapshot
             (the snapshots round the parameters: bf16 storage).
+        newest_is_param: the newest snapshot holds the parameters exactly (PDT's end-of-epoch
+            snapshot, stored in their dtype, just taken): a pass may read them from it, and a
+            failed pass restore them from it.
         graded: each element lands at the largest horizon whose checks pass.
         linear: an accepted element moves by ``tau`` (graded: ``k``) times the optimizer's step.
         write: assemble into the parameters; else only count.
@@ -71,6 +74,7 @@ class Plan:
     criterion: str
     start_of_epoch: bool = False
     origin_is_param: bool = False
+    newest_is_param: bool = False
     graded: bool = False
     linear: bool = False
     write: bool = True
@@ -161,9 +165,9 @@ class Backend:
                     on_chunk(*args)
 
                 noted["on_chunk"] = on_chunk_noted
-            # The newest snapshot holds the parameters exactly only at the end of an epoch and in
-            # their own dtype; elsewhere a pass of a kind not yet compiled runs beside a copy.
-            from_snapshot = not plan.start_of_epoch and self._history.exact
+            # Elsewhere than where the newest snapshot holds the parameters, a pass of a kind not
+            # yet compiled runs beside a copy.
+            from_snapshot = plan.newest_is_param
             kind = (replace(plan, ratio=0.0), on_chunk is not None)  # one graph serves every ratio
             copies = None
             if self.kernel == "auto" and plan.write and not from_snapshot and kind not in self._compiled_kinds:
