@@ -96,7 +96,7 @@ ACCURACY_TOLERANCE = 0.003
 
 TARGET_KEYS = {"reduction": float, "accuracy_tolerance": float, "ahead_of": list, "budget": bool}
 
-VARIANTS = ("pdt", "pdt-linear", "pdt-layer", "pdt-graded", "pdt-layer-graded", "pdt-fresh-bn")
+VARIANTS = ("pdt", "pdt-linear", "pdt-layer", "pdt-graded", "pdt-layer-graded", "pdt-fresh-bn", "pdt-lr-horizon")
 """Methods that change PDT itself (beyond the paper, :mod:`pdt_bench.methods`); a name whose part
 before any ``@`` is one of these, other than ``pdt`` alone, is a variant."""
 VARIANT_KEYS = {"lead": float, "accuracy_tolerance": float, "studies": int, "not_counted": list}

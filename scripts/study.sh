@@ -134,7 +134,7 @@ v3() {
 
 # The compressed budgets of a v3 study, in epochs: 0.8, 0.67 and 0.5 of the task's 60 or 30.
 budgets_of() { case "$1" in 60) echo "48 40 30" ;; 30) echo "24 20 15" ;; esac; }
-budget_variants="${BUDGET_VARIANTS:-pdt-lawa}"
+budget_variants="${BUDGET_VARIANTS:-pdt-lr-horizon,pdt-lawa}"
 
 run_study() {
   budget_epochs="$(budgets_of 60)"
