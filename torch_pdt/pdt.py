@@ -65,43 +65,22 @@ class PDT:
             ``pacing``, ``tolerance``, ``patience``, ``on_jump``, ``kernel``, ``scope``,
             ``graded``, ``jump``, ``horizon_by``). Every invalid value raises a ``ValueError`` naming it.
 
-    ``scope="layer"`` fits one DMD per parameter tensor to that tensor's own snapshots (as the
-    authors' layerwise trainer does) instead of one for the whole model, whose at most ``h - 1``
-    modes must then serve every layer. ``graded=True`` lets each element jump to the largest
-    ``k <= tau`` whose checks pass (the criterion with ``tau`` replaced by ``k``, on the forecast
-    ``k`` epochs ahead) rather than to ``tau`` or not at all.
-    ``jump="linear"`` moves an accepted element to :math:`w^{opt}_i + \tau\Delta` instead of
-    to the forecast: the DMD and the criterion choose which elements jump, the optimizer's own
-    last step how far (in the v2 study this was 1-5 epochs ahead of the forecast on every task).
-    ``horizon_by="lr"`` records the optimizer's learning rate at every snapshot and forecasts
-    :math:`\tau_{eff} \le \tau` epochs ahead, the epochs ahead weighted by their learning rates
-    (extrapolated from the last two) over the history's mean rate (:mod:`torch_pdt.horizon`):
-    under an annealed schedule the forecast does not run past where the run is going; under a
-    constant rate it is ``tau`` exactly. ``stats["horizon"]`` is the :math:`\tau_{eff}` used.
+    Beyond the paper (each in its module and in ``docs/usage.md``): ``scope="layer"`` fits one DMD
+    per parameter tensor; ``graded=True`` lets each element jump to the largest ``k <= tau`` whose
+    checks pass; ``jump="linear"`` moves an accepted element to :math:`w^{opt}_i + \tau\Delta`;
+    ``horizon_by="lr"`` forecasts :math:`\tau_{eff} \le \tau` epochs ahead by the learning rates
+    (:mod:`torch_pdt.horizon`). ``kernel`` chooses how the passes over the snapshots run:
+    ``"compiled"`` (:mod:`torch_pdt.kernel`, near the memory-traffic floor, compiling for seconds),
+    ``"eager"``, or ``"auto"`` (default: compiled where ``torch.compile`` can build kernels and it
+    pays off, else eager, and eager from then on if compiling fails; one log line says which). Both
+    decide alike up to rounding (:data:`~torch_pdt.kernel.DECISION_BOUND`).
 
-    ``kernel`` chooses how the two passes over the snapshots run: ``"compiled"``
-    (:mod:`torch_pdt.kernel`: one ``torch.compile``\ d loop per parameter and pass, near the
-    memory-traffic floor; the first snapshot and the first prediction compile, for seconds),
-    ``"eager"`` (chunked torch operations), or ``"auto"`` (default): compiled where
-    ``torch.compile`` can build kernels (a C++ compiler on CPU, Triton on GPU) and it pays off
-    (:data:`~torch_pdt.kernel.AUTO_MIN_NUMEL` elements or :data:`~torch_pdt.kernel.AUTO_MIN_TENSORS`
-    tensors), else
-    eager, and eager from then on if compiling fails; one log line says which.
-    The compiled passes cover every criterion and ``on_jump``, with the snapshots on the
-    parameters' devices, and decide as the eager ones up to rounding
-    (:data:`~torch_pdt.kernel.DECISION_BOUND`).
-
-    With ``every_n_steps=K`` (step mode) PDT steps itself after every ``K`` optimizer steps
-    (an ``Optimizer.register_step_post_hook`` that holds PDT weakly: a PDT that is dropped, or
-    closed with :meth:`close`, stops stepping). In epoch mode the same hook only counts the
-    optimizer's steps, so that misuse is said once per PDT as a
-    :class:`~torch_pdt.misuse.PDTMisuseWarning`: :meth:`step` again with no optimizer step in
-    between, :meth:`step` after every optimizer step or by hand in step mode, another optimizer
-    stepping PDT's parameters, an option the chosen pacing rule or criterion ignores
-    (:mod:`torch_pdt.misuse`). :meth:`step` never writes a non-finite value: such
-    predicted elements are rejected, and a decomposition that fails (rank 0, non-finite
-    snapshots) skips the prediction, with the reason in the returned statistics. When
-    :meth:`step` or :meth:`load_state_dict` raises, nothing has changed.
+    With ``every_n_steps=K`` (step mode) PDT steps itself after every ``K`` optimizer steps (a
+    step post-hook holding PDT weakly; :meth:`close` stops it). In epoch mode the hook counts the
+    optimizer's steps, so that misuse is warned once (:mod:`torch_pdt.misuse`). :meth:`step` never
+    writes a non-finite value: such elements are rejected, and a decomposition that fails skips
+    the prediction, with the reason in the statistics. When :meth:`step` or
+    :meth:`load_state_dict` raises, nothing has changed.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -249,8 +228,7 @@ class PDT:
         return self._predict()
 
     def _rate(self) -> float | None:
-        """``horizon_by="lr"``: the learning rate to record with the next snapshot (checked: a
-        ``ValueError`` before anything changes); else ``None``."""
+        """``horizon_by="lr"``: the learning rate to record with the next snapshot, checked; else ``None``."""
         return horizon.learning_rate(self.optimizer) if self.config.horizon_by == "lr" else None
 
     def _record(self, rate: float | None) -> None:
@@ -264,17 +242,14 @@ class PDT:
         if not isinstance(predict, bool):
             raise ValueError(f"predict must be True or False, got {predict!r}")
         self._tracked.check()
-        value = self._loss_value(loss)
+        if loss is None and self.pacing.needs_loss:
+            raise ValueError(f"loss is required: pacing={self.pacing.name!r} needs step(loss=...)")
+        value = None if loss is None else as_loss(loss)
         self._rate()  # checked here too, where a distributed subclass makes every rank refuse together
         if self.config.on_jump != "keep":
             params.check_dense_state(self.optimizer, self.names, self.params, self.config.on_jump)
             jump.velocity_buffers(self.optimizer, self.params)
         return value
-
-    def _loss_value(self, loss: Any) -> float | None:
-        if loss is None and self.pacing.needs_loss:
-            raise ValueError(f"loss is required: pacing={self.pacing.name!r} needs step(loss=...)")
-        return None if loss is None else as_loss(loss)
 
     def _roll_back(self, decision: pacing.Decision) -> None:
         """Restore the optimizer's weights from before the last prediction; zero the velocities.
