@@ -37,7 +37,7 @@ class Point:
     the tolerance, or more."""
     best_acc: float
     """Mean over seeds of the best validation accuracy within the budget (a diverged run counts its
-    epochs before it diverged)."""
+    epochs before it diverged); NaN where a seed has none (a mean of the others would read as all)."""
     final_gap: float | None
     """Mean over the seeds both ran of the final validation accuracy less the reference's at the same
     budget; ``None`` where the reference did not run that budget."""
@@ -51,19 +51,26 @@ def _split(name: str, full: int) -> tuple[str, int]:
     """``"pdt-lawa@epochs=24"`` -> ``("pdt-lawa", 24)``; a name without ``@epochs=`` is the full budget."""
     parts = name.split("@")
     epochs = [p for p in parts if p.startswith("epochs=")]
-    rest = "@".join(p for p in parts if not p.startswith("epochs="))
-    return rest, int(epochs[0].split("=")[1]) if epochs else full
+    if len(epochs) != 1 or not epochs[0][len("epochs=") :].isdigit():  # none, or not a count: a method of its own
+        return name, full
+    return "@".join(p for p in parts if p != epochs[0]), int(epochs[0][len("epochs=") :])
 
 
 def _accs(run: Run) -> list[float]:
     return [e["val_acc"] for e in run["epochs"] if e.get("val_acc") is not None and math.isfinite(e["val_acc"])]
 
 
+def _full(run: Run) -> int:
+    """The task's epochs, as the run's config says; a record without them (or not a count): its length."""
+    epochs = run["config"].get("epochs")
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else len(run["epochs"])
+
+
 def curves(runs: list[Run], reference: str = "baseline", tolerance: float = 0.003) -> dict[str, list[Point]]:
     """Method -> its points by budget, for the methods run at a compressed budget (the reference first);
     ``{}`` when the reference has no full-budget run or nothing ran compressed."""
     # The full budget: the task's epochs (a record without them, its length).
-    full = max((r["config"].get("epochs", len(r["epochs"])) for r in runs if r["method"] == reference), default=None)
+    full = max((_full(r) for r in runs if r["method"] == reference), default=None)
     if full is None:
         return {}
     grouped: dict[str, dict[int, dict[int, Run]]] = {}
@@ -91,7 +98,7 @@ def curves(runs: list[Run], reference: str = "baseline", tolerance: float = 0.00
                     fraction=epochs / full,
                     seeds=len(seeds),
                     reached=sum(bool(accs[s]) and max(accs[s]) >= target[s] for s in seeds),
-                    best_acc=statistics.fmean(best) if best else math.nan,
+                    best_acc=statistics.fmean(best) if best and len(best) == len(seeds) else math.nan,
                     final_gap=statistics.fmean(gaps) if gaps else None,
                 )
             )

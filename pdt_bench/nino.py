@@ -326,9 +326,15 @@ def _stored(path: Path, config: NiNoConfig) -> NiNoRun | None:
     """The finished run in ``path``, if there is one; a ValueError where it ran with other options."""
     if not path.is_file():
         return None
-    stored: NiNoRun = json.loads(path.read_text())
+    try:
+        stored: NiNoRun = json.loads(path.read_text())
+        saved = stored["config"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"its config is a {type(saved).__name__}")
+    except (OSError, ValueError, TypeError, KeyError) as e:  # truncated, edited by hand, not a record
+        raise ValueError(f"{path} is not a readable run record ({type(e).__name__}: {e}): --rerun to replace it") from e
     asked = asdict(resolved(config))
-    differ = [k for k in SAME_RUN if str(stored["config"].get(k)) != str(asked[k])]
+    differ = [k for k in SAME_RUN if str(saved.get(k)) != str(asked[k])]
     if differ:
         raise ValueError(f"{path} ran with other {', '.join(differ)}: give another --out, or --rerun to replace it")
     return stored
@@ -393,7 +399,12 @@ def _nino(args: argparse.Namespace) -> int:
             records.save_json(record, result)
         done.append(result)
     if args.out is not None:  # every seed run so far into --out, not only this call's
-        done = [json.loads(p.read_text()) for p in sorted(args.out.glob(f"{args.task}-*-seed*.json"))]
+        done = []
+        for stored_path in sorted(args.out.glob(f"{args.task}-*-seed*.json")):
+            try:
+                done.append(json.loads(stored_path.read_text()))
+            except (OSError, ValueError) as e:  # another seed's damaged record: said, left out of the table
+                print(f"{stored_path}: not a readable run record ({e}); left out of the table", file=sys.stderr)
     text = table(done)
     print(text)
     if args.out is not None:

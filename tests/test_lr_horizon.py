@@ -220,3 +220,29 @@ def test_the_recorded_rates_travel_through_a_dcp_checkpoint(tmp_path):
     resumed = PDT(torch.optim.SGD(model.parameters(), lr=0.1), model=model, **kwargs)
     dcp.load({"pdt": DCPState(resumed)}, checkpoint_id=tmp_path, no_dist=True)
     assert resumed.state_dict()["learning_rates"] == pdt.state_dict()["learning_rates"] == ANNEALED[3:7]
+
+
+@pytest.mark.parametrize(
+    ("rates", "tau", "expected"),
+    [
+        # A constant rate near the float limit: the sums overflowed to Inf, the ratio was NaN
+        # and PDT.step() raised "cannot convert float NaN to integer" after taking its snapshot.
+        ([1e308] * 3, 4, 4),
+        # A step down from there: ahead 1e307 (then clipped at 0) over 1e308: 0.1, 1 (was 0 / Inf: 1 by luck).
+        ([1e308, 1e308, 1e307], 4, 1),
+        # A warm-up from a subnormal rate: the ratio overflowed (OverflowError); never longer than tau.
+        ([1e-320, 1e-320, 0.1], 4, 4),
+    ],
+)
+def test_rates_at_the_float_limits_give_a_horizon(rates, tau, expected):
+    assert effective_horizon(rates, tau) == expected
+    assert reference.horizon(rates, tau) == expected
+
+
+def test_a_learning_rate_near_the_float_limit_predicts():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e308)  # no gradient: the weights stay finite
+    pdt = PDT(opt, history=3, horizon=4, start_epoch=3, interval=0, horizon_by="lr")
+    stats = [pdt.step() for _ in range(5)]
+    assert [s["horizon"] for s in stats if s["predicted"]] == [4, 4]
+    assert all(torch.isfinite(p).all() for p in model.parameters())

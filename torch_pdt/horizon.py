@@ -65,12 +65,20 @@ def effective_horizon(rates: Sequence[float], tau: int) -> int:
     snapshots, oldest first (at least 2), for the pacing rule's ``tau``."""
     if len(rates) < 2:
         raise ValueError(f"the effective horizon needs the rates of at least 2 snapshots, got {len(rates)}")
+    top = max(rates)
+    if not top > 0:
+        return tau
+    # Scaled by a power of two (exact): rates near the float limit summed to Inf (1e308: NaN, and
+    # an exception after the snapshot was taken). The ratio can still overflow where the history's
+    # rates are tiny against the newest (a warm-up from 1e-320): that is tau.
+    shift = math.frexp(top)[1]
+    rates = [math.ldexp(r, -shift) for r in rates]
     past = sum(rates[:-1]) / (len(rates) - 1)
     if not past > 0:
         return tau
     newest, slope = rates[-1], rates[-1] - rates[-2]
-    ahead = sum(max(0.0, newest + k * slope) for k in range(tau))
-    return min(tau, max(1, math.floor(ahead / past + 0.5)))
+    ratio = sum(max(0.0, newest + k * slope) for k in range(tau)) / past
+    return tau if not ratio < tau else max(1, math.floor(ratio + 0.5))
 
 
 def learning_rate(optimizer: Any) -> float:

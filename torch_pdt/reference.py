@@ -126,12 +126,15 @@ def horizon(learning_rates: Sequence[float], tau: int) -> int:
     2
     """
     r = torch.tensor(learning_rates, dtype=torch.float64)
+    if not r.max() > 0:
+        return tau
+    r = torch.ldexp(r, -torch.frexp(r.max()).exponent)  # a power of two, exact: no overflow near 1e308
     past = r[:-1].mean()  # the rate of each of the m - 1 increments, on average
     if not past > 0:
         return tau
     ahead = r[-1] + torch.arange(tau, dtype=torch.float64) * (r[-1] - r[-2])  # the next tau epochs
     ratio = float(ahead.clamp(min=0).sum() / past)
-    return min(tau, max(1, int(torch.floor(torch.tensor(ratio + 0.5)))))
+    return tau if not ratio < tau else max(1, int(torch.floor(torch.tensor(ratio + 0.5))))
 
 
 def judge(

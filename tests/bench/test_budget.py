@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -79,3 +80,17 @@ def test_results_page_counts_the_budget_target(tmp_path):
     assert (tmp_path / "v3-a" / "plots" / "budget.png").stat().st_size > 0
     assert "on ≥ 2 studies: 1 of 2 (v3-a (0.80)); **not reached**: 1 instead of 2" in section
     assert "ends more than" not in section  # PDT is never below the baseline at equal budget here
+
+
+def test_damaged_records_neither_stop_the_curves_nor_raise_a_mean():
+    runs = _runs()
+    runs[0] = runs[0] | {"config": {"epochs": None}}  # a partial record: its length is the budget (was TypeError)
+    runs += [_run("pdt@epochs=abc", 0, [0.5]), _run("pdt@epochs=", 0, [0.5])]  # not a budget (was ValueError)
+    # Seed 0 of PDT at 5 epochs diverged before its first evaluation: the mean of seed 1 alone
+    # (85.00) read as PDT's mean at that budget, above the 72.50 of a seed that diverged later.
+    diverged = _run("pdt@epochs=5", 0, [float("nan")] * 5) | {"diverged": True}
+    runs = [r for r in runs if (r["method"], r["seed"]) != ("pdt@epochs=5", 0)] + [diverged]
+    found = curves(runs)
+    assert list(found) == ["baseline", "pdt"] and [p.epochs for p in found["pdt"]] == [5, 8, 10]
+    assert math.isnan(found["pdt"][0].best_acc) and found["pdt"][0].reached == 0
+    assert found["pdt"][1].best_acc == pytest.approx((0.80 + 0.899) / 2)

@@ -130,6 +130,29 @@ def test_the_command_continues_a_study_and_refuses_a_record_of_other_options(tmp
     assert nino.records.load_run(record)["curve"][-1]["step"] == 6
 
 
+def test_a_damaged_record_in_out_is_refused_in_one_line_or_left_out_of_the_table(tmp_path, monkeypatch, capsys):
+    checkout = _checkout(tmp_path / "nino")
+    (checkout / "utils" / "vision.py").write_text(FAKE_VISION)
+    write_cifar_pickles(tmp_path / "data", per_batch=24)
+    monkeypatch.setenv("PDT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    out.mkdir()
+    command = ["--methods", "adam", "--max-steps", "2", "--eval-every", "2", "--nino-path", str(checkout),
+               "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    record = out / "C10-16-adam-seed0.json"
+    # Truncated (was a message naming no file), a list or no config (were tracebacks).
+    for damaged in ('{"config": {"task"', "[1, 2]", '{"curve": []}'):
+        record.write_text(damaged)
+        assert nino.main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and str(record) in err and "not a readable run record" in err and "--rerun" in err
+        assert record.read_text() == damaged
+    other = out / "C10-16-adam-seed1.json"  # another seed's record, damaged: the table was a traceback
+    other.write_text('{"config"')
+    assert nino.main([*command, "--rerun"]) == 0
+    assert str(other) in capsys.readouterr().err and (out / "report.md").read_text().count("| `adam` |") == 1
+
+
 def test_pdt_bench_nino_is_the_same_command(tmp_path, monkeypatch, capsys):
     from pdt_bench import cli
 
