@@ -141,15 +141,17 @@ def test_does_pdt_help_ab_runs():
 
 
 def test_readme_results_tables_are_small():
-    """Two small tables: the paper's protocols, and the tuned configurations where PDT mostly loses."""
+    """Three small tables: the paper's protocols, the tuned configurations where PDT mostly loses,
+    and the budget curves (what a shorter schedule costs)."""
     text = README.read_text()
     section = text.split("## Does it help?", 1)[1].split("\n## ", 1)[0]
     tables = [block.splitlines() for block in section.split("\n\n") if block.startswith("|")]
-    assert len(tables) == 2, f"{len(tables)} results tables in the README (the paper's protocols, then tuned)"
+    assert len(tables) == 3, f"{len(tables)} results tables in the README (paper's protocols, tuned, budget)"
     for rows in tables:
         assert len(rows) - 2 <= 6, f"{len(rows) - 2} rows in a results table (at most 6)"
         assert max(map(len, rows)) <= 100, "a results table is wider than 100 columns"
-    paper, tuned = (rows[0] for rows in tables)
+    paper, tuned, budget = (rows[0] for rows in tables)
+    assert "baseline" in budget and "PDT" in budget, "the budget curves lost the baseline or PDT"
     assert "pdt-linear" in paper and "schedule-free" in paper, "the controls where PDT does not win are gone"
     assert "tuned baseline" in tuned and "LAWA" in tuned and "random mask" in tuned, "the tuned verdict lost a peer"
 
