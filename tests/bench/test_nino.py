@@ -105,14 +105,19 @@ def test_adam_and_pdt_train_on_the_same_batches_and_stop_at_the_target(fake_cifa
     assert reached["steps_to_target"] == 3 and len(reached["curve"]) == 1
 
 
-def test_the_command_continues_a_study_and_refuses_a_record_of_other_options(tmp_path, monkeypatch, capsys):
+def _study(tmp_path: Path, monkeypatch, max_steps: int) -> tuple[Path, list[str]]:
+    """A stand-in NiNo checkout and CIFAR-10 under ``tmp_path``; the study's --out and its command."""
     checkout = _checkout(tmp_path / "nino")
     (checkout / "utils" / "vision.py").write_text(FAKE_VISION)
     write_cifar_pickles(tmp_path / "data", per_batch=24)
     monkeypatch.setenv("PDT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    command = ["--methods", "adam", "--max-steps", "4", "--eval-every", "2", "--nino-path", str(checkout),
-               "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    return out, ["--methods", "adam", "--max-steps", str(max_steps), "--eval-every", "2", "--nino-path",
+                 str(checkout), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+
+
+def test_the_command_continues_a_study_and_refuses_a_record_of_other_options(tmp_path, monkeypatch, capsys):
+    out, command = _study(tmp_path, monkeypatch, max_steps=4)
     assert nino.main(command) == 0
     record = out / "C10-16-adam-seed0.json"
     first = record.read_text()
@@ -131,14 +136,8 @@ def test_the_command_continues_a_study_and_refuses_a_record_of_other_options(tmp
 
 
 def test_a_damaged_record_in_out_is_refused_in_one_line_or_left_out_of_the_table(tmp_path, monkeypatch, capsys):
-    checkout = _checkout(tmp_path / "nino")
-    (checkout / "utils" / "vision.py").write_text(FAKE_VISION)
-    write_cifar_pickles(tmp_path / "data", per_batch=24)
-    monkeypatch.setenv("PDT_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "out"
+    out, command = _study(tmp_path, monkeypatch, max_steps=2)
     out.mkdir()
-    command = ["--methods", "adam", "--max-steps", "2", "--eval-every", "2", "--nino-path", str(checkout),
-               "--data-dir", str(tmp_path / "data"), "--out", str(out)]
     record = out / "C10-16-adam-seed0.json"
     # Truncated (was a message naming no file), a list or no config (were tracebacks).
     for damaged in ('{"config": {"task"', "[1, 2]", '{"curve": []}'):
