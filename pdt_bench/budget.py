@@ -69,7 +69,6 @@ def _full(run: Run) -> int:
 def curves(runs: list[Run], reference: str = "baseline", tolerance: float = 0.003) -> dict[str, list[Point]]:
     """Method -> its points by budget, for the methods run at a compressed budget (the reference first);
     ``{}`` when the reference has no full-budget run or nothing ran compressed."""
-    # The full budget: the task's epochs (a record without them, its length).
     full = max((_full(r) for r in runs if r["method"] == reference), default=None)
     if full is None:
         return {}

@@ -60,6 +60,11 @@ from .config import is_bool
 __all__ = ["checked_rates", "effective_horizon", "learning_rate"]
 
 
+def _is_rate(r: Any) -> bool:
+    """A learning rate PDT can record: a real number (not a bool), finite, >= 0."""
+    return not is_bool(r) and isinstance(r, numbers.Real) and 0 <= r < math.inf
+
+
 def effective_horizon(rates: Sequence[float], tau: int) -> int:
     """:math:`\\tau_{eff}` (module docstring) from the ``rates`` recorded at the history's
     snapshots, oldest first (at least 2), for the pacing rule's ``tau``."""
@@ -89,7 +94,7 @@ def learning_rate(optimizer: Any) -> float:
         raise ValueError('horizon_by="lr" needs an "lr" in every parameter group PDT manages')
     values = [g["lr"] for g in groups]
     rates = [float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in values]
-    if any(is_bool(r) or not isinstance(r, numbers.Real) or not 0 <= r < math.inf for r in rates):
+    if not all(map(_is_rate, rates)):
         raise ValueError(f'horizon_by="lr" needs finite learning rates >= 0, got {values!r}')
     return sum(float(r) for r in rates) / len(rates)
 
@@ -98,9 +103,7 @@ def checked_rates(saved: Any, count: int, needed: bool) -> list[float]:
     """Saved learning rates (a :meth:`PDT.state_dict <torch_pdt.PDT.state_dict>`'s
     ``"learning_rates"``) as floats, validated against a history of ``count`` snapshots: one
     rate per snapshot where ``needed`` (``horizon_by="lr"``), else none."""
-    if not isinstance(saved, (list, tuple)) or any(
-        is_bool(r) or not isinstance(r, numbers.Real) or not 0 <= r < math.inf for r in saved
-    ):
+    if not isinstance(saved, (list, tuple)) or not all(map(_is_rate, saved)):
         raise ValueError(f"saved learning_rates must be a list of finite floats >= 0, got {saved!r}")
     expected = count if needed else 0
     if len(saved) != expected:
