@@ -92,6 +92,12 @@ def _band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str, label: str, l
     ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
 
 
+def _positive(runs: list[Run], key: str) -> bool:
+    """Whether every recorded ``key`` is positive, so that a log scale can show it (SimSiam's loss is a
+    negative cosine similarity)."""
+    return all(e[key] is None or e[key] > 0 for r in runs for e in r["epochs"])
+
+
 def _by_epoch(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
     """Epoch numbers and values (runs x epochs) over the epochs every run has."""
     n = min(len(r["epochs"]) for r in runs)
@@ -122,6 +128,7 @@ def _curve_plot(path: Path, runs: list[Run], key: str, ylabel: str, log: bool, t
     """``key`` against training time (left) and against epoch (right), one colour per method; a dotted
     line marks the ``reference`` method's best value (the mean over its seeds' bests: the TTB targets)."""
     groups = _successful(runs)
+    log = log and _positive(runs, key)
     colors = _colors(list(by_method(runs)))
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_time, ax_epoch = fig.subplots(1, 2, sharey=True)
@@ -433,25 +440,28 @@ def loss_against_flops(
     if not counted:
         return []
     groups = _successful(counted)
+    log = _positive(counted, "train_loss")
     names = list(by_method(runs))
     colors = _colors(names)
     fig = Figure(figsize=(6.8, 4.3), layout="constrained")
     ax = fig.subplots()
     for method, (ok, diverged) in groups.items():
         label = method + (f" ({diverged} diverged, not shown)" if diverged else "")
-        _band(ax, *_by_flops(ok), colors[method], label, log=True)
+        _band(ax, *_by_flops(ok), colors[method], label, log)
         line = ax.lines[-1]
         # The colours repeat after ten methods: the next ten are dashed.
         line.set_linestyle(("-", "--", ":")[names.index(method) // 10 % 3])
         if method in (reference, "pdt"):  # the comparison of the figure, on top of a dozen controls
             line.set(linewidth=2.5, zorder=3)
     if reference in groups:
-        level = 10 ** np.mean([np.log10(best(r["epochs"], "train_loss")) for r in groups[reference][0]])
+        bests = np.array([best(r["epochs"], "train_loss") for r in groups[reference][0]])
+        level = 10 ** np.mean(np.log10(bests)) if log else np.mean(bests)
         ax.axhline(level, color="k", linestyle="--", linewidth=0.8, label=f"{reference}'s best loss ({level:.3g})")
-    ax.set_yscale("log")
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("cumulative FLOPs (model forward + backward, plus PDT's predictions)")
     ax.set_ylabel("training loss (full pass)")
-    ax.set_title("Training loss against compute (geometric mean ± std over seeds)", fontsize=10)
+    ax.set_title(f"Training loss against compute ({'geometric ' if log else ''}mean ± std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return [_save(fig, Path(path), title)]

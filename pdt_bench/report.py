@@ -269,20 +269,21 @@ def _side(gain: float | None, margin: float) -> str:
 
 
 LEARNED = 0.9
-"""A reference whose median final training loss is at least this share of its median first-epoch loss
-did not learn: there is nothing to be ahead of."""
+"""A reference whose median final training loss has not fallen by more than ``1 - LEARNED`` of its median
+first-epoch loss's magnitude did not learn: there is nothing to be ahead of. (By the magnitude, so that a
+loss that is negative, as SimSiam's cosine similarity, is judged the same way.)"""
 
 
 def did_not_learn(reference: dict[str, Any], name: str) -> str | None:
     """Why reference method ``name`` gives nothing to judge against, or ``None``: its median final training
-    loss is still :data:`LEARNED` or more of its first-epoch one (a run stuck at chance, as the ``--tiny``
+    loss has not fallen enough (:data:`LEARNED`) (a run stuck at chance, as the ``--tiny``
     task is). The records hold no class count, so chance accuracy itself is not judged."""
     if "first_train_loss" not in reference:  # an old summary.json, read without its runs: nothing to tell
         return None
     first, final = reference["first_train_loss"]["median"], reference["final_train_loss"]["median"]
-    if first is None or final is None or not math.isfinite(first) or final < LEARNED * first:
+    if first is None or final is None or not math.isfinite(first) or final < first - (1 - LEARNED) * abs(first):
         return None
-    return f"the {name} did not learn (final training loss {final:.4g}, {final / first:.2f}x its first epoch's)"
+    return f"the {name} did not learn (final training loss {final:.4g}, its first epoch's {first:.4g})"
 
 
 def no_effect(m: dict[str, Any]) -> str | None:
@@ -334,12 +335,14 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
     if (reason := did_not_learn(reference, reference_name)) is not None:
         return f"{title}: no verdict: {reason}."
     ratio = m["final_loss_ratio"]["mean"]
+    # A ratio above 1 is a higher loss where losses are positive, a lower one where they are negative.
+    loss_gain = (1 - ratio) * math.copysign(1.0, reference.get("final_train_loss", {}).get("median") or 1.0)
     acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
     sides = {
         "epochs to the best train loss": _side(m["reduction_loss_epochs"]["median"], SAME["time"]),
         "epochs to the best validation accuracy": _side(m["reduction_acc_epochs"]["median"], SAME["time"]),
         "epochs to the best validation loss": _side(m["reduction_val_loss_epochs"]["median"], SAME["time"]),
-        "final train loss": _side(1 - ratio, SAME["loss"]),
+        "final train loss": _side(loss_gain, SAME["loss"]),
         "final accuracy": _side(acc_delta, SAME["accuracy"]),
     }
     if m["diverged"]:

@@ -216,8 +216,7 @@ def test_report(study):
     # pdt reaches the loss target on every seed, sooner on the clock, and ends lower.
     assert (
         "helped with: epochs to the best train loss, epochs to the best validation accuracy, epochs to the best "
-        "validation loss, final train loss, final accuracy;"
-        in (verdicts["pdt"])
+        "validation loss, final train loss, final accuracy;" in (verdicts["pdt"])
     )
     assert "on 3/3 runs, median" in verdicts["pdt"] and "sooner in epochs (seeds: +" in verdicts["pdt"]
     assert (
@@ -259,7 +258,7 @@ def test_the_mask_heatmap_shows_sparse_acceptance_on_a_colour_scale(drawn, tmp_p
     g = torch.Generator().manual_seed(0)
     masks = {"big.weight": torch.rand(256, 4096, generator=g) < 0.1, "none.weight": torch.zeros(10, 64, dtype=bool)}
     plots._mask_plot(tmp_path / "m.png", "pdt", 0, {"epoch": 6, "masks": masks}, "synthetic, study s")
-    (fig, title), = drawn
+    ((fig, title),) = drawn
     big, none, bar = fig.axes
     assert title == "synthetic, study s"
     image = big.images[0]
@@ -275,7 +274,7 @@ def test_the_mask_heatmap_shows_sparse_acceptance_on_a_colour_scale(drawn, tmp_p
 def test_the_training_loss_plot_marks_the_reference_best_and_names_the_study(drawn, tmp_path):
     runs = synthetic_study()
     plots._curve_plot(tmp_path / "l.png", runs, "train_loss", "loss", True, "synthetic, study s", "baseline")
-    (fig, title), = drawn
+    ((fig, title),) = drawn
     target = statistics.fmean(metrics.best(r["epochs"], "train_loss") for r in runs if r["method"] == "baseline")
     for ax in fig.axes:
         flat = [line.get_ydata() for line in ax.get_lines() if len(line.get_ydata()) == 2]
@@ -295,6 +294,37 @@ def test_no_verdict_against_a_reference_that_did_not_learn():
     assert "helped" not in report.compact_table(summary)
     learned = metrics.summarize(synthetic_study())["methods"]
     assert report.did_not_learn(learned["baseline"], "baseline") is None
+
+
+def negative(run, shift=1.0):
+    """``run`` with its losses lowered by ``shift``: a loss below zero, as SimSiam's cosine similarity."""
+    for e in run["epochs"]:
+        for key in ("train_loss", "batch_loss", "val_loss"):
+            e[key] -= shift
+    return run
+
+
+def test_a_negative_loss_is_judged_and_drawn_as_a_positive_one(tmp_path):
+    positive = [synthetic_run("baseline", s, rate=0.2) for s in range(2)]
+    positive += [synthetic_run("pdt", s, rate=0.4, pdt=True) for s in range(2)]
+    shifted = [
+        negative(
+            synthetic_run(
+                r["method"], r["seed"], rate=0.2 if r["method"] == "baseline" else 0.4, pdt=r["method"] == "pdt"
+            )
+        )
+        for r in positive
+    ]
+    verdicts = []
+    for runs in (positive, shifted):
+        methods = metrics.summarize(runs)["methods"]
+        assert report.did_not_learn(methods["baseline"], "baseline") is None
+        verdicts.append(report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline"))
+    assert "final train loss" in verdicts[1].split("about the same")[0].split("helped with:")[1]
+    assert verdicts[0].split(" (")[0] == verdicts[1].split(" (")[0]
+    flat = [negative(synthetic_run("baseline", s, rate=0.001), shift=2.0) for s in range(2)]  # -1.001 to -1.012
+    assert "did not learn" in report.did_not_learn(metrics.summarize(flat)["methods"]["baseline"], "baseline")
+    assert all(p.exists() for p in plots.write_plots(tmp_path, shifted))
 
 
 def test_a_link_whose_target_holds_a_space_stays_a_link():
