@@ -351,6 +351,18 @@ def two_instances(rank: int, world: int) -> dict:
     return {"first": error(first.step), "second": error(second.step)}
 
 
+def rates_apart(rank: int, world: int) -> dict:
+    """horizon_by="lr": equal rates step on; rank 1 at another rate makes every rank refuse, unchanged."""
+    model = mlp(8, 16, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pdt = DistributedPDT(opt, **PDT_ARGS, horizon_by="lr")
+    equal = error(pdt.step)
+    opt.param_groups[0]["lr"] = 0.1 if rank == 0 else 0.05
+    before = pdt.state_dict()
+    apart = error(pdt.step)
+    return {"equal": equal, "apart": apart, "unchanged": str(pdt.state_dict()) == str(before)}
+
+
 def uneven_inputs(rank: int, world: int) -> dict:
     """DDP under Join: rank 1 has one batch fewer in epoch 2 (or none at all: ``empty_epoch``); with and
     without the PDT in Join. Each run records its misuse warnings."""
@@ -433,6 +445,7 @@ def main() -> None:
         "resume_apart": resume_apart(rank, world, out_dir),
         "two_instances": two_instances(rank, world),
         "uneven": uneven_inputs(rank, world),
+        "rates_apart": rates_apart(rank, world),
     }
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     raise_in_pass(rank, world)

@@ -355,6 +355,16 @@ def test_two_instances_stepped_in_another_order_raise_on_every_rank(results):
             assert f"rank {1 - rank} at step 0 (step) of another PDT instance" in message
 
 
+def test_ranks_at_different_learning_rates_refuse_together_under_horizon_by_lr(results):
+    for r in results:
+        case = r["rates_apart"]
+        assert case["equal"] is None and case["unchanged"]
+        assert case["apart"] == (
+            'ValueError: PDT ranks disagree on the learning rate horizon_by="lr" records: rank 0 at 0.1, rank 1 '
+            "at 0.05; no rank stepped. Every rank's optimizer and scheduler must be at the same rate"
+        )
+
+
 def test_join_with_uneven_inputs_is_handled_when_pdt_joins_and_named_when_it_does_not(results):
     """Issue 24 item 5: rank 1 has one batch fewer in epoch 2 (DDP, verify=True every epoch)."""
     for r in results:

@@ -405,23 +405,25 @@ class DistributedPDT(PDT, Joinable):
                 ``Join``).
             ValueError: on every rank, when the ranks' states have different origins (they
                 resumed different checkpoints), when a rank's arguments are invalid (its own
-                message on that rank), or when the ranks disagree on passing a loss or on
-                ``predict``.
+                message on that rank), or when the ranks disagree on passing a loss, on
+                ``predict`` or, with ``horizon_by="lr"``, on the learning rate.
         """
-        error = None
+        error, rate = None, None
         try:
             value = self._validate(loss, predict)
+            rate = self._rate()
         except ValueError as e:
             error, value = e, None
         trained_now = self._watch.optimizer_steps - self._steps_at_last
         # Row r: optimizer steps since the previous step(), epoch made uneven by Join, state origin,
-        # arguments valid, loss given, loss, predict.
+        # arguments valid, loss given, loss, predict, learning rate (horizon_by="lr").
         has_loss = value is not None
         columns = [trained_now, self._uneven, self._origin, error is None, has_loss, value or 0.0, predict is True]
+        columns.append(rate or 0.0)
         rows = torch.zeros(self.world_size, len(columns), dtype=torch.float64)
         rows[self.rank] = torch.tensor([float(c) for c in columns], dtype=torch.float64)
         rows = self._all_reduce("step", rows)
-        trained, uneven, origins, valid, given, losses, predicts = rows.T
+        trained, uneven, origins, valid, given, losses, predicts, rates = rows.T
         if not uneven.any() and not (trained == trained[0]).all():
             seen = ", ".join(f"rank {r} after {int(n)}" for r, n in enumerate(trained.tolist()))
             raise RanksOutOfStepError(
@@ -444,6 +446,13 @@ class DistributedPDT(PDT, Joinable):
             if not (column == column[0]).all():
                 ranks = column.nonzero().flatten().tolist()
                 raise ValueError(f"PDT ranks disagree: only rank(s) {ranks} passed {what}; no rank stepped")
+        if not (rates == rates[0]).all():
+            # Each rank would forecast its own horizon from its own rates: the replicas would part.
+            seen = ", ".join(f"rank {r} at {lr:g}" for r, lr in enumerate(rates.tolist()))
+            raise ValueError(
+                f'PDT ranks disagree on the learning rate horizon_by="lr" records: {seen}; no rank stepped. '
+                "Every rank's optimizer and scheduler must be at the same rate"
+            )
         mean = losses.mean().item() if given[0] else None
         if uneven.any():
             self._watch.expect_empty_epoch()
