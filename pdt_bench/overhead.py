@@ -151,16 +151,27 @@ def copy_seconds(src: torch.Tensor, dst: torch.Tensor, repeat: int) -> list[floa
     return times
 
 
-def _start_compiler(device: torch.device, options: dict[str, Any]) -> float:
-    """Compile PDT's passes once for a small tensor, so that the memory measured next leaves out the
-    compiler's own start-up (its modules and caches: about 100 MB on CPU, paid once per process
-    whatever N). Returns the seconds of that first prediction: the measured run may reuse what it
-    compiled (a dynamic shape) or compile again for its own sizes."""
-    small = nn.Parameter(torch.zeros(4096, device=device))
-    pdt = PDT(torch.optim.SGD([small], lr=0.0), **options)
+def _parameters(device: torch.device, sizes: list[int], on_jump: str) -> tuple[list[nn.Parameter], torch.optim.SGD]:
+    """Zero parameters of ``sizes`` and an SGD that never moves them; where ``on_jump`` acts on the
+    optimizer's state, with momentum buffers for it to act on."""
+    params = [nn.Parameter(torch.zeros(size, device=device)) for size in sizes]
+    opt = torch.optim.SGD(params, lr=0.0, momentum=0.9 if on_jump != "keep" else 0.0)
+    for p in params if on_jump != "keep" else ():
+        opt.state[p]["momentum_buffer"] = torch.ones_like(p)
+    return params, opt
+
+
+def _start_compiler(device: torch.device, sizes: list[int], trajectory: str, options: dict[str, Any]) -> float:
+    """Run PDT once on the measured layout (``sizes``) and ``trajectory`` up to its first prediction, so
+    that its passes (the second Gram pass too, where the trajectory takes it) are compiled before the
+    memory is read: the memory measured next is PDT's, without the compiler's modules and kernels
+    (about 100 MB on CPU, paid once per process and layout, whatever N). Returns the seconds of that
+    first prediction, the compile time."""
+    weights = Trajectory(sum(sizes), device, kind=trajectory)
+    params, opt = _parameters(device, sizes, options["on_jump"])
+    pdt = PDT(opt, **options)
     for _ in range(options["history"]):
-        with torch.no_grad():
-            small.add_(torch.randn_like(small))
+        weights.advance(params)
         start = time.perf_counter()
         pdt.step()
     seconds = time.perf_counter() - start
@@ -169,13 +180,13 @@ def _start_compiler(device: torch.device, options: dict[str, Any]) -> float:
 
 
 def _compiler_words(r: dict[str, Any]) -> str:
-    return ", after the compiler's start-up" if r.get("compiler_start") is not None else ""
+    return ", compiled before" if r.get("compile") is not None else ""
 
 
-def _compiler_start_words(r: dict[str, Any]) -> str | None:
-    if r.get("compiler_start") is None:
+def _compile_words(r: dict[str, Any]) -> str | None:
+    if r.get("compile") is None:
         return None
-    return f"  compiler start-up         {r['compiler_start']:9.2f} s (a first prediction on 4,096 elements, before)"
+    return f"  compile                   {r['compile']:9.2f} s (a first prediction on the same layout, before)"
 
 
 def measure(
@@ -202,17 +213,15 @@ def measure(
     """
     dev = torch.device(device)
     weights = Trajectory(n, dev, kind=trajectory)
-    params = [nn.Parameter(torch.zeros(size, device=dev)) for size in split_sizes(n, tensors)]
+    sizes = split_sizes(n, tensors)
     # Measured on buffers that exist anyway, so that no transient allocation raises the
     # process's peak memory before PDT's is measured.
     copies = copy_seconds(weights.weights, weights.noise, repeat)
-    opt = torch.optim.SGD(params, lr=0.0, momentum=0.9 if on_jump != "keep" else 0.0)
-    for p in params if on_jump != "keep" else ():
-        opt.state[p]["momentum_buffer"] = torch.ones_like(p)
     kwargs = {"chunk_size": chunk_size} if chunk_size else {}
     options = dict(history=history, horizon=horizon, start_epoch=history - 1, interval=0, storage=storage)
     options |= dict(kernel=kernel, scope=scope, graded=graded, criterion=criterion, on_jump=on_jump, **kwargs)
-    compiler_start = _start_compiler(dev, options) if kernel != "eager" else None
+    compile_seconds = _start_compiler(dev, sizes, trajectory, options) if kernel != "eager" else None
+    params, opt = _parameters(dev, sizes, on_jump)
     gc.collect()
     memory.reset_peak(dev)
     before = memory.current(dev)
@@ -223,8 +232,7 @@ def measure(
     pdt._pass = _timed(pdt._pass, log["pass"], dev)
     pdt._passes.gram = _timed(pdt._passes.gram, log["second"], dev)
     step = _timed(pdt.step, log["step"], dev)
-    # h steps: the history fills and the last one predicts once (compiling for N's sizes where the
-    # compiler's start-up did not compile what serves them).
+    # h steps: the history fills and the last one predicts once (for "eager", the first call of each op).
     for _ in range(history):
         weights.advance(params)
         step()
@@ -255,7 +263,7 @@ def measure(
         "copy": copies,
         "step": log["step"],
         "first_prediction": first,
-        "compiler_start": compiler_start,
+        "compile": compile_seconds,
         "copy_in_gram": log["push"],
         "second_gram": seconds,
         "pass": log["pass"],
@@ -368,8 +376,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['trajectory']} trajectory, device {r['device']}, storage {r['storage']}, {r['threads']} thread(s), "
         f"{len(r['step'])} repetitions (median [min - max])",
         f"  passes run                {passes_run(r)}",
-        *filter(None, [_compiler_start_words(r)]),
-        f"  first prediction          {r['first_prediction']:9.2f} s (at N: any compiling left)",
+        *filter(None, [_compile_words(r)]),
+        f"  first prediction          {r['first_prediction']:9.2f} s",
         f"  step                      {_ms(r['step'])}",
         f"    copy-in + Gram update   {_ms(r['copy_in_gram'])}",
         f"      (plain copy of N)     {_ms(r['copy'])}",
@@ -410,7 +418,16 @@ def format_comparison(results: list[dict[str, Any]]) -> str:
             [r["kernel"], str(r["tensors"]), *(f"{1e3 * t:.1f}" for t in [*parts, floor]), f"{parts[0] / floor:.2f}"]
         )
     header = [
-        "kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "checks", "algebra", "pass", "floor", "step/floor"
+        "kernel",
+        "tensors",
+        "step",
+        "copy-in+Gram",
+        "2nd Gram",
+        "checks",
+        "algebra",
+        "pass",
+        "floor",
+        "step/floor",
     ]
     return markdown_table(header, rows)
 
@@ -519,7 +536,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="the weights' history: drift and noise, or a smooth drift that takes the second Gram pass (default noisy)",
     )
     p.add_argument(
-        "--tensors", type=_positive(int), default=1, help="split N into this many tensors, and time one tensor beside (default 1)"
+        "--tensors",
+        type=_positive(int),
+        default=1,
+        help="split N into this many tensors, and time one tensor beside (default 1)",
     )
     p.add_argument("--naive", action="store_true", help="also time the straightforward implementation")
     p.add_argument("--sweep", action="store_true", help="time N = 1M, 10M, 57M, 100M instead")
