@@ -93,9 +93,11 @@ def _band(ax: Axes, x: np.ndarray, values: np.ndarray, color: str, label: str, l
 
 
 def _positive(runs: list[Run], key: str) -> bool:
-    """Whether every recorded ``key`` is positive, so that a log scale can show it (SimSiam's loss is a
-    negative cosine similarity)."""
-    return all(e[key] is None or e[key] > 0 for r in runs for e in r["epochs"])
+    """Whether no drawn ``key`` is zero or below, so that a log scale can show it (SimSiam's loss is a
+    negative cosine similarity). Diverged runs are not drawn, and a NaN is no sign: neither turns a
+    positive loss linear."""
+    drawn = [e[key] for r in runs if not r["diverged"] for e in r["epochs"] if e[key] is not None]
+    return not any(v <= 0 for v in drawn)
 
 
 def _by_epoch(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
