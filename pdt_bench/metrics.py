@@ -145,6 +145,7 @@ def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
         "eval_time_s": sum(e["eval_time"] for e in epochs),
         "compared": reference is not None,
         "final_loss_ratio": None,
+        "final_loss_gain": None,
         "predictions": None,
         "accepting_predictions": None,
         "rollbacks": None,
@@ -166,8 +167,12 @@ def run_row(run: Run, reference: Run | None) -> dict[str, Any]:
         row[f"reduction_{name}"] = 1.0 - hit[0] / reference_time
         # In epochs: immune to a machine whose speed changes during a study (shared CPUs).
         row[f"reduction_{name}_epochs"] = 1.0 - hit[1] / reference_epochs
-    if reference is not None:
-        row["final_loss_ratio"] = last["train_loss"] / reference["epochs"][-1]["train_loss"]
+    end = reference["epochs"][-1]["train_loss"] if reference is not None else 0.0
+    if end != 0:  # a reference that ends at zero loss gives nothing to divide by
+        row["final_loss_ratio"] = last["train_loss"] / end
+        # The fall below the reference's final loss by its magnitude: above 0 is a lower loss whatever the
+        # sign (SimSiam's loss is negative, and may cross zero on some seeds and not on others).
+        row["final_loss_gain"] = (end - last["train_loss"]) / abs(end)
     return row
 
 
@@ -215,6 +220,7 @@ def _method_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             summary[reduction] = describe([r[reduction] for r in compared], missing=-math.inf)
         summary[f"never_reached_{name}"] = sum(r[f"ttb_{name}_s"] is None for r in compared)
     summary["final_loss_ratio"] = describe([r["final_loss_ratio"] for r in compared])
+    summary["final_loss_gain"] = describe([r["final_loss_gain"] for r in compared])
     for key in (
         "final_val_acc",
         "best_val_acc",
@@ -246,7 +252,8 @@ def summarize(runs: list[Run], reference: str = "baseline") -> dict[str, Any]:
     ``ttb_<name>_s``, ``ttb_<name>_epochs``, ``reduction_<name>`` and ``reduction_<name>_epochs``
     (in time and in epochs; statistics from
     :func:`describe`) and ``never_reached_<name>`` (a count), then statistics of
-    ``final_loss_ratio``, ``final_val_acc``, ``best_val_acc``, ``first_train_loss``, ``final_train_loss``,
+    ``final_loss_ratio``, ``final_loss_gain`` (the fall below the reference's final loss by its
+    magnitude; both ``None`` for a seed whose reference ends at zero), ``final_val_acc``, ``best_val_acc``, ``first_train_loss``, ``final_train_loss``,
     ``best_train_loss``, ``pdt_time_share``, ``train_time_s``, ``eval_time_s``,
     ``accepted_ratio``; for methods with PDT (``pdt``) ``predictions``, ``accepting_predictions`` and
     ``rollbacks`` (counts per run); and ``per_seed``: the rows of :func:`run_row`.

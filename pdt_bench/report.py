@@ -317,8 +317,9 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
     judged in epochs over seeds: the median reduction in epochs to the reference's best train loss,
     best validation accuracy and best validation loss (a run that missed counts as infinitely late; no
     median counts as worse), with the spread across seeds and the reduction in seconds beside,
-    never deciding. Then the final train loss by its mean ratio to the reference's and the final
-    accuracy by the difference of means. Changes within :data:`SAME` are "about the same"; a
+    never deciding. Then the final train loss by its mean fall below the reference's, seed by seed and
+    by the reference's magnitude (``final_loss_gain``: a negative loss is judged by its sign), and the
+    final accuracy by the difference of means. Changes within :data:`SAME` are "about the same"; a
     diverged run counts against stability. A PDT method whose predictions never ran or never
     accepted anything is said to have had no effect, whatever its numbers; one seed is said too.
     ``brief``: the judgement only, in short words and without Markdown (the terminal's line).
@@ -334,9 +335,7 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
         return f"{title}: no effect to report: {nothing}{caveat}."
     if (reason := did_not_learn(reference, reference_name)) is not None:
         return f"{title}: no verdict: {reason}."
-    ratio = m["final_loss_ratio"]["mean"]
-    # A ratio above 1 is a higher loss where losses are positive, a lower one where they are negative.
-    loss_gain = (1 - ratio) * math.copysign(1.0, reference.get("final_train_loss", {}).get("median") or 1.0)
+    ratio, loss_gain = m["final_loss_ratio"]["mean"], m["final_loss_gain"]["mean"]
     acc_delta = m["final_val_acc"]["mean"] - reference["final_val_acc"]["mean"]
     sides = {
         "epochs to the best train loss": _side(m["reduction_loss_epochs"]["median"], SAME["time"]),
@@ -345,6 +344,8 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
         "final train loss": _side(loss_gain, SAME["loss"]),
         "final accuracy": _side(acc_delta, SAME["accuracy"]),
     }
+    if loss_gain is None:  # the reference ended at zero loss: no ratio to judge
+        del sides["final train loss"]
     if m["diverged"]:
         sides["stability"] = "worse"
 
@@ -358,7 +359,11 @@ def verdict(name: str, m: dict[str, Any], reference: dict[str, Any], reference_n
         _epochs_words(m, "loss", "best train loss", reference_name),
         _epochs_words(m, "acc", "best validation accuracy", reference_name),
         _epochs_words(m, "val_loss", "best validation loss", reference_name),
-        f"final train loss {ratio:.3g}× the {reference_name}'s",
+        (
+            f"final train loss {ratio:.3g}× the {reference_name}'s"
+            if ratio is not None
+            else f"final train loss not compared (the {reference_name}'s is 0)"
+        ),
         f"final accuracy {100 * acc_delta:+.2f} points",
     ]
     if m["diverged"]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fake_runs import make_run
 from pdt_bench import metrics, plots, report
 from tables import table_rows
 
@@ -333,6 +334,27 @@ def test_a_diverged_run_leaves_a_positive_loss_on_a_log_scale(drawn, tmp_path):
     plots._curve_plot(tmp_path / "l.png", runs, "train_loss", "loss", True, "s", "baseline")
     plots.loss_against_flops(tmp_path / "f.png", runs)
     assert [ax.get_yscale() for fig, _ in drawn for ax in fig.axes] == ["log", "log", "log"]
+
+
+def test_the_final_loss_is_judged_seed_by_seed_where_the_reference_changes_sign():
+    # PDT ends lower on both seeds; the reference ends above zero on one and below on the other.
+    acc = [0.5] * 3
+    runs = [make_run("baseline", 0, [1.0, 0.7, 0.5], acc), make_run("baseline", 1, [1.0, 0.3, -0.05], acc)]
+    runs += [make_run("pdt", 0, [1.0, 0.6, 0.45], acc), make_run("pdt", 1, [1.0, 0.2, -0.2], acc)]
+    methods = metrics.summarize(runs)["methods"]
+    line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
+    assert "final train loss" in line.split("about the same")[0].split("helped with:")[1]
+
+
+def test_a_reference_that_ends_at_zero_loss_is_summarized_without_a_final_loss_verdict():
+    acc = [0.5] * 3
+    runs = [make_run("baseline", s, [1.0, 0.5, 0.0], acc) for s in range(2)]
+    runs += [make_run("pdt", s, [1.0, 0.4, 0.1], acc) for s in range(2)]
+    methods = metrics.summarize(runs)["methods"]
+    assert methods["pdt"]["final_loss_ratio"]["n"] == 0
+    line = report.verdict("pdt", methods["pdt"], methods["baseline"], "baseline")
+    assert "final train loss not compared (the baseline's is 0)" in line
+    assert "final train loss" not in line.split(". It ")[0]
 
 
 def test_a_link_whose_target_holds_a_space_stays_a_link():
