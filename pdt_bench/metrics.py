@@ -253,8 +253,8 @@ def summarize(runs: list[Run], reference: str = "baseline") -> dict[str, Any]:
     (in time and in epochs; statistics from
     :func:`describe`) and ``never_reached_<name>`` (a count), then statistics of
     ``final_loss_ratio``, ``final_loss_gain`` (the fall below the reference's final loss by its
-    magnitude; both ``None`` for a seed whose reference ends at zero), ``final_val_acc``, ``best_val_acc``, ``first_train_loss``, ``final_train_loss``,
-    ``best_train_loss``, ``pdt_time_share``, ``train_time_s``, ``eval_time_s``,
+    magnitude; both ``None`` for a seed whose reference ends at zero), ``final_val_acc``,
+    ``best_val_acc``, ``first_train_loss``, ``final_train_loss``, ``best_train_loss``, ``pdt_time_share``, ``train_time_s``, ``eval_time_s``,
     ``accepted_ratio``; for methods with PDT (``pdt``) ``predictions``, ``accepting_predictions`` and
     ``rollbacks`` (counts per run); and ``per_seed``: the rows of :func:`run_row`.
     """

@@ -328,7 +328,6 @@ def test_a_negative_loss_is_judged_and_drawn_as_a_positive_one(tmp_path):
     assert all(p.exists() for p in plots.write_plots(tmp_path, shifted))
 
 
-
 def test_a_diverged_run_leaves_a_positive_loss_on_a_log_scale(drawn, tmp_path):
     runs = synthetic_study()  # nonselective's seed 0 ends on a NaN loss: not drawn, so not a reason to go linear
     plots._curve_plot(tmp_path / "l.png", runs, "train_loss", "loss", True, "s", "baseline")
