@@ -12,6 +12,7 @@ group stays usable for the next one.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from datetime import timedelta
@@ -352,7 +353,8 @@ def two_instances(rank: int, world: int) -> dict:
 
 
 def rates_apart(rank: int, world: int) -> dict:
-    """horizon_by="lr": equal rates step on; rank 1 at another rate makes every rank refuse, unchanged."""
+    """horizon_by="lr": equal rates step on; rank 1 at another rate (or one bit off) makes every rank refuse,
+    unchanged."""
     model = mlp(8, 16, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     pdt = DistributedPDT(opt, **PDT_ARGS, horizon_by="lr")
@@ -360,7 +362,9 @@ def rates_apart(rank: int, world: int) -> dict:
     opt.param_groups[0]["lr"] = 0.1 if rank == 0 else 0.05
     before = pdt.state_dict()
     apart = error(pdt.step)
-    return {"equal": equal, "apart": apart, "unchanged": str(pdt.state_dict()) == str(before)}
+    opt.param_groups[0]["lr"] = 0.1 if rank == 0 else math.nextafter(0.1, 1.0)  # apart by one bit
+    ulp = error(pdt.step)
+    return {"equal": equal, "apart": apart, "ulp": ulp, "unchanged": str(pdt.state_dict()) == str(before)}
 
 
 def uneven_inputs(rank: int, world: int) -> dict:

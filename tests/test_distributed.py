@@ -363,6 +363,8 @@ def test_ranks_at_different_learning_rates_refuse_together_under_horizon_by_lr(r
             'ValueError: PDT ranks disagree on the learning rate horizon_by="lr" records: rank 0 at 0.1, rank 1 '
             "at 0.05; no rank stepped. Every rank's optimizer and scheduler must be at the same rate"
         )
+        # Rates one bit apart are named as they differ, not both as 0.1.
+        assert "rank 0 at 0.1, rank 1 at 0.10000000000000002; no rank stepped" in case["ulp"]
 
 
 def test_join_with_uneven_inputs_is_handled_when_pdt_joins_and_named_when_it_does_not(results):

@@ -448,7 +448,8 @@ class DistributedPDT(PDT, Joinable):
                 raise ValueError(f"PDT ranks disagree: only rank(s) {ranks} passed {what}; no rank stepped")
         if not (rates == rates[0]).all():
             # Each rank would forecast its own horizon from its own rates: the replicas would part.
-            seen = ", ".join(f"rank {r} at {lr:g}" for r, lr in enumerate(rates.tolist()))
+            # Every digit (repr): rates a few bits apart would otherwise read as the same rate twice.
+            seen = ", ".join(f"rank {r} at {lr!r}" for r, lr in enumerate(rates.tolist()))
             raise ValueError(
                 f'PDT ranks disagree on the learning rate horizon_by="lr" records: {seen}; no rank stepped. '
                 "Every rank's optimizer and scheduler must be at the same rate"
