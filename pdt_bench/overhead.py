@@ -161,12 +161,13 @@ def _parameters(device: torch.device, sizes: list[int], on_jump: str) -> tuple[l
     return params, opt
 
 
-def _start_compiler(device: torch.device, sizes: list[int], trajectory: str, options: dict[str, Any]) -> float:
+def _start_compiler(device: torch.device, sizes: list[int], trajectory: str, options: dict[str, Any]) -> float | None:
     """Run PDT once on the measured layout (``sizes``) and ``trajectory`` up to its first prediction, so
     that its passes (the second Gram pass too, where the trajectory takes it) are compiled before the
     memory is read: the memory measured next is PDT's, without the compiler's modules and kernels
     (about 100 MB on CPU, paid once per process and layout, whatever N). Returns the seconds of that
-    first prediction, the compile time."""
+    first prediction, the compile time; ``None`` where the passes ran eager (``kernel="auto"`` chooses
+    as for the measured run: the same layout)."""
     weights = Trajectory(sum(sizes), device, kind=trajectory)
     params, opt = _parameters(device, sizes, options["on_jump"])
     pdt = PDT(opt, **options)
@@ -175,8 +176,9 @@ def _start_compiler(device: torch.device, sizes: list[int], trajectory: str, opt
         start = time.perf_counter()
         pdt.step()
     seconds = time.perf_counter() - start
+    compiled = pdt._passes.compiled is not None
     pdt.close()
-    return seconds
+    return seconds if compiled else None
 
 
 def _compiler_words(r: dict[str, Any]) -> str:

@@ -20,7 +20,16 @@ def test_overhead_reports_the_compiled_step_beside_the_eager_one_and_the_floor(c
     assert "PDT step, eager passes" in out and "PDT step, compiled passes" in out
     header, *body = table_rows(out[out.index("| kernel") :])
     assert header == [
-        "kernel", "tensors", "step", "copy-in+Gram", "2nd Gram", "checks", "algebra", "pass", "floor", "step/floor"
+        "kernel",
+        "tensors",
+        "step",
+        "copy-in+Gram",
+        "2nd Gram",
+        "checks",
+        "algebra",
+        "pass",
+        "floor",
+        "step/floor",
     ]
     rows = {row[0]: [float(x) for x in row[1:]] for row in body}
     assert set(rows) == {"eager", "compiled"}
@@ -84,6 +93,17 @@ def test_the_passes_compile_before_the_memory_is_read():
     assert compiled["compile"] > compiled["first_prediction"] and eager["compile"] is None
     assert "compiled before" in bench.format_report(compiled)
     assert "compile " not in bench.format_report(eager)
+
+
+@needs_compiler
+def test_auto_compiles_before_the_memory_is_read_where_its_measured_run_compiles_and_only_there():
+    # 20k elements in 300 tensors: "auto" compiles (kernel.AUTO_MIN_TENSORS); in one tensor it stays eager,
+    # and no compile is claimed.
+    many = bench.measure(20_000, history=3, horizon=2, repeat=1, kernel="auto", tensors=300)
+    one = bench.measure(20_000, history=3, horizon=2, repeat=1, kernel="auto")
+    assert (many["kernel"], one["kernel"]) == ("compiled", "eager")
+    assert many["compile"] is not None and one["compile"] is None
+    assert "compiled before" not in bench.format_report(one)
 
 
 def test_the_tensors_split_the_parameters_evenly():
