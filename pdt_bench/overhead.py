@@ -435,12 +435,19 @@ def format_comparison(results: list[dict[str, Any]]) -> str:
 
 
 def format_tensor_ratios(results: list[dict[str, Any]]) -> str:
-    """Per kernel, the step with many tensors against the step with one tensor of the same size."""
+    """Per kernel, the step with many tensors against the step with one tensor of the same size: each
+    run with many tensors against the one-tensor run measured just before it (``pdt-bench overhead``'s
+    order). ``kernel="auto"`` may choose eager passes for one tensor and compiled ones for many: said."""
     lines = []
-    for many in (r for r in results if r["tensors"] > 1):
-        one = next(r for r in results if r["tensors"] == 1 and r["kernel"] == many["kernel"])
+    for i, many in enumerate(results):
+        if many["tensors"] == 1:
+            continue
+        one = results[i - 1]
         ratio = statistics.median(many["step"]) / statistics.median(one["step"])
-        lines.append(f"{many['kernel']}: the step with {many['tensors']:,} tensors is {ratio:.2f}x the step with one")
+        other = f" ({one['kernel']})" if one["kernel"] != many["kernel"] else ""
+        lines.append(
+            f"{many['kernel']}: the step with {many['tensors']:,} tensors is {ratio:.2f}x the step with one{other}"
+        )
     return "\n".join(lines)
 
 

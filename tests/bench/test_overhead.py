@@ -106,6 +106,17 @@ def test_auto_compiles_before_the_memory_is_read_where_its_measured_run_compiles
     assert "compiled before" not in bench.format_report(one)
 
 
+
+def test_the_tensor_ratio_pairs_the_runs_of_one_kernel_choice_even_where_auto_chose_two():
+    # --kernel auto --tensors 300 on 20k: one tensor runs eager, 300 tensors compiled (it raised StopIteration).
+    one = {"tensors": 1, "kernel": "eager", "step": [2.0]}
+    many = {"tensors": 300, "kernel": "compiled", "step": [1.0]}
+    assert bench.format_tensor_ratios([one, many]) == (
+        "compiled: the step with 300 tensors is 0.50x the step with one (eager)"
+    )
+    same = {"tensors": 300, "kernel": "eager", "step": [4.0]}
+    assert bench.format_tensor_ratios([one, same]) == "eager: the step with 300 tensors is 2.00x the step with one"
+
 def test_the_tensors_split_the_parameters_evenly():
     assert bench.split_sizes(10, 3) == [4, 3, 3]
     assert bench.split_sizes(5, 5) == [1] * 5
