@@ -147,7 +147,7 @@ run_study() {
     v3-mnist1d-cnn-sgd) v3 mnist1d-cnn-sgd 0.05 0.1,0.2,0.4,0.8 0.25,0.5,1,2,4 --task mnist1d-cnn ;;
     v3-mnist1d-mlp-sgd) v3 mnist1d-mlp-sgd 0.05 0.1,0.2,0.4,0.8,1.6,3.2 0.25,0.5,1,2,4,8 --task mnist1d-mlp ;;
     v3-mnist1d-mlp-adam)
-      v3 mnist1d-mlp-adam 0.001 0.0005,0.002,0.004,0.008 0.0005,0.001,0.002,0.004,0.008,0.016 \
+      v3 mnist1d-mlp-adam 0.001 0.0005,0.002,0.004,0.008 0.0005,0.001,0.002,0.004,0.008,0.016,0.032 \
         --task mnist1d-mlp --optimizer adam --lr 0.001 --eta-min 1e-5
       ;;
     v3-agnews-transformer)
