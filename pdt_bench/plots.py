@@ -52,9 +52,11 @@ _MASK_ROWS, _MASK_COLS = 32, 512
 
 DPI = 80
 """Pixels per inch of every figure: 80 keeps 8-point text legible on a screen; 110 made 1.9x the pixels."""
-COLORS = 256
+COLORS = 64
 """Palette size of every PNG (an octree palette: the few pixels of each line colour keep their own
-entry, where median cut merged tab10's colours; no dithering, whose noise defeats PNG's compression)."""
+entry, where median cut merged tab10's colours; no dithering, whose noise defeats PNG's compression).
+64 rather than 256: a fifth smaller files (the committed study's 69 plots: 1.54 MB at 256, 1.23 MB at 64);
+only the antialiased edges lose shades."""
 
 
 def compact_png(image: Image.Image, path: Path) -> Path:
