@@ -97,7 +97,7 @@ def test_flops_band_is_over_the_span_every_seed_covers(tmp_path):
     assert losses[:, -1] == pytest.approx([0.25, 1.0 - 0.5 * 90 / 110])
     baseline = [_flops_run(s, [3.0, 1.5, 0.6], [False] * 3) | {"method": "baseline"} for s in (0, 1)]
     (path,) = plots.loss_against_flops(tmp_path / "flops.png", [*baseline, *runs])
-    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5_000  # drawn (a 64-colour palette PNG)
     assert plots.loss_against_flops(tmp_path / "none.png", [make_run("baseline", 0, [1.0], [0.5])]) == []
 
 
@@ -119,7 +119,7 @@ def test_landscape_picture_of_a_hand_made_record_is_written(tmp_path):
         "seconds": {},
     }
     path = plots.plot_landscape(tmp_path / "ends.png", record)
-    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5_000  # drawn (a 64-colour palette PNG)
     record |= {"plane": "pca", "explained": [0.8, 0.1], "jumps": [], "losses": np.exp(record["losses"]).tolist()}
     assert plots.plot_landscape(tmp_path / "pca.png", record).read_bytes()[:8] == PNG
 
