@@ -10,7 +10,9 @@ checks to ``OUT_DIR/rank{r}.pt``.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 
 import torch
@@ -20,6 +22,8 @@ from test_integrations import PDT_ARGS, hf_trainer
 import torch_pdt
 
 EPOCHS = 4
+# The test sends SIGUSR1 to a rank that outlives its timeout: every thread's stack goes to stderr.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def main() -> None:

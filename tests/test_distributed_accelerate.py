@@ -15,11 +15,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-
 from test_distributed import free_port
 
 pytest.importorskip("transformers")
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("distributed_accelerate_worker.py")
 WORLD = 2
-
 
 
 def accelerate_launch(out: Path, timeout: float) -> subprocess.CompletedProcess:
@@ -54,12 +53,16 @@ def accelerate_launch(out: Path, timeout: float) -> subprocess.CompletedProcess:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         ranks = psutil.Process(proc.pid).children(recursive=True)
+        for rank in ranks:  # the worker dumps every thread's stack on SIGUSR1: where it hangs
+            with contextlib.suppress(psutil.NoSuchProcess):
+                rank.send_signal(signal.SIGUSR1)
+        time.sleep(2)
         os.killpg(proc.pid, signal.SIGKILL)
         for rank in ranks:  # else they hang on, orphaned, holding the pipes communicate() reads
             with contextlib.suppress(psutil.NoSuchProcess):
                 rank.kill()
-        proc.communicate()
-        pytest.fail(f"accelerate launch did not finish within {timeout} s (a rank hangs)")
+        _, stderr = proc.communicate()
+        pytest.fail(f"accelerate launch did not finish within {timeout} s (a rank hangs):\n{stderr[-6000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
@@ -73,7 +76,10 @@ def test_accelerate_launch_runs_distributed_pdt_in_the_hf_trainer(tmp_path):
     for r, result in enumerate(ranks):
         assert result["torch_pdt_file"] == str(Path(__file__).parents[1] / "torch_pdt" / "__init__.py")
         assert (result["pdt_type"], result["world_size"], result["rank"], result["backend"]) == (
-            "DistributedPDT", WORLD, r, "gloo"
+            "DistributedPDT",
+            WORLD,
+            r,
+            "gloo",
         )
         assert result["distributed_type"] == "DistributedType.MULTI_CPU"
         assert result["wrapped"] == "DistributedDataParallel"
