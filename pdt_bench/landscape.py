@@ -286,12 +286,20 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--epochs", type=int, help="default: the task's")
     p.add_argument("--method", default="pdt", help="the PDT method drawn beside the baseline (default pdt)")
-    p.add_argument("--plane", choices=PLANES, default="pca", help="pca: top two principal directions (default); "
-                   "ends: through the common start and both end points")
+    p.add_argument(
+        "--plane",
+        choices=PLANES,
+        default="pca",
+        help="pca: top two principal directions (default); ends: through the common start and both end points",
+    )
     p.add_argument("--grid", type=int, default=GRID, help=f"loss evaluations per axis (default {GRID})")
     p.add_argument("--subset", type=int, default=SUBSET, help=f"training samples per loss point (default {SUBSET})")
-    p.add_argument("--margin", type=float, default=0.2, help="space around the trajectories, a fraction of their "
-                   "extent (default 0.2)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.2,
+        help="space around the trajectories, a fraction of their extent (default 0.2)",
+    )
     p.add_argument("--out", type=Path, help="output directory (default results/<task>-landscape)")
     g = p.add_argument_group("PDT")
     g.add_argument("--history", type=int, default=5, help="h (default 5)")

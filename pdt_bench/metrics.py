@@ -3,9 +3,10 @@
 The paper's efficiency metrics (Sec. 4): **TTB-Loss**, the training time a run needs to reach the
 best training loss of the baseline, and **TTB-Acc**, the time to reach the baseline's best
 validation accuracy; beside them **TTB-ValLoss**, the time to the baseline's best validation loss
-(held-out, like TTB-Acc, but read on the loss the optimizer minimises). Targets are taken per seed: a run of seed ``s`` is compared with the
-reference run (``baseline`` unless told otherwise) of seed ``s``. The reference's own TTB is the
-time of its best epoch. **Runtime reduction** is ``1 - TTB_method / TTB_reference`` per seed.
+(held-out, like TTB-Acc, but read on the loss the optimizer minimises). Targets are taken per
+seed: a run of seed ``s`` is compared with the reference run (``baseline`` unless told otherwise)
+of seed ``s``. The reference's own TTB is the time of its best epoch. **Runtime reduction** is
+``1 - TTB_method / TTB_reference`` per seed.
 
 The training loss comes in two definitions: ``train_loss``, a full pass after the epoch's PDT
 step (primary), and ``batch_loss``, the mean of the batch losses during the epoch (the authors').
@@ -248,15 +249,16 @@ def summarize(runs: list[Run], reference: str = "baseline") -> dict[str, Any]:
 
     Returns ``{"task", "reference", "seeds", "methods": {method: {...}}}``; each method's entry
     holds ``runs``, ``diverged``, ``compared`` (successful runs whose seed has a successful
-    reference run), for each TTB name in :data:`TARGETS` (``loss``, ``batch_loss``, ``acc``, ``val_loss``)
-    ``ttb_<name>_s``, ``ttb_<name>_epochs``, ``reduction_<name>`` and ``reduction_<name>_epochs``
-    (in time and in epochs; statistics from
-    :func:`describe`) and ``never_reached_<name>`` (a count), then statistics of
-    ``final_loss_ratio``, ``final_loss_gain`` (the fall below the reference's final loss by its
-    magnitude; both ``None`` for a seed whose reference ends at zero), ``final_val_acc``,
-    ``best_val_acc``, ``first_train_loss``, ``final_train_loss``, ``best_train_loss``, ``pdt_time_share``, ``train_time_s``, ``eval_time_s``,
-    ``accepted_ratio``; for methods with PDT (``pdt``) ``predictions``, ``accepting_predictions`` and
-    ``rollbacks`` (counts per run); and ``per_seed``: the rows of :func:`run_row`.
+    reference run), for each TTB name in :data:`TARGETS` (``loss``, ``batch_loss``, ``acc``,
+    ``val_loss``) ``ttb_<name>_s``, ``ttb_<name>_epochs``, ``reduction_<name>`` and
+    ``reduction_<name>_epochs`` (in time and in epochs; statistics from :func:`describe`) and
+    ``never_reached_<name>`` (a count), then statistics of ``final_loss_ratio``,
+    ``final_loss_gain`` (the fall below the reference's final loss by its magnitude; both ``None``
+    for a seed whose reference ends at zero), ``final_val_acc``, ``best_val_acc``,
+    ``first_train_loss``, ``final_train_loss``, ``best_train_loss``, ``pdt_time_share``,
+    ``train_time_s``, ``eval_time_s``, ``accepted_ratio``; for methods with PDT (``pdt``)
+    ``predictions``, ``accepting_predictions`` and ``rollbacks`` (counts per run); and
+    ``per_seed``: the rows of :func:`run_row`.
     """
     groups = by_method(runs)
     if reference not in groups:

@@ -53,7 +53,16 @@ from .report import markdown_table
 from .tasks import cifar10
 
 __all__ = [
-    "CHECKPOINTS", "METHODS", "NiNoConfig", "NiNoRun", "Unavailable", "add_command", "check", "main", "nino_path", "run"
+    "CHECKPOINTS",
+    "METHODS",
+    "NiNoConfig",
+    "NiNoRun",
+    "Unavailable",
+    "add_command",
+    "check",
+    "main",
+    "nino_path",
+    "run",
 ]
 
 SUMMARY = "NiNo and WNN+ against Adam and PDT in step mode on NiNo's C10 tasks"
@@ -252,8 +261,12 @@ def run(config: NiNoConfig, log: TextIO | None = None) -> NiNoRun:
                 val_loss, val_acc = _evaluate(model, x_val, y_val)
                 curve.append(Point(step=step, val_loss=val_loss, val_acc=val_acc))
                 if log is not None:
-                    print(f"{config.method} seed {config.seed} step {step}: val loss {val_loss:.4f} "
-                          f"acc {val_acc:.2f} % ({clock:.0f} s)", file=log, flush=True)
+                    print(
+                        f"{config.method} seed {config.seed} step {step}: val loss {val_loss:.4f} "
+                        f"acc {val_acc:.2f} % ({clock:.0f} s)",
+                        file=log,
+                        flush=True,
+                    )
                 reached = step if val_acc >= target else None
                 done = reached is not None or not math.isfinite(val_loss) or step >= config.max_steps
             if done:
@@ -378,8 +391,17 @@ def _nino(args: argparse.Namespace) -> int:
     plan: list[tuple[NiNoConfig, Path | None, NiNoRun | None]] = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for method in methods:
-            config = NiNoConfig(args.task, method, seed, args.max_steps, args.period, eval_every=args.eval_every,
-                                nino=path, data=data, device=args.device)
+            config = NiNoConfig(
+                args.task,
+                method,
+                seed,
+                args.max_steps,
+                args.period,
+                eval_every=args.eval_every,
+                nino=path,
+                data=data,
+                device=args.device,
+            )
             record = None if args.out is None else args.out / f"{args.task}-{method}-seed{seed}.json"
             try:  # every stored run is checked before the first one runs
                 stored = None if record is None or args.rerun else _stored(record, config)

@@ -22,9 +22,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from distributed_worker import PDT_ARGS, data, flat, fsdp_mlp, mlp, train_epoch
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from distributed_worker import PDT_ARGS, data, flat, fsdp_mlp, mlp, train_epoch
 from torch_pdt import PDT
 from torch_pdt.distributed import DistributedPDT
 from torch_pdt.distributed.dcp import DCPState

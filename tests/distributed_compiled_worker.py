@@ -20,9 +20,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from distributed_worker import EPOCHS, PDT_ARGS, data, flat, fsdp_mlp, mlp, train_epoch
 from torch import nn
 
-from distributed_worker import EPOCHS, PDT_ARGS, data, flat, fsdp_mlp, mlp, train_epoch
 from torch_pdt import PDT, kernel
 from torch_pdt.distributed import CompiledPassError, DistributedPDT
 

@@ -14,9 +14,9 @@ import sys
 
 import deepspeed
 import torch
+from distributed_worker import EPOCHS, GLOBAL_BATCH, PDT_ARGS, data, mlp
 from torch import nn
 
-from distributed_worker import EPOCHS, GLOBAL_BATCH, PDT_ARGS, data, mlp
 from torch_pdt.distributed.deepspeed import DeepSpeedPDT
 
 

@@ -70,10 +70,7 @@ def test_repeated_compiled_runs_are_bit_identical(criterion):
 
 def test_runs_in_other_processes_give_the_same_bits():
     here = {config: fingerprint(*config) for config in CONFIGS}
-    script = (
-        "import sys; from test_determinism import CONFIGS, fingerprint\n"
-        "for c in CONFIGS: print(fingerprint(*c))\n"
-    )
+    script = "import sys; from test_determinism import CONFIGS, fingerprint\nfor c in CONFIGS: print(fingerprint(*c))\n"
     tests = Path(__file__).parent
     for _ in range(2):
         out = subprocess.run(

@@ -22,7 +22,9 @@ def test_increment_snr_hand_worked_and_against_numpy():
     assert snr[3].item() == pytest.approx((1 / 3) / math.sqrt(4 / 3), rel=1e-14)
     R = np.random.default_rng(0).normal(size=(50, 6))
     d = np.diff(R, axis=1)
-    np.testing.assert_allclose(increment_snr(torch.from_numpy(R)).numpy(), abs(d.mean(1)) / d.std(1, ddof=1), rtol=1e-13)
+    np.testing.assert_allclose(
+        increment_snr(torch.from_numpy(R)).numpy(), abs(d.mean(1)) / d.std(1, ddof=1), rtol=1e-13
+    )
     with pytest.raises(ValueError, match="h >= 3"):
         increment_snr(S[:, :2])
 
@@ -33,10 +35,20 @@ def test_parameter_kinds():
             super().__init__()
             self.gain = nn.Parameter(torch.ones(3))
 
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Embedding(4, 3), nn.Linear(3, 2), nn.LayerNorm(2), Scale())
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Embedding(4, 3), nn.Linear(3, 2), nn.LayerNorm(2), Scale()
+    )
     assert parameter_kinds(model) == {
-        "0.weight": "conv", "0.bias": "conv", "1.weight": "norm", "1.bias": "norm", "2.weight": "embedding",
-        "3.weight": "linear", "3.bias": "linear", "4.weight": "norm", "4.bias": "norm", "5.gain": "other",
+        "0.weight": "conv",
+        "0.bias": "conv",
+        "1.weight": "norm",
+        "1.bias": "norm",
+        "2.weight": "embedding",
+        "3.weight": "linear",
+        "3.bias": "linear",
+        "4.weight": "norm",
+        "4.bias": "norm",
+        "5.gain": "other",
     }
 
 
@@ -107,8 +119,12 @@ def test_the_probe_agrees_with_pdt_where_pdt_first_predicts():
 
 @pytest.mark.parametrize(
     ("kwargs", "words"),
-    [(dict(history=2), "history"), (dict(horizon=0), "horizon"), (dict(criterion="random"), "criterion"),
-     (dict(history=True), "history")],
+    [
+        (dict(history=2), "history"),
+        (dict(horizon=0), "horizon"),
+        (dict(criterion="random"), "criterion"),
+        (dict(history=True), "history"),
+    ],
 )
 def test_bad_options_are_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):

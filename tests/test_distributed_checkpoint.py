@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-
 from test_distributed import launch
 
 if not dist.is_available():

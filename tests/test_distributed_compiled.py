@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-
 from test_distributed import WORLD, launch
+
 from torch_pdt import kernel
 
 if not dist.is_available():

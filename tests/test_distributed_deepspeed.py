@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
-
 from test_distributed import free_port, launch
+
 from torch_pdt import PDT
 
 

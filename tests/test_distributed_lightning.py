@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_distributed import free_port, launch
 
 pytest.importorskip("lightning.pytorch")
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("distributed_lightning_worker.py")
-
 
 
 def test_lightning_fsdp2_saves_and_resumes_pdt_bit_exactly(tmp_path):

@@ -175,4 +175,3 @@ def test_changelog_names_the_current_version():
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "torch_pdt.__version__"}
     released = re.findall(r"^## (\d+\.\d+\.\d+)\b", (ROOT / "CHANGELOG.md").read_text(), re.M)
     assert released and released[0] == torch_pdt.__version__, (released, torch_pdt.__version__)
-

@@ -61,8 +61,8 @@ def test_hand_worked_graded_lands_at_k_times_the_last_step():
 
 def test_hand_worked_start_of_epoch_snapshots_extrapolate_from_the_snapshot():
     """Start-of-epoch snapshots (the authors' code): the snapshot s1 is where the epoch started,
-    delta = w - s1 = (0.5, -0.5, 0), and the forecast D = 1.5 (s1 - s0) is within [|delta|, 3 |delta|] along delta: the forecast would put the
-    moving elements at s1 + D, the linear jump puts them at s1 + 2 delta."""
+    delta = w - s1 = (0.5, -0.5, 0), and the forecast D = 1.5 (s1 - s0) is within [|delta|, 3 |delta|]
+    along delta: the forecast would put the moving elements at s1 + D, the linear jump puts them at s1 + 2 delta."""
     steps = torch.tensor([[-0.75, 0.75], [-0.75, 0.75], [-1.5, 1.5]], dtype=torch.float64)  # tau = 2
     written = {}
     for linear in (False, True):

@@ -347,10 +347,7 @@ def test_the_error_for_a_changed_requires_grad_names_the_parameter():
 
 @pytest.mark.parametrize("module, extra", [("lightning", "lightning"), ("transformers", "transformers")])
 def test_an_integration_without_its_extra_names_the_pip_command(module, extra):
-    script = (
-        f"import sys\nsys.modules[{module!r}] = None\n"
-        f"import torch_pdt.integrations.{module}\n"
-    )
+    script = f"import sys\nsys.modules[{module!r}] = None\nimport torch_pdt.integrations.{module}\n"
     done = subprocess.run(
         [sys.executable, "-c", script],
         env=dict(os.environ, PYTHONPATH=str(REPO)),

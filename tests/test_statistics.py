@@ -19,7 +19,7 @@ from torch import nn
 
 from torch_pdt import PDT, PDTMisuseWarning, PDTStatistics
 from torch_pdt.misuse import EVERY_STEP_CALLS
-from torch_pdt.statistics import RejectionCounts, PacingStatistics, scalars
+from torch_pdt.statistics import PacingStatistics, RejectionCounts, scalars
 
 KEYS = set(PDTStatistics.__annotations__)
 JSON_TYPES = (bool, int, float, str, type(None))
@@ -129,7 +129,6 @@ def test_scalars_are_named_numbers_the_same_every_epoch():
     assert flat[2]["rejected/upper_bound"] == stats[2]["rejected"]["upper_bound"]
 
 
-
 @pytest.mark.parametrize("criterion", ["pdt", "random"])
 def test_scalar_names_vary_only_by_the_documented_ones(criterion):
     """The names outside docs/statistics.md's exceptions are the same every epoch, whatever the criterion."""
@@ -147,12 +146,12 @@ def test_scalar_names_vary_only_by_the_documented_ones(criterion):
     assert len({frozenset(f - varying) for f in flat}) == 1
     assert any("random_ratio" in f for f in flat) == (criterion == "random")
 
+
 # --- misuse ------------------------------------------------------------------------------
 
 
 def misuse(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, PDTMisuseWarning)]
-
 
 
 def test_step_mode_with_an_explicit_step_says_that_pdt_steps_itself():
@@ -168,6 +167,7 @@ def test_step_mode_with_an_explicit_step_says_that_pdt_steps_itself():
     said = misuse(caught)
     assert len(said) == 1 and "called by hand" in said[0], said
     assert "every_n_steps" in said[0] and "once per epoch" not in said[0], said
+
 
 def test_step_again_without_an_optimizer_step_is_said_once():
     model, data = make_model(), make_data()

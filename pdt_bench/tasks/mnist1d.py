@@ -32,6 +32,7 @@ def _data(num_samples: int, cache: Path) -> tuple[Tensor, Tensor, Tensor, Tensor
     if path.exists():
         return torch.load(path)
     from mnist1d.data import get_dataset_args, make_dataset  # the bench extra; pdt-bench says so when missing
+
     args = get_dataset_args()
     args.num_samples = num_samples
     d = make_dataset(args)

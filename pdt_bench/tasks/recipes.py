@@ -52,9 +52,7 @@ class TransformerClassifier(nn.Module):
     attention and of the mean.
     """
 
-    def __init__(
-        self, vocab_size: int, dim: int, heads: int, layers: int, max_len: int, num_classes: int = 4
-    ) -> None:
+    def __init__(self, vocab_size: int, dim: int, heads: int, layers: int, max_len: int, num_classes: int = 4) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=agnews.PAD)
         self.pos_embedding = nn.Parameter(torch.randn(1, max_len, dim) * 0.02)

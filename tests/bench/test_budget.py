@@ -13,8 +13,19 @@ from pdt_bench.budget import curves, smallest_budget, table
 def _run(method: str, seed: int, accs: list[float], full: int = 10) -> dict:
     """A run whose validation accuracy after each epoch is ``accs``; ``full`` is the task's epochs."""
     rows = [
-        {"epoch": e, "train_time": float(e), "pdt_time": 0.0, "eval_time": 0.0, "train_loss": 1.0,
-         "batch_loss": 1.0, "train_acc": a, "val_loss": 1.0, "val_acc": a, "lr": 0.1, "pdt": None}
+        {
+            "epoch": e,
+            "train_time": float(e),
+            "pdt_time": 0.0,
+            "eval_time": 0.0,
+            "train_loss": 1.0,
+            "batch_loss": 1.0,
+            "train_acc": a,
+            "val_loss": 1.0,
+            "val_acc": a,
+            "lr": 0.1,
+            "pdt": None,
+        }
         for e, a in enumerate(accs, 1)
     ]
     return {"task": "t", "method": method, "seed": seed, "config": {"epochs": full}, "epochs": rows, "diverged": False}
@@ -74,8 +85,13 @@ def test_results_page_counts_the_budget_target(tmp_path):
             save_json(tmp_path / study / "runs" / f"{run['method']}-seed{run['seed']}.json", run)
         pack(tmp_path / study)
     targets = tmp_path / "targets.json"
-    want = {"studies": ["v3-a", "v3-b", "v3-c", "v3-d"], "tolerance": 0.003, "at": 0.8, "studies_needed": 2,
-            "drop": 0.005}
+    want = {
+        "studies": ["v3-a", "v3-b", "v3-c", "v3-d"],
+        "tolerance": 0.003,
+        "at": 0.8,
+        "studies_needed": 2,
+        "drop": 0.005,
+    }
     targets.write_text(json.dumps({"budget_curves": want}))
     text = write_results(tmp_path, tmp_path / "page.md", load_targets(targets)).read_text()
     section = text.split("## Budget curves")[1].split("\n## ")[0]

@@ -15,8 +15,14 @@ def test_diagnose_writes_reports_a_plot_and_a_line_per_kind(tmp_path, capsys):
     reports = data["reports"]
     # Snapshots after epochs 1..9; with h = 3 the probe judges from the third on.
     assert [r["epoch"] for r in reports] == list(range(2, 9))
-    assert data["settings"] == {"task": "mnist1d-mlp", "method": "baseline", "seed": 0, "history": 3, "horizon": 2,
-                                "criterion": "pdt"}
+    assert data["settings"] == {
+        "task": "mnist1d-mlp",
+        "method": "baseline",
+        "seed": 0,
+        "history": 3,
+        "horizon": 2,
+        "criterion": "pdt",
+    }
     assert all(t["forecast_error"] is not None for r in reports[:-2] for t in r["tensors"])
     assert (out / "diagnosis.png").stat().st_size > 0
     printed = capsys.readouterr().out.splitlines()

@@ -112,8 +112,20 @@ def _study(tmp_path: Path, monkeypatch, max_steps: int) -> tuple[Path, list[str]
     write_cifar_pickles(tmp_path / "data", per_batch=24)
     monkeypatch.setenv("PDT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    return out, ["--methods", "adam", "--max-steps", str(max_steps), "--eval-every", "2", "--nino-path",
-                 str(checkout), "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    return out, [
+        "--methods",
+        "adam",
+        "--max-steps",
+        str(max_steps),
+        "--eval-every",
+        "2",
+        "--nino-path",
+        str(checkout),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+    ]
 
 
 def test_the_command_continues_a_study_and_refuses_a_record_of_other_options(tmp_path, monkeypatch, capsys):
@@ -164,8 +176,16 @@ def test_pdt_bench_nino_is_the_same_command(tmp_path, monkeypatch, capsys):
 @pytest.mark.skipif(bool(nino._missing_modules()), reason="NiNo's imports (the [peers] extra) are not installed")
 def test_nino_and_wnn_nowcast_from_their_checkpoints(fake_cifar):
     # A state every step (period 5 / ctx 5), so the first nowcast replaces step 5's update.
-    common = dict(task="C10-16", max_steps=10, period=5, batch_size=16, eval_every=5, target=101.0, nino=SHARED_NINO,
-                  data=fake_cifar)
+    common = dict(
+        task="C10-16",
+        max_steps=10,
+        period=5,
+        batch_size=16,
+        eval_every=5,
+        target=101.0,
+        nino=SHARED_NINO,
+        data=fake_cifar,
+    )
     adam = nino.run(nino.NiNoConfig(method="adam", **common))
     for method in ("nino", "wnn+"):
         nowcast = nino.run(nino.NiNoConfig(method=method, **common))
@@ -179,8 +199,17 @@ def test_table_counts_steps_to_the_target_and_to_adams_best_of_the_same_seed():
 
     def result(method, seed, accs, reached=None):
         curve = [{"step": 100 * (i + 1), "val_loss": 1.0, "val_acc": a} for i, a in enumerate(accs)]
-        return {"task": "C10-16", "method": method, "seed": seed, "target": 66.0, "steps_to_target": reached,
-                "best_acc": max(accs), "seconds": 1.0, "curve": curve, "config": {}}
+        return {
+            "task": "C10-16",
+            "method": method,
+            "seed": seed,
+            "target": 66.0,
+            "steps_to_target": reached,
+            "best_acc": max(accs),
+            "seconds": 1.0,
+            "curve": curve,
+            "config": {},
+        }
 
     results = [
         result("adam", 0, [50, 60, 62, 61]),  # best 62 at step 300

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from tables import table_rows
 
 from pdt_bench import cli
 from pdt_bench import overhead as bench
-from tables import table_rows
 from torch_pdt import kernel
 
 needs_compiler = pytest.mark.skipif(
@@ -106,7 +106,6 @@ def test_auto_compiles_before_the_memory_is_read_where_its_measured_run_compiles
     assert "compiled before" not in bench.format_report(one)
 
 
-
 def test_the_tensor_ratio_pairs_the_runs_of_one_kernel_choice_even_where_auto_chose_two():
     # --kernel auto --tensors 300 on 20k: one tensor runs eager, 300 tensors compiled (it raised StopIteration).
     one = {"tensors": 1, "kernel": "eager", "step": [2.0]}
@@ -116,6 +115,7 @@ def test_the_tensor_ratio_pairs_the_runs_of_one_kernel_choice_even_where_auto_ch
     )
     same = {"tensors": 300, "kernel": "eager", "step": [4.0]}
     assert bench.format_tensor_ratios([one, same]) == "eager: the step with 300 tensors is 2.00x the step with one"
+
 
 def test_the_tensors_split_the_parameters_evenly():
     assert bench.split_sizes(10, 3) == [4, 3, 3]

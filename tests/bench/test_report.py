@@ -7,10 +7,10 @@ import statistics
 import numpy as np
 import pytest
 import torch
-
 from fake_runs import make_run
-from pdt_bench import metrics, plots, report
 from tables import table_rows
+
+from pdt_bench import metrics, plots, report
 
 PARAMS = {"conv.weight": "Conv2d", "conv.bias": "Conv2d", "fc.weight": "Linear", "fc.bias": "Linear"}
 EPOCHS = 12

@@ -220,11 +220,24 @@ def test_tuned_targets_count_studies_with_the_measured_numbers(tmp_path, capsys)
 
     hits = {
         # PDT 30 % sooner, ahead of both controls; stacked 20 % sooner at point=eval, 10 % at point=train.
-        "v3-a": {"baseline": 10, "pdt": 7, "lawa": 9, "random-mask": 8, "schedule-free@lr=0.5": 10,
-                 "pdt-schedule-free@lr=0.5": 8, "pdt-schedule-free@lr=0.5@point=train": 9},
+        "v3-a": {
+            "baseline": 10,
+            "pdt": 7,
+            "lawa": 9,
+            "random-mask": 8,
+            "schedule-free@lr=0.5": 10,
+            "pdt-schedule-free@lr=0.5": 8,
+            "pdt-schedule-free@lr=0.5@point=train": 9,
+        },
         # PDT 10 % sooner, behind the random mask; stacked never reaches schedule-free's best.
-        "v3-b": {"baseline": 10, "pdt": 9, "lawa": 11, "random-mask": 8, "schedule-free@lr=0.5": 10,
-                 "pdt-schedule-free@lr=0.5": 11},
+        "v3-b": {
+            "baseline": 10,
+            "pdt": 9,
+            "lawa": 11,
+            "random-mask": 8,
+            "schedule-free@lr=0.5": 10,
+            "pdt-schedule-free@lr=0.5": 11,
+        },
         # PDT 40 % sooner but 1 point less accurate at the end: the held-out target is missed.
         "v3-c": {"baseline": 10, "pdt": 6, "lawa": 11, "random-mask": 11},
     }
@@ -239,8 +252,16 @@ def test_tuned_targets_count_studies_with_the_measured_numbers(tmp_path, capsys)
             continue
         summary = {"methods": {}, "reference": "baseline", "seeds": [0, 1]}
         (tmp_path / study / "summary.json").write_text(json.dumps(summary))
-    want = {"studies": [*hits, "v3-d"], "held_out": 0.2, "held_out_studies": 2, "accuracy_tolerance": 0.003,
-            "stacked": 0.15, "stacked_studies": 1, "ahead_of": ["lawa", "random-mask"], "ahead_studies": 1}
+    want = {
+        "studies": [*hits, "v3-d"],
+        "held_out": 0.2,
+        "held_out_studies": 2,
+        "accuracy_tolerance": 0.003,
+        "stacked": 0.15,
+        "stacked_studies": 1,
+        "ahead_of": ["lawa", "random-mask"],
+        "ahead_studies": 1,
+    }
     targets = tmp_path / "targets.json"
     targets.write_text(json.dumps({"tuned": want}))
     text = write_results(tmp_path, tmp_path / "page.md", load_targets(targets)).read_text()
@@ -251,11 +272,15 @@ def test_tuned_targets_count_studies_with_the_measured_numbers(tmp_path, capsys)
     cells = {name: [c.strip() for c in row.split("|")[1:-1]] for name, row in rows.items()}
     assert cells["v3-b"][-2] == "schedule-free@lr=0.5: 10 (10–10) 2/2"
     assert cells["v3-c"][3:5] == ["6 (6–6) 2/2, +40%", "-1.00"] and cells["v3-c"][-2:] == ["not run", "not run"]
-    assert "val acc, final accuracy at most 0.3 points lower, on ≥ 2 studies: 1 of 3 (v3-a); **not reached**: 1 " \
+    assert (
+        "val acc, final accuracy at most 0.3 points lower, on ≥ 2 studies: 1 of 3 (v3-a); **not reached**: 1 "
         "instead of 2" in section
+    )
     assert "best training loss, on ≥ 1 studies: 1 of 3 (v3-a (`pdt-schedule-free@lr=0.5`)); **reached**" in section
-    assert "PDT ahead of `lawa` and `random-mask` in epochs to the tuned baseline's best val acc, on ≥ 1 studies: " \
+    assert (
+        "PDT ahead of `lawa` and `random-mask` in epochs to the tuned baseline's best val acc, on ≥ 1 studies: "
         "2 of 3 (v3-a, v3-c); **reached**" in section
+    )
     assert "- Not run yet (counted as missing): v3-d" in section
     # The page puts the section right after the headline, and `results` prints every target line.
     assert text.index("## At the tuned configuration") < text.index("## v3-a")

@@ -1,10 +1,10 @@
 """`pdt-bench scaleout`: the report's arithmetic, and the command end to end on a tiny N (eager passes)."""
 
 import pytest
+from tables import table_rows
 
 from pdt_bench import cli
 from pdt_bench import scaleout as bench
-from tables import table_rows
 
 
 def test_the_report_sets_the_slowest_rank_against_one_process_and_the_memory_against_the_whole_model():
@@ -22,7 +22,13 @@ def test_the_report_sets_the_slowest_rank_against_one_process_and_the_memory_aga
     ]
     header, *body = table_rows(bench.format_report(rows, local, whole))
     assert header[:7] == [
-        "engine", "ranks x passes", "step ms", "1-process PDT in turn ms", "ratio", "1 process alone ms", "ratio"
+        "engine",
+        "ranks x passes",
+        "step ms",
+        "1-process PDT in turn ms",
+        "ratio",
+        "1 process alone ms",
+        "ratio",
     ]
     ddp, fsdp2 = body
     # The slowest rank's median against the slowest paired one (16.5 ms) and one process alone (11 ms).

@@ -94,7 +94,7 @@ class DCPState(Stateful):
         return {"rest": buffer.getvalue(), "snapshots": {str(i): t for i, t in enumerate(self._rings())}}
 
     def _rings(self) -> list[Tensor]:
-        """Every parameter's ring, ``(history, *shape)``: a copy of its storage rows, a DTensor where the parameter is."""
+        """Every parameter's ring, ``(history, *shape)``: its storage rows copied, a DTensor where the parameter is."""
         storage, slots = self.pdt._history.layout()
         rings = []
         for p, (bucket, offset, numel) in zip(self.pdt.params, slots):
@@ -109,7 +109,7 @@ class DCPState(Stateful):
         return rings
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved on this rank's shards; ``ValueError``, changing nothing, on a mismatch."""
+        """Restore what :meth:`state_dict` saved on this rank's shards; a mismatch: ``ValueError``, nothing changed."""
         pdt = self.pdt
         rest, rings = self._read(state_dict)
         history = pdt._history

@@ -93,9 +93,7 @@ class DeepSpeedPDT(DistributedPDT):
                     f"DeepSpeedPDT supports {option}={allowed!r} only (see torch_pdt.distributed.deepspeed)"
                 )
         if kwargs.get("pacing") == "adaptive":
-            raise ValueError(
-                "DeepSpeedPDT: pacing='adaptive' rolls back velocities, which live in DeepSpeed's state"
-            )
+            raise ValueError("DeepSpeedPDT: pacing='adaptive' rolls back velocities, which live in DeepSpeed's state")
         if "sharded" in kwargs:
             raise ValueError("DeepSpeedPDT is sharded by construction; leave sharded out")
         rank = torch.distributed.get_rank(kwargs.get("group"))

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import torch
+
 from ..pdt import PDT
 from . import extra, make_pdt
 
