@@ -46,10 +46,10 @@ from torch import Tensor, nn
 
 from torch_pdt import PDT
 
-from . import records, tasks
+from . import metrics, records, tasks
 from .methods import METHODS as HARNESS_METHODS
 from .methods import parse_method
-from .report import markdown_table
+from .report import markdown_table, to_target_cell
 from .tasks import cifar10
 
 __all__ = [
@@ -299,29 +299,22 @@ def _first_step(curve: list[Point], accuracy: float) -> int | None:
     return next((p["step"] for p in curve if p["val_acc"] >= accuracy), None)
 
 
-def _median_steps(steps: list[int | None]) -> str:
-    """Median over seeds (a miss counts as infinitely late), the range of those that got there, and how many."""
-    got = sorted(s for s in steps if s is not None)
-    ordered = got + [math.inf] * (len(steps) - len(got))
-    median = statistics.median(ordered)
-    spread = f" ({got[0]}–{got[-1]})" if len(got) > 1 else ""
-    return f"{'n/r' if median == math.inf else f'{median:g}'}{spread} {len(got)}/{len(steps)}"
-
-
 def table(results: list[NiNoRun], reference: str = "adam") -> str:
     """A Markdown table of the head-to-head: per method, steps to the task's target and to the
-    ``reference``'s best accuracy of the same seed (median over seeds), best and final accuracy (means)."""
+    ``reference``'s best accuracy of the same seed (median and range over seeds, as the other tables),
+    best and final accuracy (means)."""
     best = {r["seed"]: r["best_acc"] for r in results if r["method"] == reference}
     rows = []
     for method in dict.fromkeys(r["method"] for r in results):
         runs = [r for r in results if r["method"] == method]
         paired = [r for r in runs if r["seed"] in best]
+        to_best = [_first_step(r["curve"], best[r["seed"]]) for r in paired]
         rows.append(
             [
                 f"`{method}`",
                 str(len(runs)),
-                _median_steps([r["steps_to_target"] for r in runs]),
-                _median_steps([_first_step(r["curve"], best[r["seed"]]) for r in paired]) if paired else "-",
+                to_target_cell(metrics.describe([r["steps_to_target"] for r in runs])),
+                to_target_cell(metrics.describe(to_best)) if paired else "-",
                 f"{statistics.fmean(r['best_acc'] for r in runs):.2f}",
                 f"{statistics.fmean(r['curve'][-1]['val_acc'] for r in runs if r['curve']):.2f}",
             ]

@@ -155,6 +155,18 @@ def _epochs_reached(m: dict[str, Any], name: str) -> str:
     return f"{median} {percent_change(m[f'reduction_{name}_epochs']['median'])} {e['n']}/{e['of']}"
 
 
+def to_target_cell(e: dict[str, Any]) -> str:
+    """Statistics of times to a target (:func:`pdt_bench.metrics.describe`, a miss as ``None``): the median,
+    the range over the seeds and how many got there, ``12 (10–14) 3/3``; ``n/r`` where a miss is the median or
+    the maximum."""
+    if e["n"] == 0:
+        return f"n/r 0/{e['of']}"
+    median = "n/r" if e["median"] is None else f"{e['median']:g}"
+    high = "n/r" if e["max"] is None else f"{e['max']:g}"
+    spread = f" ({e['min']:g}–{high})" if e["of"] > 1 else ""
+    return f"{median}{spread} {e['n']}/{e['of']}"
+
+
 def percent_change(fraction: float | None) -> str:
     """A reduction as a signed whole percentage (``+40%``); ``n/r`` for none (a target not reached)."""
     return "n/r" if fraction is None else f"{100 * fraction:+.0f}%"

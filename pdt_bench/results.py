@@ -74,7 +74,16 @@ from . import budget
 from .metrics import by_method, summarize
 from .plots import plane_words, plot_budget
 from .records import STORE, load_runs, write_text
-from .report import HELD_OUT, did_not_learn, link, markdown_table, no_effect, no_effect_cell, percent_change
+from .report import (
+    HELD_OUT,
+    did_not_learn,
+    link,
+    markdown_table,
+    no_effect,
+    no_effect_cell,
+    percent_change,
+    to_target_cell,
+)
 
 __all__ = ["add_command", "load_targets", "write_results"]
 
@@ -150,13 +159,7 @@ def _epochs(m: dict[str, Any], target: str = "loss") -> str:
         return cell
     if f"ttb_{target}_epochs" not in m:  # a summary of a harness that did not measure it, without its runs
         return "-"
-    e = m[f"ttb_{target}_epochs"]
-    if e["n"] == 0:
-        return f"n/r 0/{e['of']}"
-    median = "n/r" if e["median"] is None else f"{e['median']:g}"
-    high = "n/r" if e["max"] is None else f"{e['max']:g}"
-    spread = f" ({e['min']:g}–{high})" if e["of"] > 1 else ""
-    return f"{median}{spread} {e['n']}/{e['of']}"
+    return to_target_cell(m[f"ttb_{target}_epochs"])
 
 
 def _acc(m: dict[str, Any]) -> str:
