@@ -22,14 +22,8 @@ def test_the_report_sets_the_slowest_rank_against_one_process_and_the_memory_aga
     ]
     header, *body = table_rows(bench.format_report(rows, local, whole))
     assert header[:7] == [
-        "engine",
-        "ranks x passes",
-        "step ms",
-        "1-process PDT in turn ms",
-        "ratio",
-        "1 process alone ms",
-        "ratio",
-    ]
+        "engine", "ranks x passes", "step ms", "1-process PDT in turn ms", "ratio", "1 process alone ms", "ratio"
+    ]  # fmt: skip
     ddp, fsdp2 = body
     # The slowest rank's median against the slowest paired one (16.5 ms) and one process alone (11 ms).
     assert ddp[1:7] == ["2 x compiled", "13.2", "16.5", "0.80", "11.0", "1.20"]
