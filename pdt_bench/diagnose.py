@@ -2,9 +2,10 @@
 
 One run (the baseline by default: the trajectory PDT would see) is watched by
 :class:`torch_pdt.diagnostics.ForecastProbe` after every epoch. It writes ``OUT/diagnosis.json``
-(every report) and ``OUT/diagnosis.png`` (per parameter kind over the epochs: accepted share,
-median signal-to-noise of the epoch increments, and the forecast's error against where the run
-went, beside the linear step's), and prints one line per kind.
+(every report, its floats to 6 significant digits as the run stores keep PDT's) and
+``OUT/diagnosis.png`` (per parameter kind over the epochs: accepted share, median signal-to-noise
+of the epoch increments, and the forecast's error against where the run went, beside the linear
+step's), and prints one line per kind.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch_pdt.diagnostics import KINDS, ForecastProbe, JumpDiagnosis, by_kind, 
 from . import tasks
 from .compare import Progress, run_configs
 from .landscape import STUDY_DEFAULTS
-from .records import save_json
+from .records import DIAGNOSTIC_DIGITS, save_json, significant
 from .train import run
 
 
@@ -111,7 +112,8 @@ def _diagnose(args: argparse.Namespace) -> int:
     reports = watch.probe.reports
     out.mkdir(parents=True, exist_ok=True)
     settings = {"task": args.task, "method": config.method, "seed": args.seed} | watch.options
-    save_json(out / "diagnosis.json", {"settings": settings, "reports": reports})
+    # Six digits are far finer than the statistics' spread over seeds; full floats double the record.
+    save_json(out / "diagnosis.json", {"settings": settings, "reports": significant(reports, DIAGNOSTIC_DIGITS)})
     from .plots import plot_diagnosis
 
     plot_diagnosis(out / "diagnosis.png", reports, f"{args.task} {config.method}, seed {args.seed}")

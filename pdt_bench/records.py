@@ -46,6 +46,7 @@ __all__ = [
     "pack",
     "rounded",
     "save_json",
+    "significant",
     "stored_config",
     "write_text",
 ]
@@ -272,14 +273,14 @@ _CLOCKS = ("train_time", "pdt_time", "eval_time")
 _DIAGNOSTICS = ("eigenvalues", "accepted_ratio_per_param", "layers")
 
 
-def _round(value: Any, digits: int) -> Any:
+def significant(value: Any, digits: int) -> Any:
     """Every float in ``value`` (a number, or lists and dicts of them) to ``digits`` significant digits."""
     if isinstance(value, float):
         return float(f"{value:.{digits}g}")  # the shortest text of that float has <= digits digits
     if isinstance(value, dict):
-        return {k: _round(v, digits) for k, v in value.items()}
+        return {k: significant(v, digits) for k, v in value.items()}
     if isinstance(value, list):
-        return [_round(v, digits) for v in value]
+        return [significant(v, digits) for v in value]
     return value
 
 
@@ -312,14 +313,14 @@ def rounded(run: Run) -> Run:
         return run
     epochs = []
     for row in run["epochs"]:
-        row = row | {k: _round(row[k], CLOCK_DIGITS) for k in _CLOCKS if k in row}
+        row = row | {k: significant(row[k], CLOCK_DIGITS) for k in _CLOCKS if k in row}
         stats = row.get("pdt")
         if stats:
-            row["pdt"] = stats | {k: _round(stats[k], DIAGNOSTIC_DIGITS) for k in _DIAGNOSTICS if k in stats}
+            row["pdt"] = stats | {k: significant(stats[k], DIAGNOSTIC_DIGITS) for k in _DIAGNOSTICS if k in stats}
         epochs.append(row)
     run = run | {"epochs": epochs}  # type: ignore[assignment]
     if isinstance(run.get("overhead"), dict) and "pdt_time" in run["overhead"]:
-        run["overhead"] = run["overhead"] | {"pdt_time": _round(run["overhead"]["pdt_time"], CLOCK_DIGITS)}
+        run["overhead"] = run["overhead"] | {"pdt_time": significant(run["overhead"]["pdt_time"], CLOCK_DIGITS)}
     return run
 
 

@@ -24,6 +24,10 @@ def test_diagnose_writes_reports_a_plot_and_a_line_per_kind(tmp_path, capsys):
         "criterion": "pdt",
     }
     assert all(t["forecast_error"] is not None for r in reports[:-2] for t in r["tensors"])
+    # Kept to 6 significant digits, as the run stores keep PDT's diagnostics.
+    snrs = [t["snr"] for r in reports for t in r["tensors"] if t["snr"] is not None]
+    assert snrs and all(float(f"{v:.6g}") == v for v in snrs)
+    assert any(float(f"{v:.5g}") != v for v in snrs)  # rounded, not truncated further
     assert (out / "diagnosis.png").stat().st_size > 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split()[:3] == ["kind", "elements", "accepted"] and printed[1].startswith("linear")
