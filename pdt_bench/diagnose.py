@@ -42,6 +42,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", type=int, default=5, help="h (default 5; at least 3)")
     p.add_argument("--horizon", type=int, default=5, help="tau (default 5)")
     p.add_argument("--criterion", default="pdt", help="the criterion judged (default pdt)")
+    p.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="K",
+        help="a snapshot every K epochs (default 1): the trajectory's unit; h and tau count snapshots",
+    )
     p.add_argument("--out", type=Path, help="output directory (default results/<task>-diagnosis)")
     g = p.add_argument_group("data and machine")
     g.add_argument("--data-dir", type=Path, help="datasets (default $PDT_DATA, else ../shared/data)")
@@ -58,8 +65,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 class _Watch:
     """``on_weights`` for :func:`pdt_bench.train.run`: a probe built on the first call, stepped after each epoch."""
 
-    def __init__(self, history: int, horizon: int, criterion: str) -> None:
+    def __init__(self, history: int, horizon: int, criterion: str, every: int) -> None:
         self.options = dict(history=history, horizon=horizon, criterion=criterion)
+        self.every = every
         self.probe: ForecastProbe | None = None
 
     def __call__(self, epoch: int, model: nn.Module) -> None:
@@ -67,7 +75,11 @@ class _Watch:
             self.probe = ForecastProbe(model, **self.options)
             return
         assert self.probe is not None
-        self.probe.step()
+        if epoch % self.every:
+            return
+        report = self.probe.step()
+        if report is not None:  # the probe counts snapshots; the record and plot count epochs (0-based)
+            report["epoch"] = epoch - 1
 
 
 def summary_lines(reports: list[JumpDiagnosis]) -> list[str]:
@@ -99,7 +111,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     args.seeds = [args.seed]
     (config,) = run_configs(args, [args.method])
     check_options(args.history, args.horizon, args.criterion)  # before any training
-    watch = _Watch(args.history, args.horizon, args.criterion)
+    if args.every < 1:
+        raise ValueError(f"--every must be >= 1, got {args.every}")
+    watch = _Watch(args.history, args.horizon, args.criterion, args.every)
     out = args.out or Path("results") / f"{args.task}-diagnosis"
     progress = None if args.quiet else Progress(1)
     try:
@@ -111,7 +125,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     assert watch.probe is not None
     reports = watch.probe.reports
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"task": args.task, "method": config.method, "seed": args.seed} | watch.options
+    settings = {"task": args.task, "method": config.method, "seed": args.seed} | watch.options | {"every": args.every}
     # Six digits are far finer than the statistics' spread over seeds; full floats double the record.
     save_json(out / "diagnosis.json", {"settings": settings, "reports": significant(reports, DIAGNOSTIC_DIGITS)})
     from .plots import plot_diagnosis

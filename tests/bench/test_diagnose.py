@@ -22,6 +22,7 @@ def test_diagnose_writes_reports_a_plot_and_a_line_per_kind(tmp_path, capsys):
         "history": 3,
         "horizon": 2,
         "criterion": "pdt",
+        "every": 1,
     }
     assert all(t["forecast_error"] is not None for r in reports[:-2] for t in r["tensors"])
     # Kept to 6 significant digits, as the run stores keep PDT's diagnostics.
@@ -34,7 +35,23 @@ def test_diagnose_writes_reports_a_plot_and_a_line_per_kind(tmp_path, capsys):
     assert all(len(line) <= 100 for line in printed[:-1])  # the last names the files
 
 
+def test_every_k_epochs_makes_the_snapshot_unit_k_epochs(tmp_path):
+    out = tmp_path / "d"
+    args = ["diagnose", "--tiny", "--epochs", "12", "--history", "3", "--horizon", "2", "--every", "2"]
+    assert main([*args, "--quiet", "--out", str(out)]) == 0
+    data = json.loads((out / "diagnosis.json").read_text())
+    assert data["settings"]["every"] == 2
+    reports = data["reports"]
+    # Snapshots after epochs 2, 4, ..., 12; judged from the third on, named by their epoch (0-based).
+    assert [r["epoch"] for r in reports] == [5, 7, 9, 11]
+    # tau = 2 snapshots is 4 epochs: the jumps judged at epochs 6 and 8 are settled at 10 and 12.
+    settled = [all(t["forecast_error"] is not None for t in r["tensors"]) for r in reports]
+    assert settled == [True, True, False, False]
+
+
 def test_bad_options_are_refused_before_training(tmp_path, capsys):
     assert main(["diagnose", "--tiny", "--history", "2", "--out", str(tmp_path)]) == 2
     assert "history must be an int >= 3" in capsys.readouterr().err
+    assert main(["diagnose", "--tiny", "--every", "0", "--out", str(tmp_path)]) == 2
+    assert "--every must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "diagnosis.json").exists()
