@@ -140,3 +140,73 @@ def test_a_still_model_is_judged_still():
     assert reports[:2] == [None, None]
     for t in reports[-1]["tensors"]:
         assert t["snr"] == 0 and t["accepted"] == 0 and t["forecast_error"] is None  # nothing travelled
+
+
+def test_weights_pdt_refuses_are_refused():
+    """Complex weights lost their imaginary part (a warning); meta and empty ones failed obscurely."""
+    model = nn.Linear(3, 2)
+    model.weight = nn.Parameter(torch.randn(2, 3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="weight is torch.complex64"):
+        ForecastProbe(model)
+    with pytest.raises(ValueError, match="layout"):
+        ForecastProbe(nn.Linear(3, 2, device="meta"))
+    with pytest.raises(ValueError, match="no elements"):
+        ForecastProbe(nn.Linear(0, 0))
+
+
+def test_a_replaced_or_reshaped_parameter_is_refused_before_anything_changes():
+    model = nn.Linear(3, 2)
+    probe = ForecastProbe(model, history=3, horizon=2)
+    for _ in range(3):
+        decaying(model)
+        probe.step()
+    weight = model.weight.data
+    model.weight.data = torch.ones(4, 3)  # was a RuntimeError from torch.stack, after the epoch was counted
+    with pytest.raises(ValueError, match=r"weight changed shape from \(2, 3\) to \(4, 3\)"):
+        probe.step()
+    model.weight.data = weight
+    decaying(model)
+    assert probe.step()["epoch"] == 3  # nothing had changed
+    model.bias = nn.Parameter(torch.zeros(2))  # the probe watched the old tensor: a still bias
+    with pytest.raises(ValueError, match="bias was replaced or removed"):
+        probe.step()
+    del model.bias
+    with pytest.raises(ValueError, match="bias was replaced or removed"):
+        probe.step()
+
+
+def test_nan_or_inf_weights_are_no_jump_and_no_nan_figure():
+    """PDT skips a history holding NaN or Inf; the probe raised from torch.linalg.eig."""
+    model = nn.Linear(3, 2).double()
+    probe = ForecastProbe(model, history=3, horizon=2)
+    reports = []
+    for epoch in range(8):
+        decaying(model)
+        if epoch == 3:
+            with torch.no_grad():
+                model.weight[0, 0] = math.nan
+        reports.append(probe.step())
+    assert [r is not None for r in reports] == [False, False, True, False, False, False, False, False]
+    weight, bias = reports[2]["tensors"]
+    assert weight["forecast_error"] is None  # reached NaN: no distance to report
+    assert bias["forecast_error"] < 1e-9
+    # A growing mode forecast far ahead overflows (Inf - Inf in the modes' sum: NaN): infinitely far.
+    model = nn.Linear(3, 2).double()
+    probe = ForecastProbe(model, history=3, horizon=40)
+    for epoch in range(43):
+        decaying(model, 1e10 if epoch < 4 else 1.0)
+        probe.step()
+    for t in probe.reports[0]["tensors"]:
+        assert t["forecast_error"] == math.inf and t["accepted"] == 0 and math.isfinite(t["linear_error"])
+
+
+def test_a_tensor_without_elements_weighs_nothing_by_kind():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(0, 2, bias=False)).double()
+    probe = ForecastProbe(model, history=3, horizon=1)
+    for _ in range(3):
+        decaying(model)
+        report = probe.step()
+    empty = report["tensors"][-1]
+    assert empty["numel"] == 0 and math.isnan(empty["snr"])  # the median of nothing
+    pooled = by_kind(report)["linear"]
+    assert pooled["numel"] == 8.0 and pooled["snr"] == pytest.approx(report["tensors"][0]["snr"])

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from typing import TypedDict
@@ -44,7 +45,7 @@ from typing import TypedDict
 import torch
 from torch import Tensor, nn
 
-from . import reference
+from . import params, reference
 
 __all__ = [
     "ForecastProbe",
@@ -69,7 +70,7 @@ class TensorDiagnosis(TypedDict):
     """One of ``conv``, ``linear``, ``norm``, ``embedding``, ``other`` (the owning module's type)."""
     numel: int
     snr: float
-    """Median over the elements of :math:`|\\bar d| / \\operatorname{sd}(d)`."""
+    """Median over the elements of :math:`|\\bar d| / \\operatorname{sd}(d)` (NaN for a tensor without elements)."""
     accepted: float
     """Share of the elements the criterion accepts."""
     rejected: dict[str, float]
@@ -144,9 +145,13 @@ class ForecastProbe:
         criterion: the criterion judged (:data:`torch_pdt.reference.CRITERIA` but ``"random"``).
 
     Call :meth:`step` once after each epoch, where ``pdt.step()`` would go. It returns ``None``
-    until ``history`` snapshots are held, then a :class:`JumpDiagnosis`. Forecast errors of a
-    report are filled in place when the run reaches the epoch forecast, so keep the reports (all
-    of them are also in :attr:`reports`).
+    until ``history`` snapshots are held, then a :class:`JumpDiagnosis`, or ``None`` where no DMD
+    can be fitted (every watched weight zero, or a NaN or Inf among the snapshots: PDT skips such a
+    prediction too). Weights PDT refuses (complex, not in memory) are refused here, and a watched
+    parameter replaced, removed or reshaped since construction is a ``ValueError`` from
+    :meth:`step`, before anything changes. Forecast errors of a report are filled in place when
+    the run reaches the epoch forecast, so keep the reports (all of them are also in
+    :attr:`reports`).
     """
 
     def __init__(self, model: nn.Module, history: int = 5, horizon: int = 5, criterion: str = "pdt") -> None:
@@ -155,6 +160,12 @@ class ForecastProbe:
         self.named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not self.named:
             raise ValueError("the model has no parameter that requires grad")
+        if not sum(p.numel() for _, p in self.named):
+            raise ValueError("the model's parameters that require grad have no elements")
+        # Complex weights lost their imaginary part in the float64 snapshots; meta ones failed in the first step.
+        params.check_supported([name for name, _ in self.named], [p for _, p in self.named])
+        self._model = model
+        self._shapes = [p.shape for _, p in self.named]
         self.kinds = [kinds[name] for name, _ in self.named]
         self.history, self.horizon, self.criterion = history, horizon, criterion
         self.epoch = -1
@@ -172,8 +183,19 @@ class ForecastProbe:
             yield start, start + p.numel()
             start += p.numel()
 
+    def _check(self) -> None:
+        """``ValueError`` where a watched parameter is no longer the model's or has another shape: a
+        replaced one was watched as a still tensor, a reshaped one failed in ``torch.stack``."""
+        current = dict(self._model.named_parameters())
+        for (name, p), shape in zip(self.named, self._shapes):
+            if current.get(name) is not p:
+                raise ValueError(f"parameter {name} was replaced or removed since the probe was built")
+            if p.shape != shape:
+                raise ValueError(f"parameter {name} changed shape from {tuple(shape)} to {tuple(p.shape)}")
+
     def step(self) -> JumpDiagnosis | None:
         """Take this epoch's snapshot; settle forecasts made for it; judge a jump from here."""
+        self._check()
         self.epoch += 1
         w = self._flat()
         self._snapshots.append(w)
@@ -184,9 +206,11 @@ class ForecastProbe:
             return None
         S = torch.stack(list(self._snapshots), dim=1)  # N x h
         tau = self.horizon
+        if not torch.isfinite(S).all():  # torch.linalg.eig raised; PDT skips "non-finite snapshot values"
+            return None
         try:
             predicted, _ = reference.forecasts(S, tau)
-        except ValueError:  # rank 0: the weights did not move
+        except ValueError:  # rank 0: every weight is zero
             return None
         origin, delta = S[:, -1], S[:, -1] - S[:, -2]
         increments = torch.diff(torch.cat([origin[None], predicted]), dim=0)
@@ -214,7 +238,9 @@ class ForecastProbe:
             )
         report = JumpDiagnosis(epoch=self.epoch, horizon=tau, tensors=tensors)
         self.reports.append(report)
-        self._pending[self.epoch + tau] = (report, predicted[-1], origin + tau * delta, origin, accept)
+        # A forecast that overflowed (Inf - Inf among the modes: NaN) is infinitely far from any weight.
+        forecast = torch.where(predicted[-1].isnan(), math.inf, predicted[-1])
+        self._pending[self.epoch + tau] = (report, forecast, origin + tau * delta, origin, accept)
         return report
 
     def _settle(
@@ -222,7 +248,7 @@ class ForecastProbe:
     ) -> None:
         for entry, (a, b) in zip(report["tensors"], self._bounds()):
             travelled = torch.linalg.vector_norm(reached[a:b] - origin[a:b])
-            if travelled == 0:
+            if not 0 < travelled < math.inf:  # still, or reached NaN or Inf: no ratio to report
                 continue
             miss = forecast[a:b] - reached[a:b]
             entry["forecast_error"] = float(torch.linalg.vector_norm(miss) / travelled)
@@ -244,7 +270,8 @@ def by_kind(report: JumpDiagnosis) -> dict[str, dict[str, float | None]]:
             continue
 
         def mean(key: str, rows=rows, n=n) -> float | None:
-            values = [(t[key], t["numel"]) for t in rows if t[key] is not None]
+            # A tensor without elements weighs nothing (its NaN snr times 0 was NaN).
+            values = [(t[key], t["numel"]) for t in rows if t[key] is not None and t["numel"]]
             if not values:
                 return None
             return sum(v * k for v, k in values) / sum(k for _, k in values)
