@@ -20,8 +20,9 @@ from torch import nn
 from torch_pdt.diagnostics import KINDS, ForecastProbe, JumpDiagnosis, by_kind, check_options
 
 from . import tasks
-from .compare import Progress, run_configs
+from .compare import Progress, _epochs, _positive, run_configs
 from .landscape import STUDY_DEFAULTS
+from .methods import parse_method
 from .records import DIAGNOSTIC_DIGITS, save_json, significant
 from .train import run
 
@@ -38,7 +39,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="mnist1d-mlp", help=f"one of {', '.join(tasks.TASKS)} (default mnist1d-mlp)")
     p.add_argument("--method", default="baseline", help="the run watched (default baseline)")
     p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--epochs", type=int, help="default: the task's")
+    p.add_argument("--epochs", type=_positive(int), help="default: the task's")
     p.add_argument("--history", type=int, default=5, help="h (default 5; at least 3)")
     p.add_argument("--horizon", type=int, default=5, help="tau (default 5)")
     p.add_argument("--criterion", default="pdt", help="the criterion judged (default pdt)")
@@ -113,6 +114,13 @@ def _diagnose(args: argparse.Namespace) -> int:
     check_options(args.history, args.horizon, args.criterion)  # before any training
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
+    # Too few snapshots for one judgement trained for an empty diagnosis (--every past the epochs).
+    epochs = parse_method(config.method).epochs or _epochs(args)
+    if epochs // args.every < args.history:
+        raise ValueError(
+            f"{epochs} epochs with --every {args.every} give {epochs // args.every} snapshots, "
+            f"fewer than --history {args.history}: no jump could be judged"
+        )
     watch = _Watch(args.history, args.horizon, args.criterion, args.every)
     out = args.out or Path("results") / f"{args.task}-diagnosis"
     progress = None if args.quiet else Progress(1)

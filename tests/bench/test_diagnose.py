@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pdt_bench.cli import main
 
 
@@ -55,3 +57,24 @@ def test_bad_options_are_refused_before_training(tmp_path, capsys):
     assert main(["diagnose", "--tiny", "--every", "0", "--out", str(tmp_path)]) == 2
     assert "--every must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "diagnosis.json").exists()
+
+
+def test_a_run_too_short_for_the_history_is_refused_before_training(tmp_path, capsys):
+    """``--every`` past the epochs, or a history longer than the snapshots, trained for an empty diagnosis."""
+    for extra in (
+        ["--epochs", "6", "--every", "20"],
+        ["--epochs", "6", "--every", "3", "--history", "3"],
+        ["--epochs", "4", "--history", "5"],
+        ["--method", "baseline@epochs=4", "--history", "5"],
+    ):
+        assert main(["diagnose", "--tiny", *extra, "--out", str(tmp_path)]) == 2
+        assert "fewer than --history" in capsys.readouterr().err
+    for epochs in ("0", "-3"):
+        with pytest.raises(SystemExit) as exit_:  # argparse's refusal, as pdt-bench compare's
+            main(["diagnose", "--tiny", "--epochs", epochs, "--out", str(tmp_path)])
+        assert exit_.value.code == 2 and "--epochs: expected a positive int" in capsys.readouterr().err
+    assert not (tmp_path / "diagnosis.json").exists()
+    # Just enough: 3 snapshots, after epochs 2, 4 and 6, one report.
+    args = ["diagnose", "--tiny", "--epochs", "6", "--every", "2", "--history", "3", "--horizon", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert [r["epoch"] for r in json.loads((tmp_path / "diagnosis.json").read_text())["reports"]] == [5]
