@@ -210,3 +210,16 @@ def test_a_tensor_without_elements_weighs_nothing_by_kind():
     assert empty["numel"] == 0 and math.isnan(empty["snr"])  # the median of nothing
     pooled = by_kind(report)["linear"]
     assert pooled["numel"] == 8.0 and pooled["snr"] == pytest.approx(report["tensors"][0]["snr"])
+
+
+def test_the_snr_of_an_even_count_is_the_mean_of_the_two_middle_values():
+    """``Tensor.median`` gives the lower of the two: a 2-element bias reported its smaller snr."""
+    model = nn.Linear(1, 2, bias=False).double()
+    probe = ForecastProbe(model, history=4, horizon=1)
+    for column in ([0.0, 0], [1, 1], [3, 0], [4, 1]):  # increments [1, 2, 1] and [1, -1, 1]
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor(column)[:, None])
+        report = probe.step()
+    high, low = (4 / 3) / math.sqrt(1 / 3), (1 / 3) / math.sqrt(4 / 3)
+    assert report["tensors"][0]["snr"] == pytest.approx((high + low) / 2, rel=1e-14)
+    assert report["tensors"][0]["snr"] == pytest.approx(float(np.median([high, low])), rel=1e-14)

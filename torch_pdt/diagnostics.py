@@ -125,6 +125,13 @@ def increment_snr(snapshots: Tensor) -> Tensor:
     return torch.where(mean == 0, torch.zeros_like(mean), mean / sd)
 
 
+def _median(x: Tensor) -> float:
+    """The median of a 1-D tensor; of an even count, the mean of the two middle values
+    (``Tensor.median`` gives the lower one: a 2-element bias reported its smaller snr)."""
+    n = x.numel()
+    return float((x.kthvalue((n + 1) // 2).values + x.kthvalue(n // 2 + 1).values) / 2)
+
+
 def check_options(history: int, horizon: int, criterion: str) -> None:
     """Refuse options :class:`ForecastProbe` cannot use, with a ``ValueError`` naming the argument."""
     if isinstance(history, bool) or not isinstance(history, int) or history < 3:
@@ -228,7 +235,7 @@ class ForecastProbe:
                     name=name,
                     kind=kind,
                     numel=n,
-                    snr=float(snr[a:b].median()) if n else float("nan"),
+                    snr=_median(snr[a:b]) if n else float("nan"),
                     accepted=float(accept[a:b].sum()) / max(n, 1),
                     rejected={c: float((~m[a:b]).sum()) / max(n, 1) for c, m in checks.items()},
                     forecast_error=None,
