@@ -223,3 +223,11 @@ def test_the_snr_of_an_even_count_is_the_mean_of_the_two_middle_values():
     high, low = (4 / 3) / math.sqrt(1 / 3), (1 / 3) / math.sqrt(4 / 3)
     assert report["tensors"][0]["snr"] == pytest.approx((high + low) / 2, rel=1e-14)
     assert report["tensors"][0]["snr"] == pytest.approx(float(np.median([high, low])), rel=1e-14)
+
+
+def test_a_model_that_is_not_a_module_is_refused():
+    """``model.parameters()`` passed for the model raised an AttributeError on ``named_modules``."""
+    model = nn.Linear(2, 2)
+    for wrong in (model.parameters(), list(model.parameters()), None):
+        with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+            ForecastProbe(wrong)

@@ -163,6 +163,8 @@ class ForecastProbe:
 
     def __init__(self, model: nn.Module, history: int = 5, horizon: int = 5, criterion: str = "pdt") -> None:
         check_options(history, horizon, criterion)
+        if not isinstance(model, nn.Module):  # model.parameters() failed on named_modules, an AttributeError
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         kinds = parameter_kinds(model)
         self.named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not self.named:
