@@ -11,9 +11,13 @@ step's), and prints one line per kind.
 from __future__ import annotations
 
 import argparse
+import json
+import lzma
+import statistics
 import textwrap
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -24,6 +28,7 @@ from .compare import Progress, _epochs, _positive, run_configs
 from .landscape import STUDY_DEFAULTS
 from .methods import parse_method
 from .records import DIAGNOSTIC_DIGITS, save_json, significant
+from .report import markdown_table
 from .train import run
 
 
@@ -51,6 +56,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="a snapshot every K epochs (default 1): the trajectory's unit; h and tau count snapshots",
     )
     p.add_argument("--out", type=Path, help="output directory (default results/<task>-diagnosis)")
+    p.add_argument(
+        "--table",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="train nothing: print the medians over the judged epochs of these diagnosis records, per kind",
+    )
     g = p.add_argument_group("data and machine")
     g.add_argument("--data-dir", type=Path, help="datasets (default $PDT_DATA, else ../shared/data)")
     g.add_argument("--cache-dir", type=Path, help="decoded-data cache (default $PDT_CACHE, else ~/.cache/torch-pdt)")
@@ -108,7 +120,49 @@ def summary_lines(reports: list[JumpDiagnosis]) -> list[str]:
     return lines + textwrap.wrap(footnote, 100)
 
 
+def load_diagnosis(directory: Path) -> dict[str, Any]:
+    """The record ``pdt-bench diagnose`` wrote to ``directory``: ``diagnosis.json``, or its xz copy."""
+    for name, opener in (("diagnosis.json", open), ("diagnosis.json.xz", lzma.open)):
+        if (directory / name).is_file():
+            with opener(directory / name, "rt", encoding="utf-8") as f:
+                return json.load(f)
+    raise ValueError(f"{directory}: no diagnosis.json or diagnosis.json.xz")
+
+
+def median_table(directories: list[Path]) -> str:
+    """One row per record and kind: the median over the judged epochs of each figure of :func:`by_kind`."""
+    records = [(d.name, [by_kind(r) for r in load_diagnosis(d)["reports"]]) for d in directories]
+    # The checks of the first record's criterion name the column (every criterion judged has the same three).
+    checks = next((k for _, pooled in records for p in pooled for k in p.values()), {})
+    checks = [k for k in checks if k.startswith("rejected:")]
+    rows = []
+    for name, pooled in records:
+        for kind in KINDS:
+            per_epoch = [p[kind] for p in pooled if kind in p]
+            if not per_epoch:
+                continue
+
+            def cell(key: str, per_epoch=per_epoch) -> str:
+                values = [e[key] for e in per_epoch if e.get(key) is not None]
+                if not values:
+                    return "–"
+                v = statistics.median(values)  # an error of hundreds reads best whole; a share to 2 decimals
+                return f"{v:.0f}" if v >= 10 else f"{v:.2f}"
+
+            rows.append(
+                [f"{name}, {kind}", str(len(per_epoch)), cell("accepted"), cell("snr")]
+                + [" / ".join(cell(k) for k in checks)]
+                + [cell(k) for k in ("accepted_forecast_error", "forecast_error", "linear_error")]
+            )
+    rejected = "rejected: " + " / ".join(k.split(":", 1)[1].removesuffix("_bound") for k in checks)
+    headers = ["record, kind", "epochs", "accepted", "SNR", rejected, "error accepted", "all", "linear"]
+    return markdown_table(headers, rows)
+
+
 def _diagnose(args: argparse.Namespace) -> int:
+    if args.table:
+        print(median_table(args.table))
+        return 0
     args.seeds = [args.seed]
     (config,) = run_configs(args, [args.method])
     check_options(args.history, args.horizon, args.criterion)  # before any training

@@ -79,6 +79,8 @@ def test_a_clean_mode_is_accepted_whole_and_forecast_exactly():
         assert t["linear_error"] > 0.05
     assert reports[-1]["tensors"][0]["forecast_error"] is None  # not reached yet
     assert set(by_kind(first)) == {"linear"} and by_kind(first)["linear"]["numel"] == 15.0
+    settled = by_kind(first)["linear"]
+    assert settled["rejected:consistency"] == 0.0 and settled["accepted_forecast_error"] < 1e-9
 
 
 def test_noise_is_rejected_and_named():
@@ -93,6 +95,10 @@ def test_noise_is_rejected_and_named():
     weight = report["tensors"][0]
     assert weight["snr"] < 1.0 and weight["accepted"] < 0.2
     assert max(weight["rejected"], key=weight["rejected"].get) == "consistency"
+    # Pooled by kind, each check's share is weighted by the tensors' elements (1000 and 20).
+    bias = report["tensors"][1]
+    expected = (1000 * weight["rejected"]["consistency"] + 20 * bias["rejected"]["consistency"]) / 1020
+    assert by_kind(report)["linear"]["rejected:consistency"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_the_probe_agrees_with_pdt_where_pdt_first_predicts():

@@ -270,7 +270,12 @@ class ForecastProbe:
 
 
 def by_kind(report: JumpDiagnosis) -> dict[str, dict[str, float | None]]:
-    """A report's tensors pooled by kind: each figure the element-weighted mean of the tensors' own."""
+    """A report's tensors pooled by kind: each figure the element-weighted mean of the tensors' own.
+
+    The figures: ``numel`` (the kind's elements), ``accepted``, ``rejected:<check>`` for each
+    check of the criterion, ``snr``, ``forecast_error``, ``accepted_forecast_error`` and
+    ``linear_error`` (``None`` where no tensor of the kind has one yet).
+    """
     pooled: dict[str, dict[str, float | None]] = {}
     for kind in KINDS:
         rows = [t for t in report["tensors"] if t["kind"] == kind]
@@ -285,11 +290,16 @@ def by_kind(report: JumpDiagnosis) -> dict[str, dict[str, float | None]]:
                 return None
             return sum(v * k for v, k in values) / sum(k for _, k in values)
 
+        def rejected(check: str, rows=rows, n=n) -> float:
+            return sum(t["rejected"][check] * t["numel"] for t in rows) / n
+
         pooled[kind] = {
             "numel": float(n),
             "accepted": mean("accepted"),
+            **{f"rejected:{check}": rejected(check) for check in rows[0]["rejected"]},
             "snr": mean("snr"),
             "forecast_error": mean("forecast_error"),
+            "accepted_forecast_error": mean("accepted_forecast_error"),
             "linear_error": mean("linear_error"),
         }
     return pooled

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import lzma
+import statistics
 
 import pytest
 
@@ -49,6 +51,33 @@ def test_every_k_epochs_makes_the_snapshot_unit_k_epochs(tmp_path):
     # tau = 2 snapshots is 4 epochs: the jumps judged at epochs 6 and 8 are settled at 10 and 12.
     settled = [all(t["forecast_error"] is not None for t in r["tensors"]) for r in reports]
     assert settled == [True, True, False, False]
+
+
+def test_table_gives_the_median_over_epochs_of_each_record_read_plain_or_xz(tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["diagnose", "--tiny", "--epochs", "9", "--history", "3", "--horizon", "2", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    reports = json.loads((out / "diagnosis.json").read_text())["reports"]
+    capsys.readouterr()
+    # The linear kind's accepted share per epoch, weighted by elements, then the median over epochs.
+    shares = []
+    for r in reports:
+        rows = [t for t in r["tensors"] if t["kind"] == "linear"]
+        shares.append(sum(t["accepted"] * t["numel"] for t in rows) / sum(t["numel"] for t in rows))
+    assert main(["diagnose", "--table", str(out)]) == 0
+    plain = capsys.readouterr().out
+    header, _, row = plain.splitlines()[:3]
+    assert [c.strip() for c in header.strip("|").split("|")][:4] == ["record, kind", "epochs", "accepted", "SNR"]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["d, linear", str(len(reports)), f"{statistics.median(shares):.2f}"]
+    packed = tmp_path / "packed" / "d"
+    packed.mkdir(parents=True)
+    with lzma.open(packed / "diagnosis.json.xz", "wt") as f:
+        f.write((out / "diagnosis.json").read_text())
+    assert main(["diagnose", "--table", str(packed)]) == 0
+    assert capsys.readouterr().out == plain
+    assert main(["diagnose", "--table", str(tmp_path / "none")]) == 2
+    assert "no diagnosis.json or diagnosis.json.xz" in capsys.readouterr().err
 
 
 def test_bad_options_are_refused_before_training(tmp_path, capsys):
