@@ -63,6 +63,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="train nothing: print the medians over the judged epochs of these diagnosis records, per kind",
     )
+    p.add_argument(
+        "--windows",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --table: a row per N runs of consecutive judged epochs (default 1: all of them)",
+    )
     g = p.add_argument_group("data and machine")
     g.add_argument("--data-dir", type=Path, help="datasets (default $PDT_DATA, else ../shared/data)")
     g.add_argument("--cache-dir", type=Path, help="decoded-data cache (default $PDT_CACHE, else ~/.cache/torch-pdt)")
@@ -129,31 +136,33 @@ def load_diagnosis(directory: Path) -> dict[str, Any]:
     raise ValueError(f"{directory}: no diagnosis.json or diagnosis.json.xz")
 
 
-def median_table(directories: list[Path]) -> str:
-    """One row per record and kind: the median over the judged epochs of each figure of :func:`by_kind`."""
-    records = [(d.name, [by_kind(r) for r in load_diagnosis(d)["reports"]]) for d in directories]
-    # The checks of the first record's criterion name the column (every criterion judged has the same three).
-    checks = next((k for _, pooled in records for p in pooled for k in p.values()), {})
-    checks = [k for k in checks if k.startswith("rejected:")]
+def median_table(directories: list[Path], windows: int = 1) -> str:
+    """One row per record, kind and window (``windows`` runs of consecutive judged epochs, the last
+    taking the remainder): the median over its epochs of each figure of :func:`by_kind`."""
+    records = [(d.name, [(r["epoch"] + 1, by_kind(r)) for r in load_diagnosis(d)["reports"]]) for d in directories]
+    # Every criterion the probe judges has the same three checks; the first pooled figures name them.
+    first = next((figures for _, pooled in records for _, kinds in pooled for figures in kinds.values()), {})
+    checks = [k for k in first if k.startswith("rejected:")]
     rows = []
     for name, pooled in records:
         for kind in KINDS:
-            per_epoch = [p[kind] for p in pooled if kind in p]
-            if not per_epoch:
-                continue
+            judged = [(epoch, kinds[kind]) for epoch, kinds in pooled if kind in kinds]
+            size = len(judged) // windows
+            for w in range(windows if size else 0):
+                window = judged[w * size : (w + 1) * size if w < windows - 1 else None]
 
-            def cell(key: str, per_epoch=per_epoch) -> str:
-                values = [e[key] for e in per_epoch if e.get(key) is not None]
-                if not values:
-                    return "–"
-                v = statistics.median(values)  # an error of hundreds reads best whole; a share to 2 decimals
-                return f"{v:.0f}" if v >= 10 else f"{v:.2f}"
+                def cell(key: str, window=window) -> str:
+                    values = [e[key] for _, e in window if e.get(key) is not None]
+                    if not values:
+                        return "–"
+                    v = statistics.median(values)  # an error of hundreds reads best whole; a share to 2 decimals
+                    return f"{v:.0f}" if v >= 10 else f"{v:.2f}"
 
-            rows.append(
-                [f"{name}, {kind}", str(len(per_epoch)), cell("accepted"), cell("snr")]
-                + [" / ".join(cell(k) for k in checks)]
-                + [cell(k) for k in ("accepted_forecast_error", "forecast_error", "linear_error")]
-            )
+                rows.append(
+                    [f"{name}, {kind}", f"{window[0][0]}–{window[-1][0]}", cell("accepted"), cell("snr")]
+                    + [" / ".join(cell(k) for k in checks)]
+                    + [cell(k) for k in ("accepted_forecast_error", "forecast_error", "linear_error")]
+                )
     rejected = "rejected: " + " / ".join(k.split(":", 1)[1].removesuffix("_bound") for k in checks)
     headers = ["record, kind", "epochs", "accepted", "SNR", rejected, "error accepted", "all", "linear"]
     return markdown_table(headers, rows)
@@ -161,7 +170,9 @@ def median_table(directories: list[Path]) -> str:
 
 def _diagnose(args: argparse.Namespace) -> int:
     if args.table:
-        print(median_table(args.table))
+        if args.windows < 1:
+            raise ValueError(f"--windows must be >= 1, got {args.windows}")
+        print(median_table(args.table, args.windows))
         return 0
     args.seeds = [args.seed]
     (config,) = run_configs(args, [args.method])

@@ -69,7 +69,16 @@ def test_table_gives_the_median_over_epochs_of_each_record_read_plain_or_xz(tmp_
     header, _, row = plain.splitlines()[:3]
     assert [c.strip() for c in header.strip("|").split("|")][:4] == ["record, kind", "epochs", "accepted", "SNR"]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:3] == ["d, linear", str(len(reports)), f"{statistics.median(shares):.2f}"]
+    first, last = reports[0]["epoch"] + 1, reports[-1]["epoch"] + 1
+    assert cells[:3] == ["d, linear", f"{first}–{last}", f"{statistics.median(shares):.2f}"]
+    # Two windows of the 7 judged epochs (3..9): 3 and the remaining 4, each its own median.
+    assert main(["diagnose", "--table", str(out), "--windows", "2"]) == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()[2:]]
+    linear = [r for r in rows if r[0] == "d, linear"]
+    assert [r[1] for r in linear] == ["3–5", "6–9"]
+    assert [r[2] for r in linear] == [f"{statistics.median(shares[:3]):.2f}", f"{statistics.median(shares[3:]):.2f}"]
+    assert main(["diagnose", "--table", str(out), "--windows", "0"]) == 2
+    assert "--windows must be >= 1" in capsys.readouterr().err
     packed = tmp_path / "packed" / "d"
     packed.mkdir(parents=True)
     with lzma.open(packed / "diagnosis.json.xz", "wt") as f:
